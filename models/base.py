@@ -1,0 +1,141 @@
+"""The model contract every registered recommender follows.
+
+A model is a `torch.nn.Module` that declares its `name`, the `tasks` it supports, a
+hyperparameter dataclass `Params` and an Optuna define-by-run `search_space`. The split of
+responsibilities is what makes one training loop and one ONNX exporter serve every model:
+
+- `forward(...)` is pure inference scoring, the exact graph ONNX exports (no
+  `self.training` branches, no sampling);
+- `score_all(user[, seq])` scores every item for a batch of users (full ranking, top-K
+  export);
+- `examples(train)` turns the training split into aligned example tensors the loop slices
+  into batches (and may register buffers the model needs at inference, e.g. AutoRec's
+  rating matrix);
+- `loss(batch)` holds everything only training needs: negatives, masks, regularisers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from data.types import PreparedData, Split
+
+TASKS = ("rating", "ranking", "sequential")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The little a model needs to know about its data.
+
+    Args:
+        n_users: number of user indices.
+        n_items: number of item indices (index `n_items` is free for padding).
+        rating_range: (min, max) rating, for clipping rating predictions.
+        global_mean: mean training rating (the bias term of rating models).
+    """
+
+    n_users: int
+    n_items: int
+    rating_range: tuple[float, float] = (1.0, 5.0)
+    global_mean: float = 0.0
+
+    @classmethod
+    def from_data(cls, data: PreparedData) -> DataSpec:
+        mean = float(data.train.rating.mean()) if len(data.train) else 0.0
+        return cls(data.n_users, data.n_items, tuple(data.rating_range), mean)
+
+
+@dataclass
+class CommonParams:
+    """Hyperparameters every model shares; the names mean the same thing everywhere."""
+
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """L2 penalty applied by the optimizer (AdamW-style decoupled is not used)."""
+    batch_size: int = 1024
+    """Training examples per step."""
+    epochs: int = 20
+    """Maximum number of passes over the training examples (early stopping may end sooner)."""
+    negatives: int = 4
+    """Sampled negative items per positive (implicit tasks only)."""
+
+
+def check(params: Any, key: str, ok: bool, expected: str) -> None:
+    """Raise a ValueError naming a hyperparameter and what was expected of it."""
+    if not ok:
+        value = getattr(params, key)
+        raise ValueError(f"hyperparameter {key}={value!r}: expected {expected}")
+
+
+def check_common(p: CommonParams) -> None:
+    check(p, "lr", p.lr > 0, "a positive float")
+    check(p, "weight_decay", p.weight_decay >= 0, "a float >= 0")
+    check(p, "batch_size", p.batch_size >= 1, "an int >= 1")
+    check(p, "epochs", p.epochs >= 1, "an int >= 1")
+    check(p, "negatives", p.negatives >= 1, "an int >= 1")
+
+
+class Recommender(nn.Module):
+    """Base class of all models.
+
+    Subclasses set the class attributes and implement `forward`, `score_all`, `loss`
+    (and override `examples` when their training examples are not (user, item) pairs).
+
+    Args:
+        spec: the data spec.
+        task: one of `tasks`.
+        params: an instance of `Params`.
+    """
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]]
+    Params: ClassVar[type] = CommonParams
+    learned: ClassVar[bool] = True
+    """False for baselines computed from counts: the loop evaluates them without training."""
+
+    def __init__(self, spec: DataSpec, task: str, params: Any) -> None:
+        super().__init__()
+        self.spec, self.task, self.params = spec, task, params
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run space: `trial.suggest_*` calls only; returns the hparams."""
+        return {}
+
+    @property
+    def seq_len(self) -> int:
+        """> 0 when `score_all` takes each user's last `seq_len` items as a second input."""
+        return 0
+
+    @property
+    def n_negatives(self) -> int:
+        """Negatives the loop samples per example into `batch["neg_item"]`, `[B, n]`."""
+        return 0 if self.task == "rating" else self.params.negatives
+
+    def examples(self, train: Split) -> dict[str, Tensor]:
+        """Aligned training example tensors on the model's device; default (user, item, rating)."""
+        return {"user": train.user, "item": train.item, "rating": train.rating}
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
+        """Scores of every item for a batch of users: `[B] (, [B, L]) -> [B, n_items]`."""
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")

@@ -1,0 +1,91 @@
+"""Models by name: `register_model`, `create_model`, `list_models` (timm's registry, strict).
+
+The registered name is the module's file name; registering a name twice raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from models.base import TASKS, DataSpec, Recommender
+
+_MODELS: dict[str, type[Recommender]] = {}
+
+
+def register_model(cls: type[Recommender]) -> type[Recommender]:
+    """Class decorator: add a model under `cls.name`, which must equal its module's name."""
+    module_name = cls.__module__.rsplit(".", 1)[-1]
+    if cls.name != module_name:
+        raise ValueError(f"model {cls.__name__}: name {cls.name!r} must equal its file name "
+                         f"{module_name!r}")
+    if cls.name in _MODELS:
+        raise ValueError(f"model {cls.name!r} is already registered")
+    bad = [t for t in cls.tasks if t not in TASKS]
+    if bad:
+        raise ValueError(f"model {cls.name!r}: unknown task(s) {bad}; known: {list(TASKS)}")
+    _MODELS[cls.name] = cls
+    return cls
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_class(name: str) -> type[Recommender]:
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict) -> Any:
+    """Accept `--set dim=32` strings and YAML values; reject what cannot be the field's type."""
+    kind = hints[f.name]
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = {"True": True, "true": True, "False": False, "false": False}[value] \
+                if kind is bool else kind(value)
+        except (ValueError, KeyError):
+            raise ValueError(f"hyperparameter {f.name}={value!r} of model {cls_name!r}: "
+                             f"expected {kind.__name__}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"hyperparameter {f.name}={value!r} of model {cls_name!r}: "
+                         f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def make_params(name: str, **hparams: Any) -> Any:
+    """The model's `Params` with `hparams` applied, type-checked and range-checked."""
+    cls = get_model_class(name)
+    fields = {f.name: f for f in dataclasses.fields(cls.Params)}
+    unknown = sorted(set(hparams) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for model {name!r}; "
+                         f"allowed: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls.Params)
+    values = {k: _coerce(name, fields[k], v, hints) for k, v in hparams.items()}
+    return cls.Params(**values)
+
+
+def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: Any
+                 ) -> Recommender:
+    """Build a registered model.
+
+    Args:
+        name: a name from `list_models()`.
+        spec: the data spec.
+        task: one of the model's tasks; its first task when None.
+        **hparams: overrides of the model's `Params` defaults.
+
+    Example:
+        >>> model = create_model("mf", DataSpec(943, 1682), task="rating", dim=32)
+    """
+    cls = get_model_class(name)
+    task = task or cls.tasks[0]
+    if task not in cls.tasks:
+        raise ValueError(f"model {name!r} does not support task {task!r}; "
+                         f"it supports: {', '.join(cls.tasks)}")
+    return cls(spec, task, make_params(name, **hparams))

@@ -1,0 +1,96 @@
+"""Configuration: frozen dataclasses, one help line per field, unknown keys are errors.
+
+The same field metadata generates the CLI's `--help`, so a field documented here is
+documented everywhere. `from_dict` builds a config from YAML-shaped dicts and names the
+offending key (with its path) when one is misspelt or of the wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A config field with its one-line help."""
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: default, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = opt("default", "dataset spec: ml-100k, ml-1m, ml-20m, ml-25m, "
+                       "ml-latest-small, csv:PATH, parquet:PATH, ncf:PREFIX, synthetic[:k=v,...]; "
+                       "'default' is ml-100k when it can be had offline, else synthetic")
+    split: str = opt("leave-last", "split spec: leave-last, random:0.8,0.1,0.1, "
+                     "temporal:0.7,0.1,0.2, u1..u5, ua, ub (ml-100k), ncf (ncf: datasets)")
+    data_dir: str | None = opt(None, "where datasets are looked up and cached "
+                               "(default $RECSWEEP_DATA or ~/.cache/recsweep)")
+    min_rating: float | None = opt(None, "keep only ratings >= this as interactions "
+                                   "(implicit positives); None keeps all")
+    user_core: int = opt(0, "k-core: drop users with fewer interactions (repeated to a fixpoint "
+                         "with item_core)")
+    item_core: int = opt(0, "k-core: drop items with fewer interactions")
+    dedup: str = opt("last", "repeated (user, item) pairs: keep 'last' or 'first' in time, "
+                     "'mean' rating, or 'error'")
+    seed: int = opt(0, "seed of the split and of the sampled-protocol negatives")
+    eval_negatives: int = opt(100, "negatives per val/test row for the sampled protocol")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = opt(0, "seed of initialisation, batch order and negative sampling")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    patience: int = opt(3, "epochs without validation improvement before stopping")
+    ks: tuple[int, ...] = opt((10, 20), "cut-offs K of the ranking metrics")
+    protocol: str = opt("full", "ranking protocol: full (all items, train items masked) or "
+                        "sampled (target among eval_negatives fixed negatives)")
+    eval_batch_users: int = opt(1024, "users scored per full-ranking batch")
+    amp: bool = opt(True, "bf16 autocast on CUDA")
+
+
+def help_of(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
+    """Build `cls` from a dict; unknown keys and wrong types raise, naming the key path."""
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; "
+                         f"allowed: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            out[key] = from_dict(kind, value, f"{where}{key}.")
+            continue
+        out[key] = _check_type(f"{where}{key}", value, kind)
+    return cls(**out)
+
+
+def _check_type(key: str, value: Any, kind: Any) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if value is None and type(None) in args:
+        return None
+    if args and origin is not tuple and type(None) in args:  # Optional[X]
+        kind = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return tuple(_check_type(key, v, args[0]) for v in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is None and isinstance(kind, type) and not isinstance(value, kind) \
+            or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
