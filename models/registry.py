@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 from models.base import TASKS, DataSpec, Recommender
@@ -89,3 +90,51 @@ def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: 
         raise ValueError(f"model {name!r} does not support task {task!r}; "
                          f"it supports: {', '.join(cls.tasks)}")
     return cls(spec, task, make_params(name, **hparams))
+
+
+def save_model(model: Recommender, path: str | Path, **meta: Any) -> None:
+    """Write a checkpoint that `load_model` rebuilds without the training code or data.
+
+    Args:
+        model: the trained model (its current weights are saved).
+        path: the `.pt` file to write (written to a temporary name, then renamed).
+        **meta: JSON-able extras kept beside the weights (metrics, data fingerprint, ...).
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model.name, "task": model.task, "hparams": model.hparams(),
+               "spec": dataclasses.asdict(model.spec),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "meta": meta}
+    tmp = path.with_suffix(path.suffix + ".part")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_model(path: str | Path) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild a model saved by `save_model`; returns (model in eval mode, meta).
+
+    Raises a ValueError naming the file when it is not such a checkpoint or its weights do
+    not match the model it names.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        name, task, hparams = payload["model"], payload["task"], payload["hparams"]
+        spec = payload["spec"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path}: not a recsweep checkpoint ({e})") from None
+    spec["rating_range"] = tuple(spec["rating_range"])
+    model = create_model(name, DataSpec(**spec), task, **hparams)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match model {name!r}: "
+                         f"{str(e).splitlines()[0]}") from None
+    return model.eval(), payload.get("meta", {})

@@ -52,6 +52,8 @@ class TrainConfig:
                         "sampled (target among eval_negatives fixed negatives)")
     eval_batch_users: int = opt(1024, "users scored per full-ranking batch")
     amp: bool = opt(True, "bf16 autocast on CUDA")
+    metric: str = opt("", "validation metric for early stopping and the best state; default "
+                      "per task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
 
 
 def help_of(cls: type, name: str) -> str:
@@ -94,3 +96,60 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
             or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = opt("", "run name; the run directory is <storage>/<name> (default: sweep-<time>)")
+    models: tuple[str, ...] = opt(("mf", "autorec", "neumf", "caser"),
+                                  "models to search, one study each")
+    baselines: tuple[str, ...] = opt(("pop",), "non-learned baselines added to the table")
+    trials: int = opt(8, "trials per study")
+    epochs: int = opt(10, "maximum epochs per trial (ASHA's max_t)")
+    grace_period: int = opt(2, "epochs every trial runs before ASHA may stop it")
+    metric: str = opt("", "validation metric to optimise (and early-stop on); default per "
+                      "task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
+    time_budget: str = opt("", "hard wall-clock budget for the whole sweep, e.g. 8h, 30m, 90s "
+                           "(empty: none)")
+    cpus_per_trial: float = opt(1.0, "CPUs reserved per trial")
+    gpus_per_trial: float = opt(-1.0, "GPU fraction per trial (several trials share a GPU); "
+                                "-1: 0.25 when the cluster has GPUs, else 0")
+    address: str = opt("", "Ray cluster address (auto, HOST:PORT); empty starts a local one")
+    storage: str = opt("runs", "where run directories go: a local path, a shared path or a "
+                       "cloud URI (s3://, gs://) for multi-node runs")
+    final_seeds: int = opt(0, "retrain each study's best configuration with N seeds "
+                           "(table shows mean +- std)")
+    max_failures: int = opt(3, "restarts of a failed trial from its last checkpoint")
+    wandb: str = opt("offline", "Weights & Biases: offline (default), online, disabled")
+    wandb_project: str = opt("recsweep", "W&B project")
+    seed: int = opt(0, "seed of the TPE samplers and the trials")
+    search_space: dict = opt({}, "per-model overrides, {model: {param: {distribution, min, max}"
+                             " | {values: [...]} | {value: x}}} (W&B sweep syntax accepted)")
+    data: DataConfig = opt(DataConfig(), "the dataset")
+    train: TrainConfig = opt(TrainConfig(), "the training loop")
+
+
+def parse_duration(text: str) -> float | None:
+    """'8h', '30m', '90s', '1h30m', or plain seconds -> seconds; '' -> None."""
+    import re
+
+    text = text.strip()
+    if not text:
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise ValueError(f"time_budget={text!r}: expected a duration like 8h, 30m, 90s or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A YAML-ready dict (tuples as lists) of a config."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))

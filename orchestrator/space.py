@@ -1,0 +1,136 @@
+"""Search-space overrides in the W&B sweep-file syntax, applied over a model's own space.
+
+A model's `search_space(trial)` is Optuna define-by-run code. A sweep file may replace
+any parameter's distribution (or fix it), using the parameter syntax W&B sweep files use:
+
+    mf:
+      dim: {values: [32, 64, 128]}
+      lr: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
+      epochs: {value: 20}
+
+`overriding(trial, overrides)` wraps the trial so that the model's own `suggest_*` call for
+an overridden name draws from the override instead; overridden names the model never
+suggests are drawn afterwards. No Optuna import here: only the trial's `suggest_*` methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform",
+                 "log_uniform_values", "q_log_uniform_values")
+KEYS = {"distribution", "min", "max", "values", "value", "q"}
+
+
+def validate_space(overrides: dict[str, Any], known_params: dict[str, list[str]]) -> None:
+    """Check every override before any trial starts; errors name `model.param.key`.
+
+    Args:
+        overrides: `{model: {param: spec}}` as read from the sweep file.
+        known_params: hyperparameter names per model.
+    """
+    for model, params in overrides.items():
+        if model not in known_params:
+            raise ValueError(f"search_space.{model}: not a model of this sweep; "
+                             f"models: {', '.join(known_params)}")
+        if not isinstance(params, dict):
+            raise ValueError(f"search_space.{model}: expected a mapping of parameters")
+        for name, spec in params.items():
+            where = f"search_space.{model}.{name}"
+            if name not in known_params[model]:
+                raise ValueError(f"{where}: model {model!r} has no hyperparameter {name!r}; "
+                                 f"allowed: {', '.join(known_params[model])}")
+            _kind(where, spec)
+
+
+def _kind(where: str, spec: Any) -> str:
+    """The distribution of one entry (inferred as W&B does when not given); raises if bad."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a mapping like {{min: 1, max: 8}} or "
+                         f"{{values: [...]}}, got {spec!r}")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(KEYS))}")
+    kind = spec.get("distribution")
+    if kind is None:
+        if "value" in spec:
+            kind = "constant"
+        elif "values" in spec:
+            kind = "categorical"
+        elif isinstance(spec.get("min"), int) and isinstance(spec.get("max"), int):
+            kind = "int_uniform"
+        else:
+            kind = "uniform"
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"{where}.distribution: {kind!r} is not supported; "
+                         f"supported: {', '.join(DISTRIBUTIONS)}")
+    if kind == "constant" and "value" not in spec:
+        raise ValueError(f"{where}: distribution constant needs 'value'")
+    if kind == "categorical" and not (isinstance(spec.get("values"), list) and spec["values"]):
+        raise ValueError(f"{where}: distribution categorical needs a non-empty list 'values'")
+    if kind not in ("constant", "categorical"):
+        lo, hi = spec.get("min"), spec.get("max")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+            raise ValueError(f"{where}: distribution {kind} needs numeric 'min' and 'max', "
+                             f"got min={lo!r} max={hi!r}")
+        if lo > hi:
+            raise ValueError(f"{where}: min={lo} is greater than max={hi}")
+        if "log" in kind and lo <= 0:
+            raise ValueError(f"{where}: {kind} needs min > 0, got min={lo}")
+        if kind.startswith("q_") and not spec.get("q", 1) > 0:
+            raise ValueError(f"{where}: q must be > 0, got {spec['q']!r}")
+    return kind
+
+
+def suggest(trial: Any, name: str, spec: dict[str, Any]) -> Any:
+    """Draw one overridden parameter with the trial's own `suggest_*` methods."""
+    kind = _kind(name, spec)
+    if kind == "constant":
+        return spec["value"]
+    if kind == "categorical":
+        return trial.suggest_categorical(name, spec["values"])
+    lo, hi = spec["min"], spec["max"]
+    if kind == "int_uniform":
+        return trial.suggest_int(name, int(lo), int(hi))
+    log = "log" in kind
+    step = spec.get("q", 1) if kind.startswith("q_") else None
+    if step is not None and log:  # Optuna cannot combine step and log: quantise the draw
+        value = trial.suggest_float(name, lo, hi, log=True)
+        return round(value / step) * step
+    return trial.suggest_float(name, lo, hi, log=log, step=step)
+
+
+class _Overriding:
+    """A trial whose `suggest_*(name, ...)` answers from the overrides when it has `name`."""
+
+    def __init__(self, trial: Any, overrides: dict[str, Any]) -> None:
+        self._trial, self._overrides, self.drawn = trial, overrides, {}
+
+    def _answer(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in self._overrides:
+            value = suggest(self._trial, name, self._overrides[name])
+        else:
+            value = getattr(self._trial, method)(name, *args, **kwargs)
+        self.drawn[name] = value
+        return value
+
+    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> float:
+        return self._answer("suggest_float", name, *args, **kwargs)
+
+    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> int:
+        return self._answer("suggest_int", name, *args, **kwargs)
+
+    def suggest_categorical(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._answer("suggest_categorical", name, *args, **kwargs)
+
+
+def sample_params(trial: Any, model_space: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The model's define-by-run space with `overrides` applied; returns the hyperparameters."""
+    wrapped = _Overriding(trial, overrides)
+    params = dict(model_space(wrapped) or {})
+    for name, spec in overrides.items():
+        if name not in wrapped.drawn:
+            params[name] = suggest(trial, name, spec)
+        else:
+            params[name] = wrapped.drawn[name]
+    return params

@@ -1,0 +1,434 @@
+"""The sweep: one Ray Tune study per model, Optuna TPE + ASHA, resumable, then the table.
+
+    SweepConfig -> prepared data (once, on the driver) -> for each study:
+        Tuner(with_resources(with_parameters(run_trial, data)), OptunaSearch(TPE), ASHA)
+    -> best trial per study (validation) -> test metrics of the chosen checkpoints only
+    -> optional re-runs of the best configuration with more seeds -> results.*
+
+The run directory (`<storage>/<name>` when storage is a local path, else `runs/<name>`
+beside the remote experiments) holds `sweep.yaml`, `data.json`, one Tune experiment per
+study (the `--resume` target), `trials.parquet`, `checkpoints/`, and `results.*`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from optuna.samplers import TPESampler
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from data import describe, load_dataset
+from data.types import PreparedData
+from models import DataSpec, create_model, list_models
+from models.registry import get_model_class, save_model
+from orchestrator import results
+from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
+from orchestrator.space import sample_params, validate_space
+from orchestrator.train import evaluate, fit, seed_everything, task_metric
+from orchestrator.trainable import load_state, run_trial, split_config
+
+SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
+         "data": {"dataset": "synthetic:users=200,items=150,interactions=4000,seed=0"}}
+DEFAULT_GPU_FRACTION = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """One search: a model on one task, optimising one validation metric."""
+
+    name: str
+    model: str
+    task: str
+    metric: str
+    mode: str
+
+
+def studies_of(cfg: SweepConfig) -> list[Study]:
+    """`models: [mf, mf:ranking, neumf]` -> studies; errors name the bad entry."""
+    out = []
+    for entry in cfg.models:
+        model, _, task = entry.partition(":")
+        if model not in list_models():
+            raise ValueError(f"models: unknown model {model!r}; known: {', '.join(list_models())}")
+        cls = get_model_class(model)
+        task = task or cls.tasks[0]
+        if task not in cls.tasks:
+            raise ValueError(f"models: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}")
+        default, mode = task_metric(task)
+        metric = cfg.metric or default
+        allowed = reported_metrics(task, cfg.train.ks)
+        if metric not in allowed:
+            raise ValueError(f"metric: {metric!r} is not reported by {entry!r} (task {task}); "
+                             f"it reports: {', '.join(allowed)}")
+        mode = "min" if metric.split("/")[1] in ("rmse", "mae") else "max"
+        out.append(Study(entry.replace(":", "-"), model, task, metric, mode))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models: {list(cfg.models)} names a study twice")
+    return out
+
+
+def reported_metrics(task: str, ks: tuple[int, ...]) -> list[str]:
+    if task == "rating":
+        return ["val/rmse", "val/mae"]
+    return [f"val/{m}@{k}" for m in ("hr", "ndcg", "recall", "mrr") for k in ks]
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool = False
+                ) -> SweepConfig:
+    """The sweep file (if any), then `--smoke` defaults, then CLI flags; unknown keys raise."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of sweep settings at the top level")
+    for layer in ([SMOKE] if smoke else []) + [overrides]:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+    where = f"{path}: " if path else ""
+    try:
+        cfg = from_dict(SweepConfig, values)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+    check_config(cfg, where)
+    return cfg
+
+
+def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
+    """Everything that can be checked before Ray starts; returns the studies."""
+    try:
+        studies = studies_of(cfg)
+        for name in cfg.baselines:
+            get_model_class(name)
+        parse_duration(cfg.time_budget)
+        known = {s.model: [f.name for f in dataclasses.fields(get_model_class(s.model).Params)]
+                 for s in studies}
+        validate_space(cfg.search_space, known)
+        if cfg.trials < 1 or cfg.epochs < 1 or cfg.grace_period < 1:
+            raise ValueError("trials, epochs and grace_period must be >= 1")
+        if cfg.wandb not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
+        if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
+            raise ValueError("wandb: online needs WANDB_API_KEY in the environment")
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{where}{e.args[0] if isinstance(e, KeyError) else e}") from None
+    return studies
+
+
+def run_dir_of(cfg: SweepConfig) -> Path:
+    local = "://" not in cfg.storage
+    return (Path(cfg.storage) if local else Path("runs")).resolve() / cfg.name
+
+
+def experiment_root(cfg: SweepConfig) -> str:
+    """Where Tune writes the studies: the run directory, or `<uri>/<name>` for cloud storage."""
+    if "://" in cfg.storage:
+        return cfg.storage.rstrip("/") + "/" + cfg.name
+    return str(run_dir_of(cfg))
+
+
+def connect(cfg: SweepConfig) -> None:
+    """Join the cluster at `address` (or start a local one) and fail early if unreachable."""
+    if ray.is_initialized():
+        return
+    try:
+        if cfg.address:
+            ray.init(address=cfg.address, log_to_driver=False)
+        else:
+            ray.init(log_to_driver=False, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}") from None
+
+
+def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
+    """The per-trial request and how many trials the cluster can run at once.
+
+    Raises if no node could ever host one trial (checked against each node, since a trial
+    cannot span nodes), instead of leaving trials pending all night.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    total_gpus = sum(n.get("GPU", 0) for n in nodes)
+    gpus = cfg.gpus_per_trial
+    if gpus < 0:
+        gpus = DEFAULT_GPU_FRACTION if total_gpus else 0.0
+    request = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
+    fits = [n for n in nodes if n.get("CPU", 0) >= request["cpu"] and n.get("GPU", 0) >= gpus]
+    if not fits:
+        have = [{"CPU": n.get("CPU", 0), "GPU": n.get("GPU", 0)} for n in nodes]
+        raise ValueError(f"cpus_per_trial={request['cpu']}, gpus_per_trial={gpus}: no node of "
+                         f"the cluster has that much (nodes: {have})")
+    slots = sum(min(n.get("CPU", 0) // request["cpu"],
+                    n.get("GPU", 0) // gpus if gpus else math.inf) for n in fits)
+    return request, max(1, int(slots))
+
+
+def wandb_callbacks(cfg: SweepConfig, study: Study) -> list[Any]:
+    if cfg.wandb == "disabled":
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    os.environ["WANDB_MODE"] = cfg.wandb  # read by Ray's key check and by wandb itself
+    # A short upload timeout: offline runs upload nothing, and an interrupted online sweep
+    # must not hang for Ray's default 30 minutes.
+    return [WandbLoggerCallback(project=cfg.wandb_project, group=f"{cfg.name}/{study.name}",
+                                mode=cfg.wandb, upload_timeout=60, job_type=study.name)]
+
+
+class Progress(tune.Callback):
+    """One line per finished trial: done/running/pending, best so far, time and budget."""
+
+    def __init__(self, study: Study, total: int, start: float, deadline: float | None) -> None:
+        self.study, self.total, self.start, self.deadline = study, total, start, deadline
+        self.best: float | None = None
+
+    def _line(self, trials: list[Any], event: str) -> None:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        left = "" if self.deadline is None else \
+            f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"
+        print(f"[{self.study.name}] {event}: {done}/{self.total} done, {running} running, "
+              f"{self.total - done - running} pending, best {self.study.metric} {best}, "
+              f"elapsed {(time.time() - self.start) / 60:.1f} min{left}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        value = result.get(self.study.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = min if self.study.mode == "min" else max
+            self.best = value if self.best is None else better(self.best, value)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trials, f"trial {trial.trial_id} finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trials, f"trial {trial.trial_id} failed")
+
+
+def _search_space(study: Study, cfg: SweepConfig) -> Any:
+    cls = get_model_class(study.model)
+    overrides = cfg.search_space.get(study.model, {})
+
+    def space(trial: Any) -> dict[str, Any]:
+        params = sample_params(trial, cls.search_space, overrides)
+        params.setdefault("epochs", cfg.epochs)
+        # constants returned by a define-by-run space become part of the trial's config
+        return {**params, "model": study.model, "task": study.task, "seed": cfg.seed,
+                "metric": study.metric}
+    return space
+
+
+def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: float | None,
+           callbacks: list[Any]) -> tune.Tuner:
+    search = OptunaSearch(space=_search_space(study, cfg), metric=study.metric, mode=study.mode,
+                          sampler=TPESampler(seed=cfg.seed))
+    # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
+    # stops is told to Optuna as complete with its truncated value.
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
+                         grace_period=min(cfg.grace_period, cfg.epochs))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search,
+                                    scheduler=asha, num_samples=cfg.trials,
+                                    max_concurrent_trials=min(slots, cfg.trials),
+                                    time_budget_s=budget),
+        run_config=tune.RunConfig(
+            name=study.name, storage_path=experiment_root(cfg),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks, verbose=0))
+
+
+def _trial_rows(grid: Any, study: Study) -> list[dict[str, Any]]:
+    rows = []
+    for res in grid:
+        config = res.config or {}
+        _, hparams = split_config({**dict.fromkeys(("model", "task", "seed", "metric")),
+                                   **config})
+        history = res.metrics_dataframe
+        values = history[study.metric] if history is not None and study.metric in history \
+            else None
+        best = None
+        if values is not None and values.notna().any():
+            best = float(values.min() if study.mode == "min" else values.max())
+        last = res.metrics or {}
+        status = "error" if res.error else last.get("status", "pending")
+        status = "ok" if status == "running" else status
+        rows.append({"study": study.name, "model": study.model, "task": study.task,
+                     "trial_id": last.get("trial_id", os.path.basename(str(res.path))),
+                     "status": status, "error": str(res.error).splitlines()[0] if res.error
+                     else last.get("message", ""),
+                     "epochs": int(last.get("training_iteration", 0) or 0),
+                     "time_s": float(last.get("time_total_s", 0.0) or 0.0),
+                     "metric": study.metric, "best": best,
+                     "hparams": json.dumps(hparams, sort_keys=True), "path": str(res.path)})
+    return rows
+
+
+def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study: Study,
+                          run_dir: Path, tag: str) -> dict[str, float]:
+    """Load the trial's best state, save it as `checkpoints/<tag>.pt`, evaluate val and test.
+
+    Test metrics are computed here, for chosen trials only: the search never sees them.
+    """
+    meta, hparams = split_config(res.config)
+    with res.checkpoint.as_directory() as directory:
+        state = load_state(directory)
+    model = create_model(study.model, DataSpec.from_data(data), study.task, **hparams)
+    model.load_state_dict(state["best_state"])
+    save_model(model, run_dir / "checkpoints" / f"{tag}.pt", data_fingerprint=data.fingerprint,
+               trial_path=str(res.path), study=study.name, metric=study.metric)
+    tcfg = dataclasses.replace(cfg.train, seed=int(meta["seed"]), metric=study.metric)
+    return {**evaluate(model, data, "val", tcfg), **evaluate(model, data, "test", tcfg)}
+
+
+def _metrics_only(m: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in m.items() if k.startswith(("val/", "test/"))
+            and not k.endswith("_per_s")}
+
+
+def _baseline_row(name: str, data: PreparedData, cfg: SweepConfig) -> dict[str, Any]:
+    model = create_model(name, DataSpec.from_data(data))
+    tcfg = dataclasses.replace(cfg.train, seed=cfg.seed)
+    seed_everything(cfg.seed)
+    start = time.time()
+    fit(model, data, tcfg)
+    scores = {**evaluate(model, data, "val", tcfg), **evaluate(model, data, "test", tcfg)}
+    return {"study": name, "model": name, "task": model.task, "status": "ok", "trials_done": 1,
+            "trials_failed": 0, "epochs": 0, "time_s": time.time() - start, "seeds": 1,
+            **_metrics_only(scores)}
+
+
+def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
+    """Run (or continue) a sweep; returns the run directory holding the results."""
+    if resume is not None:
+        cfg = load_run_config(resume)
+    elif not cfg.name:
+        cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
+    studies = check_config(cfg)
+    start = time.time()
+    budget = parse_duration(cfg.time_budget)
+    deadline = None if budget is None else start + budget
+
+    data = load_dataset(cfg.data)
+    print(f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
+          f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
+          f"split {data.split_name})", flush=True)
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "sweep.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (run_dir / "data.json").write_text(json.dumps(
+        {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
+
+    connect(cfg)
+    request, slots = resources(cfg)
+    print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
+          flush=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
+
+    rows, trial_rows = [], []
+    interrupted = False
+    for index, study in enumerate(studies):
+        left = None if deadline is None else deadline - time.time()
+        if interrupted or (left is not None and left <= 0):
+            rows.append({"study": study.name, "model": study.model, "task": study.task,
+                         "status": "interrupted" if interrupted else "time budget spent",
+                         "metric": study.metric, "trials_done": 0, "trials_failed": 0})
+            continue
+        share = None if left is None else left / (len(studies) - index)
+        callbacks = [Progress(study, cfg.trials, start, deadline), *wandb_callbacks(cfg, study)]
+        path = f"{experiment_root(cfg)}/{study.name}"
+        if tune.Tuner.can_restore(path):
+            print(f"[{study.name}] resuming from {path}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        else:
+            tuner = _tuner(trainable, study, cfg, slots, share, callbacks)
+        grid = tuner.fit()
+        trial_rows += _trial_rows(grid, study)
+        unfinished = [r for r in grid if (r.metrics or {}).get("status") not in
+                      ("running", "diverged") and not r.error]
+        interrupted = bool(unfinished) and (deadline is None or time.time() < deadline)
+        rows.append(_study_row(grid, study, data, cfg, run_dir, trainable))
+
+    for name in cfg.baselines:
+        rows.append(_baseline_row(name, data, cfg))
+    results.write_trials(run_dir, trial_rows)
+    frame = results.table(rows)
+    results.write(run_dir, frame)
+    print(results.markdown(frame), flush=True)
+    print(f"run directory: {run_dir}", flush=True)
+    return run_dir
+
+
+def _study_row(grid: Any, study: Study, data: PreparedData, cfg: SweepConfig, run_dir: Path,
+               trainable: Any) -> dict[str, Any]:
+    done = [r for r in grid if not r.error and (r.metrics or {}).get("status") == "running"]
+    failed = len(grid) - len(done)
+    row: dict[str, Any] = {"study": study.name, "model": study.model, "task": study.task,
+                           "metric": study.metric, "trials_done": len(done),
+                           "trials_failed": failed}
+    try:
+        best = grid.get_best_result(study.metric, study.mode, scope="all")
+    except RuntimeError:
+        best = None
+    if best is None or best.checkpoint is None:
+        return {**row, "status": "no finished trial"}
+    _, hparams = split_config(best.config)
+    runs = [_test_from_checkpoint(best, data, cfg, study, run_dir, study.name)]
+    if cfg.final_seeds > 1:
+        runs += _seed_runs(best, study, data, cfg, run_dir, trainable)
+    metrics = results.aggregate_seeds([_metrics_only(m) for m in runs])
+    if len(runs) == 1:
+        metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
+    last = best.metrics or {}
+    return {**row, "status": "ok", "epochs": int(last.get("training_iteration", 0)),
+            "time_s": float(last.get("time_total_s", 0.0)), "seeds": len(runs),
+            **metrics, "hparams": json.dumps(hparams, sort_keys=True)}
+
+
+def _seed_runs(best: Any, study: Study, data: PreparedData, cfg: SweepConfig, run_dir: Path,
+               trainable: Any) -> list[dict[str, float]]:
+    """Retrain the chosen configuration with `final_seeds - 1` more seeds (no search)."""
+    seeds = [cfg.seed + i for i in range(1, cfg.final_seeds)]
+    name = f"{study.name}-seeds"
+    path = f"{experiment_root(cfg)}/{name}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        space = {**best.config, "seed": tune.grid_search(seeds)}
+        tuner = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(
+            name=name, storage_path=experiment_root(cfg), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    grid = tuner.fit()
+    return [_test_from_checkpoint(r, data, cfg, study, run_dir,
+                                  f"{study.name}-seed{r.config['seed']}")
+            for r in grid if r.checkpoint is not None and not r.error]
+
+
+def load_run_config(run_dir: str | Path) -> SweepConfig:
+    """The resolved config of an earlier sweep, for `--resume`."""
+    path = Path(run_dir) / "sweep.yaml"
+    if not path.exists():
+        raise ValueError(f"--resume {run_dir}: not a sweep run directory (no sweep.yaml)")
+    cfg = from_dict(SweepConfig, yaml.safe_load(path.read_text()))
+    # a moved run directory resumes where it now is
+    storage = cfg.storage if "://" in cfg.storage else str(Path(run_dir).resolve().parent)
+    return dataclasses.replace(cfg, storage=storage, name=Path(run_dir).resolve().name)

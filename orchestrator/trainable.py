@@ -1,0 +1,69 @@
+"""The Ray Tune trial: build the model the searcher chose, train it with the shared loop.
+
+`run_trial(config, data, train_cfg)` is wrapped once per sweep with
+`tune.with_parameters` (the prepared data goes to the object store once, trials never
+re-read files). Each epoch `fit` hands its full state to `on_state`, and the same epoch's
+`report` sends the metrics and that state as one checkpoint, so a trial restarted on
+another node (FailureConfig) continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from data.types import PreparedData
+from models import DataSpec, create_model
+from orchestrator.config import TrainConfig
+from orchestrator.train import fit, seed_everything
+
+META = ("model", "task", "seed", "metric")
+STATE_FILE = "state.pt"
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(meta, hyperparameters) of a trial config."""
+    meta = {k: config[k] for k in META}
+    return meta, {k: v for k, v in config.items() if k not in META}
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig) -> None:
+    meta, hparams = split_config(config)
+    cfg = dataclasses.replace(train_cfg, seed=int(meta["seed"]), metric=meta["metric"])
+    seed_everything(cfg.seed)
+    model = create_model(meta["model"], DataSpec.from_data(data), meta["task"], **hparams)
+
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure or a lost node
+        with checkpoint.as_directory() as directory:
+            state = load_state(directory)
+
+    latest: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(latest["state"], Path(directory) / STATE_FILE)
+            tune.report({**metrics, "status": "running"},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
+
+    result = fit(model, data, cfg, report, state=state,
+                 on_state=lambda s: latest.__setitem__("state", s))
+    if result.status == "diverged":
+        # NaN tells Optuna the trial failed; the table shows the status and the reason.
+        tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message})
+    # free the trial's memory now: a reused worker must not carry it into the next trial
+    latest.clear()
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
