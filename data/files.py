@@ -1,0 +1,307 @@
+"""The user's own files: `csv:PATH`, `parquet:PATH` and the NCF authors' pre-split `ncf:PREFIX`.
+
+Also home of the small file helpers the MovieLens parser shares: content hashing and a fast
+numeric-table reader that, when the fast path fails, finds the first bad line for the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.types import Interactions, RawDataset
+
+COLUMN_KEYS = ("user", "item", "rating", "timestamp")
+_INT_RE = r"0|-?[1-9][0-9]*"  # an integer spelled canonically: "007" stays a string id
+
+
+def hash_file(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (hashing bytes, not parsed rows, keeps this fast)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """Content hash of a source: the file's sha256 for one file, else a hash of the hashes.
+
+    Names are left out on purpose, so the same data in another folder has the same
+    fingerprint.
+    """
+    digests = [hash_file(p) for p in paths]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def read_table(path: Path, sep: str, names: tuple[str, ...], kinds: str,
+               encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a header-less numeric table fast; on bad input, raise naming the first bad line.
+
+    Args:
+        path: the file.
+        sep: the field separator (one character; C-engine fast path).
+        names: column names, one per field.
+        kinds: one letter per column, `i` for int64 and `f` for float32.
+        encoding: the file's text encoding.
+    """
+    dtypes = {n: ("int64" if k == "i" else "float32") for n, k in zip(names, kinds, strict=True)}
+    try:
+        df = pd.read_csv(path, sep=sep, header=None, names=list(names), dtype=dtypes,
+                         encoding=encoding, engine="c", skip_blank_lines=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (ValueError, pd.errors.ParserError) as e:
+        _raise_first_bad_line(path, sep, names, kinds, encoding, e)
+    if df.isna().any().any():  # a short row: pandas pads it with NaN
+        _raise_first_bad_line(path, sep, names, kinds, encoding, None)
+    return df
+
+
+def _raise_first_bad_line(path: Path, sep: str, names: tuple[str, ...], kinds: str,
+                          encoding: str, cause: Exception | None) -> None:
+    """Slow path, only on error: scan the file for the first line that does not parse."""
+    expected = f"{len(names)} {sep!r}-separated fields ({' '.join(names)})"
+    with open(path, encoding=encoding) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.rstrip("\r\n").split(sep)
+            ok = len(fields) == len(names)
+            for field, kind in zip(fields, kinds, strict=False):
+                try:
+                    int(field) if kind == "i" else float(field)
+                except ValueError:
+                    ok = False
+            if not ok:
+                raise ValueError(f"{path}, line {lineno}: expected {expected}, got {line!r}")
+    raise ValueError(f"{path}: expected {expected} on every line ({cause})")
+
+
+# --- csv: and parquet: -----------------------------------------------------------------------
+
+def parse_file_spec(spec: str) -> tuple[str, Path, dict[str, str], str]:
+    """Split `csv:PATH?user=uid&item=iid&sep=;` into (kind, path, column mapping, sep).
+
+    Keys: `user`, `item`, `rating`, `timestamp` (the column holding each; `none` ignores a
+    rating/timestamp column) and, for CSV only, `sep` (default `,`). The path ends at the last
+    `?`.
+    """
+    kind, _, rest = spec.partition(":")
+    path_text, _, query = rest.rpartition("?") if "?" in rest else (rest, "", "")
+    if not path_text:
+        raise ValueError(f"dataset spec {spec!r}: expected {kind}:PATH[?user=COL&item=COL&...]")
+    columns = {k: k for k in COLUMN_KEYS}
+    sep = ","
+    allowed = COLUMN_KEYS + (("sep",) if kind == "csv" else ())
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if key not in allowed or not eq or not value:
+            raise ValueError(f"dataset spec {spec!r}: bad option {part!r}; expected KEY=VALUE "
+                             f"with KEY one of {', '.join(allowed)}")
+        if key == "sep":
+            sep = "\t" if value in ("tab", "\\t") else value
+        else:
+            columns[key] = value
+    for key in ("user", "item"):
+        if columns[key] == "none":
+            raise ValueError(f"dataset spec {spec!r}: the {key} column is required")
+    return kind, Path(path_text).expanduser(), columns, sep
+
+
+def load_table(spec: str) -> RawDataset:
+    """Load `csv:PATH[?...]` or `parquet:PATH[?...]` (see `parse_file_spec` for the options).
+
+    A header is required. Missing `user`/`item` values, a non-numeric or missing rating and an
+    unparsable timestamp raise ValueError naming the file, the line (CSV, 1-based with the
+    header as line 1) or row (Parquet, 0-based) and the value. Ids stay as given: integer
+    columns become int64, anything else stays a string. Timestamps are integer seconds or ISO
+    datetimes (naive ones read as UTC), returned as int64 seconds.
+    """
+    kind, path, columns, sep = parse_file_spec(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (dataset spec {spec!r})")
+    wanted = {k: c for k, c in columns.items() if c != "none"}
+    if kind == "csv":
+        try:
+            # ids as text so they stay as given; ratings and timestamps inferred (fast)
+            df = pd.read_csv(path, sep=sep, dtype={wanted["user"]: str, wanted["item"]: str},
+                             keep_default_na=False, na_values=[""], skip_blank_lines=False)
+        except pd.errors.ParserError as e:  # e.g. "Expected 4 fields in line 7, saw 5"
+            raise ValueError(f"{path}: malformed CSV: {e}") from None
+        where = "line {}"
+        offset = 2  # row 0 is line 2: the header is line 1
+    else:
+        df = pd.read_parquet(path)
+        where = "row {}"
+        offset = 0
+    found = [str(c) for c in df.columns]
+    # rating/timestamp under their default names are optional; anything named explicitly isn't
+    required = [k for k in COLUMN_KEYS
+                if k in wanted and (k in ("user", "item") or wanted[k] != k)]
+    missing = [wanted[k] for k in required if wanted[k] not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {found}; expected "
+                         f"{[wanted[k] for k in required]} (map yours with "
+                         f"{kind}:PATH?user=COL&item=COL&rating=COL&timestamp=COL)")
+
+    def at(i: int) -> str:
+        return where.format(i + offset)
+
+    out: dict[str, np.ndarray | None] = {}
+    for key in COLUMN_KEYS:
+        col = wanted.get(key)
+        if col is None or col not in df.columns:
+            out[key] = None
+            continue
+        s = df[col]
+        bad = np.flatnonzero(s.isna().to_numpy())
+        if len(bad):
+            raise ValueError(f"{path}, {at(bad[0])}: missing {key} (column {col!r})")
+        convert = {"user": _ids, "item": _ids, "rating": _ratings, "timestamp": _seconds}[key]
+        out[key] = convert(s, lambda i, v, k=key, c=col: ValueError(
+            f"{path}, {at(i)}: bad {k} {v!r} in column {c!r}"))
+    if len(df) == 0:
+        raise ValueError(f"{path}: no rows")
+    notes = [f"{kind}: {path}"]
+    notes.append(f"ratings from {wanted['rating']!r}" if out["rating"] is not None
+                 else "no rating column: implicit feedback")
+    if out["timestamp"] is None:
+        notes.append("no timestamp column")
+    return RawDataset(
+        name=spec,
+        interactions=Interactions(out["user"], out["item"], out["rating"], out["timestamp"]),
+        fingerprint=fingerprint([path]),
+        files=[str(path)],
+        note="; ".join(notes),
+    )
+
+
+BadValue = Callable[[int, object], ValueError]
+
+
+def _ids(s: pd.Series, bad: BadValue) -> np.ndarray:
+    """int64 when every id is a canonical integer, else the ids as given (strings)."""
+    if pd.api.types.is_integer_dtype(s.dtype):
+        return s.to_numpy(dtype=np.int64)
+    text = s.astype(str)
+    if text.str.fullmatch(_INT_RE).all():
+        return text.astype(np.int64).to_numpy()
+    return text.to_numpy(dtype=object)
+
+
+def _ratings(s: pd.Series, bad: BadValue) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(s.dtype):
+        return s.to_numpy(dtype=np.float32)
+    values = pd.to_numeric(s, errors="coerce")
+    wrong = np.flatnonzero(values.isna().to_numpy())
+    if len(wrong):
+        raise bad(int(wrong[0]), s.iloc[wrong[0]])
+    return values.to_numpy(dtype=np.float32)
+
+
+def _seconds(s: pd.Series, bad: BadValue) -> np.ndarray:
+    """Integer seconds as given, or ISO datetimes converted to seconds since the epoch."""
+    if pd.api.types.is_integer_dtype(s.dtype):
+        return s.to_numpy(dtype=np.int64)
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        dt = s if s.dt.tz is not None else s.dt.tz_localize("UTC")
+    else:
+        text = s.astype(str)
+        if text.str.fullmatch(_INT_RE).all():
+            return text.astype(np.int64).to_numpy()
+        dt = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+        wrong = np.flatnonzero(dt.isna().to_numpy())
+        if len(wrong):
+            raise bad(int(wrong[0]), s.iloc[wrong[0]])
+    # integer division by a Timedelta works whatever resolution pandas picked
+    return ((dt - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+# --- ncf: ------------------------------------------------------------------------------------
+
+def load_ncf(spec: str) -> RawDataset:
+    """Load `ncf:PREFIX`: PREFIX.train.rating, PREFIX.test.rating and PREFIX.test.negative.
+
+    The NCF authors' format (He et al., 2017): tab-separated `user item rating timestamp` with
+    0-based ids, and one `(user,item)\\tneg1\\tneg2...` line per test row. Kept exactly as
+    given; the negatives are checked: each line's (user,item) must be the test row on the same
+    line, and no negative may be the test item or one of the user's training items.
+    """
+    prefix = spec.partition(":")[2]
+    if not prefix:
+        raise ValueError(f"dataset spec {spec!r}: expected ncf:PREFIX")
+    prefix = str(Path(prefix).expanduser())
+    paths = [Path(prefix + s) for s in (".train.rating", ".test.rating", ".test.negative")]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file (ncf:PREFIX needs {paths[0].name}, "
+                                    f"{paths[1].name} and {paths[2].name})")
+    names, kinds = ("user", "item", "rating", "timestamp"), "iifi"
+    train, test = (_interactions(read_table(p, "\t", names, kinds)) for p in paths[:2])
+    negatives = _read_negatives(paths[2], test, train)
+    both = Interactions(*(np.concatenate([a, b]) for a, b in
+                          zip((train.user, train.item, train.rating, train.timestamp),
+                              (test.user, test.item, test.rating, test.timestamp), strict=True)))
+    return RawDataset(
+        name=spec,
+        interactions=both,
+        fixed_splits={"ncf": lambda: (train, test)},
+        test_negatives=negatives,
+        fingerprint=fingerprint(paths),
+        files=[str(p) for p in paths],
+        note=f"ncf: {prefix} ({len(train)} train, {len(test)} test rows, "
+             f"{negatives.shape[1]} fixed negatives each)",
+    )
+
+
+def _interactions(df: pd.DataFrame) -> Interactions:
+    return Interactions(df["user"].to_numpy(np.int64), df["item"].to_numpy(np.int64),
+                        df["rating"].to_numpy(np.float32), df["timestamp"].to_numpy(np.int64))
+
+
+def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.ndarray:
+    """Parse and check PREFIX.test.negative; returns item ids `[n_test, N]`."""
+    rows: list[list[int]] = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            try:
+                head = fields[0]
+                if not (head.startswith("(") and head.endswith(")")):
+                    raise ValueError
+                u, i = (int(x) for x in head[1:-1].split(","))
+                negs = [int(x) for x in fields[1:]]
+            except (ValueError, IndexError):
+                raise ValueError(f"{path}, line {lineno}: expected '(user,item)' then "
+                                 f"tab-separated negative item ids, got {line!r}") from None
+            k = lineno - 1
+            if k >= len(test) or (u, i) != (test.user[k], test.item[k]):
+                want = (f"({test.user[k]},{test.item[k]}), the test row on line {lineno} of the "
+                        f"test.rating file" if k < len(test) else
+                        f"no line: the test.rating file has only {len(test)} rows")
+                raise ValueError(f"{path}, line {lineno}: ({u},{i}) does not match; "
+                                 f"expected {want}")
+            if rows and len(negs) != len(rows[0]):
+                raise ValueError(f"{path}, line {lineno}: {len(negs)} negatives, expected "
+                                 f"{len(rows[0])} like line 1")
+            rows.append(negs)
+    if len(rows) != len(test):
+        raise ValueError(f"{path}: {len(rows)} lines, expected one per test row ({len(test)})")
+    neg = np.array(rows, dtype=np.int64).reshape(len(test), -1)  # [n_test, N]
+    # a pair as one int64 code so membership is one vectorized isin
+    width = int(max(train.item.max(initial=0), test.item.max(initial=0), neg.max(initial=0))) + 1
+    train_codes = train.user * width + train.item  # [n_train]
+    in_train = np.isin(test.user[:, None] * width + neg, train_codes)  # [n_test, N]
+    is_test = neg == test.item[:, None]  # [n_test, N]
+    bad = np.argwhere(in_train | is_test)
+    if len(bad):
+        k, j = bad[0]
+        what = "the test item" if is_test[k, j] else f"a training item of user {test.user[k]}"
+        raise ValueError(f"{path}, line {k + 1}: negative item {neg[k, j]} is {what}; "
+                         f"negatives must be items the user never interacted with")
+    return neg
