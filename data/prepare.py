@@ -1,0 +1,405 @@
+"""From a `RawDataset` to `PreparedData`: filter, index, split, fix evaluation negatives.
+
+Order of operations (each step counts what it removed, in `stats["filters"]`):
+
+1. de-duplicate repeated (user, item) pairs with the stated policy (first the user's
+   opinion is settled, then it is thresholded);
+2. `min_rating`: keep only ratings >= the threshold (implicit positives);
+3. k-core: drop users with < `user_core` and items with < `item_core` interactions,
+   repeated until nothing changes (dropping an item can push a user under the bar);
+4. index the surviving raw ids to contiguous indices (sorted raw ids, so the maps are
+   `np.unique`'s and `index_of` is a binary search);
+5. split (all deterministic given `seed`; nothing of test is in train or val):
+   - `random:a,b,c`: a seeded permutation of all rows cut in ratios a/b/c;
+   - `leave-last`: per user in time order (ties: source order), test = last, val = the one
+     before; users with fewer than 3 interactions stay entirely in train (counted);
+   - `temporal:a,b,c`: per user in time order, the first a share trains, the next b
+     validates, the rest tests (Caser's 70/10/20); every user keeps >= 1 training row;
+   - `u1`..`u5`, `ua`, `ub` (MovieLens 100K): test = the release's `.test` file; val = a
+     seeded random 10% of the `.base` file (the u-splits themselves are random splits);
+   - `ncf`: train and test exactly as given; val = each user's last training interaction in
+     time (users with >= 2), moved out of train; test negatives = the benchmark's own;
+6. sampled-protocol negatives: `eval_negatives` distinct items per val/test row, drawn once
+   (seeded) uniformly from the items the user never interacted with in any split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from data.sampling import NegativeSampler
+from data.types import Interactions, PreparedData, RawDataset, Split
+
+FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
+SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf"
+DEDUP_POLICIES = ("last", "first", "mean", "error")
+FIXED_VAL_SHARE = 0.1  # of a canonical split's base file, carved out as validation
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | None = None,
+            user_core: int = 0, item_core: int = 0, dedup: str = "last", seed: int = 0,
+            eval_negatives: int = 100) -> PreparedData:
+    """Filter, index and split a raw dataset (see the module docstring for each step).
+
+    Args:
+        raw: what a source returned.
+        split: split spec: `leave-last`, `random:0.8,0.1,0.1`, `temporal:0.7,0.1,0.2`,
+            `u1`..`u5`, `ua`, `ub`, `ncf` (the last ones only where the source ships them).
+        min_rating: keep only ratings >= this (None keeps all).
+        user_core, item_core: k-core thresholds (0 disables).
+        dedup: repeated (user, item): keep the 'last' or 'first' in time, the 'mean' rating
+            (at the last one's time), or 'error'.
+        seed: seed of the random splits and of the evaluation negatives.
+        eval_negatives: negatives per val/test row for the sampled protocol (0: none).
+
+    Example:
+        >>> data = prepare(load_source("ml-100k"), "leave-last", min_rating=4, user_core=5)
+        >>> data.n_users, len(data.train), data.stats["filters"]
+    """
+    kind, ratios = parse_split(split, raw)
+    if dedup not in DEDUP_POLICIES:
+        raise ValueError(f"dedup={dedup!r}: expected one of {', '.join(DEDUP_POLICIES)}")
+    if user_core < 0 or item_core < 0 or eval_negatives < 0:
+        raise ValueError(f"user_core={user_core}, item_core={item_core}, "
+                         f"eval_negatives={eval_negatives}: expected integers >= 0")
+
+    inter, part, origin = _gather(raw, split, kind)
+    n_raw = len(inter)
+    if n_raw == 0:
+        raise ValueError(f"dataset {raw.name!r} has no interactions")
+    has_ratings, has_time = inter.rating is not None, inter.timestamp is not None
+    user_raw, u = np.unique(inter.user, return_inverse=True)
+    neg_raw = raw.test_negatives if kind == "ncf" else None
+    all_items = inter.item if neg_raw is None else np.concatenate([inter.item, neg_raw.ravel()])
+    item_raw, i = np.unique(all_items, return_inverse=True)
+    t = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
+         "r": (inter.rating.astype(np.float32) if has_ratings
+               else np.ones(n_raw, dtype=np.float32)),
+         "t": inter.timestamp.astype(np.int64) if has_time else np.arange(n_raw, dtype=np.int64),
+         "row": np.arange(n_raw), "part": part, "origin": origin}
+    filters: dict[str, int] = {}
+
+    # 1. de-duplication, per part of a fixed split (a pair in both parts is an error below)
+    t, filters["dedup_removed"] = _dedup(t, dedup, raw.name, user_raw, item_raw)
+    if kind == "fixed" or kind == "ncf":
+        _check_disjoint(t, split, raw.name, user_raw, item_raw)
+    # 2. minimum rating
+    if min_rating is not None:
+        if not has_ratings:
+            raise ValueError(f"min_rating={min_rating}: dataset {raw.name!r} has no ratings")
+        before = t
+        t = _take(t, t["r"] >= min_rating, f"min_rating={min_rating}", raw.name)
+        filters.update(_removed("min_rating", before, t))
+    else:
+        filters.update(_removed("min_rating", t, t))
+    # 3. k-core to a fixpoint
+    t, core = _k_core(t, user_core, item_core, raw.name)
+    filters.update(core)
+
+    # 4. index: users that survived; items that survived plus the fixed negatives' items
+    neg_codes = None  # ncf: the fixed negatives' item codes, by row of the test file
+    if neg_raw is not None:
+        neg_codes = i[n_raw:].reshape(neg_raw.shape)
+    kept_negs = None if neg_codes is None else neg_codes[t["origin"][t["part"] == TEST]]
+    used_users, uidx = np.unique(t["u"], return_inverse=True)
+    used_items = np.unique(t["i"] if kept_negs is None else np.r_[t["i"], kept_negs.ravel()])
+    user_ids, item_ids = user_raw[used_users], item_raw[used_items]
+    t["u"], t["i"] = uidx.astype(np.int64), np.searchsorted(used_items, t["i"])
+
+    # 5. split
+    where, split_stats = _assign(t, kind, ratios, seed)
+    splits = {}
+    for s in (TRAIN, VAL, TEST):
+        rows = np.flatnonzero(where == s)
+        rows = rows[np.lexsort((t["i"][rows], t["t"][rows], t["u"][rows]))]
+        splits[s] = (rows, Split(t["u"][rows], t["i"][rows], t["r"][rows], t["t"][rows]))
+
+    # 6. evaluation negatives
+    val_neg = test_neg = None
+    if neg_codes is not None:  # ncf: the benchmark's own, in the order of the test rows
+        test_neg = np.searchsorted(used_items, neg_codes[t["origin"][splits[TEST][0]]])
+    if eval_negatives:
+        gen = torch.Generator().manual_seed(seed)
+        everything = Split(t["u"], t["i"], t["r"], t["t"]).to("cpu")
+        sampler = NegativeSampler(everything, len(item_ids), generator=gen,
+                                  n_users=len(user_ids))
+        try:
+            val_neg = sampler.sample(torch.as_tensor(splits[VAL][1].user), eval_negatives,
+                                     distinct=True).numpy()
+            if test_neg is None:
+                test_neg = sampler.sample(torch.as_tensor(splits[TEST][1].user),
+                                          eval_negatives, distinct=True).numpy()
+        except ValueError as e:
+            raise ValueError(f"eval_negatives={eval_negatives}: {e}") from None
+
+    titles, genres, missing = _side_info(raw, item_ids)
+    n = len(t["u"])
+    stats = {
+        "raw_interactions": n_raw,
+        "users": len(user_ids),
+        "items": len(item_ids),
+        "interactions": n,
+        "density": float(f"{n / (len(user_ids) * len(item_ids)):.4g}"),
+        "ratings": _histogram(t["r"]) if has_ratings else None,
+        "time_span": _time_span(t["t"]) if has_time else None,
+        "split": {"name": split, "train": len(splits[TRAIN][1]), "val": len(splits[VAL][1]),
+                  "test": len(splits[TEST][1]), **split_stats},
+        "filters": filters,
+        "settings": {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
+                     "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives},
+    }
+    if missing:
+        stats["items_without_side_info"] = missing
+    settings = json.dumps({"source": raw.fingerprint, "split": split, **stats["settings"]},
+                          sort_keys=True)
+    return PreparedData(
+        name=raw.name, split_name=split,
+        fingerprint=hashlib.sha256(settings.encode()).hexdigest(),
+        user_ids=user_ids, item_ids=item_ids,
+        train=splits[TRAIN][1], val=splits[VAL][1], test=splits[TEST][1],
+        has_ratings=has_ratings,
+        rating_range=((float(t["r"].min()), float(t["r"].max())) if has_ratings else (0.0, 1.0)),
+        val_negatives=val_neg, test_negatives=test_neg,
+        item_titles=titles, item_genres=genres, stats=stats, note=raw.note,
+    )
+
+
+def describe(data: PreparedData) -> dict:
+    """A JSON-able summary: users, items, interactions, density, ratings (histogram),
+    time_span, split (sizes), filters (counts), settings, fingerprint, note."""
+    return {"dataset": data.name, **data.stats, "fingerprint": data.fingerprint,
+            "note": data.note}
+
+
+def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray:
+    """Indices of raw ids in a prepared id map (`data.user_ids` or `data.item_ids`).
+
+    Args:
+        ids: the sorted raw ids of a `PreparedData` (`user_ids` or `item_ids`).
+        raw_ids: one raw id or an array of them; strings are converted for integer ids,
+            so ids typed on a command line work.
+        what: 'user' or 'item', for the error message.
+
+    Example:
+        >>> index_of(data.item_ids, [50, 181])  # raw MovieLens ids -> item indices
+    """
+    raw = np.atleast_1d(np.asarray(raw_ids))
+    if ids.dtype.kind in "iu" and raw.dtype.kind not in "iu":
+        try:
+            raw = raw.astype(np.int64)
+        except ValueError:
+            raise ValueError(f"{what} ids {raw[:5].tolist()}: expected integers, like the "
+                             f"dataset's {what} ids") from None
+    elif ids.dtype == object:
+        raw = raw.astype(str).astype(object)
+    pos = np.searchsorted(ids, raw).clip(max=max(len(ids) - 1, 0))
+    found = ids[pos] == raw if len(ids) else np.zeros(len(raw), dtype=bool)
+    if not found.all():
+        missing = raw[~found][:5].tolist()
+        raise ValueError(f"unknown {what} id(s) {missing}: not among the {len(ids)} {what}s "
+                         "of the prepared data")
+    return pos
+
+
+def parse_split(split: str, raw: RawDataset | None = None) -> tuple[str, tuple[float, ...]]:
+    """`(kind, ratios)` of a split spec; raises naming the spec and what was expected."""
+    name, _, rest = split.partition(":")
+    if name in ("random", "temporal"):
+        try:
+            ratios = tuple(float(x) for x in rest.split(","))
+        except ValueError:
+            ratios = ()
+        if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6 or ratios[0] == 0:
+            raise ValueError(f"split {split!r}: expected {name}:TRAIN,VAL,TEST with three "
+                             "shares >= 0 summing to 1 (train > 0), e.g. "
+                             f"{name}:{'0.8,0.1,0.1' if name == 'random' else '0.7,0.1,0.2'}")
+        return name, ratios
+    if split == "leave-last":
+        return split, ()
+    if split in FIXED_SPLITS:
+        if raw is not None and split not in raw.fixed_splits:
+            ships = ", ".join(raw.fixed_splits) or "none"
+            raise ValueError(f"split {split!r}: dataset {raw.name!r} does not ship it "
+                             f"(it ships: {ships}); the u1..ub splits come with ml-100k, "
+                             "ncf with ncf:PREFIX")
+        return ("ncf" if split == "ncf" else "fixed"), ()
+    raise ValueError(f"unknown split {split!r}: expected one of {SPLIT_HELP}")
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+Table = dict[str, np.ndarray]
+
+
+def _gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.ndarray,
+                                                             np.ndarray]:
+    """All interactions to prepare, the part each came from (TRAIN/TEST of a fixed split,
+    else TRAIN), and its row within that part."""
+    if kind not in ("fixed", "ncf"):
+        n = len(raw.interactions)
+        return raw.interactions, np.zeros(n, dtype=np.int64), np.arange(n)
+    base, test = raw.fixed_splits[split]()
+    cols = []
+    for name in ("user", "item", "rating", "timestamp"):
+        a, b = getattr(base, name), getattr(test, name)
+        if (a is None) != (b is None):
+            raise ValueError(f"split {split!r} of {raw.name!r}: '{name}' is given for only one "
+                             "of base and test")
+        cols.append(None if a is None else np.concatenate([a, b]))
+    part = np.r_[np.full(len(base), TRAIN), np.full(len(test), TEST)]
+    return Interactions(*cols), part, np.r_[np.arange(len(base)), np.arange(len(test))]
+
+
+def _take(t: Table, keep: np.ndarray, step: str, name: str) -> Table:
+    """Rows where `keep`; an empty result is an error naming the step that emptied it."""
+    if not keep.any():
+        raise ValueError(f"dataset {name!r}: no interactions left after {step} "
+                         f"(it removed all {len(keep)}); loosen that filter")
+    return {k: v[keep] for k, v in t.items()}
+
+
+def _dedup(t: Table, policy: str, name: str, user_raw: np.ndarray,
+           item_raw: np.ndarray) -> tuple[Table, int]:
+    """Resolve repeated (user, item) pairs within a part; returns (table, rows removed)."""
+    order = np.lexsort((t["row"], t["t"], t["i"], t["u"], t["part"]))
+    t = {k: v[order] for k, v in t.items()}
+    same = (t["u"][1:] == t["u"][:-1]) & (t["i"][1:] == t["i"][:-1]) \
+        & (t["part"][1:] == t["part"][:-1])  # row k+1 repeats row k's pair
+    n_dup = int(same.sum())
+    if n_dup == 0:
+        return t, 0
+    if policy == "error":
+        k = int(np.flatnonzero(same)[0])
+        raise ValueError(f"dataset {name!r}: {n_dup} repeated (user, item) rows, e.g. user "
+                         f"{user_raw[t['u'][k]]} item {item_raw[t['i'][k]]}; expected each "
+                         "pair once (choose dedup 'last', 'first' or 'mean')")
+    start = np.r_[True, ~same]  # first row of each pair, in time order
+    end = np.r_[~same, True]  # last row of each pair
+    if policy == "mean":
+        group = np.cumsum(start) - 1  # [N] pair number of each row
+        mean = np.bincount(group, weights=t["r"]) / np.bincount(group)
+        t["r"] = mean[group].astype(np.float32)
+    keep = start if policy == "first" else end
+    return {k: v[keep] for k, v in t.items()}, n_dup
+
+
+def _check_disjoint(t: Table, split: str, name: str, user_raw: np.ndarray,
+                    item_raw: np.ndarray) -> None:
+    """A fixed split whose base and test share a (user, item) pair would leak test."""
+    width = int(t["i"].max()) + 1
+    base = t["u"][t["part"] == TRAIN] * width + t["i"][t["part"] == TRAIN]
+    test = t["u"][t["part"] == TEST] * width + t["i"][t["part"] == TEST]
+    both = np.intersect1d(base, test)
+    if len(both):
+        u, i = divmod(int(both[0]), width)
+        raise ValueError(f"split {split!r} of {name!r}: {len(both)} (user, item) pairs are in "
+                         f"both base and test, e.g. user {user_raw[u]} item {item_raw[i]}; "
+                         "a test interaction must not be trained on")
+
+
+def _k_core(t: Table, user_core: int, item_core: int, name: str) -> tuple[Table, dict]:
+    """Drop users/items under their thresholds until none is (a fixpoint)."""
+    before, rounds = t, 0
+    while user_core > 1 or item_core > 1:
+        uc, ic = np.bincount(t["u"]), np.bincount(t["i"])
+        keep = (uc[t["u"]] >= user_core) & (ic[t["i"]] >= item_core)
+        if keep.all():
+            break
+        rounds += 1
+        t = _take(t, keep, f"k-core (user_core={user_core}, item_core={item_core})", name)
+    return t, {**_removed("k_core", before, t), "k_core_rounds": rounds}
+
+
+def _removed(step: str, before: Table, after: Table) -> dict[str, int]:
+    """What a filter removed: rows, and users and items left with no row at all."""
+    def n(t: Table, col: str) -> int:
+        return len(np.unique(t[col]))
+    return {f"{step}_removed": len(before["u"]) - len(after["u"]),
+            f"{step}_users_removed": n(before, "u") - n(after, "u"),
+            f"{step}_items_removed": n(before, "i") - n(after, "i")}
+
+
+def _assign(t: Table, kind: str, ratios: tuple[float, ...], seed: int) -> tuple[np.ndarray,
+                                                                               dict]:
+    """TRAIN/VAL/TEST per row, and what the split wants to report."""
+    n = len(t["u"])
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((t["row"], t["t"], t["u"]))  # per user in time, ties in source order
+    count = np.bincount(t["u"])  # [U]
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n) - np.repeat(np.cumsum(count) - count, count)  # [N] within user
+    size = count[t["u"]]  # [N] the row's user's interaction count
+    where = np.zeros(n, dtype=np.int64)
+    if kind == "random":
+        perm = rng.permutation(n)
+        n_train, n_val = _round(ratios[0] * n), _round(ratios[1] * n)
+        where[perm[n_train:n_train + n_val]] = VAL
+        where[perm[n_train + n_val:]] = TEST
+        return where, {}
+    if kind == "leave-last":
+        long = size >= 3
+        where[long & (pos == size - 1)] = TEST
+        where[long & (pos == size - 2)] = VAL
+        return where, {"short_users_all_in_train": int((count[count > 0] < 3).sum())}
+    if kind == "temporal":
+        train_end = np.maximum(1, _round(ratios[0] * size))
+        val_end = np.maximum(train_end, _round((ratios[0] + ratios[1]) * size))
+        where[pos >= train_end] = VAL
+        where[pos >= val_end] = TEST
+        return where, {}
+    where[t["part"] == TEST] = TEST
+    base = np.flatnonzero(t["part"] == TRAIN)
+    if kind == "fixed":  # the u-splits are random: carve val the same way
+        where[rng.permutation(base)[:_round(FIXED_VAL_SHARE * len(base))]] = VAL
+        return where, {"val_from": f"seeded random {FIXED_VAL_SHARE:.0%} of base"}
+    # ncf: each user's last training interaction in time, for users with >= 2 of them
+    base = base[np.lexsort((t["row"][base], t["t"][base], t["u"][base]))]
+    user = t["u"][base]
+    first, last = np.r_[True, user[1:] != user[:-1]], np.r_[user[1:] != user[:-1], True]
+    where[base[last & ~first]] = VAL
+    return where, {"val_from": "each user's last training interaction"}
+
+
+def _round(x: np.ndarray | float) -> np.ndarray | int:
+    """Half-up rounding (numpy's rint rounds halves to even: 2.5 -> 2)."""
+    out = np.floor(np.asarray(x) + 0.5 + 1e-9).astype(np.int64)
+    return int(out) if out.ndim == 0 else out
+
+
+def _histogram(r: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(r, return_counts=True)
+    if len(values) <= 20:
+        return {f"{v:g}": int(c) for v, c in zip(values, counts, strict=True)}
+    counts, edges = np.histogram(r, bins=10)
+    return {f"[{a:g}, {b:g})": int(c) for a, b, c in zip(edges[:-1], edges[1:], counts,
+                                                          strict=True)}
+
+
+def _time_span(ts: np.ndarray) -> dict:
+    def day(s: int) -> str:
+        return datetime.fromtimestamp(int(s), tz=timezone.utc).strftime("%Y-%m-%d")
+    lo, hi = int(ts.min()), int(ts.max())
+    return {"first": day(lo), "last": day(hi), "days": round((hi - lo) / 86400, 1)}
+
+
+def _side_info(raw: RawDataset, item_ids: np.ndarray) -> tuple[list[str] | None,
+                                                               list[str] | None, int]:
+    """Titles and genres per item index; items the side table lacks get their raw id as
+    title and no genre (counted, not hidden)."""
+    if raw.items is None:
+        return None, None, 0
+    side = raw.items.reindex(item_ids)
+    missing = int(side.isna().all(axis=1).sum()) if len(side.columns) else len(item_ids)
+    titles = genres = None
+    if "title" in side:
+        titles = [str(x) if isinstance(x, str) else str(i)
+                  for x, i in zip(side["title"], item_ids, strict=True)]
+    if "genres" in side:
+        genres = [x if isinstance(x, str) else "" for x in side["genres"]]
+    return titles, genres, missing
