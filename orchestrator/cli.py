@@ -13,12 +13,15 @@ import json
 import sys
 from collections.abc import Sequence
 
-from orchestrator.config import DataConfig, from_dict
+from orchestrator.config import DataConfig, from_dict, help_of
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--flag` per config field, its help taken from the field's metadata."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
+                    ) -> None:
+    """One `--flag` per config field (but those in `skip`), its help from the field's metadata."""
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                             help=f.metadata.get("help", ""))
@@ -118,6 +121,117 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_results)
 
 
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+    """`--set key=value` pairs -> {key: value}; the model's `Params` convert the values."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from orchestrator.config import TrainConfig
+    from orchestrator.train import train_one, validate_request
+
+    hparams: dict[str, object] = parse_sets(args.set)
+    if args.epochs is not None:
+        hparams["epochs"] = args.epochs
+    # Everything the user typed is checked before any data is loaded or model trained.
+    task = validate_request(args.model, args.task, hparams)
+    train_cfg = config_from_args(TrainConfig, args)
+    data_cfg = config_from_args(DataConfig, argparse.Namespace(**{**vars(args),
+                                                                  "seed": args.data_seed}))
+    from data import load_dataset
+
+    data = load_dataset(data_cfg)
+    print(f"train: {args.model} ({task}) on {data.name}, split {data.split_name}: "
+          f"{data.n_users} users, {data.n_items} items, {len(data.train)} train rows",
+          file=sys.stderr)
+    metrics = train_one(args.model, data, task, hparams, train_cfg, out_dir=args.out,
+                        progress=not args.quiet, data_cfg=data_cfg)
+    for key, value in metrics.items():
+        if key.startswith(("val/", "test/")):
+            print(f"{key:<16} {value:.4f}")
+    print(f"status: {metrics['status']} ({metrics['message']})")
+    if args.out:
+        print(f"wrote metrics.json, config.json, checkpoint.pt to {args.out}")
+    if args.json:
+        print(json.dumps(metrics))
+    return 1 if metrics["status"] == "diverged" else 0
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    from orchestrator.config import TrainConfig
+
+    p = commands.add_parser("train", help="train and evaluate one configuration (no Ray)",
+                            description="Train one model configuration with the shared loop, "
+                            "print validation and test metrics, and write them with the "
+                            "resolved config and the best checkpoint to --out.")
+    p.add_argument("--model", required=True, help="a registered model (mf, autorec, ...)")
+    p.add_argument("--task", default=None,
+                   help="rating, ranking or sequential (default: the model's first task)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a hyperparameter of the model, e.g. --set lr=0.01 (repeatable)")
+    p.add_argument("--epochs", type=int, default=None, help="shorthand for --set epochs=N")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write metrics.json, config.json and checkpoint.pt here")
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as one JSON object on the last line of stdout")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    add_config_args(p, TrainConfig)
+    add_config_args(p, DataConfig, skip=("seed",))
+    p.add_argument("--data-seed", dest="data_seed", default=None, metavar="SEED",
+                   help=f"data config seed: {help_of(DataConfig, 'seed')}")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import export_run
+
+    statuses = export_run(args.run_dir, args.study, k=args.k)
+    for study, status in statuses.items():
+        print(f"{study}: {status}")
+    failed = [s for s, v in statuses.items() if v != "ok"]
+    if failed:
+        print(f"error: export failed for {', '.join(failed)} (see above); no valid file was "
+              "overwritten", file=sys.stderr)
+        return 1
+    print(f"wrote {args.run_dir}/models/<study>.onnx, .topk.onnx, .json, .npz")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from orchestrator import serve  # onnxruntime + numpy only: this path never imports torch
+
+    result = serve.recommend(args.model, args.user, args.k)
+    print(json.dumps(result) if args.json else serve.render(result))
+    return 0
+
+
+def add_export_parsers(commands: argparse._SubParsersAction) -> None:
+    e = commands.add_parser("export", help="export a sweep's best models to ONNX, verified",
+                            description="Export each study's best checkpoint to "
+                            "RUN_DIR/models/<study>.onnx (+ .topk.onnx, .json, .npz), checked "
+                            "against PyTorch with onnxruntime; the table gets an export column.")
+    e.add_argument("run_dir", help="the sweep's run directory")
+    e.add_argument("--study", default=None, help="export only this study")
+    e.add_argument("-k", type=int, default=10, help="K of the top-K parity check")
+    e.set_defaults(func=cmd_export)
+
+    r = commands.add_parser("recommend", help="top-K items for a user from an exported model "
+                            "(onnxruntime only)")
+    r.add_argument("model", metavar="MODEL.onnx", help="an exported model (its .json sidecar "
+                   "and .npz must be beside it)")
+    r.add_argument("--user", required=True, metavar="RAW_ID",
+                   help="the user's id as in the dataset; unknown users get popular items")
+    r.add_argument("-k", type=int, default=10, help="number of items (default 10)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_recommend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
@@ -131,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(describe_p, DataConfig)
     describe_p.add_argument("--json", action="store_true", help="print one JSON object")
     describe_p.set_defaults(func=cmd_data_describe)
+    add_train_parser(commands)
     add_sweep_parser(commands)
+    add_export_parsers(commands)
     return parser
 
 

@@ -106,3 +106,22 @@ def write_trials(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     frame = pd.DataFrame(rows)
     frame.to_parquet(run_dir / "trials.parquet", index=False)
     frame.to_csv(run_dir / "trials.csv", index=False)
+
+
+def add_column(run_dir: str | Path, name: str, values: dict[str, Any]) -> pd.DataFrame:
+    """Set column `name` of `results.*` for the studies in `values` (others keep their cell,
+    empty when the column is new) and write the table again. Used by the ONNX export.
+
+    Raises a ValueError naming a study that is not in the table.
+    """
+    frame = load(run_dir)
+    unknown = sorted(set(values) - set(frame["study"]))
+    if unknown:
+        raise ValueError(f"{Path(run_dir) / 'results.parquet'}: no row for study(ies) {unknown}")
+    column = frame[name].astype(object) if name in frame.columns \
+        else pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for study, value in values.items():
+        column[frame["study"] == study] = value
+    frame[name] = column
+    write(Path(run_dir), frame)
+    return frame

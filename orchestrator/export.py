@@ -1,0 +1,461 @@
+"""The one place that writes ONNX: checkpoints -> verified graphs + sidecar, never retraining.
+
+For a trained model `export_model` writes, into one folder:
+
+    <study>.onnx       the model's inference `forward`: named inputs as in its signature
+                       (`user`, `item`, and `seq` for sequence models), output `score` [batch]
+    <study>.topk.onnx  the serving graph: `user` [batch] (+ `seq` [batch, L]), `exclude`
+                       [batch, n_items] bool (items never to return: the user's own), `k`
+                       (int64 scalar) -> `items` [batch, k] int64, `scores` [batch, k] float32
+    <study>.npz        arrays the sidecar refers to (numpy loads them without torch): raw user
+                       and item ids as strings, titles, training popularity (the cold-start
+                       fallback), and each user's items in time order as CSR `known_ptr` /
+                       `known_items` (the exclusion list and, for Caser, the recent sequence)
+    <study>.json       the sidecar: model, version, task, hyperparameters, metrics, dataset
+                       fingerprint, opset, signatures, parity numbers, sha256 of the others
+
+Arrays go to the npz rather than the JSON because ml-20m's id maps and histories are tens of
+MB: JSON stays readable, the npz loads in milliseconds. The ONNX files carry the metadata
+and the id maps in `metadata_props` too, so a graph alone still speaks raw ids.
+
+Every graph is checked before it is published: `onnx.checker`, then onnxruntime against
+PyTorch on real rows of the data (scores within 1e-4; top-K identical wherever scores are
+not tied). Files are written under temporary names and renamed into place only after the
+checks pass (the sidecar last), so a failed export leaves any previous valid one untouched.
+
+Example:
+    >>> export_model(model, data, Path("out/mf.onnx"), metrics={"val/rmse": 0.91})["parity"]
+    {'rows': 256, 'max_abs_diff': 2.4e-07, 'users': 256, 'topk_max_abs_diff': 4.8e-07, ...}
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import inspect
+import json
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from data.types import PreparedData
+from models.base import Recommender
+from orchestrator.serve import FORMAT, id_form, known_mask, last_items, session, sha256
+
+OPSET = 18
+PARITY_ROWS = 256
+ATOL = 1e-4
+"""Largest |onnxruntime - PyTorch| allowed on any float32 score."""
+TIE = 1e-5
+"""Scores closer than this count as tied: their order may differ between runtimes."""
+SEED_CHECKPOINT = re.compile(r".+-seed\d+")
+
+# The exporter warns on every export that torchvision's ops are not registered; we use none.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+class ExportError(ValueError):
+    """An export that could not be written or did not reproduce PyTorch."""
+
+
+class TopK(nn.Module):
+    """Serving graph: every item's score, the excluded ones at -inf, then the top `k`.
+
+    Args:
+        model: a trained model (its `score_all` is the scoring).
+
+    Example:
+        >>> items, scores = TopK(model)(user, exclude, 10)  # [B, 10], [B, 10]
+    """
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, user: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        return self._top(self.model.score_all(user), exclude, k)
+
+    @staticmethod
+    def _top(scores: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        scores = scores.float().masked_fill(exclude, float("-inf"))  # [B, n_items]
+        top = torch.topk(scores, k, dim=1)  # [B, k]
+        return top.indices, top.values
+
+
+class SeqTopK(TopK):
+    """`TopK` for sequence models: scores come from the user and their last L items."""
+
+    def forward(self, user: Tensor, seq: Tensor, exclude: Tensor, k: int
+                ) -> tuple[Tensor, Tensor]:
+        return self._top(self.model.score_all(user, seq), exclude, k)  # seq: [B, L]
+
+
+def recsweep_version() -> str:
+    try:
+        return importlib.metadata.version("recsweep")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def serving_arrays(data: PreparedData) -> dict[str, np.ndarray]:
+    """The npz content: raw ids, titles, popularity and each user's items in time order."""
+    parts = [data.train, data.val, data.test]
+    user = np.concatenate([p.user for p in parts]).astype(np.int64)
+    item = np.concatenate([p.item for p in parts]).astype(np.int64)
+    when = np.concatenate([p.timestamp for p in parts]).astype(np.int64)
+    order = np.lexsort((when, user))  # by user, then time (stable: split order breaks ties)
+    counts = np.bincount(user, minlength=data.n_users)
+    arrays = {
+        "user_ids": np.asarray([str(u) for u in data.user_ids]),
+        "item_ids": np.asarray([str(i) for i in data.item_ids]),
+        "popularity": np.bincount(data.train.item, minlength=data.n_items).astype(np.int64),
+        "known_ptr": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        "known_items": item[order].astype(np.int32 if data.n_items < 2**31 else np.int64),
+    }
+    if data.item_titles is not None:
+        arrays["item_titles"] = np.asarray([str(t) for t in data.item_titles])
+    return arrays
+
+
+def _pair_inputs(model: Recommender) -> list[str]:
+    """The pairwise graph's inputs: `forward`'s parameter names (user, item, seq)."""
+    names = list(inspect.signature(model.forward).parameters)
+    unknown = [n for n in names if n not in ("user", "item", "seq")]
+    if unknown or "user" not in names or "item" not in names:
+        raise ExportError(f"model {model.name!r}: forward{tuple(names)} must take user, item "
+                          "(and seq for sequence models) to be exported")
+    if ("seq" in names) != (model.seq_len > 0):
+        raise ExportError(f"model {model.name!r}: forward takes seq exactly when seq_len > 0 "
+                          f"(seq_len={model.seq_len}, forward{tuple(names)})")
+    return names
+
+
+def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str],
+            dynamic: dict[str, Any], rename: dict[tuple[str, int], str]) -> onnx.ModelProto:
+    """One graph with the dynamo exporter; symbolic dims renamed to readable ones."""
+    with warnings.catch_warnings():
+        # One Dim shared by several inputs makes the exporter say it keeps one axis name;
+        # we rename the axes ourselves below.
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET,
+                                    input_names=names, output_names=outputs,
+                                    dynamic_shapes=dynamic, verbose=False,
+                                    external_data=False)
+    proto = program.model_proto
+    graph = proto.graph
+    ends = {v.name: v for v in [*graph.input, *graph.output]}
+    mapping = {}
+    for (value, axis), new in rename.items():
+        dim = ends[value].type.tensor_type.shape.dim[axis]
+        if dim.dim_param:
+            mapping[dim.dim_param] = new
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in mapping:
+                dim.dim_param = mapping[dim.dim_param]
+    return proto
+
+
+def signature(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """Names, dtypes and shapes (symbolic dims by name) of a graph's inputs and outputs."""
+    def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = value.type.tensor_type
+        return {"name": value.name,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
+    return {"inputs": [describe(v) for v in proto.graph.input],
+            "outputs": [describe(v) for v in proto.graph.output]}
+
+
+def _tag(proto: onnx.ModelProto, meta: dict[str, Any], graph: str,
+         arrays: dict[str, np.ndarray]) -> None:
+    """Record the metadata and the id maps in the ONNX file itself (`metadata_props`)."""
+    props = {"recsweep.graph": graph, "recsweep.format": FORMAT,
+             "recsweep.sidecar": f"{meta['study']}.json",
+             "recsweep.user_ids": json.dumps(arrays["user_ids"].tolist()),
+             "recsweep.item_ids": json.dumps(arrays["item_ids"].tolist())}
+    for key in ("model", "study", "task", "version", "opset", "seq_len", "score"):
+        props[f"recsweep.{key}"] = str(meta[key])
+    for key in ("hparams", "metrics", "data"):
+        props[f"recsweep.{key}"] = json.dumps(meta[key], sort_keys=True)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"recsweep {meta['model']} ({meta['task']}), {graph} graph"
+
+
+def _rows(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
+    """Up to PARITY_ROWS real (user, item) rows, spread over the first non-empty split."""
+    split = next((s for s in (data.val, data.test, data.train) if len(s)), None)
+    if split is None:
+        raise ExportError(f"dataset {data.name!r} has no interactions to check the export on")
+    at = np.unique(np.linspace(0, len(split) - 1, min(PARITY_ROWS, len(split))).astype(int))
+    return split.user[at].astype(np.int64), split.item[at].astype(np.int64)
+
+
+def check_topk(reference: np.ndarray, items: np.ndarray, scores: np.ndarray) -> float:
+    """Compare a top-K answer `[B, k]` with full reference scores `[B, n]` (excluded at -inf).
+
+    Positions whose reference score is within TIE of a neighbour's may hold either item;
+    every other position must hold exactly the reference's item. Returns the largest score
+    difference; raises an ExportError on any mismatch.
+    """
+    order = np.argsort(-reference, axis=1, kind="stable")  # [B, n]
+    ranked = np.take_along_axis(reference, order, 1)  # [B, n] descending
+    k = items.shape[1]
+    finite = np.isfinite(ranked[:, :k])  # [B, k] positions that hold a real candidate
+    if not np.array_equal(finite, np.isfinite(scores)):
+        raise ExportError("top-K: onnxruntime returned excluded items (finite scores where "
+                          "PyTorch has -inf) or missed candidates")
+    with np.errstate(invalid="ignore"):
+        diff = float(np.abs(np.where(finite, scores - ranked[:, :k], 0.0)).max(initial=0.0))
+        gap = np.abs(np.diff(ranked, axis=1)) <= TIE  # [B, n - 1]: j ties with j + 1
+    tied = np.zeros_like(finite)  # [B, k]
+    tied[:, 1:] |= gap[:, : k - 1]  # ties with the previous position
+    tied[:, : gap.shape[1]] |= gap[:, :k]  # ties with the next position
+    wrong = finite & ~tied & (items != order[:, :k])
+    if diff > ATOL:
+        raise ExportError(f"top-K: scores differ from PyTorch by {diff:.3g} > {ATOL}")
+    if wrong.any():
+        b, j = map(int, np.argwhere(wrong)[0])
+        raise ExportError(f"top-K: user row {b} position {j}: onnxruntime item "
+                          f"{int(items[b, j])}, PyTorch item {int(order[b, j])}")
+    return diff
+
+
+@torch.no_grad()
+def check_parity(model: Recommender, data: PreparedData, arrays: dict[str, np.ndarray],
+                 pairs: Path, topk: Path, k: int) -> dict[str, Any]:
+    """Both graphs under onnxruntime vs the model under PyTorch on real rows of `data`."""
+    user, item = _rows(data)
+    n_items, L = data.n_items, model.seq_len
+    ptr, known = arrays["known_ptr"], arrays["known_items"]
+    names = _pair_inputs(model)
+    values = {"user": user, "item": item}
+    if L > 0:
+        values["seq"] = last_items(ptr, known, user, L, n_items)  # [N, L] as served
+    expected = model(**{n: torch.from_numpy(values[n]) for n in names}).float().numpy()
+    (got,) = session(pairs).run(["score"], {n: values[n] for n in names})  # [N]
+    diff = float(np.abs(got - expected).max())
+    if not np.isfinite(got).all() or not diff <= ATOL:
+        raise ExportError(f"forward: onnxruntime scores differ from PyTorch by {diff:.3g} "
+                          f"> {ATOL} on {len(user)} rows of {data.name}")
+
+    users = np.unique(user)  # [U]
+    exclude = known_mask(ptr, known, users, n_items)  # [U, n_items]
+    k = min(k, n_items)
+    feeds = {"user": users, "exclude": exclude, "k": np.array(k, dtype=np.int64)}
+    seq = None
+    if L > 0:
+        feeds["seq"] = last_items(ptr, known, users, L, n_items)
+        seq = torch.from_numpy(feeds["seq"])
+    reference = model.score_all(torch.from_numpy(users), seq).float()  # [U, n_items]
+    reference = reference.masked_fill(torch.from_numpy(exclude), float("-inf")).numpy()
+    serving = session(topk)
+    top_items, top_scores = serving.run(["items", "scores"], feeds)  # [U, k] each
+    top_diff = check_topk(reference, top_items, top_scores)
+    # Serving asks for one user at a time: the dynamic batch axis must hold at 1 too.
+    one = serving.run(["items", "scores"], {**{n: v[:1] for n, v in feeds.items() if n != "k"},
+                                            "k": feeds["k"]})
+    check_topk(reference[:1], one[0], one[1])
+    return {"rows": len(user), "max_abs_diff": diff, "users": len(users), "k": k,
+            "topk_max_abs_diff": top_diff, "atol": ATOL, "tie": TIE}
+
+
+def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *,
+                 metrics: dict[str, Any] | None = None, extra_meta: dict[str, Any] | None = None,
+                 k: int = 10) -> dict[str, Any]:
+    """Export a trained model to `out_path` (`<study>.onnx`) and its siblings, verified.
+
+    Args:
+        model: the trained model (not modified: a CPU float32 copy is exported).
+        data: the data it was trained on (id maps, titles, histories, parity rows).
+        out_path: the forward graph's path; its stem names the study and the other files.
+        metrics: validation/test metrics to record (`val/...`, `test/...`).
+        extra_meta: anything JSON-able to record under `extra` (checkpoint, trial path, ...).
+        k: the K of the top-K parity check (the graph itself takes any k at run time).
+
+    Returns:
+        The sidecar dict, as written to `<study>.json`.
+
+    Raises:
+        ExportError: the model does not match the data, the exporter failed, or the
+            exported graphs do not reproduce PyTorch; no file is left in place then.
+    """
+    out_path = Path(out_path)
+    if not out_path.name.endswith(".onnx") or out_path.name.endswith(".topk.onnx"):
+        raise ExportError(f"{out_path}: expected a path <study>.onnx")
+    study = out_path.name[: -len(".onnx")]
+    if (model.spec.n_users, model.spec.n_items) != (data.n_users, data.n_items):
+        raise ExportError(f"{study}: the model was built for {model.spec.n_users} users and "
+                          f"{model.spec.n_items} items, the data has {data.n_users} and "
+                          f"{data.n_items}: not the data it was trained on")
+    if data.n_items < 2 or data.n_users < 1:
+        raise ExportError(f"{study}: dataset {data.name!r} is too small to export on")
+    model = copy.deepcopy(model).cpu().float().eval()
+    arrays = serving_arrays(data)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    final = {"forward": out_path, "topk": out_path.with_name(f"{study}.topk.onnx"),
+             "arrays": out_path.with_name(f"{study}.npz"),
+             "sidecar": out_path.with_name(f"{study}.json")}
+    temp = {part: p.with_name(f".{p.name}.part") for part, p in final.items()}
+    meta: dict[str, Any] = {
+        "format": FORMAT, "study": study, "model": model.name, "task": model.task,
+        "version": recsweep_version(), "torch": torch.__version__, "opset": OPSET,
+        "exporter": "torch.onnx dynamo", "seq_len": model.seq_len,
+        "score": "predicted rating" if model.task == "rating" else "ranking score",
+        "hparams": model.hparams(), "metrics": dict(metrics or {}),
+        "data": {"name": data.name, "split": data.split_name, "fingerprint": data.fingerprint,
+                 "n_users": data.n_users, "n_items": data.n_items,
+                 "user_id_form": id_form(arrays["user_ids"]),
+                 "item_id_form": id_form(arrays["item_ids"])},
+    }
+    try:
+        graphs = _export_graphs(model, data)
+        for part, proto in graphs.items():
+            _tag(proto, meta, part, arrays)
+            onnx.save(proto, temp[part])
+            onnx.checker.check_model(str(temp[part]), full_check=True)
+            meta[part] = {"file": final[part].name, "sha256": sha256(temp[part]),
+                          **signature(proto)}
+        with open(temp["arrays"], "wb") as f:
+            np.savez(f, **arrays)
+        meta["arrays"] = {"file": final["arrays"].name, "sha256": sha256(temp["arrays"]),
+                          "keys": sorted(arrays)}
+        meta["parity"] = check_parity(model, data, arrays, temp["forward"], temp["topk"], k)
+        meta["extra"] = json.loads(json.dumps(extra_meta or {}, default=str))
+        temp["sidecar"].write_text(json.dumps(meta, indent=2) + "\n")
+        for part in ("forward", "topk", "arrays", "sidecar"):  # the sidecar publishes last
+            temp[part].replace(final[part])
+    except Exception as e:
+        for p in temp.values():
+            p.unlink(missing_ok=True)
+        if isinstance(e, ExportError):
+            raise ExportError(f"{out_path}: {e}") from None
+        raise ExportError(f"{out_path}: export of {model.name!r} failed: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                          ) from e
+    return meta
+
+
+def _export_graphs(model: Recommender, data: PreparedData) -> dict[str, onnx.ModelProto]:
+    """The pairwise `forward` graph and the top-K graph of `model`, as ONNX protos."""
+    batch = torch.export.Dim("batch")
+    L, n = model.seq_len, 3  # 3 example rows: not 0 or 1, so the batch axis stays symbolic
+    user = torch.arange(n) % data.n_users  # [B]
+    item = torch.arange(n) % data.n_items  # [B]
+    seq = torch.full((n, max(L, 1)), data.n_items, dtype=torch.long)  # [B, L] all padding
+    seq[:, -1] = item  # one real item per row, so the padding path and a real item both run
+    values = {"user": user, "item": item, "seq": seq}
+    names = _pair_inputs(model)
+    forward = _export(model, tuple(values[x] for x in names), names, ["score"],
+                      {x: {0: batch} for x in names}, {("user", 0): "batch"})
+    exclude = torch.zeros(n, data.n_items, dtype=torch.bool)  # [B, n_items]
+    k = 2  # any example value > 1; the dimension is exported as the symbolic input `k`
+    if L > 0:
+        wrapper: nn.Module = SeqTopK(model)
+        args: tuple = (user, seq, exclude, k)
+        inputs = ["user", "seq", "exclude", "k"]
+    else:
+        wrapper, args, inputs = TopK(model), (user, exclude, k), ["user", "exclude", "k"]
+    dynamic = {x: ({0: batch} if x != "k" else torch.export.Dim.DYNAMIC) for x in inputs}
+    topk = _export(wrapper.eval(), args, inputs, ["items", "scores"], dynamic,
+                   {("user", 0): "batch", ("items", 1): "k"})
+    return {"forward": forward, "topk": topk}
+
+
+def _run_data(run_dir: Path) -> PreparedData:
+    """Rebuild the sweep's prepared data from `sweep.yaml` (deterministic: same fingerprint)."""
+    import yaml
+
+    from data import load_dataset
+    from orchestrator.config import DataConfig, from_dict
+
+    path = run_dir / "sweep.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; is {run_dir} a sweep's run directory?")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping with a `data:` section")
+    return load_dataset(from_dict(DataConfig, values.get("data") or {}, where="data."))
+
+
+def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10,
+               data: PreparedData | None = None) -> dict[str, str]:
+    """Export the best checkpoint of every study of a sweep (or of one) to `models/`.
+
+    Reads `checkpoints/<study>.pt` (seed re-runs are skipped), rebuilds the data from
+    `sweep.yaml`, exports and verifies each, and records the outcome in the `export` column
+    of `results.*` when the table exists. One study failing does not stop the others.
+
+    Args:
+        run_dir: the sweep's run directory.
+        study: export only this study.
+        k: K of the top-K parity check.
+        data: the sweep's prepared data when the caller has it (the sweep does); rebuilt
+            from `sweep.yaml` otherwise.
+
+    Returns:
+        {study: "ok" | "failed: <reason>"}; the caller decides how loud to be (the CLI
+        exits non-zero when any failed).
+
+    Raises:
+        ValueError: no checkpoints at all, or `study` has none.
+        FileNotFoundError: no `sweep.yaml`.
+    """
+    import models  # noqa: F401 - registers every model, so checkpoints can name them
+    from models.registry import load_model
+    from orchestrator import results
+
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints"
+    found = {p.stem: p for p in sorted(folder.glob("*.pt"))
+             if not SEED_CHECKPOINT.fullmatch(p.stem)}
+    if not found:
+        raise ValueError(f"{run_dir}: no checkpoints ({folder}/<study>.pt): no study of this "
+                         "run finished a trial, so there is nothing to export")
+    if study is not None:
+        if study not in found:
+            raise ValueError(f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
+                             f"studies with one: {', '.join(found)}")
+        found = {study: found[study]}
+    table = results.load(run_dir) if (run_dir / "results.parquet").exists() else None
+    data = data if data is not None else _run_data(run_dir)
+    statuses: dict[str, str] = {}
+    for name, path in found.items():
+        try:
+            model, meta = load_model(path)
+            fingerprint = meta.get("data_fingerprint")
+            if fingerprint and fingerprint != data.fingerprint:
+                raise ValueError(f"{path}: trained on data {fingerprint[:12]}, but sweep.yaml "
+                                 f"now prepares {data.fingerprint[:12]} (data changed?)")
+            export_model(model, data, run_dir / "models" / f"{name}.onnx",
+                         metrics=_study_metrics(table, name, meta), k=k,
+                         extra_meta={"checkpoint": str(path), **meta})
+            statuses[name] = "ok"
+        except Exception as e:  # noqa: BLE001 - each study's failure is recorded, not fatal
+            statuses[name] = f"failed: {e}"
+            print(f"export: {name}: FAILED: {e}", file=sys.stderr, flush=True)
+    if table is not None:
+        known = set(table["study"])
+        results.add_column(run_dir, "export", {s: v for s, v in statuses.items() if s in known})
+    return statuses
+
+
+def _study_metrics(table: Any, study: str, meta: dict[str, Any]) -> dict[str, float]:
+    """The study's `val/...` and `test/...` from the results table, else from the checkpoint."""
+    if table is not None and study in set(table["study"]):
+        row = table[table["study"] == study].iloc[0]
+        return {c: float(row[c]) for c in table.columns
+                if c.startswith(("val/", "test/")) and isinstance(row[c], (int, float))
+                and np.isfinite(row[c])}
+    return dict(meta.get("metrics") or {})
