@@ -1,0 +1,478 @@
+"""The shared training loop: `fit` trains any registered model, `evaluate` scores it.
+
+One loop serves every model because the model contract splits the work: `examples(train)`
+gives aligned example tensors, `loss(batch)` does everything training-only, `score_all`
+and `forward` score. The loop owns the rest: the device, batching (slices of a seeded
+permutation, no per-sample Python), negatives drawn on the device, Adam, bf16 autocast on
+CUDA, one validation pass and one `report(dict)` per epoch, early stopping on the task's
+validation metric, the best state, and a clean stop when the loss diverges.
+
+No Ray here: `report` is any callable taking a dict (`list.append` in tests, `tune.report`
+in trials), and `on_state` hands the trial what it needs to checkpoint and resume.
+
+Example:
+    >>> seed_everything(0)
+    >>> model = create_model("mf", DataSpec.from_data(data), task="rating", epochs=5)
+    >>> result = fit(model, data, TrainConfig(), report=print)
+    >>> result.status, result.best["val/rmse"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from data.sampling import NegativeSampler, last_items, user_item_csr
+from data.types import PreparedData, Split
+from models.base import DataSpec, Recommender
+from models.registry import create_model
+from orchestrator.config import DataConfig, TrainConfig, to_dict
+from orchestrator.metrics import full_ranking, rating_metrics, sampled_ranking
+
+SPLITS = ("val", "test")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when present, else CPU; otherwise the named device, which must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: CUDA is not available on this machine "
+                         "(use --device cpu or auto)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA): call before `create_model`."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def task_metric(task: str) -> tuple[str, str]:
+    """The validation metric early stopping and the sweeps optimise, and its direction."""
+    if task == "rating":
+        return "val/rmse", "min"
+    if task in ("ranking", "sequential"):
+        return "val/ndcg@10", "max"
+    raise ValueError(f"task {task!r}: expected rating, ranking or sequential")
+
+
+def val_metric_names(task: str, ks: tuple[int, ...]) -> list[str]:
+    """The validation metrics `evaluate` reports for a task (the ones a sweep may optimise)."""
+    task_metric(task)  # validates the task
+    if task == "rating":
+        return ["val/rmse", "val/mae"]
+    return [f"val/{m}@{k}" for m in ("hr", "ndcg", "recall", "mrr") for k in ks]
+
+
+def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)
+                     ) -> tuple[str, str]:
+    """The metric early stopping watches and its direction: `metric` when given (rmse and
+    mae fall, the rest rise), else the task's default."""
+    if not metric:
+        return task_metric(task)
+    allowed = val_metric_names(task, ks)
+    if metric not in allowed:
+        raise ValueError(f"metric {metric!r} is not reported for task {task!r}; "
+                         f"allowed: {', '.join(allowed)}")
+    return metric, "min" if metric.split("/")[1] in ("rmse", "mae") else "max"
+
+
+def _concat(a: Split, b: Split) -> Split:
+    return Split(*(torch.cat(p) for p in zip((a.user, a.item, a.rating, a.timestamp),
+                                               (b.user, b.item, b.rating, b.timestamp),
+                                               strict=True)))
+
+
+@dataclass
+class DeviceData:
+    """A `PreparedData`'s splits as tensors on one device, with the evaluation lookups
+    (masks, targets, histories, negatives) built on first use and kept.
+
+    Args:
+        data: the prepared data.
+        device: where the tensors live.
+
+    Example:
+        >>> tensors = to_device(data, torch.device("cpu"))
+        >>> indptr, indices = tensors.known("test")  # train + val items per user
+    """
+
+    data: PreparedData
+    device: torch.device
+    train: Split = field(init=False)
+    val: Split = field(init=False)
+    test: Split = field(init=False)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.train, self.val, self.test = (s.to(self.device) for s in
+                                           (self.data.train, self.data.val, self.data.test))
+
+    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def history(self, split: str) -> Split:
+        """What is known when evaluating `split`: train for val, train + val for test."""
+        _check_split(split)
+        if split == "val":
+            return self.train
+        return self._cached(("history",), lambda: _concat(self.train, self.val))
+
+    def known(self, split: str) -> tuple[Tensor, Tensor]:
+        """CSR of the items masked when ranking for `split`."""
+        return self._cached(("known", split), lambda: user_item_csr(self.history(split),
+                                                                    self.data.n_users))
+
+    def targets(self, split: str) -> tuple[Tensor, Tensor]:
+        """CSR of the held-out items of `split`."""
+        return self._cached(("targets", split), lambda: user_item_csr(getattr(self, split),
+                                                                      self.data.n_users))
+
+    def n_target_users(self, split: str) -> int:
+        return self._cached(("n_users", split),
+                            lambda: int((self.targets(split)[0].diff() > 0).sum()))
+
+    def last_items(self, split: str, length: int) -> Tensor:
+        """Each user's last `length` known items, `[n_users, L]`, padded with `n_items`."""
+        return self._cached(("seq", split, length), lambda: last_items(
+            self.history(split), self.data.n_users, length, self.data.n_items))
+
+    def negatives(self, split: str) -> Tensor:
+        """The fixed sampled-protocol negatives of `split`, `[n_rows, N]`."""
+        def build() -> Tensor:
+            neg = getattr(self.data, f"{split}_negatives")
+            if neg is None:
+                raise ValueError(f"protocol 'sampled' needs data.{split}_negatives; prepare "
+                                 "the data with eval_negatives > 0 or use protocol 'full'")
+            return torch.as_tensor(neg, dtype=torch.long, device=self.device)
+        return self._cached(("negatives", split), build)
+
+
+def to_device(data: PreparedData, device: torch.device | str) -> DeviceData:
+    """The data's splits as tensors on `device` (built once; pass it on to `evaluate`)."""
+    return DeviceData(data, torch.device(device))
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+
+
+@torch.no_grad()
+def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig,
+             tensors: DeviceData | None = None) -> dict[str, float]:
+    """Validation or test metrics of `model`, keyed `split/name` (`val/rmse`, `test/ndcg@10`).
+
+    Rating: RMSE and MAE of `model(user, item)` on the split's rows. Ranking and sequential:
+    HR, NDCG, Recall and MRR at each of `cfg.ks`, either over all items with the user's
+    known items masked (train, plus val when testing), or, with `cfg.protocol == "sampled"`,
+    among the split's fixed negatives. Sequential models score from each user's last
+    `model.seq_len` known items. Also `split/eval_users_per_s`.
+
+    Args:
+        model: a trained model (it is evaluated where it lives).
+        data: the prepared data.
+        split: "val" or "test".
+        cfg: the training config (ks, protocol, eval_batch_users).
+        tensors: `to_device(data, model.device)` when the caller already has it.
+    """
+    _check_split(split)
+    tensors = tensors or to_device(data, model.device)
+    rows = getattr(tensors, split)
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    if model.task == "rating":
+        step = 8192  # rows per call: AutoRec's forward holds [rows, n_users] floats
+        pred = torch.cat([model(rows.user[i:i + step], rows.item[i:i + step])
+                          for i in range(0, len(rows), step)])  # [N]
+        lo, hi = data.rating_range
+        metrics = rating_metrics(pred.float(), rows.rating, lo, hi)
+        n_users = len(torch.unique(rows.user))
+    else:
+        seqs = tensors.last_items(split, model.seq_len) if model.seq_len > 0 else None
+
+        def score_all(user: Tensor) -> Tensor:  # [b] -> [b, n_items]
+            return model.score_all(user, None if seqs is None else seqs[user]).float()
+
+        if cfg.protocol == "full":
+            users = torch.arange(data.n_users, device=tensors.device)
+            metrics = full_ranking(score_all, users, tensors.targets(split),
+                                   tensors.known(split), cfg.ks, cfg.eval_batch_users)
+            n_users = tensors.n_target_users(split)
+        elif cfg.protocol == "sampled":
+            metrics = sampled_ranking(lambda u, c: score_all(u).gather(1, c), rows.user,
+                                      rows.item, tensors.negatives(split), cfg.ks,
+                                      batch=cfg.eval_batch_users)
+            n_users = len(rows)
+        else:
+            raise ValueError(f"protocol {cfg.protocol!r}: expected 'full' or 'sampled'")
+    elapsed = time.perf_counter() - start
+    model.train(was_training)
+    out = {f"{split}/{k}": float(v) for k, v in metrics.items()}
+    out[f"{split}/eval_users_per_s"] = n_users / max(elapsed, 1e-9)
+    return out
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Args:
+        status: "ok", "early_stopped" or "diverged" (callers mark a diverged trial failed).
+        epochs: epochs trained (0 for non-learned models).
+        best_epoch: the epoch whose state the model holds now.
+        best: the validation metrics of that epoch.
+        history: every per-epoch report, in order.
+        message: one line for humans (why it stopped).
+    """
+
+    status: str
+    epochs: int
+    best_epoch: int
+    best: dict[str, float]
+    history: list[dict[str, float]]
+    message: str = ""
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """The same nested dicts/lists with every tensor copied to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _optimizer(model: Recommender, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with the model's lr and weight decay; a model may hand over its own parameter
+    groups (`param_groups()`, e.g. weight decay on weights only)."""
+    p = model.params
+    groups = model.param_groups() if hasattr(model, "param_groups") else model.parameters()
+    # The fused kernel is the fastest on CUDA; on CPU the default is what users would write.
+    return torch.optim.Adam(groups, lr=p.lr, weight_decay=p.weight_decay,
+                            fused=device.type == "cuda" or None)
+
+
+def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
+        report: Callable[[dict], object] | None = None, *, state: dict | None = None,
+        on_state: Callable[[dict], None] | None = None) -> FitResult:
+    """Train `model` on `data.train`, validating once per epoch; leave it in its best state.
+
+    Args:
+        model: a model from `create_model` (seed first with `seed_everything`).
+        data: the prepared data.
+        cfg: the training config (device, patience, amp, ks, protocol).
+        report: called once per epoch with `train/loss`, the validation metrics, `epoch`,
+            `epoch_time_s` and `train_samples_per_s`.
+        state: a dict an earlier `on_state` received: training resumes after its epoch.
+        on_state: called once per epoch, before `report`, with everything needed to resume
+            (CPU copies, safe to keep or `torch.save`).
+
+    Returns:
+        A `FitResult`; a non-finite loss or validation metric ends training with status
+        "diverged" (no exception) and the model back in its best state, if it had one.
+    """
+    key, mode = monitored_metric(model.task, cfg.metric, cfg.ks)
+    device = pick_device(cfg.device)
+    model.to(device)
+    tensors = to_device(data, device)
+    examples = model.examples(tensors.train)  # may register buffers, so before any restore
+    report = report or (lambda metrics: None)
+
+    if not model.learned:
+        metrics = {"epoch": 0, **evaluate(model, data, "val", cfg, tensors)}
+        report(metrics)
+        return FitResult("ok", 0, 0, metrics, [metrics], "not learned: evaluated only")
+
+    p = model.params
+    n = len(next(iter(examples.values())))
+    if n == 0:
+        raise ValueError(f"model {model.name!r}: the training split of {data.name!r} gives no "
+                         "training examples")
+    optimizer = _optimizer(model, device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    sampler = None
+    if model.n_negatives > 0:
+        sampler = NegativeSampler(tensors.train, data.n_items, generator=generator,
+                                  n_users=data.n_users)
+    amp = cfg.amp and device.type == "cuda"
+
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best, best_state, bad, first = math.nan, 0, {}, None, 0, 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        best_value, best_epoch, best = state["best_value"], state["best_epoch"], state["best"]
+        best_state = state["best_state"]
+        bad, history, first = state["bad_epochs"], list(state["history"]), state["epoch"] + 1
+
+    status, message = "ok", ""
+    for epoch in range(first, p.epochs + 1):
+        if cfg.patience > 0 and bad >= cfg.patience:
+            break
+        model.train()
+        start = time.perf_counter()
+        perm = torch.randperm(n, device=device, generator=generator)  # [N]
+        losses = []
+        for begin in range(0, n, p.batch_size):
+            idx = perm[begin:begin + p.batch_size]  # [B]
+            batch = {k: v[idx] for k, v in examples.items()}
+            if sampler is not None:
+                batch["neg_item"] = sampler.sample(batch["user"], model.n_negatives)  # [B, n]
+            with torch.autocast("cuda", torch.bfloat16) if amp else contextlib.nullcontext():
+                loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())  # summed once per epoch: no per-batch sync
+        train_loss = torch.stack(losses).float().mean().item()  # the epoch's only sync
+        train_time = time.perf_counter() - start
+        if not math.isfinite(train_loss):
+            status, message = "diverged", f"epoch {epoch}: training loss is {train_loss}"
+            break
+        metrics = {"epoch": epoch, "train/loss": train_loss, "epoch_time_s": train_time,
+                   "train_samples_per_s": n / max(train_time, 1e-9),
+                   **evaluate(model, data, "val", cfg, tensors)}
+        value = metrics[key]
+        if not math.isfinite(value):
+            status, message = "diverged", f"epoch {epoch}: {key} is {value}"
+            break
+        if math.isnan(best_value) or (value < best_value if mode == "min" else value > best_value):
+            best_value, best_epoch, best, bad = value, epoch, metrics, 0
+            best_state = _cpu_copy(model.state_dict())
+        else:
+            bad += 1
+        history.append(metrics)
+        if on_state is not None:
+            current = best_state if best_epoch == epoch else _cpu_copy(model.state_dict())
+            on_state({
+                "epoch": epoch, "model": current,
+                "optimizer": _cpu_copy(optimizer.state_dict()),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "best_value": best_value, "best_epoch": best_epoch, "best": best,
+                "best_state": best_state,
+                "bad_epochs": bad, "history": list(history)})
+        report(metrics)
+    if status == "ok" and cfg.patience > 0 and bad >= cfg.patience:
+        status = "early_stopped"
+        message = f"no {key} improvement in {bad} epochs (best: epoch {best_epoch})"
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if status == "diverged":
+        message += ("; model restored to epoch " + str(best_epoch) if best_state is not None
+                    else "; no epoch finished")
+    elif not message:
+        message = f"trained {len(history)} epochs, best {key} at epoch {best_epoch}"
+    return FitResult(status, len(history), best_epoch, best, history, message)
+
+
+def validate_request(model_name: str, task: str | None, hparams: dict[str, Any]) -> str:
+    """Check a model name, task and hyperparameters before any data is loaded.
+
+    Builds the model on a two-user, two-item spec, so every check its `Params` and
+    constructor make runs. Returns the task (the model's first when `task` is None).
+    Raises KeyError (unknown model) or ValueError naming the key and what is allowed.
+    """
+    model = create_model(model_name, DataSpec(2, 2), task, **hparams)
+    return model.task
+
+
+def _progress(epochs: int) -> Callable[[dict], None]:
+    """A one-line-per-epoch progress printer on stderr."""
+    def show(m: dict) -> None:
+        parts = [f"epoch {m['epoch']}/{epochs}"]
+        parts += [f"{k} {m[k]:.4f}" for k in ("train/loss", "val/rmse", "val/mae", "val/hr@10",
+                                              "val/ndcg@10") if k in m]
+        if "train_samples_per_s" in m:
+            parts.append(f"{m['train_samples_per_s']:,.0f} samples/s {m['epoch_time_s']:.1f}s")
+        print("  ".join(parts), file=sys.stderr, flush=True)
+    return show
+
+
+def train_one(model_name: str, data: PreparedData, task: str | None, hparams: dict[str, Any],
+              cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
+              data_cfg: DataConfig | None = None) -> dict[str, Any]:
+    """Seed, build, fit, test the best state, and write the run's files.
+
+    Args:
+        model_name: a registered model.
+        data: the prepared data.
+        task: the task (the model's first when None).
+        hparams: hyperparameter overrides.
+        cfg: the training config.
+        out_dir: where `metrics.json`, `config.json` and `checkpoint.pt` go (None: nowhere).
+        progress: print a line per epoch to stderr.
+        data_cfg: the data config, recorded in `config.json`.
+
+    Returns:
+        The metrics: `val/...` of the best epoch, `test/...` of that state,
+        `train_samples_per_s`, `eval_users_per_s`, `status`, `epochs`, `best_epoch`.
+    """
+    seed_everything(cfg.seed)
+    spec = DataSpec.from_data(data)
+    model = create_model(model_name, spec, task, **hparams)
+    result = fit(model, data, cfg, _progress(model.params.epochs) if progress else None)
+    metrics: dict[str, Any] = {k: v for k, v in result.best.items()
+                               if k.startswith("val/") and k != "val/eval_users_per_s"}
+    if result.best:  # a model that diverged before its first epoch has nothing to test
+        test = evaluate(model, data, "test", cfg)
+        metrics.update({k: v for k, v in test.items() if k != "test/eval_users_per_s"})
+        metrics["eval_users_per_s"] = test["test/eval_users_per_s"]
+    speeds = [h["train_samples_per_s"] for h in result.history if "train_samples_per_s" in h]
+    if speeds:
+        metrics["train_samples_per_s"] = sum(speeds) / len(speeds)
+    metrics.update(status=result.status, epochs=result.epochs, best_epoch=result.best_epoch,
+                   message=result.message)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        config = {"model": model_name, "task": model.task, "hparams": model.hparams(),
+                  "train": to_dict(cfg), "data": to_dict(data_cfg) if data_cfg else None,
+                  "dataset": data.name, "split": data.split_name,
+                  "fingerprint": data.fingerprint, "spec": dataclasses.asdict(spec)}
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        torch.save({"model": model_name, "task": model.task, "hparams": model.hparams(),
+                    "spec": dataclasses.asdict(spec), "metrics": metrics,
+                    "state_dict": _cpu_copy(model.state_dict())}, out / "checkpoint.pt")
+    return metrics
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Recommender:
+    """Rebuild a model from a `checkpoint.pt` written by `train_one`, without retraining."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    spec = DataSpec(**{**ckpt["spec"], "rating_range": tuple(ckpt["spec"]["rating_range"])})
+    model = create_model(ckpt["model"], spec, ckpt["task"], **ckpt["hparams"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()

@@ -1,0 +1,225 @@
+"""The shared loop: every registered model trains, reports, stops, diverges and resumes."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+
+import models  # noqa: F401  (registers every model)
+from data import load_dataset
+from models.base import DataSpec
+from models.registry import create_model, get_model_class, list_models
+from orchestrator.config import DataConfig, TrainConfig
+from orchestrator.train import (
+    evaluate,
+    fit,
+    load_checkpoint,
+    monitored_metric,
+    pick_device,
+    seed_everything,
+    task_metric,
+    to_device,
+    train_one,
+    validate_request,
+)
+
+CASES = [(name, task) for name in list_models() for task in get_model_class(name).tasks]
+CPU = TrainConfig(device="cpu", patience=10, ks=(5, 10))
+TIMING = ("epoch_time_s", "train_samples_per_s", "val/eval_users_per_s")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to other processes on the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """60 users, 120 items, ~2000 ratings: every model gets a few steps per epoch."""
+    return load_dataset(DataConfig(dataset="synthetic:users=60,items=120,interactions=2000,seed=3",
+                                   split="leave-last", eval_negatives=20))
+
+
+def make(name: str, task: str, data, seed: int = 0, **hp):
+    seed_everything(seed)
+    return create_model(name, DataSpec.from_data(data), task, **hp)
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+def check_ranges(metrics: dict[str, float], split: str, task: str, ks=(5, 10)) -> None:
+    if task == "rating":
+        assert 0 < metrics[f"{split}/mae"] <= metrics[f"{split}/rmse"] < 4.0
+        return
+    for k in ks:
+        hr, ndcg = metrics[f"{split}/hr@{k}"], metrics[f"{split}/ndcg@{k}"]
+        assert 0 <= ndcg <= hr <= 1 and 0 <= metrics[f"{split}/mrr@{k}"] <= hr
+        assert 0 <= metrics[f"{split}/recall@{k}"] <= 1
+    assert metrics[f"{split}/hr@5"] <= metrics[f"{split}/hr@10"]
+
+
+@pytest.mark.parametrize("name,task", CASES)
+def test_every_model_fits_and_reports_each_epoch(name, task, data):
+    model = make(name, task, data, epochs=4, batch_size=64)
+    reports: list[dict] = []
+    result = fit(model, data, CPU, reports.append)
+    key, _ = task_metric(task)
+    if not model.learned:
+        assert result.status == "ok" and result.epochs == 0 and len(reports) == 1
+        check_ranges(reports[0], "val", task)
+        return
+    assert result.status == "ok", result.message
+    assert [r["epoch"] for r in reports] == [1, 2, 3, 4] and result.history == reports
+    for r in reports:
+        assert {"train/loss", key, "epoch_time_s", "train_samples_per_s",
+                "val/eval_users_per_s"} <= set(r)
+        assert all(math.isfinite(v) for v in r.values())
+        check_ranges(r, "val", task)
+    assert reports[-1]["train/loss"] < reports[0]["train/loss"]
+    assert result.best == reports[result.best_epoch - 1]
+    check_ranges(evaluate(model, data, "test", CPU), "test", task)
+
+
+def test_early_stopping_restores_the_best_state(data):
+    # A large step and no regularisation overfit the tiny data: val RMSE turns up.
+    model = make("mf", "rating", data, epochs=30, lr=0.05, reg=0.0, batch_size=128)
+    reports: list[dict] = []
+    cfg = TrainConfig(device="cpu", patience=2)
+    result = fit(model, data, cfg, reports.append)
+    assert result.status == "early_stopped" and "no val/rmse improvement" in result.message
+    assert result.epochs == result.best_epoch + 2 == len(reports) < 30
+    best = min(r["val/rmse"] for r in reports)
+    assert result.best["val/rmse"] == best == reports[result.best_epoch - 1]["val/rmse"]
+    assert reports[-1]["val/rmse"] > best  # the last epoch is worse ...
+    assert evaluate(model, data, "val", cfg)["val/rmse"] == best  # ... and was rolled back
+
+
+def test_divergence_stops_cleanly_without_an_epoch(data):
+    model = make("mf", "rating", data, epochs=3, lr=1e20)  # Adam steps of 1e20 overflow
+    reports: list[dict] = []
+    result = fit(model, data, CPU, reports.append)
+    assert result.status == "diverged" and reports == [] and result.best == {}
+    assert "loss is nan" in result.message or "loss is inf" in result.message
+    assert "no epoch finished" in result.message
+
+
+def test_divergence_after_good_epochs_restores_the_best(data):
+    model = make("mf", "ranking", data, epochs=6)
+    reports: list[dict] = []
+
+    def poison(metrics: dict) -> None:
+        reports.append(metrics)
+        if metrics["epoch"] == 2:  # NaN weights make epoch 3's loss NaN
+            with torch.no_grad():
+                model.item_emb.weight.fill_(math.nan)
+
+    result = fit(model, data, CPU, poison)
+    assert result.status == "diverged" and len(reports) == 2 and result.epochs == 2
+    assert "epoch 3" in result.message and f"restored to epoch {result.best_epoch}" \
+        in result.message
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    again = evaluate(model, data, "val", CPU)
+    assert again["val/ndcg@10"] == result.best["val/ndcg@10"]
+
+
+@pytest.mark.parametrize("name,task", [("mf", "ranking"), ("mf", "rating")]
+                         + [c for c in CASES if c[0] in ("neumf", "caser", "autorec")][:3])
+def test_same_seed_same_metrics(name, task, data):
+    runs = [fit(make(name, task, data, seed=s, epochs=2, batch_size=64), data, CPU)
+            for s in (5, 5, 6)]
+    assert untimed(runs[0].history) == untimed(runs[1].history)
+    assert untimed(runs[0].history) != untimed(runs[2].history)  # the seed matters
+
+
+def test_resume_from_state_equals_an_uninterrupted_fit(data):
+    cfg = TrainConfig(device="cpu", patience=10)
+    full_states: list[dict] = []
+    full = fit(make("mf", "ranking", data, epochs=4, batch_size=64), data, cfg,
+               on_state=full_states.append)
+    # Round-trip the epoch-2 state through torch.save, as a Ray checkpoint would.
+    buffer = io.BytesIO()
+    torch.save(full_states[1], buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    resumed_reports: list[dict] = []
+    resumed = fit(make("mf", "ranking", data, seed=99, epochs=4, batch_size=64), data, cfg,
+                  resumed_reports.append, state=state)
+    assert [r["epoch"] for r in resumed_reports] == [3, 4]
+    assert untimed(resumed.history) == untimed(full.history)
+    assert resumed.best_epoch == full.best_epoch
+    assert untimed([resumed.best]) == untimed([full.best])
+
+
+def test_on_state_comes_before_report_and_holds_cpu_copies(data):
+    order: list[str] = []
+    states: list[dict] = []
+
+    def on_state(s: dict) -> None:
+        order.append("state")
+        states.append(s)
+
+    fit(make("mf", "rating", data, epochs=2), data, CPU, lambda m: order.append("report"),
+        on_state=on_state)
+    assert order == ["state", "report", "state", "report"]
+    first = states[0]["model"]["user_emb.weight"].clone()
+    assert torch.equal(states[0]["model"]["user_emb.weight"], first)  # not a live reference
+    assert not torch.equal(states[1]["model"]["user_emb.weight"], first)
+    assert states[1]["best_state"].keys() == states[1]["model"].keys()
+
+
+def test_sampled_protocol_and_test_masks(data):
+    model = make("mf", "ranking", data, epochs=2)
+    fit(model, data, CPU)
+    cfg = TrainConfig(device="cpu", protocol="sampled", ks=(5, 10))
+    sampled = evaluate(model, data, "test", cfg)
+    check_ranges(sampled, "test", "ranking")
+    full = evaluate(model, data, "test", CPU)
+    assert sampled["test/hr@10"] > full["test/hr@10"]  # 1 of 21 is easier than 1 of 120
+    tensors = to_device(data, "cpu")
+    indptr, indices = tensors.known("test")
+    assert len(indices) == len(data.train) + len(data.val)  # val items are masked for test
+    assert tensors.last_items("test", 3).shape == (data.n_users, 3)
+    assert torch.equal(tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
+                       torch.as_tensor(data.val.item))  # leave-last: val is the latest known
+
+
+def test_train_one_writes_files_that_rebuild_the_model(data, tmp_path):
+    metrics = train_one("mf", data, "rating", {"epochs": 2}, CPU, out_dir=tmp_path,
+                        progress=False)
+    assert metrics["status"] == "ok" and metrics["epochs"] == 2
+    assert {"val/rmse", "test/rmse", "train_samples_per_s", "eval_users_per_s"} <= set(metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == "mf" and config["hparams"]["epochs"] == 2
+    assert config["train"]["device"] == "cpu"
+    model = load_checkpoint(tmp_path / "checkpoint.pt")
+    again = evaluate(model, data, "test", CPU)
+    assert again["test/rmse"] == metrics["test/rmse"]
+
+
+def test_bad_requests_name_the_key():
+    with pytest.raises(KeyError, match="known models"):
+        validate_request("nope", None, {})
+    with pytest.raises(ValueError, match="sequential"):
+        validate_request("mf", "sequential", {})
+    with pytest.raises(ValueError, match="lrr"):
+        validate_request("mf", None, {"lrr": 0.1})
+    with pytest.raises(ValueError, match="lr=-1"):
+        validate_request("mf", None, {"lr": "-1"})
+    with pytest.raises(ValueError, match="val/ndcg@50"):
+        monitored_metric("ranking", "val/ndcg@50", (10, 20))
+    assert monitored_metric("rating", "val/mae") == ("val/mae", "min")
+    assert task_metric("sequential") == ("val/ndcg@10", "max")
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device"):
+        pick_device("tpu")
