@@ -54,6 +54,9 @@ class DataSpec:
 class CommonParams:
     """Hyperparameters every model shares; the names mean the same thing everywhere."""
 
+    task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Per-task overrides of the defaults, e.g. `{"ranking": {"reg": 0.003}}`."""
+
     lr: float = 1e-3
     """Adam learning rate."""
     weight_decay: float = 0.0

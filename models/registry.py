@@ -58,8 +58,11 @@ def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict) -> Any
     return value
 
 
-def make_params(name: str, **hparams: Any) -> Any:
-    """The model's `Params` with `hparams` applied, type-checked and range-checked."""
+def make_params(name: str, task: str | None = None, **hparams: Any) -> Any:
+    """The model's `Params` with `hparams` applied, type-checked and range-checked.
+
+    Defaults that differ by task come from `Params.task_defaults[task]`; `hparams` win.
+    """
     cls = get_model_class(name)
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     unknown = sorted(set(hparams) - set(fields))
@@ -68,7 +71,8 @@ def make_params(name: str, **hparams: Any) -> Any:
                          f"allowed: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls.Params)
     values = {k: _coerce(name, fields[k], v, hints) for k, v in hparams.items()}
-    return cls.Params(**values)
+    defaults = cls.Params.task_defaults.get(task or cls.tasks[0], {})
+    return cls.Params(**{**defaults, **values})
 
 
 def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: Any
@@ -89,7 +93,7 @@ def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: 
     if task not in cls.tasks:
         raise ValueError(f"model {name!r} does not support task {task!r}; "
                          f"it supports: {', '.join(cls.tasks)}")
-    return cls(spec, task, make_params(name, **hparams))
+    return cls(spec, task, make_params(name, task, **hparams))
 
 
 def save_model(model: Recommender, path: str | Path, **meta: Any) -> None:

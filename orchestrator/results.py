@@ -82,8 +82,12 @@ def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table; `x_std` columns fold into `x` as `mean ± std`."""
-    cols = [c for c in frame.columns if not c.endswith("_std")]
+    """A GitHub-flavoured Markdown table for reading: `x_std` columns fold into `x` as
+    `mean ± std`; validation metrics other than the optimised one and the hyperparameters
+    are left to the CSV/Parquet files."""
+    optimised = set(frame["metric"].dropna()) if "metric" in frame.columns else set()
+    cols = [c for c in frame.columns if not c.endswith("_std") and c != "hparams"
+            and not (c.startswith("val/") and c not in optimised)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
         cells = [_cell(frame, row, c).replace("|", "\\|") for c in cols]

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,17 @@ from ray.tune.search.optuna import OptunaSearch
 
 from data import describe, load_dataset
 from data.types import PreparedData
-from models import DataSpec, create_model, list_models
-from models.registry import get_model_class, save_model
+from models.base import DataSpec
+from models.registry import create_model, get_model_class, list_models, save_model
 from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
+from orchestrator.export import export_run
 from orchestrator.space import sample_params, validate_space
-from orchestrator.train import evaluate, fit, seed_everything, task_metric
+from orchestrator.train import evaluate, fit, monitored_metric, seed_everything
 from orchestrator.trainable import load_state, run_trial, split_config
 
 SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
-         "data": {"dataset": "synthetic:users=200,items=150,interactions=4000,seed=0"}}
+         "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
 DEFAULT_GPU_FRACTION = 0.25
 
 
@@ -64,24 +66,15 @@ def studies_of(cfg: SweepConfig) -> list[Study]:
         task = task or cls.tasks[0]
         if task not in cls.tasks:
             raise ValueError(f"models: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}")
-        default, mode = task_metric(task)
-        metric = cfg.metric or default
-        allowed = reported_metrics(task, cfg.train.ks)
-        if metric not in allowed:
-            raise ValueError(f"metric: {metric!r} is not reported by {entry!r} (task {task}); "
-                             f"it reports: {', '.join(allowed)}")
-        mode = "min" if metric.split("/")[1] in ("rmse", "mae") else "max"
+        try:
+            metric, mode = monitored_metric(task, cfg.metric, cfg.train.ks)
+        except ValueError as e:
+            raise ValueError(f"metric: {e} (study {entry!r})") from None
         out.append(Study(entry.replace(":", "-"), model, task, metric, mode))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ValueError(f"models: {list(cfg.models)} names a study twice")
     return out
-
-
-def reported_metrics(task: str, ks: tuple[int, ...]) -> list[str]:
-    if task == "rating":
-        return ["val/rmse", "val/mae"]
-    return [f"val/{m}@{k}" for m in ("hr", "ndcg", "recall", "mrr") for k in ks]
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool = False
@@ -156,6 +149,20 @@ def connect(cfg: SweepConfig) -> None:
         raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}") from None
 
 
+def quiet_libraries() -> None:
+    """Our progress lines say what matters; Tune's and Optuna's chatter drowns them."""
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune snapshots its state after every checkpoint with num_to_keep=1 (what --resume
+    # needs) and warns about it each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     """The per-trial request and how many trials the cluster can run at once.
 
@@ -221,22 +228,28 @@ class Progress(tune.Callback):
         self._line(trials, f"trial {trial.trial_id} failed")
 
 
-def _search_space(study: Study, cfg: SweepConfig) -> Any:
-    cls = get_model_class(study.model)
-    overrides = cfg.search_space.get(study.model, {})
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A study's define-by-run space; a picklable object, since Tune saves the searcher."""
 
-    def space(trial: Any) -> dict[str, Any]:
-        params = sample_params(trial, cls.search_space, overrides)
-        params.setdefault("epochs", cfg.epochs)
+    study: Study
+    overrides: dict[str, Any]
+    epochs: int
+    seed: int
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        space = get_model_class(self.study.model).search_space
+        params = sample_params(trial, space, self.overrides)
+        params.setdefault("epochs", self.epochs)
         # constants returned by a define-by-run space become part of the trial's config
-        return {**params, "model": study.model, "task": study.task, "seed": cfg.seed,
-                "metric": study.metric}
-    return space
+        return {**params, "model": self.study.model, "task": self.study.task,
+                "seed": self.seed, "metric": self.study.metric}
 
 
 def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: float | None,
            callbacks: list[Any]) -> tune.Tuner:
-    search = OptunaSearch(space=_search_space(study, cfg), metric=study.metric, mode=study.mode,
+    space = SearchSpace(study, cfg.search_space.get(study.model, {}), cfg.epochs, cfg.seed)
+    search = OptunaSearch(space=space, metric=study.metric, mode=study.mode,
                           sampler=TPESampler(seed=cfg.seed))
     # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
     # stops is told to Optuna as complete with its truncated value.
@@ -336,6 +349,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     (run_dir / "data.json").write_text(json.dumps(
         {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
 
+    quiet_libraries()
     connect(cfg)
     request, slots = resources(cfg)
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
@@ -372,6 +386,12 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     results.write_trials(run_dir, trial_rows)
     frame = results.table(rows)
     results.write(run_dir, frame)
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        outcome = export_run(run_dir, data=data)
+        failed = {k: v for k, v in outcome.items() if v != "ok"}
+        if failed:
+            print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
+        frame = results.load(run_dir)
     print(results.markdown(frame), flush=True)
     print(f"run directory: {run_dir}", flush=True)
     return run_dir

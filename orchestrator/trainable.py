@@ -19,7 +19,8 @@ import torch
 from ray import tune
 
 from data.types import PreparedData
-from models import DataSpec, create_model
+from models.base import DataSpec
+from models.registry import create_model
 from orchestrator.config import TrainConfig
 from orchestrator.train import fit, seed_everything
 

@@ -1,0 +1,156 @@
+"""Caser (Tang & Wang, "Personalized Top-N Sequential Recommendation via Convolutional
+Sequence Embedding", WSDM 2018).
+
+The last L items' embeddings form an `L x d` "image". Horizontal filters of heights 1..L
+(`n_h` each, ReLU, max-pooled over time) catch union-level and point-level sequential
+patterns; vertical filters (`n_v`, spanning all L rows) are weighted sums of the L
+embeddings. Their concatenation, after dropout, goes through a ReLU layer to `z`, which is
+concatenated with the user's embedding and scored against every item by `W2`, `b2`. The
+next T items are the positives; `negatives * T` sampled items the negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from data.sampling import sequence_windows
+from data.types import Split
+from models.base import CommonParams, DataSpec, Recommender, check, check_common
+from models.registry import register_model
+
+
+@dataclass
+class CaserParams(CommonParams):
+    """Hyperparameters of `caser`; defaults from the paper and its code."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    batch_size: int = 512
+    epochs: int = 50
+    negatives: int = 3
+    """Negatives per target item (the loop samples `negatives * T` per window)."""
+    dim: int = 50
+    """Item and user embedding size d."""
+    L: int = 5
+    """Items in the input window."""
+    T: int = 3
+    """Next items predicted per window."""
+    n_v: int = 4
+    """Vertical filters."""
+    n_h: int = 16
+    """Horizontal filters of each height 1..L."""
+    dropout: float = 0.5
+    """Dropout on the convolution features."""
+
+    def __post_init__(self) -> None:
+        check_common(self)
+        check(self, "dim", self.dim >= 1, "an int >= 1")
+        check(self, "L", self.L >= 1, "an int >= 1")
+        check(self, "T", self.T >= 1, "an int >= 1")
+        check(self, "n_v", self.n_v >= 0, "an int >= 0")
+        check(self, "n_h", self.n_h >= 0, "an int >= 0")
+        check(self, "n_h", self.n_h + self.n_v >= 1, "n_h + n_v >= 1")
+        check(self, "dropout", 0 <= self.dropout < 1, "a float in [0, 1)")
+
+
+@register_model
+class Caser(Recommender):
+    """Convolutional sequence embedding for next-item recommendation.
+
+    Args:
+        spec: the data spec; item index `n_items` is the padding of short histories.
+        task: "sequential".
+        params: `CaserParams`.
+
+    Example:
+        >>> model = create_model("caser", DataSpec(943, 1682))
+        >>> seq = torch.full((2, model.seq_len), 1682)  # [B, L], all padding
+        >>> model.score_all(torch.tensor([0, 1]), seq).shape
+        torch.Size([2, 1682])
+    """
+
+    name = "caser"
+    tasks = ("sequential",)
+    Params = CaserParams
+
+    def __init__(self, spec: DataSpec, task: str, params: CaserParams) -> None:
+        super().__init__(spec, task, params)
+        d, L = params.dim, params.L
+        self.user_emb = nn.Embedding(spec.n_users, d)
+        self.item_emb = nn.Embedding(spec.n_items + 1, d, padding_idx=spec.n_items)
+        # A vertical filter spanning all L rows is a weighted sum of the L embeddings.
+        self.vertical = nn.Linear(L, params.n_v)
+        # One conv per height over [B, d, L] (channels = embedding), each a single batched op.
+        self.horizontal = nn.ModuleList(
+            nn.Conv1d(d, params.n_h, kernel_size=h) for h in range(1, L + 1))
+        self.dropout = nn.Dropout(params.dropout)
+        self.fc = nn.Linear(params.n_v * d + params.n_h * L, d)
+        self.W2 = nn.Embedding(spec.n_items + 1, 2 * d)
+        self.b2 = nn.Embedding(spec.n_items + 1, 1)
+        # The paper's code: N(0, 1/d) embeddings, N(0, 1/2d) output weights, zero output bias.
+        nn.init.normal_(self.user_emb.weight, std=1.0 / d)
+        nn.init.normal_(self.item_emb.weight, std=1.0 / d)
+        nn.init.normal_(self.W2.weight, std=1.0 / (2 * d))
+        nn.init.zeros_(self.b2.weight)
+        with torch.no_grad():
+            self.item_emb.weight[spec.n_items].zero_()
+
+    @property
+    def seq_len(self) -> int:
+        return self.params.L
+
+    @property
+    def n_negatives(self) -> int:
+        return self.params.negatives * self.params.T
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {
+            "dim": trial.suggest_categorical("dim", [25, 50, 100]),
+            "L": trial.suggest_int("L", 2, 9),
+            "n_h": trial.suggest_categorical("n_h", [4, 8, 16, 32]),
+            "n_v": trial.suggest_categorical("n_v", [1, 2, 4, 8]),
+            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-8, 1e-4, log=True),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.7),
+            "negatives": trial.suggest_int("negatives", 1, 5),
+        }
+
+    def examples(self, train: Split) -> dict[str, Tensor]:
+        """Sliding windows: `user [W]`, `seq [W, L]`, `target [W, T]` (the next T items)."""
+        return sequence_windows(train, self.params.L, self.params.T, self.spec.n_items)
+
+    def features(self, user: Tensor, seq: Tensor) -> Tensor:
+        """The `[B, 2d]` vector `[z, P_u]` that is scored against the items."""
+        E = self.item_emb(seq).transpose(1, 2)  # [B, d, L]
+        out_v = self.vertical(E).flatten(1)  # [B, d * n_v]
+        out_h = [F.relu(conv(E)).amax(-1) for conv in self.horizontal]  # L x [B, n_h]
+        x = self.dropout(torch.cat([out_v, *out_h], 1))  # [B, n_v d + n_h L]
+        z = F.relu(self.fc(x))  # [B, d]
+        return torch.cat([z, self.user_emb(user)], 1)  # [B, 2d]
+
+    def forward(self, user: Tensor, seq: Tensor, item: Tensor) -> Tensor:
+        """Logit `[B]` of each user's next item being `item`, given the last L items `seq`."""
+        x = self.features(user, seq)  # [B, 2d]
+        return (x * self.W2(item)).sum(-1) + self.b2(item).squeeze(-1)
+
+    def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
+        if seq is None:
+            raise ValueError("caser.score_all needs seq, each user's last L items [B, L]")
+        n = self.spec.n_items
+        x = self.features(user, seq)  # [B, 2d]
+        return x @ self.W2.weight[:n].T + self.b2.weight[:n, 0]  # [B, n_items]
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        target, neg = batch["target"], batch["neg_item"]  # [B, T], [B, n T]
+        x = self.features(batch["user"], batch["seq"])  # [B, 2d]
+        items = torch.cat([target, neg], 1)  # [B, T + n T]
+        logits = torch.einsum("bd,bkd->bk", x, self.W2(items)) + self.b2(items).squeeze(-1)
+        T = target.shape[1]
+        # The paper's code: mean log loss of the positives plus that of the negatives.
+        return -F.logsigmoid(logits[:, :T]).mean() - F.logsigmoid(-logits[:, T:]).mean()

@@ -1,0 +1,163 @@
+"""NeuMF (He, Liao, Zhang, Nie, Hu & Chua, "Neural Collaborative Filtering", WWW 2017).
+
+A GMF tower (element-wise product of user and item embeddings) and an MLP tower (a
+halving ReLU tower over the concatenated user and item embeddings), with separate
+embeddings, fused by one linear layer over `[gmf_vector, mlp_vector]`, trained pointwise
+with binary cross-entropy against sampled negatives.
+
+Pre-training as in the paper: train a `tower="gmf"` and a `tower="mlp"` model with the
+usual loop, then `NeuMF.load_pretrained(gmf, mlp)` on a `tower="neumf"` model before its
+own training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import CommonParams, DataSpec, Recommender, check, check_common
+from models.registry import register_model
+
+
+@dataclass
+class NeuMFParams(CommonParams):
+    """Hyperparameters of `neumf`; defaults from the paper's code (8 factors, [64, 32, 16, 8])."""
+
+    lr: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 20
+    negatives: int = 4
+    dim: int = 8
+    """Predictive factors: GMF embedding size and the MLP's last hidden size."""
+    layers: int = 3
+    """MLP layers; the MLP embeddings are `dim * 2**(layers - 1)` wide and each layer halves."""
+    dropout: float = 0.0
+    """Dropout after each MLP hidden layer (the paper uses none)."""
+    tower: str = "neumf"
+    """"neumf", or "gmf" / "mlp" alone (to pre-train the towers for `load_pretrained`)."""
+
+    def __post_init__(self) -> None:
+        check_common(self)
+        check(self, "dim", self.dim >= 1, "an int >= 1")
+        check(self, "layers", 1 <= self.layers <= 6, "an int in [1, 6]")
+        check(self, "dropout", 0 <= self.dropout < 1, "a float in [0, 1)")
+        check(self, "tower", self.tower in ("neumf", "gmf", "mlp"), "'neumf', 'gmf' or 'mlp'")
+
+
+@register_model
+class NeuMF(Recommender):
+    """Neural matrix factorization for implicit-feedback ranking.
+
+    Args:
+        spec: the data spec.
+        task: "ranking".
+        params: `NeuMFParams`.
+
+    Example:
+        >>> model = create_model("neumf", DataSpec(943, 1682), dim=16)
+        >>> model.score_all(torch.tensor([0, 1])).shape
+        torch.Size([2, 1682])
+    """
+
+    name = "neumf"
+    tasks = ("ranking",)
+    Params = NeuMFParams
+
+    def __init__(self, spec: DataSpec, task: str, params: NeuMFParams) -> None:
+        super().__init__(spec, task, params)
+        d, tower = params.dim, params.tower
+        self.use_gmf, self.use_mlp = tower in ("neumf", "gmf"), tower in ("neumf", "mlp")
+        if self.use_gmf:
+            self.gmf_user = nn.Embedding(spec.n_users, d)
+            self.gmf_item = nn.Embedding(spec.n_items, d)
+        if self.use_mlp:
+            e = d * 2 ** (params.layers - 1)
+            self.mlp_user = nn.Embedding(spec.n_users, e)
+            self.mlp_item = nn.Embedding(spec.n_items, e)
+            # first: [user half | item half] of the input; split apart in score_all.
+            self.first = nn.Linear(2 * e, e)
+            rest: list[nn.Module] = [nn.Dropout(params.dropout)]
+            for i in range(params.layers - 1):
+                rest += [nn.Linear(e >> i, e >> (i + 1)), nn.ReLU(), nn.Dropout(params.dropout)]
+            self.rest = nn.Sequential(*rest)
+        self.out = nn.Linear(d * (self.use_gmf + self.use_mlp), 1)
+        for m in self.modules():  # the paper's initialisation: N(0, 0.01) embeddings
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.01)
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {
+            "dim": trial.suggest_categorical("dim", [8, 16, 32, 64]),
+            "layers": trial.suggest_int("layers", 1, 4),
+            "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-8, 1e-4, log=True),
+            "negatives": trial.suggest_int("negatives", 1, 8),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 2048]),
+        }
+
+    def _split_out(self) -> tuple[Tensor | None, Tensor | None]:
+        """The output layer's weights on the GMF and on the MLP vector, `[d]` each."""
+        w = self.out.weight[0]  # [d * towers]
+        d = self.params.dim
+        gmf = w[:d] if self.use_gmf else None
+        mlp = w[-d:] if self.use_mlp else None
+        return gmf, mlp
+
+    def forward(self, user: Tensor, item: Tensor) -> Tensor:
+        """Logit `[B]` of each (user, item) pair."""
+        w_gmf, w_mlp = self._split_out()
+        score = self.out.bias.expand(len(user))  # [B]
+        if self.use_gmf:
+            score = score + (self.gmf_user(user) * self.gmf_item(item)) @ w_gmf  # [B]
+        if self.use_mlp:
+            x = torch.cat([self.mlp_user(user), self.mlp_item(item)], -1)  # [B, 2e]
+            score = score + self.rest(F.relu(self.first(x))) @ w_mlp  # [B]
+        return score
+
+    def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
+        """`[B] -> [B, n_items]`; the MLP part holds `[B, n_items, e]`: keep batches modest."""
+        w_gmf, w_mlp = self._split_out()
+        score = self.out.bias  # [1]
+        if self.use_gmf:
+            score = score + (self.gmf_user(user) * w_gmf) @ self.gmf_item.weight.T  # [B, I]
+        if self.use_mlp:
+            e = self.mlp_user.embedding_dim
+            w_user, w_item = self.first.weight[:, :e], self.first.weight[:, e:]  # [e, e] each
+            hu = self.mlp_user(user) @ w_user.T + self.first.bias  # [B, e]
+            hi = self.mlp_item.weight @ w_item.T  # [I, e]
+            h = F.relu(hu[:, None, :] + hi[None, :, :])  # [B, I, e]
+            score = score + self.rest(h) @ w_mlp  # [B, I]
+        return score
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        user, item, neg = batch["user"], batch["item"], batch["neg_item"]  # [B], [B], [B, n]
+        users = torch.cat([user, user.repeat_interleave(neg.shape[1])])  # [B (1 + n)]
+        items = torch.cat([item, neg.reshape(-1)])  # [B (1 + n)]
+        label = torch.zeros(len(items), device=items.device)
+        label[: len(user)] = 1.0
+        # Pointwise log loss averaged over positive and negative instances, as the paper.
+        return F.binary_cross_entropy_with_logits(self(users, items), label)
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: NeuMF, mlp: NeuMF, alpha: float = 0.5) -> None:
+        """Initialise a `tower="neumf"` model from trained GMF and MLP models (paper 3.4.1).
+
+        The output layer becomes `[alpha * h_gmf, (1 - alpha) * h_mlp]`.
+        """
+        if not (self.use_gmf and self.use_mlp) or gmf.params.tower != "gmf" \
+                or mlp.params.tower != "mlp":
+            raise ValueError("load_pretrained: expected a tower='neumf' model, a tower='gmf' "
+                             "and a tower='mlp' model")
+        for name in ("gmf_user", "gmf_item"):
+            getattr(self, name).load_state_dict(getattr(gmf, name).state_dict())
+        for name in ("mlp_user", "mlp_item", "first", "rest"):
+            getattr(self, name).load_state_dict(getattr(mlp, name).state_dict())
+        self.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight],
+                                        1))
+        self.out.bias.copy_(alpha * gmf.out.bias + (1 - alpha) * mlp.out.bias)

@@ -1,0 +1,272 @@
+"""Every registered model, on every task it supports, on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import models
+from data.sampling import NegativeSampler, last_items
+from data.types import Split
+from models import DataSpec, create_model, list_models, register_model
+from models.base import Recommender
+from models.registry import get_model_class
+
+N_USERS, N_ITEMS, PER_USER = 12, 20, 8
+CASES = [(n, t) for n in list_models() for t in get_model_class(n).tasks]
+LEARNED = [(n, t) for n, t in CASES if get_model_class(n).learned]
+
+
+def tiny_train() -> Split:
+    """Each user rates PER_USER distinct items, in time order, with integer ratings 1..5."""
+    rng = np.random.default_rng(0)
+    item = np.concatenate([rng.choice(N_ITEMS, PER_USER, replace=False) for _ in range(N_USERS)])
+    user = np.repeat(np.arange(N_USERS), PER_USER)
+    rating = rng.integers(1, 6, len(user)).astype(np.float32)
+    ts = np.tile(np.arange(PER_USER), N_USERS) + 1000
+    return Split(user, item, rating, ts).to("cpu")
+
+
+def build(name: str, task: str, **hp) -> tuple[Recommender, dict[str, torch.Tensor], Split]:
+    train = tiny_train()
+    spec = DataSpec(N_USERS, N_ITEMS, (1.0, 5.0), float(train.rating.mean()))
+    model = create_model(name, spec, task=task, **hp)
+    return model, model.examples(train), train
+
+
+def with_negatives(model: Recommender, ex: dict, sampler: NegativeSampler) -> dict:
+    batch = dict(ex)
+    if model.n_negatives > 0:
+        batch["neg_item"] = sampler.sample(batch["user"], model.n_negatives)
+    return batch
+
+
+def score_pairs(model: Recommender, user, item, seq=None) -> torch.Tensor:
+    return model(user, seq, item) if model.seq_len else model(user, item)
+
+
+def user_seqs(model: Recommender, train: Split, users: torch.Tensor) -> torch.Tensor | None:
+    if not model.seq_len:
+        return None
+    return last_items(train, N_USERS, model.seq_len, N_ITEMS)[users]  # [B, L]
+
+
+def losses(name: str, task: str, steps: int, seed: int = 0, **hp) -> list[float]:
+    """Loss of each Adam step on the whole tiny dataset, negatives drawn with `seed`."""
+    torch.manual_seed(seed)
+    model, ex, train = build(name, task, **hp)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = NegativeSampler(train, N_ITEMS, generator=gen, n_users=N_USERS)
+    opt = torch.optim.Adam(model.parameters(), lr=model.params.lr,
+                           weight_decay=model.params.weight_decay)
+    model.train()
+    out = []
+    fixed = with_negatives(model, ex, sampler)
+    for _ in range(steps):
+        loss = model.loss(fixed)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out.append(loss.item())
+    return out
+
+
+def no_dropout(name: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(get_model_class(name).Params)}
+    return {"dropout": 0.0} if "dropout" in fields else {}
+
+
+@pytest.mark.parametrize("name,task", CASES)
+def test_shapes_and_finite(name, task):
+    model, _, train = build(name, task)
+    model.eval()
+    users = torch.tensor([0, 3, 7, 11])
+    seq = user_seqs(model, train, users)
+    with torch.no_grad():
+        pair = score_pairs(model, users, torch.tensor([1, 0, 19, 5]), seq)
+        full = model.score_all(users, seq) if seq is not None else model.score_all(users)
+    assert pair.shape == (4,)
+    assert full.shape == (4, N_ITEMS)
+    assert torch.isfinite(pair).all() and torch.isfinite(full).all()
+
+
+@pytest.mark.parametrize("name,task", CASES)
+def test_score_all_agrees_with_forward(name, task):
+    # The exported graph is forward; full-ranking metrics use score_all: they must agree.
+    torch.manual_seed(1)
+    model, _, train = build(name, task)
+    model.eval()
+    users = torch.tensor([2, 5, 9])
+    seq = user_seqs(model, train, users)
+    with torch.no_grad():
+        full = model.score_all(users, seq) if seq is not None else model.score_all(users)
+        u = users.repeat_interleave(N_ITEMS)  # [3 * I]
+        i = torch.arange(N_ITEMS).repeat(len(users))  # [3 * I]
+        s = seq.repeat_interleave(N_ITEMS, 0) if seq is not None else None
+        pairs = score_pairs(model, u, i, s).view(len(users), N_ITEMS)
+    torch.testing.assert_close(pairs, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,task", LEARNED)
+def test_loss_falls(name, task):
+    trace = losses(name, task, steps=20, lr=1e-2, **no_dropout(name))
+    assert all(np.isfinite(trace))
+    assert trace[-1] < 0.9 * trace[0], trace
+
+
+@pytest.mark.parametrize("name,task", LEARNED)
+def test_seeded_determinism(name, task):
+    a = losses(name, task, steps=4, seed=3)
+    assert a == losses(name, task, steps=4, seed=3)
+    assert a != losses(name, task, steps=4, seed=4)
+
+
+@pytest.mark.parametrize("task", ["rating", "ranking"])
+def test_mf_item_bias_is_looked_up_by_item_id(task):
+    # The slide this project started from indexed the item bias with the user id.
+    model, _, _ = build("mf", task)
+    with torch.no_grad():
+        model.user_emb.weight.zero_()
+        model.item_emb.weight.zero_()
+        model.user_bias.weight.copy_(100.0 + torch.arange(N_USERS)[:, None])
+        model.item_bias.weight.copy_(1000.0 + torch.arange(N_ITEMS)[:, None])
+        user, item = torch.tensor([0, 1, 2]), torch.tensor([15, 6, 17])
+        want = 1000.0 + item.float()
+        if task == "rating":
+            want = want + 100.0 + user.float() + model.spec.global_mean
+        torch.testing.assert_close(model(user, item), want)
+        torch.testing.assert_close(model.score_all(user)[torch.arange(3), item], want)
+
+
+def test_autorec_uses_hidden_layer_and_falls_back_to_global_mean():
+    model, _, train = build("autorec", "rating")
+    keep = train.item != 4  # item 4 gets no training rating
+    model.examples(Split(*(a[keep] for a in (train.user, train.item, train.rating,
+                                             train.timestamp))))
+    model.eval()
+    user, item = torch.tensor([0, 1]), torch.tensor([int(model.ratings.sum(1).argmax())] * 2)
+    with torch.no_grad():
+        before = model(user, item)
+        model.encoder.weight.mul_(2.0)  # the hidden layer must feed the output
+        assert not torch.allclose(before, model(user, item))
+        assert (~model.item_seen).nonzero()[:, 0].tolist() == [4]
+        got = model(torch.arange(3), torch.tensor([4, 4, 4]))
+        full = model.score_all(torch.arange(3))[:, 4]
+    torch.testing.assert_close(got, torch.full_like(got, model.spec.global_mean))
+    torch.testing.assert_close(full, got)
+
+
+def test_neumf_pretrained_towers_combine():
+    gmf, _, _ = build("neumf", "ranking", tower="gmf")
+    mlp, _, _ = build("neumf", "ranking", tower="mlp")
+    fused, _, _ = build("neumf", "ranking")
+    fused.load_pretrained(gmf, mlp, alpha=0.3)
+    user, item = torch.tensor([0, 4, 8]), torch.tensor([3, 9, 12])
+    with torch.no_grad():
+        want = 0.3 * gmf(user, item) + 0.7 * mlp(user, item)
+        torch.testing.assert_close(fused(user, item), want)
+    with pytest.raises(ValueError, match="tower"):
+        gmf.load_pretrained(gmf, mlp)
+
+
+def test_caser_needs_seq_and_handles_padding():
+    model, ex, _ = build("caser", "sequential")
+    assert ex["seq"].shape[1] == model.seq_len == 5 and ex["target"].shape[1] == 3
+    assert model.n_negatives == 9
+    with pytest.raises(ValueError, match="seq"):
+        model.score_all(torch.tensor([0]))
+    model.eval()
+    pad = torch.full((2, model.seq_len), N_ITEMS)  # users with no history at all
+    assert torch.isfinite(model.score_all(torch.tensor([0, 1]), pad)).all()
+
+
+def test_baselines_match_plain_references():
+    pop, _, train = build("pop", "ranking")
+    counts = np.bincount(train.item.numpy(), minlength=N_ITEMS)
+    np.testing.assert_array_equal(pop.score_all(torch.tensor([0]))[0].numpy(), counts)
+
+    knn, _, _ = build("itemknn", "ranking", k=3)
+    X = np.zeros((N_USERS, N_ITEMS))
+    X[train.user.numpy(), train.item.numpy()] = 1
+    sim = np.zeros((N_ITEMS, N_ITEMS))
+    for i in range(N_ITEMS):
+        for j in range(N_ITEMS):
+            den = np.linalg.norm(X[:, i]) * np.linalg.norm(X[:, j])
+            sim[i, j] = X[:, i] @ X[:, j] / den if i != j and den else 0.0
+    for j in range(N_ITEMS):  # keep each item's 3 most similar items (ties: any 3 of them)
+        cut = np.sort(sim[:, j])[-3]
+        kept = knn.sim[:, j].numpy()
+        assert (kept > 0).sum() <= 3 and np.all(kept[kept > 0] >= cut - 1e-6)
+        np.testing.assert_allclose(kept[kept > 0], sim[kept > 0, j], rtol=1e-5)
+    np.testing.assert_allclose(knn.score_all(torch.arange(N_USERS)).numpy(),
+                               X @ knn.sim.numpy(), rtol=1e-5)
+
+
+def test_pop_rating_is_damped_item_mean():
+    pop, _, train = build("pop", "rating", shrink=2.0)
+    mu = float(train.rating.mean())
+    i = int(train.item[0])
+    r = train.rating[train.item == i].numpy()
+    want = mu + (r - mu).sum() / (len(r) + 2.0)
+    assert pop(torch.tensor([0]), torch.tensor([i])).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_registry_errors():
+    spec = DataSpec(N_USERS, N_ITEMS)
+    assert {"mf", "autorec", "neumf", "caser", "pop", "itemknn"} <= set(list_models())
+
+    class Dup(get_model_class("mf")):
+        name = "mf"
+    Dup.__module__ = "models.mf"
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(Dup)
+
+    class Misnamed(get_model_class("mf")):
+        name = "other"
+    with pytest.raises(ValueError, match="file name"):
+        register_model(Misnamed)
+
+    with pytest.raises(KeyError, match="known models: .*mf"):
+        create_model("nope", spec)
+    with pytest.raises(ValueError, match=r"\['dimm'\].*allowed: .*dim"):
+        create_model("mf", spec, dimm=8)
+    with pytest.raises(ValueError, match="dim='abc'.*expected int"):
+        create_model("mf", spec, dim="abc")
+    with pytest.raises(ValueError, match="dim=1.5.*expected int"):
+        create_model("mf", spec, dim=1.5)
+    with pytest.raises(ValueError, match="dim=0: expected an int >= 1"):
+        create_model("mf", spec, dim=0)
+    with pytest.raises(ValueError, match="loss='hinge'"):
+        create_model("mf", spec, task="ranking", loss="hinge")
+    with pytest.raises(ValueError, match="dropout=1.0"):
+        create_model("autorec", spec, dropout=1.0)
+    with pytest.raises(ValueError, match="does not support task 'rating'.*sequential"):
+        create_model("caser", spec, task="rating")
+    assert create_model("mf", spec, dim="32", lr="0.01").params.dim == 32  # --set strings
+    # Per-task defaults, and explicit values win over them.
+    assert create_model("mf", spec, task="rating").params.reg == 0.1
+    assert create_model("mf", spec, task="ranking").params.reg == 0.003
+    assert create_model("mf", spec, task="ranking", reg=0.05).params.reg == 0.05
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_search_space_yields_valid_params(name):
+    cls = get_model_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(3):
+        trial = study.ask()
+        hp = cls.search_space(trial)
+        assert set(hp) <= fields and "epochs" not in hp
+        assert hp == trial.params
+        model = create_model(name, DataSpec(N_USERS, N_ITEMS), task=cls.tasks[0], **hp)
+        assert all(getattr(model.params, k) == v for k, v in hp.items())
+        study.tell(trial, 0.0)
+
+
+def test_package_reexports():
+    assert models.create_model is create_model and models.list_models is list_models
