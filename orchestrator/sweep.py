@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,14 @@ def connect(cfg: SweepConfig) -> None:
     """Join the cluster at `address` (or start a local one) and fail early if unreachable."""
     if ray.is_initialized():
         return
+    host, _, port = cfg.address.rpartition(":")
+    if host and port.isdigit():
+        # ray.init retries an unreachable GCS for minutes; a plain TCP probe answers at once
+        try:
+            socket.create_connection((host.removeprefix("ray://"), int(port)), timeout=5).close()
+        except OSError as e:
+            raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}"
+                             ) from None
     try:
         if cfg.address:
             ray.init(address=cfg.address, log_to_driver=False)

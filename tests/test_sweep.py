@@ -1,0 +1,119 @@
+"""The sweep on a real local Ray cluster: smoke end to end, W&B offline, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator.sweep import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "recsweep-test-secret-key-0123456789abcdef"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 240
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = tmp_path_factory.mktemp("runs")
+    # a key in the environment must never reach the run directory, even offline
+    proc = run_cli("sweep", "--smoke", "--name", "smoke", "--storage", str(storage),
+                   env={"WANDB_API_KEY": SECRET})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return storage / "smoke"
+
+
+def test_smoke_table_has_every_model_and_the_baseline(smoke_run: Path) -> None:
+    table = pd.read_csv(smoke_run / "results.csv")
+    assert list(table["study"]) == ["mf", "autorec", "neumf", "caser", "pop"]
+    assert (table["status"] == "ok").all(), table[["study", "status"]]
+    rating = table[table["task"] == "rating"]
+    assert ((rating["test/rmse"] > 0) & (rating["test/rmse"] < 4)).all()
+    ranked = table[table["task"] != "rating"]
+    for col in ("test/hr@10", "test/ndcg@10", "val/ndcg@10"):
+        assert ranked[col].between(0, 1).all(), col
+    assert (table.loc[table["study"] != "pop", "trials_done"] == 2).all()
+
+
+def test_smoke_run_directory_layout(smoke_run: Path) -> None:
+    for name in ("sweep.yaml", "data.json", "results.csv", "results.parquet", "results.md",
+                 "trials.parquet"):
+        assert (smoke_run / name).is_file(), name
+    for study in ("mf", "autorec", "neumf", "caser"):
+        assert (smoke_run / study).is_dir()  # the Tune experiment, the --resume target
+        assert (smoke_run / "checkpoints" / f"{study}.pt").is_file()
+    resolved = yaml.safe_load((smoke_run / "sweep.yaml").read_text())
+    assert resolved["trials"] == 2 and resolved["data"]["dataset"].startswith("synthetic")
+    assert json.loads((smoke_run / "data.json").read_text())["users"] > 0
+    trials = pd.read_parquet(smoke_run / "trials.parquet")
+    assert len(trials) == 8 and trials["trial_id"].is_unique
+
+
+def test_results_command_prints_the_table(smoke_run: Path) -> None:
+    proc = run_cli("results", str(smoke_run), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["study"] for r in rows] == ["mf", "autorec", "neumf", "caser", "pop"]
+    md = run_cli("results", str(smoke_run)).stdout
+    assert md.startswith("| study |") and "caser" in md
+
+
+def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
+    runs = list(smoke_run.rglob("offline-run-*"))
+    assert len(runs) == 8, runs  # one W&B run per trial
+    assert all(list(r.glob("*.wandb")) for r in runs)
+    for path in smoke_run.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"trails": 3}, "trails"),
+    ({"data": {"datset": "x"}}, "data.datset"),
+    ({"models": ["mf", "nope"]}, "unknown model 'nope'"),
+    ({"metric": "val/auc"}, "val/auc"),
+    ({"search_space": {"mf": {"lr": {"min": 0.1, "max": 0.01}}}}, "search_space.mf.lr"),
+    ({"search_space": {"mf": {"lr": {"distribution": "log_uniform_values", "min": 0,
+                                     "max": 1}}}}, "min > 0"),
+    ({"search_space": {"mf": {"dimm": {"values": [8]}}}}, "dimm"),
+    ({"time_budget": "8 hours"}, "time_budget"),
+])
+def test_bad_sweep_files_fail_before_any_trial(tmp_path: Path, content: dict,
+                                               message: str) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(ValueError, match=None) as err:
+        load_config(path, {})
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_wandb_sweep_syntax_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"models": ["mf", "neumf"], "search_space": {
+        "mf": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+               "dim": {"values": [16, 32]}, "weight_decay": {"value": 0.0}}}}))
+    cfg = load_config(path, {"trials": 3})
+    assert cfg.trials == 3 and cfg.models == ("mf", "neumf")
+
+
+def test_resume_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
+    proc = run_cli("sweep", "--resume", str(tmp_path))
+    assert proc.returncode == 2 and "not a sweep run directory" in proc.stderr
+
+
+def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("sweep", "--smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path),
+                   timeout=120)
+    assert proc.returncode == 2 and "cannot reach a Ray cluster" in proc.stderr
