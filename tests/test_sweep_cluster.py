@@ -1,0 +1,102 @@
+"""The sweep across nodes and across driver deaths, on real Ray processes.
+
+- several nodes: `ray.cluster_utils.Cluster` with a head and two workers declaring GPUs (so
+  GPU-fraction scheduling is exercised on CPU); one worker is removed mid-sweep;
+- driver loss: a sweep process is killed with SIGKILL mid-way and continued with --resume.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from orchestrator import results
+from orchestrator.sweep import load_config, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = {"dataset": "synthetic:users=300,items=400,interactions=12000,seed=1"}
+
+
+def first_result(root: Path, timeout: float = 120) -> bool:
+    """Wait until some trial under `root` has reported an epoch."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if any(p.stat().st_size > 0 for p in root.rglob("result.json")):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sweep_survives_the_loss_of_a_node(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+    try:
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        cfg = load_config(None, {
+            "name": "multi", "storage": str(tmp_path), "models": ["mf"], "baselines": [],
+            "trials": 6, "epochs": 4, "grace_period": 4, "gpus_per_trial": 0.5,
+            "cpus_per_trial": 0.5, "wandb": "disabled", "data": DATA})
+
+        removed: list[float] = []
+
+        def kill_a_worker() -> None:
+            if first_result(tmp_path / "multi"):
+                cluster.remove_node(workers[1])
+                removed.append(time.time())
+        killer = threading.Thread(target=kill_a_worker, daemon=True)
+        killer.start()
+        run_dir = run_sweep(cfg)
+        assert removed, "the worker was not removed while the sweep ran"
+        alive = [n for n in ray.nodes() if n["Alive"]]
+        assert len(alive) == 2  # the head and the surviving worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    trials = results.load_trials(run_dir)
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
+    assert (trials["epochs"] == 4).all()  # grace_period == epochs: ASHA stops nobody
+    table = results.load(run_dir)
+    assert table.loc[0, "study"] == "mf" and table.loc[0, "trials_done"] == 6
+
+
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "orchestrator", "sweep", "--name", "resumed", "--storage",
+            str(tmp_path), "--models", "mf", "--trials", "6", "--epochs", "3",
+            "--wandb", "disabled", "--dataset", DATA["dataset"]]
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # save the experiment state often
+    driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_dir = tmp_path / "resumed"
+        assert first_result(run_dir), "the sweep never reported a result"
+        time.sleep(1.0)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    assert not (run_dir / "results.csv").exists()  # it really died mid-way
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "--resume",
+                           str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(trials) == 6, trials[["trial_id", "status"]]
+    assert trials["trial_id"].is_unique
+    assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_ray() -> None:
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
