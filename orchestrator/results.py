@@ -105,11 +105,16 @@ def render(frame: pd.DataFrame, fmt: str = "md") -> str:
     raise ValueError(f"--format {fmt!r}: expected md, csv or json")
 
 
-def write_trials(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """All trials of all studies as one table (`trials.parquet`, `trials.csv`)."""
+def write_trials(run_dir: Path, rows: list[dict[str, Any]],
+                 histories: list[pd.DataFrame] | None = None) -> None:
+    """All trials of all studies as one table (`trials.parquet`, `trials.csv`), and every
+    trial's per-epoch metrics (`history.parquet`: the learning curves)."""
     frame = pd.DataFrame(rows)
     frame.to_parquet(run_dir / "trials.parquet", index=False)
     frame.to_csv(run_dir / "trials.csv", index=False)
+    if histories:
+        pd.concat(histories, ignore_index=True).to_parquet(run_dir / "history.parquet",
+                                                           index=False)
 
 
 def add_column(run_dir: str | Path, name: str, values: dict[str, Any]) -> pd.DataFrame:

@@ -303,6 +303,14 @@ def _trial_rows(grid: Any, study: Study) -> list[dict[str, Any]]:
     return rows
 
 
+def _history(res: Any, study: Study) -> Any:
+    """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
+    frame = res.metrics_dataframe
+    keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
+            or c in ("training_iteration", "trial_id", "time_total_s")]
+    return frame[keep].assign(study=study.name)
+
+
 def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study: Study,
                           run_dir: Path, tag: str) -> dict[str, float]:
     """Load the trial's best state, save it as `checkpoints/<tag>.pt`, evaluate val and test.
@@ -366,7 +374,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
 
-    rows, trial_rows = [], []
+    rows, trial_rows, histories = [], [], []
     interrupted = False
     for index, study in enumerate(studies):
         left = None if deadline is None else deadline - time.time()
@@ -385,6 +393,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
             tuner = _tuner(trainable, study, cfg, slots, share, callbacks)
         grid = tuner.fit()
         trial_rows += _trial_rows(grid, study)
+        histories += [_history(res, study) for res in grid if res.metrics_dataframe is not None]
         unfinished = [r for r in grid if (r.metrics or {}).get("status") not in
                       ("running", "diverged") and not r.error]
         interrupted = bool(unfinished) and (deadline is None or time.time() < deadline)
@@ -392,7 +401,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
 
     for name in cfg.baselines:
         rows.append(_baseline_row(name, data, cfg))
-    results.write_trials(run_dir, trial_rows)
+    results.write_trials(run_dir, trial_rows, histories)
     frame = results.table(rows)
     results.write(run_dir, frame)
     if any((run_dir / "checkpoints").glob("*.pt")):
