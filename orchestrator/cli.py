@@ -232,6 +232,26 @@ def add_export_parsers(commands: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_recommend)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+
+    path = write_report(args.run_dir, progress=not args.quiet)
+    if path is None:  # the viz extra is missing; write_report said what to install
+        return 2
+    print(f"wrote {path} (figures in {path.parent / 'figures'})")
+    return 0
+
+
+def add_report_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("report", help="write a sweep's report.html: results, search "
+                            "plots, UMAP of item embeddings (needs the viz extra)",
+                            description="Write RUN_DIR/report.html (one self-contained file) "
+                            "and the figures as PNG in RUN_DIR/figures/.")
+    p.add_argument("run_dir", help="the sweep's run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
@@ -248,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_sweep_parser(commands)
     add_export_parsers(commands)
+    add_report_parser(commands)
     return parser
 
 

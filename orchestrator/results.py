@@ -81,17 +81,23 @@ def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:
     return "" if value is None else str(value)
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table for reading: `x_std` columns fold into `x` as
-    `mean ± std`; validation metrics other than the optimised one and the hyperparameters
-    are left to the CSV/Parquet files."""
+def readable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table for reading (Markdown here, HTML in the report), as strings: `x_std` columns
+    fold into `x` as `mean ± std`; validation metrics other than the optimised one and the
+    hyperparameters are left to the CSV/Parquet files."""
     optimised = set(frame["metric"].dropna()) if "metric" in frame.columns else set()
     cols = [c for c in frame.columns if not c.endswith("_std") and c != "hparams"
             and not (c.startswith("val/") and c not in optimised)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        cells = [_cell(frame, row, c).replace("|", "\\|") for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
+    return pd.DataFrame([[_cell(frame, row, c) for c in cols] for _, row in frame.iterrows()],
+                        columns=cols)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of `readable(frame)`."""
+    shown = readable(frame)
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for cells in shown.itertuples(index=False):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

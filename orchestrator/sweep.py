@@ -260,6 +260,8 @@ def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: f
     space = SearchSpace(study, cfg.search_space.get(study.model, {}), cfg.epochs, cfg.seed)
     search = OptunaSearch(space=space, metric=study.metric, mode=study.mode,
                           sampler=TPESampler(seed=cfg.seed))
+    # Actors are reused (a new worker costs seconds of imports per trial); run_trial frees
+    # what a stopped predecessor left on the device.
     # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
     # stops is told to Optuna as complete with its truncated value.
     asha = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
@@ -269,7 +271,7 @@ def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: f
         tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search,
                                     scheduler=asha, num_samples=cfg.trials,
                                     max_concurrent_trials=min(slots, cfg.trials),
-                                    time_budget_s=budget),
+                                    time_budget_s=budget, reuse_actors=True),
         run_config=tune.RunConfig(
             name=study.name, storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

@@ -10,8 +10,10 @@ another node (FailureConfig) continues from its last epoch.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ def load_state(directory: str | Path) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig) -> None:
+    release_memory()  # a reused worker may still hold a stopped trial's tensors
     meta, hparams = split_config(config)
     cfg = dataclasses.replace(train_cfg, seed=int(meta["seed"]), metric=meta["metric"])
     seed_everything(cfg.seed)
@@ -51,11 +54,13 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
             state = load_state(directory)
 
     latest: dict[str, Any] = {}
+    # wall-clock time training starts: the driver's scheduling time to this is trial start-up
+    started_at = time.time()
 
     def report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             torch.save(latest["state"], Path(directory) / STATE_FILE)
-            tune.report({**metrics, "status": "running"},
+            tune.report({**metrics, "status": "running", "started_at": started_at},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
     result = fit(model, data, cfg, report, state=state,
@@ -66,5 +71,10 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     # free the trial's memory now: a reused worker must not carry it into the next trial
     latest.clear()
     del model
+    release_memory()
+
+
+def release_memory() -> None:
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

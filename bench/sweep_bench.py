@@ -1,0 +1,121 @@
+"""Orchestration overhead of the sweep on this machine (issue 4).
+
+Sixteen short `mf` trials (rating, MovieLens 100K u1, about 10 s of training each) run
+twice: one after another in this process with the shared loop, and as a Ray Tune
+experiment through the sweep's own trainable (`run_trial`, data passed once through the
+object store), one CPU per trial. Prints:
+
+- overhead = (sweep wall-clock x concurrent slots) / (sum of in-process trial times) - 1,
+  goal <= 15%;
+- trial start-up: from a slot freeing up (the sweep's start, or an earlier trial completing)
+  to the next trial beginning to train (worker up, data fetched from the object store,
+  model built), goal < 2 s.
+
+Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10]` (about 4 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data import load_dataset  # noqa: E402
+from models.base import DataSpec  # noqa: E402
+from models.registry import create_model  # noqa: E402
+from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
+from orchestrator.train import fit, seed_everything  # noqa: E402
+
+SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def configs(n: int, epochs: int) -> list[dict]:
+    """n distinct, deterministic mf configurations of equal cost."""
+    return [{"lr": 0.002 + 0.0005 * i, "epochs": epochs} for i in range(n)]
+
+
+def in_process(data, cfg: TrainConfig, hps: list[dict]) -> list[float]:
+    times = []
+    for hp in hps:
+        start = time.perf_counter()
+        seed_everything(cfg.seed)
+        model = create_model("mf", DataSpec.from_data(data), "rating", **hp)
+        fit(model, data, cfg)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: bool
+              ) -> tuple[float, list]:
+    import ray
+    from ray import tune
+
+    from orchestrator.trainable import run_trial
+
+    completed: list[float] = []
+
+    class Clock(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            completed.append(time.time())
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data, train_cfg=cfg), {"cpu": 1})
+    space = {"model": "mf", "task": "rating", "seed": cfg.seed, "metric": "val/rmse",
+             "epochs": hps[0]["epochs"], "lr": tune.grid_search([h["lr"] for h in hps])}
+    tuner = tune.Tuner(trainable, param_space=space,
+                       tune_config=tune.TuneConfig(reuse_actors=reuse), run_config=tune.RunConfig(
+        name="bench", storage_path=str(storage), callbacks=[Clock()], verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    t0, start = time.time(), time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - start
+    # A trial is scheduled when a slot frees: at the start for the first wave, else when
+    # the k-th trial before it completes. Start-up runs from then to training's start.
+    slots = os.cpu_count() or 1
+    began = sorted(r.metrics["started_at"] for r in grid)
+    free = [t0] * slots + sorted(completed)
+    starts = [b - f for b, f in zip(began, free, strict=False)]
+    ray.shutdown()
+    return wall, starts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0, help="training per trial")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # what each 1-CPU trial gets from Ray (OMP_NUM_THREADS=1)
+    data = load_dataset(DataConfig(dataset="ml-100k", split="u1", data_dir=str(SHARED)))
+    cfg = TrainConfig(patience=0)  # no early stopping: every trial costs the same
+    one = in_process(data, cfg, configs(1, 2))[0] / 2
+    epochs = max(1, math.ceil(args.seconds / one))
+    hps = configs(args.trials, epochs)
+    serial = in_process(data, cfg, hps)
+    slots = os.cpu_count() or 1
+    print(f"# sweep orchestration overhead ({platform.processor() or platform.machine()}, "
+          f"{slots} CPUs, torch {torch.__version__}); command: python "
+          f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds}")
+    print(f"# {args.trials} trials x {epochs} epochs; in-process training, sum: "
+          f"{sum(serial):.1f} s")
+    print("| actor reuse | sweep wall x slots | overhead (goal <= 15%) | trial start-up median "
+          "| max (goal < 2 s) |\n|---|---|---|---|---|")
+    for reuse in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, starts = with_tune(data, cfg, hps, Path(tmp), reuse)
+        print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / sum(serial) - 1:+.1%} | "
+              f"{statistics.median(starts):.2f} s | {max(starts):.2f} s |", flush=True)
+
+if __name__ == "__main__":
+    main()

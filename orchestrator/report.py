@@ -1,0 +1,358 @@
+"""`report.html`: what a sweep found, in one self-contained file that opens offline.
+
+Reads a run directory (`results.parquet`, `trials.parquet`, `history.parquet`, `sweep.yaml`,
+`checkpoints/`) and writes `figures/*.png` (plus the UMAP coordinates as CSV) and
+`report.html` with every figure embedded as a base64 PNG. The plotting libraries are the
+`viz` extra and are imported inside the functions that draw, so the sweep runs without them.
+
+Example:
+    >>> write_report("runs/dev")   # -> Path("runs/dev/report.html")
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from orchestrator import results
+from orchestrator.config import SweepConfig, from_dict
+
+VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install -e '.[viz]'"
+NEEDED = ("results.parquet", "trials.parquet", "sweep.yaml")
+MAX_UMAP_ITEMS = 20_000  # the most popular items are mapped when the catalogue is larger
+CURVES = 3  # learning curves of this many best trials per study
+LABELS = 8  # titles written next to the most popular items on the map
+
+
+def missing_viz() -> list[str]:
+    """The `viz` packages that cannot be imported (a `sys.modules` entry of None counts)."""
+    missing = []
+    for module, package in (("matplotlib", "matplotlib"), ("umap", "umap-learn")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ValueError:  # in sys.modules without a spec
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise a FileNotFoundError naming what a sweep run directory lacks."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such directory; expected a sweep run directory")
+    lacking = [name for name in NEEDED if not (run_dir / name).exists()]
+    if lacking:
+        raise FileNotFoundError(f"{run_dir}: not a sweep run directory: no {', '.join(lacking)} "
+                                f"(a finished sweep writes {', '.join(NEEDED)})")
+
+
+def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
+    """Draw the figures and write `run_dir/report.html`; returns its path.
+
+    Without the `viz` extra it prints what to install on stderr and returns None (so the
+    sweep that calls it still finishes). A directory that is not a run directory raises a
+    FileNotFoundError naming the missing file.
+    """
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    missing = missing_viz()
+    if missing:
+        print(f"report: {', '.join(missing)} not installed; {VIZ_HINT}", file=sys.stderr)
+        return None
+    start = time.time()
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"report: {msg} ({time.time() - start:.1f} s)", flush=True)
+
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    cfg = from_dict(SweepConfig, yaml.safe_load((run_dir / "sweep.yaml").read_text()))
+    frame, trials = results.load(run_dir), results.load_trials(run_dir)
+    history_path = run_dir / "history.parquet"
+    history = pd.read_parquet(history_path) if history_path.exists() else None
+    notes: list[str] = []
+    if history is None:
+        notes.append(f"{history_path.name} is missing (a sweep from before learning curves "
+                     "were kept): no learning curves.")
+
+    from data import load_dataset
+
+    say(f"loading {cfg.data.dataset}")
+    data = load_dataset(cfg.data)
+    popularity = np.bincount(data.train.item, minlength=data.n_items)  # [n_items]
+    activity = np.bincount(data.train.user, minlength=data.n_users)  # [n_users]
+    parts = [f"<h2>Results</h2>{_table_html(frame)}",
+             f"<h2>Data: {html.escape(data.name)}, split {html.escape(data.split_name)}</h2>"
+             f"<p>{data.n_users} users, {data.n_items} items, {len(data.train)} / "
+             f"{len(data.val)} / {len(data.test)} train / val / test interactions.</p>"
+             + _img(_plot_popularity(popularity, figures / "data-popularity.png"))
+             + _img(_plot_activity(activity, figures / "data-activity.png"))]
+    for study, group in trials.groupby("study", sort=False):
+        say(f"plots of study {study}")
+        parts.append(_study_html(run_dir, str(study), group, history, frame, cfg, data,
+                                 popularity, say))
+    if notes:
+        parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
+                                                       for n in notes) + "</ul>")
+    out = run_dir / "report.html"
+    out.write_text(_page(cfg.name, run_dir, parts))
+    say(f"wrote {out} and {figures}/")
+    return out
+
+
+def _study_html(run_dir: Path, study: str, trials: pd.DataFrame, history: pd.DataFrame | None,
+                frame: pd.DataFrame, cfg: SweepConfig, data: Any, popularity: np.ndarray,
+                say: Any) -> str:
+    from orchestrator.train import monitored_metric
+
+    figures = run_dir / "figures"
+    metric, mode = monitored_metric(str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]),
+                                    tuple(cfg.train.ks))
+    trials = _in_order(trials)
+    out = [f"<h2>Study {html.escape(study)}</h2>"]
+    row = frame[frame["study"] == study]
+    if len(row) and isinstance(row["hparams"].iloc[0], str):
+        out.append(f"<p>Best hyperparameters: <code>{html.escape(row['hparams'].iloc[0])}"
+                   "</code></p>")
+    out.append(_img(_plot_history(trials, metric, mode, figures / f"history-{study}.png")))
+    importance, finished = importances(trials), int(_finished(trials).sum())
+    if importance is None:
+        why = f"only {finished} finished, 3 needed" if finished < 3 else \
+            "no hyperparameter varied across the finished trials"
+        out.append(f"<p>Parameter importances: not enough trials ({why}).</p>")
+    else:
+        out.append(_img(_plot_importance(importance, study, finished,
+                                         figures / f"importance-{study}.png")))
+    if history is not None:
+        best = trials[_finished(trials)].sort_values("best", ascending=mode == "min")
+        curves = history[(history["study"] == study)
+                         & history["trial_id"].isin(best["trial_id"].head(CURVES))]
+        if len(curves):
+            out.append(_img(_plot_curves(curves, list(best["trial_id"].head(CURVES)), metric,
+                                         figures / f"curves-{study}.png")))
+    checkpoint = run_dir / "checkpoints" / f"{study}.pt"
+    if checkpoint.exists():
+        out.append(_umap_html(checkpoint, study, data, popularity, figures, say))
+    return "".join(out)
+
+
+def _in_order(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials in the order Tune started them: the `_<n>_` after the id in a trial's folder."""
+    def number(row: pd.Series) -> int:
+        found = re.search(rf"{re.escape(str(row['trial_id']))}_(\d+)", str(row["path"]))
+        return int(found.group(1)) if found else 0
+
+    order = trials.apply(number, axis=1) if len(trials) else pd.Series(dtype=int)
+    return trials.assign(_order=order).sort_values("_order", kind="stable").drop(
+        columns="_order").reset_index(drop=True)
+
+
+def _finished(trials: pd.DataFrame) -> np.ndarray:
+    return (trials["best"].notna() & (trials["status"] != "error")).to_numpy()
+
+
+def importances(trials: pd.DataFrame) -> pd.Series | None:
+    """How strongly each hyperparameter goes with the trial's best metric, in [0, 1].
+
+    A simple, honest measure for a few dozen trials: |Spearman rank correlation| for numeric
+    hyperparameters, the correlation ratio (eta) of the metric's ranks over the values for
+    the others. Hyperparameters that never changed are left out. None with fewer than 3
+    finished trials or nothing that changed.
+    """
+    done = trials[_finished(trials)]
+    if len(done) < 3:
+        return None
+    params = pd.DataFrame([json.loads(h) for h in done["hparams"]])
+    ranks = done["best"].rank().to_numpy(float)  # [n]
+    out = {}
+    for name in params.columns:
+        values = params[name]
+        if values.nunique(dropna=False) < 2:
+            continue
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        if numeric:
+            score = abs(np.corrcoef(values.rank().to_numpy(float), ranks)[0, 1])
+        else:
+            groups = pd.Series(ranks).groupby(values.astype(str).to_numpy())
+            between = (groups.size() * (groups.mean() - ranks.mean()) ** 2).sum()
+            total = ((ranks - ranks.mean()) ** 2).sum()
+            score = np.sqrt(between / total) if total > 0 else np.nan
+        out[name] = 0.0 if np.isnan(score) else float(score)
+    return pd.Series(out).sort_values() if out else None
+
+
+def _figure(width: float = 6.4, height: float = 4.0) -> Any:
+    # A bare Figure renders through Agg without pyplot's global state or a display.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:  # trials and epochs are counted in whole numbers
+        if ax.get_xscale() == "linear":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _plot_history(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> Path:
+    fig = _figure()
+    ax = fig.add_subplot()
+    x = np.arange(1, len(trials) + 1)
+    best = trials["best"].to_numpy(float)  # [n] NaN for trials that reported nothing
+    running = pd.Series(best).cummin() if mode == "min" else pd.Series(best).cummax()
+    ax.scatter(x, best, s=18, label="trial's best epoch")
+    ax.step(x, running.ffill(), where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial (in start order)", ylabel=metric,
+           title=f"{trials['study'].iloc[0]}: optimization history ({mode} {metric})")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _plot_importance(scores: pd.Series, study: str, n: int, path: Path) -> Path:
+    fig = _figure(6.4, 1.2 + 0.35 * len(scores))
+    ax = fig.add_subplot()
+    ax.barh(scores.index, scores.to_numpy(), color="C2")
+    ax.set(xlim=(0, 1), xlabel="|Spearman rho| (numeric) or eta (categorical) vs metric rank",
+           title=f"{study}: parameter importance over {n} finished trials")
+    return _save(fig, path)
+
+
+def _plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path) -> Path:
+    fig = _figure(9.6, 3.6)
+    val, loss = fig.subplots(1, 2)
+    for rank, trial_id in enumerate(order):
+        one = curves[curves["trial_id"] == trial_id].sort_values("training_iteration")
+        label = f"#{rank + 1} {trial_id}"
+        if metric in one:
+            val.plot(one["training_iteration"], one[metric], marker="o", label=label)
+        if "train/loss" in one:
+            loss.plot(one["training_iteration"], one["train/loss"], marker="o", label=label)
+    val.set(xlabel="epoch", ylabel=metric, title=f"{metric} of the best trials")
+    loss.set(xlabel="epoch", ylabel="train/loss", title="training loss")
+    val.legend()
+    return _save(fig, path)
+
+
+def _plot_popularity(counts: np.ndarray, path: Path) -> Path:
+    fig = _figure()
+    ax = fig.add_subplot()
+    ranked = np.sort(counts)[::-1]  # [n_items]
+    ax.plot(np.arange(1, len(ranked) + 1), np.maximum(ranked, 0.5))
+    head = ranked.cumsum() / max(ranked.sum(), 1)
+    top = int(np.searchsorted(head, 0.5)) + 1
+    ax.set(xscale="log", yscale="log", xlabel="item rank", ylabel="train interactions",
+           title=f"item popularity: the top {top} of {len(ranked)} items hold half the data")
+    return _save(fig, path)
+
+
+def _plot_activity(counts: np.ndarray, path: Path) -> Path:
+    fig = _figure()
+    ax = fig.add_subplot()
+    low = max(counts.min(), 1)
+    bins = np.unique(np.geomspace(low, max(counts.max(), low + 1), 40).round())
+    ax.hist(np.maximum(counts, 1), bins=bins)
+    ax.set(xscale="log", xlabel="train interactions per user", ylabel="users",
+           title=f"user activity: median {np.median(counts):.0f}, max {counts.max()}")
+    return _save(fig, path)
+
+
+def _umap_html(checkpoint: Path, study: str, data: Any, popularity: np.ndarray, figures: Path,
+               say: Any) -> str:
+    import models  # noqa: F401 - registers the models load_model rebuilds
+    from models.registry import load_model
+
+    model, meta = load_model(checkpoint)
+    vectors = model.item_embeddings()
+    if vectors is None:
+        return ""
+    if meta.get("data_fingerprint") not in (None, data.fingerprint) or len(vectors) != \
+            data.n_items:
+        return (f"<p>No map of {html.escape(study)}'s items: its checkpoint was trained on "
+                "other data than sweep.yaml now loads.</p>")
+    if data.n_items < 10:
+        return f"<p>No map of {html.escape(study)}'s items: only {data.n_items} items.</p>"
+    keep = np.sort(np.argsort(-popularity, kind="stable")[:MAX_UMAP_ITEMS])  # [m]
+    note = "" if len(keep) == data.n_items else \
+        f" (the {len(keep)} most popular of {data.n_items} items)"
+    say(f"UMAP of {len(keep)} items of {study} ({vectors.shape[1]}-d){note}")
+    import umap
+
+    xy = umap.UMAP(n_neighbors=min(15, len(keep) - 1), min_dist=0.1, metric="cosine",
+                   random_state=0, n_jobs=1).fit_transform(vectors[keep].numpy())  # [m, 2]
+    titles = data.item_titles or [""] * data.n_items
+    genres = [g.split("|")[0] if g else "" for g in data.item_genres] \
+        if data.item_genres else None
+    coords = pd.DataFrame({"item": data.item_ids[keep], "title": [titles[i] for i in keep],
+                           "genre": [genres[i] for i in keep] if genres else "",
+                           "popularity": popularity[keep], "x": xy[:, 0], "y": xy[:, 1]})
+    coords.to_csv(figures / f"umap-items-{study}.csv", index=False)
+    path = _plot_umap(coords, f"{study}: UMAP of item embeddings{note}",
+                      figures / f"umap-items-{study}.png")
+    return _img(path)
+
+
+def _plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
+    fig = _figure(8.0, 6.4)
+    ax = fig.add_subplot()
+    size = 3 + 60 * np.sqrt(coords["popularity"] / max(coords["popularity"].max(), 1))
+    if coords["genre"].astype(bool).any():
+        from matplotlib import colormaps
+
+        for i, genre in enumerate(coords["genre"].value_counts().index):
+            one = coords["genre"] == genre  # the 20 commonest genres get colours, others grey
+            ax.scatter(coords.x[one], coords.y[one], s=size[one], alpha=0.6, linewidths=0,
+                       color=colormaps["tab20"](i) if i < 20 else "lightgray",
+                       label=genre or "(none)")
+        ax.legend(title="first genre", fontsize=7, markerscale=0.7, loc="center left",
+                  bbox_to_anchor=(1, 0.5))
+    else:
+        ax.scatter(coords.x, coords.y, s=size, alpha=0.6, linewidths=0)
+    for _, row in coords.nlargest(LABELS, "popularity").iterrows():
+        ax.annotate(str(row["title"] or row["item"])[:40], (row["x"], row["y"]), fontsize=7)
+    ax.set(title=title + "; size = popularity", xticks=[], yticks=[])
+    return _save(fig, path)
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    seeds = frame["seeds"].max() if "seeds" in frame.columns else 1
+    note = f"<p>Test metrics are mean ± std over {int(seeds)} seeds where seeds &gt; 1.</p>" \
+        if seeds and seeds > 1 else ""
+    return results.readable(frame).to_html(index=False, border=0, classes="results") + note
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>" \
+        f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px}
+table.results{border-collapse:collapse;font-size:13px}
+table.results td,table.results th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+figure{display:inline-block;margin:0.5em} img{max-width:100%} code{font-size:12px}
+figcaption{font-size:11px;color:#666}"""
+
+
+def _page(name: str, run_dir: Path, parts: list[str]) -> str:
+    title = f"recsweep report: {html.escape(name)}"
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
+            f"<p>{html.escape(str(run_dir.resolve()))}, written "
+            f"{time.strftime('%Y-%m-%d %H:%M')}</p>{''.join(parts)}</body></html>\n")
