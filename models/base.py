@@ -135,6 +135,11 @@ class Recommender(nn.Module):
     def hparams(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
 
+    def item_embeddings(self) -> Tensor | None:
+        """The learned vector of each item, `[n_items, d]`, for maps of the catalogue (the
+        report's UMAP); None for models without one."""
+        return None
+
     @property
     def device(self) -> torch.device:
         for t in self.parameters():

@@ -109,6 +109,9 @@ class MF(Recommender):
             scores = scores + self.user_bias(user) + self.mu  # [B, 1] broadcast
         return scores
 
+    def item_embeddings(self) -> Tensor:
+        return self.item_emb.weight.detach()  # [n_items, dim]
+
     def _l2(self, user: Tensor, items: Tensor) -> Tensor:
         """Squared L2 norm of the factor rows a batch uses, per example `[B]`.
 

@@ -135,6 +135,12 @@ class NeuMF(Recommender):
             score = score + self.rest(h) @ w_mlp  # [B, I]
         return score
 
+    def item_embeddings(self) -> Tensor:
+        """The GMF and MLP item vectors side by side (whichever towers the model has)."""
+        parts = ([self.gmf_item.weight] if self.use_gmf else []) \
+            + ([self.mlp_item.weight] if self.use_mlp else [])
+        return torch.cat(parts, 1).detach()  # [n_items, d (+ e)]
+
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         user, item, neg = batch["user"], batch["item"], batch["neg_item"]  # [B], [B], [B, n]
         users = torch.cat([user, user.repeat_interleave(neg.shape[1])])  # [B (1 + n)]

@@ -79,6 +79,8 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
 
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
+    for stale in [*figures.glob("*.png"), *figures.glob("umap-items-*.csv")]:
+        stale.unlink()  # figures/ shows this report only, not one of an earlier run
     cfg = from_dict(SweepConfig, yaml.safe_load((run_dir / "sweep.yaml").read_text()))
     frame, trials = results.load(run_dir), results.load_trials(run_dir)
     history_path = run_dir / "history.parquet"
@@ -91,15 +93,23 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
     from data import load_dataset
 
     say(f"loading {cfg.data.dataset}")
-    data = load_dataset(cfg.data)
-    popularity = np.bincount(data.train.item, minlength=data.n_items)  # [n_items]
-    activity = np.bincount(data.train.user, minlength=data.n_users)  # [n_users]
-    parts = [f"<h2>Results</h2>{_table_html(frame)}",
-             f"<h2>Data: {html.escape(data.name)}, split {html.escape(data.split_name)}</h2>"
-             f"<p>{data.n_users} users, {data.n_items} items, {len(data.train)} / "
-             f"{len(data.val)} / {len(data.test)} train / val / test interactions.</p>"
-             + _img(_plot_popularity(popularity, figures / "data-popularity.png"))
-             + _img(_plot_activity(activity, figures / "data-activity.png"))]
+    try:
+        data = load_dataset(cfg.data)
+    except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
+        data = None
+        notes.append(f"the dataset of sweep.yaml could not be loaded, so there are no data "
+                     f"statistics or item maps: {e}")
+    parts = [f"<h2>Results</h2>{_table_html(frame)}"]
+    popularity = None
+    if data is not None:
+        popularity = np.bincount(data.train.item, minlength=data.n_items)  # [n_items]
+        activity = np.bincount(data.train.user, minlength=data.n_users)  # [n_users]
+        parts.append(
+            f"<h2>Data: {html.escape(data.name)}, split {html.escape(data.split_name)}</h2>"
+            f"<p>{data.n_users} users, {data.n_items} items, {len(data.train)} / "
+            f"{len(data.val)} / {len(data.test)} train / val / test interactions.</p>"
+            + _img(_plot_popularity(popularity, figures / "data-popularity.png"))
+            + _img(_plot_activity(activity, figures / "data-activity.png")))
     for study, group in trials.groupby("study", sort=False):
         say(f"plots of study {study}")
         parts.append(_study_html(run_dir, str(study), group, history, frame, cfg, data,
@@ -114,8 +124,8 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
 
 
 def _study_html(run_dir: Path, study: str, trials: pd.DataFrame, history: pd.DataFrame | None,
-                frame: pd.DataFrame, cfg: SweepConfig, data: Any, popularity: np.ndarray,
-                say: Any) -> str:
+                frame: pd.DataFrame, cfg: SweepConfig, data: Any,
+                popularity: np.ndarray | None, say: Any) -> str:
     from orchestrator.train import monitored_metric
 
     figures = run_dir / "figures"
@@ -144,7 +154,7 @@ def _study_html(run_dir: Path, study: str, trials: pd.DataFrame, history: pd.Dat
             out.append(_img(_plot_curves(curves, list(best["trial_id"].head(CURVES)), metric,
                                          figures / f"curves-{study}.png")))
     checkpoint = run_dir / "checkpoints" / f"{study}.pt"
-    if checkpoint.exists():
+    if checkpoint.exists() and data is not None:
         out.append(_umap_html(checkpoint, study, data, popularity, figures, say))
     return "".join(out)
 
@@ -201,12 +211,15 @@ def _figure(width: float = 6.4, height: float = 4.0) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _whole_x(*axes: Any) -> None:
+    """Ticks at whole numbers only: trials and epochs are counted."""
     from matplotlib.ticker import MaxNLocator
 
-    for ax in fig.axes:  # trials and epochs are counted in whole numbers
-        if ax.get_xscale() == "linear":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     return path
 
@@ -222,6 +235,7 @@ def _plot_history(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> P
     ax.set(xlabel="trial (in start order)", ylabel=metric,
            title=f"{trials['study'].iloc[0]}: optimization history ({mode} {metric})")
     ax.legend()
+    _whole_x(ax)
     return _save(fig, path)
 
 
@@ -230,7 +244,8 @@ def _plot_importance(scores: pd.Series, study: str, n: int, path: Path) -> Path:
     ax = fig.add_subplot()
     ax.barh(scores.index, scores.to_numpy(), color="C2")
     ax.set(xlim=(0, 1), xlabel="|Spearman rho| (numeric) or eta (categorical) vs metric rank",
-           title=f"{study}: parameter importance over {n} finished trials")
+           title=f"{study}: parameter importance over {n} finished trials"
+           + (" (too few to trust)" if n < 10 else ""))
     return _save(fig, path)
 
 
@@ -247,6 +262,7 @@ def _plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path
     val.set(xlabel="epoch", ylabel=metric, title=f"{metric} of the best trials")
     loss.set(xlabel="epoch", ylabel="train/loss", title="training loss")
     val.legend()
+    _whole_x(val, loss)
     return _save(fig, path)
 
 
@@ -324,8 +340,13 @@ def _plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
                   bbox_to_anchor=(1, 0.5))
     else:
         ax.scatter(coords.x, coords.y, s=size, alpha=0.6, linewidths=0)
-    for _, row in coords.nlargest(LABELS, "popularity").iterrows():
-        ax.annotate(str(row["title"] or row["item"])[:40], (row["x"], row["y"]), fontsize=7)
+    # Label the most popular items, skipping one whose label would overlap an earlier one.
+    span, placed = np.ptp(coords[["x", "y"]].to_numpy(), axis=0) * (0.2, 0.03), []
+    for _, row in coords.nlargest(5 * LABELS, "popularity").iterrows():
+        at = np.array([row["x"], row["y"]])
+        if len(placed) < LABELS and all((abs(at - q) >= span).any() for q in placed):
+            placed.append(at)
+            ax.annotate(str(row["title"] or row["item"])[:40], at, fontsize=7)
     ax.set(title=title + "; size = popularity", xticks=[], yticks=[])
     return _save(fig, path)
 

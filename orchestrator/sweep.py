@@ -36,6 +36,7 @@ from models.registry import create_model, get_model_class, list_models, save_mod
 from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
+from orchestrator.report import write_report
 from orchestrator.space import sample_params, validate_space
 from orchestrator.train import evaluate, fit, monitored_metric, seed_everything
 from orchestrator.trainable import load_state, run_trial, split_config
@@ -413,6 +414,11 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
             print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
         frame = results.load(run_dir)
     print(results.markdown(frame), flush=True)
+    try:
+        write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
+        print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
+              f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
     print(f"run directory: {run_dir}", flush=True)
     return run_dir
 

@@ -1,0 +1,146 @@
+"""The HTML report, generated from a small real sweep run directory (local Ray, ~1 min)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.report import importances
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = ["mf", "neumf"]
+
+
+def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
+    argv = ["-c", code, *args] if code else ["-m", "orchestrator", *args]
+    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = tmp_path_factory.mktemp("runs")
+    # 3 trials per study: the fewest with parameter importances
+    proc = run_cli("sweep", "--smoke", "--models", ",".join(STUDIES), "--trials", "3",
+                   "--name", "r", "--storage", str(storage), "--wandb", "disabled")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_cli("report", str(storage / "r"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "UMAP of 400 items of mf" in proc.stdout  # progress lines
+    return storage / "r"
+
+
+class Page(HTMLParser):
+    """Every tag's attributes, and the cells of the first <table>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.rows: list[list[str]] = []
+        self.in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append([])
+        if tag in ("td", "th"):
+            self.in_cell = True
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self.in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_cell:
+            self.rows[-1][-1] += data.strip()
+
+
+@pytest.fixture(scope="module")
+def page(run_dir: Path) -> Page:
+    parsed = Page()
+    parsed.feed((run_dir / "report.html").read_text())
+    parsed.close()
+    return parsed
+
+
+def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, page: Page
+                                                                 ) -> None:
+    images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    expected = ["data-popularity", "data-activity"] + [
+        f"{kind}-{s}" for s in STUDIES for kind in ("history", "importance", "curves",
+                                                     "umap-items")]
+    assert sorted(a["alt"] for t, a in page.tags if t == "img") == sorted(expected)
+    for name in expected:
+        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 2048, name
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2048
+    links = [(tag, k, v) for tag, attrs in page.tags for k, v in attrs.items()
+             if k in ("src", "href") and not (v or "").startswith("data:")]
+    assert links == [] and not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
+
+
+def test_table_matches_results_csv(run_dir: Path, page: Page) -> None:
+    csv = pd.read_csv(run_dir / "results.csv")
+    header, *rows = page.rows
+    shown = pd.DataFrame(rows, columns=header)
+    assert list(shown["study"]) == list(csv["study"]) == STUDIES + ["pop"]
+    metrics = [c for c in csv.columns if c.startswith("test/") and not c.endswith("_std")]
+    assert "test/rmse" in metrics and "test/ndcg@10" in metrics
+    for col in metrics:
+        for cell, value in zip(shown[col], csv[col], strict=True):
+            if pd.isna(value):
+                assert cell == ""
+            else:  # "mean" or "mean ± std", 4 decimals as in results.md
+                assert float(cell.split(" ± ")[0]) == pytest.approx(value, abs=5e-5), col
+
+
+def test_umap_coordinates_have_one_row_per_item(run_dir: Path) -> None:
+    n_items = json.loads((run_dir / "data.json").read_text())["items"]
+    for study in STUDIES:
+        coords = pd.read_csv(run_dir / "figures" / f"umap-items-{study}.csv")
+        assert len(coords) == n_items and coords["item"].is_unique
+        assert {"item", "title", "x", "y"} <= set(coords.columns)
+        assert coords[["x", "y"]].notna().all().all() and coords["x"].std() > 0
+
+
+def test_importances_rank_correlation() -> None:
+    trials = pd.DataFrame({
+        "best": [0.1, 0.2, 0.3, 0.4, None],
+        "status": ["ok", "ok", "ok", "ok", "error"],
+        "hparams": [json.dumps({"lr": lr, "dim": 8, "loss": loss, "noise": n})
+                    for lr, loss, n in [(1e-3, "bpr", 2), (2e-3, "bpr", 1), (3e-3, "bce", 4),
+                                        (4e-3, "bce", 3), (9.0, "bpr", 0)]]})
+    scores = importances(trials)
+    assert scores is not None and "dim" not in scores  # never changed: left out
+    assert scores["lr"] == pytest.approx(1.0)  # monotone in the metric; the error is ignored
+    assert scores["loss"] == pytest.approx((4 / 5) ** 0.5)  # eta of ranks over 2 groups
+    assert scores["noise"] == pytest.approx(0.6)  # Spearman of (2,1,4,3) with (1,2,3,4)
+    assert importances(trials.iloc[:2]) is None  # fewer than 3 finished trials
+
+
+def test_report_without_viz_says_what_to_install(run_dir: Path) -> None:
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = run_cli("report", str(run_dir), code=code)
+    assert proc.returncode == 2
+    assert "pip install -e '.[viz]'" in proc.stderr and "matplotlib" in proc.stderr
+
+
+def test_report_of_a_directory_that_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixture
+                                              ) -> None:
+    (tmp_path / "sweep.yaml").write_text("name: x\n")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a sweep run directory" in err and "results.parquet, trials.parquet" in err
