@@ -112,7 +112,9 @@ class NeuMF(Recommender):
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         """Logit `[B]` of each (user, item) pair."""
         w_gmf, w_mlp = self._split_out()
-        score = self.out.bias.expand(len(user))  # [B]
+        # [1], broadcast by the [B] terms below; `expand(len(user))` would bake the export's
+        # example batch size into the ONNX graph
+        score = self.out.bias
         if self.use_gmf:
             score = score + (self.gmf_user(user) * self.gmf_item(item)) @ w_gmf  # [B]
         if self.use_mlp:
