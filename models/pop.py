@@ -71,4 +71,6 @@ class Pop(Recommender):
         return self.item_score[item]
 
     def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
-        return self.item_score.expand(len(user), -1)  # [B, n_items]
+        # a fresh [B, n_items] tensor: an expanded view would let a caller's in-place masking
+        # write into the model's counts
+        return torch.zeros_like(user, dtype=self.item_score.dtype)[:, None] + self.item_score

@@ -26,13 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = {"dataset": "synthetic:users=300,items=400,interactions=12000,seed=1"}
 
 
-def first_result(root: Path, timeout: float = 120) -> bool:
-    """Wait until some trial under `root` has reported an epoch."""
+def first_result(root: Path, timeout: float = 120, finished: bool = False) -> bool:
+    """Wait until some trial under `root` has reported an epoch (or, with `finished`, has
+    finished: Tune marks its last result `"done": true`)."""
     end = time.time() + timeout
     while time.time() < end:
-        if any(p.stat().st_size > 0 for p in root.rglob("result.json")):
-            return True
-        time.sleep(0.2)
+        for path in root.rglob("result.json"):
+            text = path.read_text()
+            if text and (not finished or '"done": true' in text):
+                return True
+        time.sleep(0.1)
     return False
 
 
@@ -73,15 +76,14 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path) -> None:
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "orchestrator", "sweep", "--name", "resumed", "--storage",
-            str(tmp_path), "--models", "mf", "--trials", "6", "--epochs", "3",
+            str(tmp_path), "--models", "mf", "--trials", "8", "--epochs", "3",
             "--wandb", "disabled", "--dataset", DATA["dataset"]]
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # save the experiment state often
     driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         run_dir = tmp_path / "resumed"
-        assert first_result(run_dir), "the sweep never reported a result"
-        time.sleep(1.0)
+        assert first_result(run_dir, finished=True), "no trial of the sweep ever finished"
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
@@ -90,7 +92,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
                            str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = pd.read_parquet(run_dir / "trials.parquet")
-    assert len(trials) == 6, trials[["trial_id", "status"]]
+    assert len(trials) == 8, trials[["trial_id", "status"]]
     assert trials["trial_id"].is_unique
     assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
 
