@@ -105,16 +105,20 @@ class SweepConfig:
                                   "models to search, one study each")
     baselines: tuple[str, ...] = opt(("pop",), "non-learned baselines added to the table")
     trials: int = opt(8, "trials per study")
-    epochs: int = opt(10, "maximum epochs per trial (ASHA's max_t)")
+    epochs: int = opt(0, "maximum epochs per trial (ASHA's max_t); 0: each model's default "
+                      "epochs (e.g. AutoRec's full-batch steps need far more than MF's)")
     grace_period: int = opt(2, "epochs every trial runs before ASHA may stop it")
     metric: str = opt("", "validation metric to optimise (and early-stop on); default per "
                       "task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
-    time_budget: str = opt("", "hard wall-clock budget for the whole sweep, e.g. 8h, 30m, 90s "
-                           "(empty: none)")
+    time_budget: str = opt("10m", "hard wall-clock budget for the whole sweep, shared by the "
+                           "studies, e.g. 8h, 30m, 90s; 'none' for no limit")
     cpus_per_trial: float = opt(1.0, "CPUs reserved per trial")
     gpus_per_trial: float = opt(-1.0, "GPU fraction per trial (several trials share a GPU); "
                                 "-1: 0.25 when the cluster has GPUs, else 0")
     address: str = opt("", "Ray cluster address (auto, HOST:PORT); empty starts a local one")
+    autoscaler_config: str = opt("", "the cluster's autoscaler config (`ray up` YAML): its "
+                                 "node types count towards trial concurrency (default with "
+                                 "address: ~/ray_bootstrap_config.yaml if present)")
     storage: str = opt("runs", "where run directories go: a local path, a shared path or a "
                        "cloud URI (s3://, gs://) for multi-node runs")
     final_seeds: int = opt(0, "retrain each study's best configuration with N seeds "
@@ -130,11 +134,11 @@ class SweepConfig:
 
 
 def parse_duration(text: str) -> float | None:
-    """'8h', '30m', '90s', '1h30m', or plain seconds -> seconds; '' -> None."""
+    """'8h', '30m', '90s', '1h30m', or plain seconds -> seconds; '' or 'none' -> None."""
     import re
 
     text = text.strip()
-    if not text:
+    if text.lower() in ("", "none"):
         return None
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)

@@ -115,8 +115,8 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
         known = {s.model: [f.name for f in dataclasses.fields(get_model_class(s.model).Params)]
                  for s in studies}
         validate_space(cfg.search_space, known)
-        if cfg.trials < 1 or cfg.epochs < 1 or cfg.grace_period < 1:
-            raise ValueError("trials, epochs and grace_period must be >= 1")
+        if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 1:
+            raise ValueError("trials and grace_period must be >= 1, epochs >= 0")
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
         if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
@@ -173,25 +173,99 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the config on the head
+
+
+def autoscaler_node_types(cfg: SweepConfig) -> tuple[dict[str, dict[str, float]], float]:
+    """The worker node types the autoscaler may add, and its global `max_workers` bound.
+
+    Read from `cfg.autoscaler_config`, else (joining a cluster) from `~/ray_bootstrap_config.yaml`
+    when it exists: Ray 2.60 exposes node types through no public cluster API (the GCS
+    `ClusterConfig` stays empty under the open-source autoscaler). Returns
+    `({name: {"CPU", "GPU", "max_workers"}}, global max_workers or inf)`, without the head type:
+    the head is alive and counted among `ray.nodes()`.
+    """
+    path = Path(cfg.autoscaler_config or BOOTSTRAP_CONFIG).expanduser()
+    if not cfg.autoscaler_config and not (cfg.address and path.exists()):
+        return {}, math.inf
+    if not path.is_file():
+        raise FileNotFoundError(f"autoscaler_config: {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    types = doc.get("available_node_types") if isinstance(doc, dict) else None
+    if not isinstance(types, dict) or not types:
+        raise ValueError(f"{path}: expected an autoscaler config with a non-empty mapping "
+                         "`available_node_types`")
+    limit = doc.get("max_workers", math.inf)  # Ray's default per-type max is the global one
+    if not isinstance(limit, (int, float)):
+        raise ValueError(f"{path}: max_workers: expected a number, got {limit!r}")
+    out = {}
+    for name, spec in types.items():
+        if name == doc.get("head_node_type"):
+            continue
+        spec = spec if isinstance(spec, dict) else {}
+        res, count = spec.get("resources") or {}, spec.get("max_workers", limit)
+        if not isinstance(res, dict) or not all(isinstance(v, (int, float))
+                                                for v in [*res.values(), count]):
+            raise ValueError(f"{path}: available_node_types.{name}: expected `resources` "
+                             "mapping to numbers and a numeric `max_workers`")
+        if not res and count:
+            # `ray up` writes detected resources into the bootstrap copy, not into cluster.yaml
+            print(f"cluster: node type {name!r} in {path} states no resources; not counted",
+                  flush=True)
+        out[name] = {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0)),
+                     "max_workers": float(count)}
+    return out, float(limit)
+
+
 def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     """The per-trial request and how many trials the cluster can run at once.
 
-    Raises if no node could ever host one trial (checked against each node, since a trial
-    cannot span nodes), instead of leaving trials pending all night.
+    Counts the alive nodes and the worker nodes the autoscaler may still add (see
+    `autoscaler_node_types`): each type up to its `max_workers` minus its alive nodes, all types
+    together up to the global `max_workers` minus the alive workers, types holding more trials
+    first. An alive worker is taken to be of the first type with its CPU and GPU counts (an
+    approximation: Ray does not tell a node's type). Raises if neither an alive node nor an
+    addable node type could ever host one trial (a trial cannot span nodes), instead of
+    leaving trials pending all night.
     """
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    total_gpus = sum(n.get("GPU", 0) for n in nodes)
+    types, limit = autoscaler_node_types(cfg)
+    addable = {k: t for k, t in types.items() if t["max_workers"] > 0 and limit > 0}
+    total_gpus = sum(n.get("GPU", 0) for n in [*nodes, *addable.values()])
     gpus = cfg.gpus_per_trial
     if gpus < 0:
         gpus = DEFAULT_GPU_FRACTION if total_gpus else 0.0
     request = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
-    fits = [n for n in nodes if n.get("CPU", 0) >= request["cpu"] and n.get("GPU", 0) >= gpus]
-    if not fits:
+
+    def per_node(res: dict[str, float]) -> float:
+        return min(res.get("CPU", 0) // request["cpu"],
+                   res.get("GPU", 0) // gpus if gpus else math.inf)
+
+    if not any(per_node(n) >= 1 for n in [*nodes, *addable.values()]):
         have = [{"CPU": n.get("CPU", 0), "GPU": n.get("GPU", 0)} for n in nodes]
+        kinds = {k: {"CPU": t["CPU"], "GPU": t["GPU"]} for k, t in addable.items()}
         raise ValueError(f"cpus_per_trial={request['cpu']}, gpus_per_trial={gpus}: no node of "
-                         f"the cluster has that much (nodes: {have})")
-    slots = sum(min(n.get("CPU", 0) // request["cpu"],
-                    n.get("GPU", 0) // gpus if gpus else math.inf) for n in fits)
+                         f"the cluster has that much (nodes: {have}; node types the autoscaler "
+                         f"may add: {kinds or 'none known'})")
+    slots = sum(per_node(n) for n in nodes if per_node(n) >= 1)
+    workers = [n for n in nodes if "node:__internal_head__" not in n]
+    running = dict.fromkeys(types, 0)
+    for n in workers:
+        kind = next((k for k, t in types.items()
+                     if (t["CPU"], t["GPU"]) == (n.get("CPU", 0), n.get("GPU", 0))), None)
+        if kind is not None:
+            running[kind] += 1
+    budget = limit - len(workers)
+    for kind in sorted(addable, key=lambda k: -per_node(addable[k])):
+        add = min(max(0.0, addable[kind]["max_workers"] - running[kind]), max(0.0, budget))
+        if per_node(addable[kind]) >= 1 and add > 0:
+            slots += add * per_node(addable[kind])
+            budget -= add
+            print(f"cluster: the autoscaler may add {add:g} x {kind}, "
+                  f"{per_node(addable[kind]):g} trial(s) on each", flush=True)
     return request, max(1, int(slots))
 
 
@@ -250,23 +324,29 @@ class SearchSpace:
     def __call__(self, trial: Any) -> dict[str, Any]:
         space = get_model_class(self.study.model).search_space
         params = sample_params(trial, space, self.overrides)
-        params.setdefault("epochs", self.epochs)
+        params.setdefault("epochs", self.epochs)  # the study's max epochs (ASHA's max_t)
         # constants returned by a define-by-run space become part of the trial's config
         return {**params, "model": self.study.model, "task": self.study.task,
                 "seed": self.seed, "metric": self.study.metric}
 
 
+def max_epochs(study: Study, cfg: SweepConfig) -> int:
+    """The sweep's `epochs`, or the model's own default when the sweep leaves it at 0."""
+    return cfg.epochs or get_model_class(study.model).Params().epochs
+
+
 def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: float | None,
            callbacks: list[Any]) -> tune.Tuner:
-    space = SearchSpace(study, cfg.search_space.get(study.model, {}), cfg.epochs, cfg.seed)
+    epochs = max_epochs(study, cfg)
+    space = SearchSpace(study, cfg.search_space.get(study.model, {}), epochs, cfg.seed)
     search = OptunaSearch(space=space, metric=study.metric, mode=study.mode,
                           sampler=TPESampler(seed=cfg.seed))
     # Actors are reused (a new worker costs seconds of imports per trial); run_trial frees
     # what a stopped predecessor left on the device.
     # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
     # stops is told to Optuna as complete with its truncated value.
-    asha = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs,
-                         grace_period=min(cfg.grace_period, cfg.epochs))
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                         grace_period=min(cfg.grace_period, epochs))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search,
