@@ -162,14 +162,6 @@ def autoscaling_head(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         assert not escaped, f"processes of the test cluster survived SIGKILL: {escaped}"
 
 
-def sweep(args: list[str], address: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "--address", "auto",
-                           "--models", "mf", "--cpus-per-trial", "1", "--wandb", "disabled",
-                           "--dataset", DATASET, *args],
-                          cwd=REPO, env=ray_env(RAY_ADDRESS=address),
-                          capture_output=True, text=True, timeout=300)
-
-
 INSPECT = """
 import dataclasses, json, sys, ray
 from orchestrator.sweep import connect, load_config, resources
@@ -194,13 +186,19 @@ print(json.dumps({"slots": slots, "error": error, "nodes": nodes, "actor_nodes":
 def test_sweep_makes_the_autoscaler_add_gpu_workers(autoscaling_head: tuple[str, Path],
                                                     tmp_path: Path) -> None:
     address, autoscaler_config = autoscaling_head
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({"autoscaler_config": str(autoscaler_config),
-                                          "baselines": []}))
-
+    # On a `ray up` head the autoscaler config is ~/ray_bootstrap_config.yaml, which the sweep
+    # reads by default when joining a cluster; here HOME points at a copy.
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(autoscaler_config, home / "ray_bootstrap_config.yaml")
     start = time.time()
-    done = sweep(["--config", str(sweep_file), "--gpus-per-trial", "1", "--trials", "4",
-                  "--epochs", "2", "--storage", str(tmp_path), "--name", "auto"], address)
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sweep", "--address", "auto", "--models", "mf",
+         "--trials", "4", "--epochs", "2", "--gpus-per-trial", "1", "--cpus-per-trial", "1",
+         "--wandb", "disabled", "--dataset", DATASET, "--storage", str(tmp_path),
+         "--name", "auto"],
+        cwd=REPO, env=ray_env(RAY_ADDRESS=address, HOME=str(home)), capture_output=True,
+        text=True, timeout=300)
     took = time.time() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The head alone has no GPU: concurrency comes from the 2 workers the autoscaler may add.
