@@ -112,29 +112,28 @@ class MF(Recommender):
     def item_embeddings(self) -> Tensor:
         return self.item_emb.weight.detach()  # [n_items, dim]
 
-    def _l2(self, user: Tensor, items: Tensor) -> Tensor:
-        """Squared L2 norm of the factor rows a batch uses, per example `[B]`.
-
-        Biases are not penalised: one number per user or item hardly overfits, and on ml-100k
-        penalising them made RMSE no better.
-        """
-        u = self.user_emb(user).pow(2).sum(-1)  # [B]
-        i = self.item_emb(items).pow(2).sum(-1)  # [B] or [B, 1 + n]
-        return u + i.reshape(len(user), -1).sum(-1)  # [B]
-
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """MSE (rating) or BPR/BCE over sampled negatives (ranking), plus an L2 penalty on the
+        factor rows the batch uses; biases are not penalised (one number per user or item
+        hardly overfits, and on ml-100k penalising them made RMSE no better). Each row is
+        gathered once: the lookups and their scatter-add backward are most of the cost."""
         user, item = batch["user"], batch["item"]  # [B], [B]
+        p = self.user_emb(user)  # [B, d]
         if self.task == "rating":
-            err = self(user, item) - batch["rating"]  # [B]
-            return (err.pow(2) + self.params.reg * self._l2(user, item)).mean()
-        neg = batch["neg_item"]  # [B, n]
-        pos = self(user, item)  # [B]
-        negs = self(user[:, None].expand_as(neg), neg)  # [B, n]
+            q = self.item_emb(item)  # [B, d]
+            pred = (p * q).sum(-1) + self.item_bias(item).squeeze(-1) \
+                + self.user_bias(user).squeeze(-1) + self.mu  # [B]
+            l2 = p.pow(2).sum(-1) + q.pow(2).sum(-1)  # [B]
+            return ((pred - batch["rating"]).pow(2) + self.params.reg * l2).mean()
+        items = torch.cat([item[:, None], batch["neg_item"]], 1)  # [B, 1 + n]
+        q = self.item_emb(items)  # [B, 1 + n, d]
+        scores = (q @ p[:, :, None]).squeeze(-1) + self.item_bias(items).squeeze(-1)  # [B, 1+n]
+        pos, negs = scores[:, 0], scores[:, 1:]  # [B], [B, n]
+        l2 = p.pow(2).sum(-1) + q.pow(2).sum((-2, -1))  # [B]
         if self.params.loss == "bpr":
             fit = -F.logsigmoid(pos[:, None] - negs).mean(-1)  # [B]
         else:
             fit = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
             fit = fit + F.binary_cross_entropy_with_logits(
                 negs, torch.zeros_like(negs), reduction="none").sum(-1)  # [B]
-        items = torch.cat([item[:, None], neg], 1)  # [B, 1 + n]
-        return (fit + self.params.reg * self._l2(user, items)).mean()
+        return (fit + self.params.reg * l2).mean()

@@ -46,12 +46,16 @@ class DataConfig:
 class TrainConfig:
     seed: int = opt(0, "seed of initialisation, batch order and negative sampling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    patience: int = opt(3, "epochs without validation improvement before stopping")
+    patience: int = opt(-1, "epochs without validation improvement before stopping; 0 never "
+                        "stops early; -1: a tenth of the model's epochs, at least 3")
     ks: tuple[int, ...] = opt((10, 20), "cut-offs K of the ranking metrics")
     protocol: str = opt("full", "ranking protocol: full (all items, train items masked) or "
                         "sampled (target among eval_negatives fixed negatives)")
     eval_batch_users: int = opt(1024, "users scored per full-ranking batch")
     amp: bool = opt(True, "bf16 autocast on CUDA")
+    checkpoint_every_s: float = opt(10.0, "in a sweep, seconds between a trial's checkpoints: "
+                                    "an epoch younger than that since the last reports without "
+                                    "one (the last epoch always has one); 0: every epoch")
     metric: str = opt("", "validation metric for early stopping and the best state; default "
                       "per task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
 

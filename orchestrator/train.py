@@ -277,6 +277,12 @@ def _optimizer(model: Recommender, device: torch.device) -> torch.optim.Optimize
                             fused=device.type == "cuda" or None)
 
 
+def effective_patience(patience: int, epochs: int) -> int:
+    """`patience`, or for -1 a tenth of the model's epochs, at least 3: a model trained in
+    many cheap full-batch epochs (AutoRec: 250) must not stop at its first plateau."""
+    return max(3, epochs // 10) if patience < 0 else patience
+
+
 def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report: Callable[[dict], object] | None = None, *, state: dict | None = None,
         on_state: Callable[[dict], None] | None = None) -> FitResult:
@@ -290,6 +296,7 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
             `epoch_time_s` and `train_samples_per_s`.
         state: a dict an earlier `on_state` received: training resumes after its epoch.
         on_state: called once per epoch, before `report`, with everything needed to resume
+            (and `final`: whether this epoch is the last)
             (CPU copies, safe to keep or `torch.save`).
 
     Returns:
@@ -335,9 +342,10 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         best_state = state["best_state"]
         bad, history, first = state["bad_epochs"], list(state["history"]), state["epoch"] + 1
 
+    patience = effective_patience(cfg.patience, p.epochs)
     status, message = "ok", ""
     for epoch in range(first, p.epochs + 1):
-        if cfg.patience > 0 and bad >= cfg.patience:
+        if patience > 0 and bad >= patience:
             break
         model.train()
         start = time.perf_counter()
@@ -381,9 +389,10 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "best_value": best_value, "best_epoch": best_epoch, "best": best,
                 "best_state": best_state,
-                "bad_epochs": bad, "history": list(history)})
+                "bad_epochs": bad, "history": list(history),
+                "final": epoch == p.epochs or 0 < patience <= bad})
         report(metrics)
-    if status == "ok" and cfg.patience > 0 and bad >= cfg.patience:
+    if status == "ok" and patience > 0 and bad >= patience:
         status = "early_stopped"
         message = f"no {key} improvement in {bad} epochs (best: epoch {best_epoch})"
 

@@ -3,8 +3,9 @@
 `run_trial(config, data, train_cfg)` is wrapped once per sweep with
 `tune.with_parameters` (the prepared data goes to the object store once, trials never
 re-read files). Each epoch `fit` hands its full state to `on_state`, and the same epoch's
-`report` sends the metrics and that state as one checkpoint, so a trial restarted on
-another node (FailureConfig) continues from its last epoch.
+`report` sends the metrics and, every `checkpoint_every_s` and at the last epoch, that
+state as one checkpoint, so a trial restarted on another node (FailureConfig) continues
+from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -57,11 +58,23 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     # wall-clock time training starts: the driver's scheduling time to this is trial start-up
     started_at = time.time()
 
+    saved_at = -math.inf
+
     def report(metrics: dict[str, Any]) -> None:
+        # Checkpoints cost a serialisation and a copy to storage: with epochs of a fraction
+        # of a second they would dominate a trial, so they are spaced in time; a restarted
+        # trial loses at most `checkpoint_every_s` of work, and the last epoch always saves
+        # (the sweep reads the chosen trials' best weights from it).
+        nonlocal saved_at
+        metrics = {**metrics, "status": "running", "started_at": started_at}
+        state = latest["state"]
+        if not state["final"] and time.time() - saved_at < cfg.checkpoint_every_s:
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(latest["state"], Path(directory) / STATE_FILE)
-            tune.report({**metrics, "status": "running", "started_at": started_at},
-                        checkpoint=tune.Checkpoint.from_directory(directory))
+            torch.save(state, Path(directory) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        saved_at = time.time()
 
     result = fit(model, data, cfg, report, state=state,
                  on_state=lambda s: latest.__setitem__("state", s))
