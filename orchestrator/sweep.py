@@ -506,7 +506,8 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
 def _study_row(grid: Any, study: Study, data: PreparedData, cfg: SweepConfig, run_dir: Path,
                trainable: Any) -> dict[str, Any]:
     done = [r for r in grid if not r.error and (r.metrics or {}).get("status") == "running"]
-    failed = len(grid) - len(done)
+    # failed: raised or diverged; trials an interruption left unfinished are neither
+    failed = sum(bool(r.error) or (r.metrics or {}).get("status") == "diverged" for r in grid)
     row: dict[str, Any] = {"study": study.name, "model": study.model, "task": study.task,
                            "metric": study.metric, "trials_done": len(done),
                            "trials_failed": failed}
