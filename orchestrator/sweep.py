@@ -31,14 +31,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from data import describe, load_dataset
 from data.types import PreparedData
-from models.base import DataSpec
+from models.base import DataSpec, Recommender
 from models.registry import create_model, get_model_class, list_models, save_model
 from orchestrator import results
-from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
+from orchestrator.config import SweepConfig, TrainConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
 from orchestrator.report import write_report
 from orchestrator.space import sample_params, validate_space
-from orchestrator.train import evaluate, fit, monitored_metric, seed_everything
+from orchestrator.train import evaluate, fit, monitored_metric, seed_everything, to_device
 from orchestrator.trainable import load_state, run_trial, split_config
 
 SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
@@ -408,7 +408,15 @@ def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study:
     save_model(model, run_dir / "checkpoints" / f"{tag}.pt", data_fingerprint=data.fingerprint,
                trial_path=str(res.path), study=study.name, metric=study.metric)
     tcfg = dataclasses.replace(cfg.train, seed=int(meta["seed"]), metric=study.metric)
-    return {**evaluate(model, data, "val", tcfg), **evaluate(model, data, "test", tcfg)}
+    return val_and_test(model, data, tcfg)
+
+
+def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig
+                 ) -> dict[str, float]:
+    """Validation and test metrics, with the data moved to the model's device once."""
+    tensors = to_device(data, model.device)
+    return {**evaluate(model, data, "val", cfg, tensors),
+            **evaluate(model, data, "test", cfg, tensors)}
 
 
 def _metrics_only(m: dict[str, float]) -> dict[str, float]:
@@ -422,7 +430,7 @@ def _baseline_row(name: str, data: PreparedData, cfg: SweepConfig) -> dict[str, 
     seed_everything(cfg.seed)
     start = time.time()
     fit(model, data, tcfg)
-    scores = {**evaluate(model, data, "val", tcfg), **evaluate(model, data, "test", tcfg)}
+    scores = val_and_test(model, data, tcfg)
     return {"study": name, "model": name, "task": model.task, "status": "ok", "trials_done": 1,
             "trials_failed": 0, "epochs": 0, "time_s": time.time() - start, "seeds": 1,
             **_metrics_only(scores)}
