@@ -482,7 +482,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         else:
             tuner = _tuner(trainable, study, cfg, slots, share, callbacks)
-        grid = tuner.fit()
+        grid = _fit(tuner, path, trainable, study, cfg, deadline)
         trial_rows += _trial_rows(grid, study)
         histories += [_history(res, study) for res in grid if res.metrics_dataframe is not None]
         unfinished = [r for r in grid if (r.metrics or {}).get("status") not in
@@ -509,6 +509,23 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
               f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
     print(f"run directory: {run_dir}", flush=True)
     return run_dir
+
+
+def _fit(tuner: tune.Tuner, path: str, trainable: Any, study: Study, cfg: SweepConfig,
+         deadline: float | None) -> Any:
+    """`tuner.fit()`, then resume the trials that died with their node before Tune could
+    restart them. (Tune 2.60 recovers a RUNNING trial on a lost node, but a trial whose reused
+    actor dies while it is being reset, still PENDING, ends as ERROR: a race seen when a node
+    goes away as one trial ends and the next takes over its actor.)"""
+    grid = tuner.fit()
+    for _ in range(cfg.max_failures):
+        lost = [r for r in grid if isinstance(r.error, ray.exceptions.RayActorError)]
+        if not lost or (deadline is not None and time.time() >= deadline):
+            break
+        print(f"[{study.name}] {len(lost)} trial(s) lost with their node; resuming them",
+              flush=True)
+        grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    return grid
 
 
 def _study_row(grid: Any, study: Study, data: PreparedData, cfg: SweepConfig, run_dir: Path,
