@@ -117,6 +117,11 @@ class Recommender(nn.Module):
         return 0
 
     @property
+    def eval_batch_users(self) -> int | None:
+        """At most this many users per `score_all` call in evaluation (None: no model limit)."""
+        return None
+
+    @property
     def n_negatives(self) -> int:
         """Negatives the loop samples per example into `batch["neg_item"]`, `[B, n]`."""
         return 0 if self.task == "rating" else self.params.negatives

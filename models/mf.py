@@ -127,7 +127,9 @@ class MF(Recommender):
             return ((pred - batch["rating"]).pow(2) + self.params.reg * l2).mean()
         items = torch.cat([item[:, None], batch["neg_item"]], 1)  # [B, 1 + n]
         q = self.item_emb(items)  # [B, 1 + n, d]
-        scores = (q @ p[:, :, None]).squeeze(-1) + self.item_bias(items).squeeze(-1)  # [B, 1+n]
+        # an elementwise product and a sum: bmm over [B] tiny [1 + n, d] x [d, 1] products
+        # was a fifth of a BPR step on a CPU
+        scores = (q * p[:, None, :]).sum(-1) + self.item_bias(items).squeeze(-1)  # [B, 1+n]
         pos, negs = scores[:, 0], scores[:, 1:]  # [B], [B, n]
         l2 = p.pow(2).sum(-1) + q.pow(2).sum((-2, -1))  # [B]
         if self.params.loss == "bpr":

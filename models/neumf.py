@@ -25,11 +25,16 @@ from models.registry import register_model
 
 @dataclass
 class NeuMFParams(CommonParams):
-    """Hyperparameters of `neumf`; defaults from the paper's code (8 factors, [64, 32, 16, 8])."""
+    """Hyperparameters of `neumf`; defaults from the paper's code (8 factors, [64, 32, 16, 8],
+    batch 256, 4 negatives) except the step size and length: ml-100k gives a tenth of the
+    paper's ml-1m steps per epoch, and at the paper's lr 1e-3 ranking stays at the popularity
+    level for 5 epochs (early stopping ends it there) and still climbs at epoch 20. With 3e-3
+    and 40 epochs it passes popularity by epoch 2 and peaks near epoch 17 (leave-last-out
+    test HR@10 0.134 vs 0.084 for `pop`)."""
 
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 256
-    epochs: int = 20
+    epochs: int = 40
     negatives: int = 4
     dim: int = 8
     """Predictive factors: GMF embedding size and the MLP's last hidden size."""
@@ -123,7 +128,7 @@ class NeuMF(Recommender):
         return score
 
     def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
-        """`[B] -> [B, n_items]`; the MLP part holds `[B, n_items, e]`: keep batches modest."""
+        """`[B] -> [B, n_items]`; the MLP part holds `[B, n_items, e]` (see `eval_batch_users`)."""
         w_gmf, w_mlp = self._split_out()
         score = self.out.bias  # [1]
         if self.use_gmf:
@@ -136,6 +141,17 @@ class NeuMF(Recommender):
             h = F.relu(hu[:, None, :] + hi[None, :, :])  # [B, I, e]
             score = score + self.rest(h) @ w_mlp  # [B, I]
         return score
+
+    @property
+    def eval_batch_users(self) -> int | None:
+        # score_all's [B, n_items, e] MLP activations: on a CPU, past the caches scoring is
+        # memory-bound. Up to 2M floats per call, in a power of two of users (38 users on
+        # ml-100k ran 3x slower than 32), score all users 3-4x faster than one call for all
+        # 943. A GPU wants large batches.
+        if not self.use_mlp or self.device.type == "cuda":
+            return None
+        fit = max(1, 2**21 // (self.spec.n_items * self.mlp_user.embedding_dim))
+        return 1 << (fit.bit_length() - 1)
 
     def item_embeddings(self) -> Tensor:
         """The GMF and MLP item vectors side by side (whichever towers the model has)."""

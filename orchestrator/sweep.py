@@ -173,6 +173,19 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def buffer_results() -> None:
+    """Let trials run on while the driver handles their results (a user's own values win).
+
+    A trial's `tune.report` waits until the driver has processed the result and asked for
+    the next one: 10-25 ms per epoch on a busy 2-core machine, a third of a trial whose
+    epochs take 90 ms. Buffered, a trial reports for up to a second before the driver takes
+    the epochs' results in one batch; each is still processed (ASHA, Optuna, history, W&B),
+    and a decision to stop lands at most that second late. (Tune buffers only when the
+    scheduler supports it; ASHA does.)"""
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1000")
+    os.environ.setdefault("TUNE_RESULT_BUFFER_MIN_TIME_S", "1")
+
+
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the config on the head
 
 
@@ -458,6 +471,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
 
     quiet_libraries()
+    buffer_results()
     connect(cfg)
     request, slots = resources(cfg)
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
@@ -508,6 +522,9 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
               f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
     print(f"run directory: {run_dir}", flush=True)
+    if interrupted:
+        print(f"interrupted: the table holds what finished; continue with: "
+              f"python -m orchestrator sweep --resume {run_dir}", flush=True)
     return run_dir
 
 

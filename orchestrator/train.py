@@ -216,15 +216,16 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
         def score_all(user: Tensor) -> Tensor:  # [b] -> [b, n_items]
             return model.score_all(user, None if seqs is None else seqs[user]).float()
 
+        batch = min(cfg.eval_batch_users, model.eval_batch_users or cfg.eval_batch_users)
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
             metrics = full_ranking(score_all, users, tensors.targets(split),
-                                   tensors.known(split), cfg.ks, cfg.eval_batch_users)
+                                   tensors.known(split), cfg.ks, batch)
             n_users = tensors.n_target_users(split)
         elif cfg.protocol == "sampled":
             metrics = sampled_ranking(lambda u, c: score_all(u).gather(1, c), rows.user,
                                       rows.item, tensors.negatives(split), cfg.ks,
-                                      batch=cfg.eval_batch_users)
+                                      batch=batch)
             n_users = len(rows)
         else:
             raise ValueError(f"protocol {cfg.protocol!r}: expected 'full' or 'sampled'")

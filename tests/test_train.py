@@ -207,6 +207,18 @@ def test_train_one_writes_files_that_rebuild_the_model(data, tmp_path):
     assert again["test/rmse"] == metrics["test/rmse"]
 
 
+def test_neumf_scores_in_cache_sized_user_batches_with_the_same_metrics(data):
+    model = make("neumf", "ranking", data, dim=16, layers=2)
+    e = model.mlp_user.embedding_dim
+    limit = model.eval_batch_users
+    assert limit & (limit - 1) == 0 and limit * data.n_items * e <= 2**21
+    timed = {f"test/{k}" for k in ("eval_users_per_s",)}
+    small, large = (evaluate(model, data, "test", TrainConfig(device="cpu", eval_batch_users=b))
+                    for b in (3, 4096))
+    assert {k: v for k, v in small.items() if k not in timed} == \
+        {k: v for k, v in large.items() if k not in timed}
+
+
 def test_bad_requests_name_the_key():
     with pytest.raises(KeyError, match="known models"):
         validate_request("nope", None, {})

@@ -1,0 +1,95 @@
+"""Stopping a sweep early and re-running its winners, on a real local Ray:
+
+- the time budget ends a sweep whose trials would run far longer, with a table and models;
+- Ctrl-C (SIGINT to the process group, as a terminal sends it) stops it with the table of
+  what finished;
+- `final_seeds` retrains the chosen configuration with more seeds (mean +- std).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from orchestrator import results
+from orchestrator.sweep import load_config, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = "synthetic:users=200,items=300,interactions=8000,seed=2"
+# trials that would take minutes each if nothing stopped them
+LONG = {"trials": 40, "epochs": 100000, "grace_period": 100000, "wandb": "disabled",
+        "baselines": [], "data": {"dataset": DATASET}}
+
+
+def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> None:
+    cfg = load_config(None, {**LONG, "name": "budget", "storage": str(tmp_path),
+                             "models": ["mf", "neumf"], "time_budget": "20s"})
+    start = time.time()
+    run_dir = run_sweep(cfg)
+    elapsed = time.time() - start
+    table = results.load(run_dir)
+    assert list(table["study"]) == ["mf", "neumf"]
+    # both studies got their share of the budget, kept their best trial and exported it
+    assert (table["status"] == "ok").all(), table[["study", "status"]]
+    assert (table["export"] == "ok").all(), table[["study", "export"]]
+    assert table["test/rmse"].notna().iloc[0] and table["test/ndcg@10"].notna().iloc[1]
+    trials = results.load_trials(run_dir)
+    assert len(trials) < 2 * LONG["trials"]  # the budget, not the trial count, ended it
+    assert (trials["epochs"] < LONG["epochs"]).all()
+    # 20 s of trials, then tables, exports and the report; far from 40 trials' minutes
+    assert elapsed < 20 + 120, elapsed
+
+
+def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "orchestrator", "sweep", "--name", "stopped", "--storage",
+            str(tmp_path), "--models", "mf,neumf", "--trials", "40", "--epochs", "100000",
+            "--wandb", "disabled", "--dataset", DATASET, "--time-budget", "none"]
+    driver = subprocess.Popen(args, cwd=REPO, start_new_session=True, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run_dir = tmp_path / "stopped"
+    try:
+        end = time.time() + 120
+        while not list(run_dir.rglob("result.json")) and time.time() < end:
+            time.sleep(0.2)
+        time.sleep(2)  # a few epochs in
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, out[-4000:]
+    table = pd.read_csv(run_dir / "results.csv")
+    assert list(table["study"]) == ["mf", "neumf", "pop"]
+    # the study Ctrl-C hit keeps its best trial so far; the next one never started; the
+    # baseline costs nothing and is there to compare with
+    assert table.loc[0, "status"] == "ok" and table.loc[0, "export"] == "ok"
+    assert table.loc[1, "status"] == "interrupted"
+    assert table.loc[2, "status"] == "ok"
+    assert "--resume" in out
+
+
+def test_final_seeds_retrain_the_best_configuration(tmp_path: Path) -> None:
+    cfg = load_config(None, {"name": "seeds", "storage": str(tmp_path), "models": ["mf"],
+                             "baselines": [], "trials": 2, "epochs": 2, "final_seeds": 3,
+                             "wandb": "disabled", "data": {"dataset": DATASET}})
+    run_dir = run_sweep(cfg)
+    row = results.load(run_dir).iloc[0]
+    assert row["status"] == "ok" and row["seeds"] == 3
+    assert row["test/rmse_std"] > 0  # three different seeds, three different models
+    for seed in (1, 2):
+        assert (run_dir / "checkpoints" / f"mf-seed{seed}.pt").is_file()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_ray() -> None:
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
