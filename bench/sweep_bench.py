@@ -1,9 +1,9 @@
 """Orchestration overhead of the sweep on this machine (issue 4).
 
 Sixteen short `mf` trials (rating, MovieLens 100K u1, about 10 s of training each) run
-one after another in this process with the shared loop, and as Ray Tune experiments
-through the sweep's own trainable (`run_trial`, data passed once through the
-object store), one CPU per trial, with and without the sweep's result buffering. Prints:
+twice: one after another in this process with the shared loop, and as a Ray Tune
+experiment through the sweep's own trainable (`run_trial`, data passed once through the
+object store), one CPU per trial. Prints:
 
 - overhead = (sweep wall-clock x concurrent slots) / (sum of in-process trial times) - 1,
   goal <= 15%;
@@ -11,7 +11,7 @@ object store), one CPU per trial, with and without the sweep's result buffering.
   to the next trial beginning to train (worker up, data fetched from the object store,
   model built), goal < 2 s.
 
-Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10]` (about 9 minutes on 2 cores).
+Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10]` (about 4 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -56,18 +56,12 @@ def in_process(data, cfg: TrainConfig, hps: list[dict]) -> list[float]:
     return times
 
 
-def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: bool,
-              buffered: bool) -> tuple[float, list]:
+def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: bool
+              ) -> tuple[float, list]:
     import ray
     from ray import tune
 
-    from orchestrator.sweep import buffer_results
     from orchestrator.trainable import run_trial
-
-    for key in ("TUNE_RESULT_BUFFER_LENGTH", "TUNE_RESULT_BUFFER_MIN_TIME_S"):
-        os.environ.pop(key, None)
-    if buffered:
-        buffer_results()  # what the sweep sets
 
     completed: list[float] = []
 
@@ -116,13 +110,12 @@ def main() -> None:
           f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds}")
     print(f"# {args.trials} trials x {epochs} epochs; in-process training, sum: "
           f"{sum(serial):.1f} s")
-    print("| actor reuse | buffered results | sweep wall x slots | overhead (goal <= 15%) "
-          "| trial start-up median | max (goal < 2 s) |\n|---|---|---|---|---|---|")
-    for reuse, buffered in ((True, False), (True, True)):  # the sweep: both
+    print("| actor reuse | sweep wall x slots | overhead (goal <= 15%) | trial start-up median "
+          "| max (goal < 2 s) |\n|---|---|---|---|---|")
+    for reuse in (False, True):
         with tempfile.TemporaryDirectory() as tmp:
-            wall, starts = with_tune(data, cfg, hps, Path(tmp), reuse, buffered)
-        print(f"| {reuse} | {buffered} | {wall * slots:.1f} s | "
-              f"{wall * slots / sum(serial) - 1:+.1%} | "
+            wall, starts = with_tune(data, cfg, hps, Path(tmp), reuse)
+        print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / sum(serial) - 1:+.1%} | "
               f"{statistics.median(starts):.2f} s | {max(starts):.2f} s |", flush=True)
 
 if __name__ == "__main__":

@@ -173,19 +173,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def buffer_results() -> None:
-    """Let trials run on while the driver handles their results (a user's own values win).
-
-    A trial's `tune.report` waits until the driver has processed the result and asked for
-    the next one: 10-25 ms per epoch on a busy 2-core machine, a third of a trial whose
-    epochs take 90 ms. Buffered, a trial reports for up to a second before the driver takes
-    the epochs' results in one batch; each is still processed (ASHA, Optuna, history, W&B),
-    and a decision to stop lands at most that second late. (Tune buffers only when the
-    scheduler supports it; ASHA does.)"""
-    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "1000")
-    os.environ.setdefault("TUNE_RESULT_BUFFER_MIN_TIME_S", "1")
-
-
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the config on the head
 
 
@@ -471,7 +458,6 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
 
     quiet_libraries()
-    buffer_results()
     connect(cfg)
     request, slots = resources(cfg)
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",

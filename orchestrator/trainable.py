@@ -42,7 +42,7 @@ def load_state(directory: str | Path) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig) -> None:
-    release_memory()  # a reused worker may still hold a stopped trial's tensors
+    release_memory()  # a reused worker may still hold a stopped trial's GPU memory
     meta, hparams = split_config(config)
     cfg = dataclasses.replace(train_cfg, seed=int(meta["seed"]), metric=meta["metric"])
     seed_everything(cfg.seed)
@@ -88,6 +88,9 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
 
 
 def release_memory() -> None:
-    gc.collect()
+    """Hand a trial's GPU memory back (a stopped trial's, at the start of the next one).
+    Only for a GPU, the scarce memory: on a CPU a trial's tensors die with its frames, and a
+    full collection with torch and Ray loaded costs about 0.2 s, 2% of a 10 s trial."""
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()
