@@ -17,6 +17,7 @@ import importlib.util
 import json
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,27 @@ def missing_viz() -> list[str]:
         if not found:
             missing.append(package)
     return missing
+
+
+def compile_umap_in_background() -> None:
+    """Start compiling UMAP's numba kernels (about 9 s on their first use in a process) in a
+    daemon thread, so that the report at the end of a sweep finds them ready: a sweep's
+    driver mostly waits on its trials. Any failure here is left for the report to meet."""
+    if missing_viz():
+        return
+
+    def compile_kernels() -> None:
+        try:
+            import umap
+
+            points = np.random.default_rng(0).random((32, 4), dtype=np.float32)
+            # the report's settings: exact neighbours (< 4096 points), cosine, seeded layout
+            umap.UMAP(n_neighbors=5, min_dist=0.1, metric="cosine", random_state=0, n_jobs=1,
+                      n_epochs=5).fit_transform(points)
+        except Exception:  # noqa: BLE001, S110 - the report will say what is wrong
+            pass
+
+    threading.Thread(target=compile_kernels, name="umap-compile", daemon=True).start()
 
 
 def check_run_dir(run_dir: Path) -> None:

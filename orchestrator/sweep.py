@@ -36,7 +36,7 @@ from models.registry import create_model, get_model_class, list_models, save_mod
 from orchestrator import results
 from orchestrator.config import SweepConfig, TrainConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
-from orchestrator.report import write_report
+from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import sample_params, validate_space
 from orchestrator.train import evaluate, fit, monitored_metric, seed_everything, to_device
 from orchestrator.trainable import load_state, run_trial, split_config
@@ -458,6 +458,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
 
     quiet_libraries()
+    compile_umap_in_background()  # for the report at the end
     connect(cfg)
     request, slots = resources(cfg)
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
