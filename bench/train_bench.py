@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("quality", "speed", "all"), default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per speed measurement")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per speed measurement")
     parser.add_argument("--data", default="ml-100k", help="ml-100k, or e.g. 'synthetic' (the "
                         "same size) on a machine without the real data")
     args = parser.parse_args()

@@ -56,6 +56,9 @@ class TrainConfig:
     checkpoint_every_s: float = opt(10.0, "in a sweep, seconds between a trial's checkpoints: "
                                     "an epoch younger than that since the last reports without "
                                     "one (the last epoch always has one); 0: every epoch")
+    report_every_s: float = opt(1.0, "in a sweep, seconds between a trial's reports to Tune "
+                                "for epochs that neither improve the validation metric nor "
+                                "checkpoint (those always report); 0: every epoch")
     metric: str = opt("", "validation metric for early stopping and the best state; default "
                       "per task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
 

@@ -275,12 +275,12 @@ def _plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path
     fig = _figure(9.6, 3.6)
     val, loss = fig.subplots(1, 2)
     for rank, trial_id in enumerate(order):
-        one = curves[curves["trial_id"] == trial_id].sort_values("training_iteration")
+        one = curves[curves["trial_id"] == trial_id].sort_values("epoch")
         label = f"#{rank + 1} {trial_id}"
         if metric in one:
-            val.plot(one["training_iteration"], one[metric], marker="o", label=label)
+            val.plot(one["epoch"], one[metric], marker="o", label=label)
         if "train/loss" in one:
-            loss.plot(one["training_iteration"], one["train/loss"], marker="o", label=label)
+            loss.plot(one["epoch"], one["train/loss"], marker="o", label=label)
     val.set(xlabel="epoch", ylabel=metric, title=f"{metric} of the best trials")
     loss.set(xlabel="epoch", ylabel="train/loss", title="training loss")
     val.legend()

@@ -12,13 +12,17 @@ study (the `--resume` target), `trials.parquet`, `checkpoints/`, and `results.*`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,11 @@ from orchestrator.trainable import load_state, run_trial, split_config
 SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
 DEFAULT_GPU_FRACTION = 0.25
+# Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
+# next snapshot of the experiment state: with one kept, a driver killed in between leaves a
+# snapshot whose checkpoint is gone, and --resume cannot restore that trial (seen in the
+# SIGKILL test). With two, that takes two checkpoints with no snapshot between them.
+KEEP_CHECKPOINTS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +177,7 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Tune snapshots its state after every checkpoint with num_to_keep=1 (what --resume
+    # Tune snapshots its state every num_to_keep checkpoints of a trial (what --resume
     # needs) and warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -345,7 +354,7 @@ def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: f
     # what a stopped predecessor left on the device.
     # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
     # stops is told to Optuna as complete with its truncated value.
-    asha = ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+    asha = ASHAScheduler(time_attr="epoch", max_t=epochs,
                          grace_period=min(cfg.grace_period, epochs))
     return tune.Tuner(
         trainable,
@@ -356,7 +365,7 @@ def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: f
         run_config=tune.RunConfig(
             name=study.name, storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=callbacks, verbose=0))
 
 
@@ -379,7 +388,7 @@ def _trial_rows(grid: Any, study: Study) -> list[dict[str, Any]]:
                      "trial_id": last.get("trial_id", os.path.basename(str(res.path))),
                      "status": status, "error": str(res.error).splitlines()[0] if res.error
                      else last.get("message", ""),
-                     "epochs": int(last.get("training_iteration", 0) or 0),
+                     "epochs": int(last.get("epoch", 0) or 0),
                      "time_s": float(last.get("time_total_s", 0.0) or 0.0),
                      "metric": study.metric, "best": best,
                      "hparams": json.dumps(hparams, sort_keys=True), "path": str(res.path)})
@@ -390,7 +399,7 @@ def _history(res: Any, study: Study) -> Any:
     """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
     frame = res.metrics_dataframe
     keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
-            or c in ("training_iteration", "trial_id", "time_total_s")]
+            or c in ("epoch", "trial_id", "time_total_s")]
     return frame[keep].assign(study=study.name)
 
 
@@ -466,57 +475,88 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
 
-    rows, trial_rows, histories = [], [], []
-    interrupted = False
-    for index, study in enumerate(studies):
-        left = None if deadline is None else deadline - time.time()
-        if interrupted or (left is not None and left <= 0):
-            rows.append({"study": study.name, "model": study.model, "task": study.task,
-                         "status": "interrupted" if interrupted else "time budget spent",
-                         "metric": study.metric, "trials_done": 0, "trials_failed": 0})
-            continue
-        share = None if left is None else left / (len(studies) - index)
-        callbacks = [Progress(study, cfg.trials, start, deadline), *wandb_callbacks(cfg, study)]
-        path = f"{experiment_root(cfg)}/{study.name}"
-        if tune.Tuner.can_restore(path):
-            print(f"[{study.name}] resuming from {path}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        else:
-            tuner = _tuner(trainable, study, cfg, slots, share, callbacks)
-        grid = _fit(tuner, path, trainable, study, cfg, deadline)
-        trial_rows += _trial_rows(grid, study)
-        histories += [_history(res, study) for res in grid if res.metrics_dataframe is not None]
-        unfinished = [r for r in grid if (r.metrics or {}).get("status") not in
-                      ("running", "diverged") and not r.error]
-        interrupted = bool(unfinished) and (deadline is None or time.time() < deadline)
-        rows.append(_study_row(grid, study, data, cfg, run_dir, trainable))
+    with ctrl_c_stops_studies() as stop:
+        rows, trial_rows, histories = [], [], []
+        for index, study in enumerate(studies):
+            left = None if deadline is None else deadline - time.time()
+            if stop.is_set() or (left is not None and left <= 0):
+                rows.append({"study": study.name, "model": study.model, "task": study.task,
+                             "status": "interrupted" if stop.is_set() else "time budget spent",
+                             "metric": study.metric, "trials_done": 0, "trials_failed": 0})
+                continue
+            share = None if left is None else left / (len(studies) - index)
+            callbacks = [Progress(study, cfg.trials, start, deadline), *wandb_callbacks(cfg, study)]
+            path = f"{experiment_root(cfg)}/{study.name}"
+            if tune.Tuner.can_restore(path):
+                print(f"[{study.name}] resuming from {path}", flush=True)
+                tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            else:
+                tuner = _tuner(trainable, study, cfg, slots, share, callbacks)
+            grid = _fit(tuner, path, trainable, study, cfg, deadline, stop)
+            trial_rows += _trial_rows(grid, study)
+            histories += [_history(res, study) for res in grid if res.metrics_dataframe is not None]
+            rows.append(_study_row(grid, study, data, cfg, run_dir, trainable))
 
-    for name in cfg.baselines:
-        rows.append(_baseline_row(name, data, cfg))
-    results.write_trials(run_dir, trial_rows, histories)
-    frame = results.table(rows)
-    results.write(run_dir, frame)
-    if any((run_dir / "checkpoints").glob("*.pt")):
-        outcome = export_run(run_dir, data=data)
-        failed = {k: v for k, v in outcome.items() if v != "ok"}
-        if failed:
-            print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
-        frame = results.load(run_dir)
-    print(results.markdown(frame), flush=True)
-    try:
-        write_report(run_dir)
-    except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
-        print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
-              f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
-    print(f"run directory: {run_dir}", flush=True)
-    if interrupted:
-        print(f"interrupted: the table holds what finished; continue with: "
-              f"python -m orchestrator sweep --resume {run_dir}", flush=True)
+        for name in cfg.baselines:
+            rows.append(_baseline_row(name, data, cfg))
+        results.write_trials(run_dir, trial_rows, histories)
+        frame = results.table(rows)
+        results.write(run_dir, frame)
+        if any((run_dir / "checkpoints").glob("*.pt")):
+            outcome = export_run(run_dir, data=data)
+            failed = {k: v for k, v in outcome.items() if v != "ok"}
+            if failed:
+                print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
+            frame = results.load(run_dir)
+        print(results.markdown(frame), flush=True)
+        try:
+            write_report(run_dir)
+        except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
+            print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
+                  f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
+        print(f"run directory: {run_dir}", flush=True)
+        if stop.is_set():
+            print(f"interrupted: the table holds what finished; continue with: "
+                  f"python -m orchestrator sweep --resume {run_dir}", flush=True)
     return run_dir
 
 
+@contextlib.contextmanager
+def ctrl_c_stops_studies() -> Iterator[threading.Event]:
+    """While the sweep runs, a first Ctrl-C sets the event it yields and stops the running
+    study the way Tune stops on its own (its SIGUSR1 handler: the trials end, their results
+    are kept); later studies do not start, and the table, exports and report are still
+    written. A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the study too,
+    but not say so: a stopped trial looks like one that ASHA stopped.)"""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach the main thread only
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("Ctrl-C: stopping the running trials; the table of what finished follows "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's, once a study has started
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+
 def _fit(tuner: tune.Tuner, path: str, trainable: Any, study: Study, cfg: SweepConfig,
-         deadline: float | None) -> Any:
+         deadline: float | None, stop: threading.Event) -> Any:
     """`tuner.fit()`, then resume the trials that died with their node before Tune could
     restart them. (Tune 2.60 recovers a RUNNING trial on a lost node, but a trial whose reused
     actor dies while it is being reset, still PENDING, ends as ERROR: a race seen when a node
@@ -524,7 +564,7 @@ def _fit(tuner: tune.Tuner, path: str, trainable: Any, study: Study, cfg: SweepC
     grid = tuner.fit()
     for _ in range(cfg.max_failures):
         lost = [r for r in grid if isinstance(r.error, ray.exceptions.RayActorError)]
-        if not lost or (deadline is not None and time.time() >= deadline):
+        if not lost or stop.is_set() or (deadline is not None and time.time() >= deadline):
             break
         print(f"[{study.name}] {len(lost)} trial(s) lost with their node; resuming them",
               flush=True)
@@ -554,7 +594,7 @@ def _study_row(grid: Any, study: Study, data: PreparedData, cfg: SweepConfig, ru
     if len(runs) == 1:
         metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
     last = best.metrics or {}
-    return {**row, "status": "ok", "epochs": int(last.get("training_iteration", 0)),
+    return {**row, "status": "ok", "epochs": int(last.get("epoch", 0)),
             "time_s": float(last.get("time_total_s", 0.0)), "seeds": len(runs),
             **metrics, "hparams": json.dumps(hparams, sort_keys=True)}
 
@@ -572,7 +612,7 @@ def _seed_runs(best: Any, study: Study, data: PreparedData, cfg: SweepConfig, ru
         tuner = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(
             name=name, storage_path=experiment_root(cfg), verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)))
     grid = tuner.fit()
     return [_test_from_checkpoint(r, data, cfg, study, run_dir,
                                   f"{study.name}-seed{r.config['seed']}")

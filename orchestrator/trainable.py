@@ -58,17 +58,27 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     # wall-clock time training starts: the driver's scheduling time to this is trial start-up
     started_at = time.time()
 
-    saved_at = -math.inf
+    saved_at = reported_at = -math.inf
 
     def report(metrics: dict[str, Any]) -> None:
         # Checkpoints cost a serialisation and a copy to storage: with epochs of a fraction
         # of a second they would dominate a trial, so they are spaced in time; a restarted
         # trial loses at most `checkpoint_every_s` of work, and the last epoch always saves
         # (the sweep reads the chosen trials' best weights from it).
-        nonlocal saved_at
-        metrics = {**metrics, "status": "running", "started_at": started_at}
+        # A report costs the trial ~4 ms of Tune's bookkeeping, 4% of a 100 ms epoch: an
+        # epoch that neither improves nor checkpoints reports only after `report_every_s`.
+        # ASHA counts epochs (`epoch`, not Tune's report count) and every best value
+        # reaches Tune, so the choice of the best trial is the same.
+        nonlocal saved_at, reported_at
         state = latest["state"]
-        if not state["final"] and time.time() - saved_at < cfg.checkpoint_every_s:
+        now = time.time()
+        checkpoint = state["final"] or now - saved_at >= cfg.checkpoint_every_s
+        improved = state["best_epoch"] == metrics["epoch"]
+        if not (checkpoint or improved or now - reported_at >= cfg.report_every_s):
+            return
+        reported_at = now
+        metrics = {**metrics, "status": "running", "started_at": started_at}
+        if not checkpoint:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
@@ -80,7 +90,8 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
                  on_state=lambda s: latest.__setitem__("state", s))
     if result.status == "diverged":
         # NaN tells Optuna the trial failed; the table shows the status and the reason.
-        tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message})
+        tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,
+                     "epoch": result.epochs})
     # free the trial's memory now: a reused worker must not carry it into the next trial
     latest.clear()
     del model

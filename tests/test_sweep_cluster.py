@@ -94,7 +94,8 @@ def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
                        run_config=tune.RunConfig(
                            name="lost", storage_path=str(tmp_path), verbose=0,
                            failure_config=tune.FailureConfig(max_failures=0)))
-    grid = _fit(tuner, str(tmp_path / "lost"), _dies_once, study, cfg, deadline=None)
+    grid = _fit(tuner, str(tmp_path / "lost"), _dies_once, study, cfg, deadline=None,
+                stop=threading.Event())
     assert (tmp_path / "died").exists()  # the first attempt really died
     assert len(grid) == 1 and grid[0].error is None
     assert grid[0].metrics["val/rmse"] == 1.0
