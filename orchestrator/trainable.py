@@ -2,8 +2,9 @@
 
 `run_trial(config, data, train_cfg)` is wrapped once per sweep with
 `tune.with_parameters` (the prepared data goes to the object store once, trials never
-re-read files). Each epoch `fit` hands its full state to `on_state`, and the same epoch's
-`report` sends the metrics and, every `checkpoint_every_s` and at the last epoch, that
+re-read files). Each epoch `fit` hands its full state to `on_state`, then `report`: an epoch
+that improves the validation metric, checkpoints, or comes `report_every_s` after the last
+report sends its metrics to Tune; every `checkpoint_every_s` and at the last epoch with that
 state as one checkpoint, so a trial restarted on another node (FailureConfig) continues
 from its last checkpoint.
 """

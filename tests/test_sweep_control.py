@@ -93,3 +93,22 @@ def _no_leftover_ray() -> None:
     yield
     if ray.is_initialized():
         ray.shutdown()
+
+
+def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> None:
+    cfg = load_config(None, {"name": "sparse", "storage": str(tmp_path), "models": ["mf"],
+                             "baselines": [], "trials": 1, "epochs": 30, "wandb": "disabled",
+                             "data": {"dataset": DATASET},
+                             "train": {"report_every_s": 1000, "patience": 0},
+                             # fast and barely regularised: it overfits after a few epochs
+                             "search_space": {"mf": {"lr": {"values": [0.03]},
+                                                     "reg": {"values": [0.0001]}}}})
+    run_dir = run_sweep(cfg)
+    history = pd.read_parquet(run_dir / "history.parquet").sort_values("epoch")
+    epochs, rmse = history["epoch"].tolist(), history["val/rmse"].tolist()
+    # the first and the last epoch report; in between, only new bests do
+    assert epochs[0] == 1 and epochs[-1] == 30 and len(epochs) < 30
+    bests = rmse[:-1]  # all but the last report
+    assert all(b < a for a, b in zip(bests, bests[1:], strict=False)), history
+    row = results.load(run_dir).iloc[0]
+    assert row["epochs"] == 30 and row["val/rmse"] == pytest.approx(min(rmse), abs=1e-6)
