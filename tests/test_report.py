@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -104,6 +105,27 @@ def test_table_matches_results_csv(run_dir: Path, page: Page) -> None:
                 assert cell == ""
             else:  # "mean" or "mean ± std", 4 decimals as in results.md
                 assert float(cell.split(" ± ")[0]) == pytest.approx(value, abs=5e-5), col
+
+
+def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> None:
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium for this test (.ci/run installs it)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           "--hide-scrollbars", f"--screenshot={shot}",
+                           "--window-size=1280,2400", (run_dir / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2400)
+    # what the browser painted is the report (text, table, plots), not a blank page
+    colors = image.getcolors(maxcolors=1 << 20)
+    assert colors is not None and len(colors) > 200, len(colors or [])
 
 
 def test_umap_coordinates_have_one_row_per_item(run_dir: Path) -> None:
