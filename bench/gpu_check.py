@@ -56,9 +56,9 @@ def placement_and_autocast(device: str) -> None:
     print(f"\nplacement and bf16 autocast on {device} ({gpu})")
     print("| model | task | params on | amp off: metric | amp on: metric | amp on: samples/s |")
     print("|---|---|---|---|---|---|")
+    data = load_dataset(DataConfig(dataset=DATA, split="leave-last"))
     for name in list_models():
         task = get_model_class(name).tasks[0]
-        data = load_dataset(DataConfig(dataset=DATA, split="leave-last"))
         epochs = EPOCHS.get(name, 3)
         off = train(name, task, data, device, False, epochs)
         on = train(name, task, data, device, device.startswith("cuda"), epochs)
