@@ -2,7 +2,8 @@
 
 Prints three tables:
 
-- quality: default hyperparameters; `mf` and `autorec` test RMSE on the canonical u1 split,
+- quality: default hyperparameters; `mf` and `autorec` test RMSE on the canonical u1 split
+  (trained with a validation carve-out, then refit on all of u1.base: `refit`),
   and `pop`, `mf` (ranking), `neumf`, `caser` (and `itemknn`) HR@10 / NDCG@10 with
   leave-last-out full ranking, side by side;
 - speed: per model, training throughput of the shared loop next to a minimal hand-written
@@ -49,6 +50,7 @@ from orchestrator.train import (  # noqa: E402
     seed_everything,
     to_device,
     train_one,
+    val_and_test,
 )
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -91,15 +93,26 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> None:
 
 def quality(cfg: TrainConfig) -> None:
     rows = []
+    data = load("u1")
     for name, goal in (("mf", 0.93), ("autorec", 0.90)):
         start = time.perf_counter()
-        m = train_one(name, load("u1"), "rating", {}, cfg, progress=False)
-        rows.append([name, "rating", "u1", m["epochs"], f"{time.perf_counter() - start:.0f}s",
-                     f"{m['test/rmse']:.4f}", f"{m['test/mae']:.4f}", f"<= {goal}",
-                     "PASS" if m["test/rmse"] <= goal else "FAIL"])
-    table("Quality, rating (ml-100k u1, default hyperparameters, early stopping on val RMSE "
-          "carved from u1.base)", ["model", "task", "split", "epochs", "time", "test RMSE",
-                                   "test MAE", "goal", ""], rows)
+        seed_everything(cfg.seed)
+        model = create_model(name, DataSpec.from_data(data), "rating")
+        result = fit(model, data, cfg)
+        first, _ = val_and_test(model, data, cfg)
+        seconds = time.perf_counter() - start
+        again, _ = val_and_test(model, data, dataclasses.replace(cfg, refit=True),
+                                result.best_epoch)
+        rmse = again["test/rmse"]
+        rows.append([name, result.epochs, f"{seconds:.0f}s", f"{first['val/rmse']:.4f}",
+                     f"{first['test/rmse']:.4f}", result.best_epoch, f"{rmse:.4f}",
+                     f"{again['test/mae']:.4f}", f"<= {goal}", "PASS" if rmse <= goal else "FAIL"])
+    table("Quality, rating (ml-100k u1, default hyperparameters; early stopping on val RMSE, "
+          "val a seeded 10% of u1.base; then the refit on all of u1.base for the epochs val "
+          "picked, as `--refit true`, tested; the goal is on the refit, the protocol of "
+          "libraries that train on the whole base file)",
+          ["model", "epochs", "time", "val RMSE", "test RMSE (fit)", "refit epochs",
+           "test RMSE (refit)", "test MAE (refit)", "goal", ""], rows)
 
     cases = [("pop", "ranking"), ("itemknn", "ranking"), ("mf", "ranking"),
              ("neumf", "ranking"), ("caser", "sequential")]

@@ -42,7 +42,7 @@ from orchestrator.config import SweepConfig, TrainConfig, from_dict, parse_durat
 from orchestrator.export import export_run
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import sample_params, validate_space
-from orchestrator.train import evaluate, fit, monitored_metric, seed_everything, to_device
+from orchestrator.train import fit, monitored_metric, seed_everything, val_and_test
 from orchestrator.trainable import load_state, run_trial, split_config
 
 SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
@@ -405,7 +405,8 @@ def _history(res: Any, study: Study) -> Any:
 
 def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study: Study,
                           run_dir: Path, tag: str) -> dict[str, float]:
-    """Load the trial's best state, save it as `checkpoints/<tag>.pt`, evaluate val and test.
+    """Load the trial's best state, evaluate val and test (of a refit with `cfg.train.refit`),
+    and save the model tested as `checkpoints/<tag>.pt`.
 
     Test metrics are computed here, for chosen trials only: the search never sees them.
     """
@@ -414,18 +415,11 @@ def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study:
         state = load_state(directory)
     model = create_model(study.model, DataSpec.from_data(data), study.task, **hparams)
     model.load_state_dict(state["best_state"])
+    tcfg = dataclasses.replace(cfg.train, seed=int(meta["seed"]), metric=study.metric)
+    scores, model = val_and_test(model, data, tcfg, state["best_epoch"])
     save_model(model, run_dir / "checkpoints" / f"{tag}.pt", data_fingerprint=data.fingerprint,
                trial_path=str(res.path), study=study.name, metric=study.metric)
-    tcfg = dataclasses.replace(cfg.train, seed=int(meta["seed"]), metric=study.metric)
-    return val_and_test(model, data, tcfg)
-
-
-def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig
-                 ) -> dict[str, float]:
-    """Validation and test metrics, with the data moved to the model's device once."""
-    tensors = to_device(data, model.device)
-    return {**evaluate(model, data, "val", cfg, tensors),
-            **evaluate(model, data, "test", cfg, tensors)}
+    return scores
 
 
 def _metrics_only(m: dict[str, float]) -> dict[str, float]:
@@ -439,7 +433,7 @@ def _baseline_row(name: str, data: PreparedData, cfg: SweepConfig) -> dict[str, 
     seed_everything(cfg.seed)
     start = time.time()
     fit(model, data, tcfg)
-    scores = val_and_test(model, data, tcfg)
+    scores, _ = val_and_test(model, data, tcfg)
     return {"study": name, "model": name, "task": model.task, "status": "ok", "trials_done": 1,
             "trials_failed": 0, "epochs": 0, "time_s": time.time() - start, "seeds": 1,
             **_metrics_only(scores)}

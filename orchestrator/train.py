@@ -286,7 +286,7 @@ def effective_patience(patience: int, epochs: int) -> int:
 
 def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report: Callable[[dict], object] | None = None, *, state: dict | None = None,
-        on_state: Callable[[dict], None] | None = None) -> FitResult:
+        on_state: Callable[[dict], None] | None = None, validate: bool = True) -> FitResult:
     """Train `model` on `data.train`, validating once per epoch; leave it in its best state.
 
     Args:
@@ -299,6 +299,8 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         on_state: called once per epoch, before `report`, with everything needed to resume
             (and `final`: whether this epoch is the last)
             (CPU copies, safe to keep or `torch.save`).
+        validate: False trains all the model's epochs without validation passes (a refit
+            on train + val, whose val split is empty) and keeps the last state.
 
     Returns:
         A `FitResult`; a non-finite loss or validation metric ends training with status
@@ -312,7 +314,7 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
     report = report or (lambda metrics: None)
 
     if not model.learned:
-        metrics = {"epoch": 0, **evaluate(model, data, "val", cfg, tensors)}
+        metrics = {"epoch": 0, **(evaluate(model, data, "val", cfg, tensors) if validate else {})}
         report(metrics)
         return FitResult("ok", 0, 0, metrics, [metrics], "not learned: evaluated only")
 
@@ -343,7 +345,7 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         best_state = state["best_state"]
         bad, history, first = state["bad_epochs"], list(state["history"]), state["epoch"] + 1
 
-    patience = effective_patience(cfg.patience, p.epochs)
+    patience = effective_patience(cfg.patience, p.epochs) if validate else 0
     status, message = "ok", ""
     for epoch in range(first, p.epochs + 1):
         if patience > 0 and bad >= patience:
@@ -369,8 +371,13 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
             status, message = "diverged", f"epoch {epoch}: training loss is {train_loss}"
             break
         metrics = {"epoch": epoch, "train/loss": train_loss, "epoch_time_s": train_time,
-                   "train_samples_per_s": n / max(train_time, 1e-9),
-                   **evaluate(model, data, "val", cfg, tensors)}
+                   "train_samples_per_s": n / max(train_time, 1e-9)}
+        if not validate:
+            best_epoch, best = epoch, metrics
+            history.append(metrics)
+            report(metrics)
+            continue
+        metrics.update(evaluate(model, data, "val", cfg, tensors))
         value = metrics[key]
         if not math.isfinite(value):
             status, message = "diverged", f"epoch {epoch}: {key} is {value}"
@@ -403,8 +410,44 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         message += ("; model restored to epoch " + str(best_epoch) if best_state is not None
                     else "; no epoch finished")
     elif not message:
-        message = f"trained {len(history)} epochs, best {key} at epoch {best_epoch}"
+        message = (f"trained {len(history)} epochs, best {key} at epoch {best_epoch}" if validate
+                   else f"trained {len(history)} epochs without validation")
     return FitResult(status, len(history), best_epoch, best, history, message)
+
+
+def fold_val(data: PreparedData) -> PreparedData:
+    """The data with its validation rows moved into train (sorted again) and val empty."""
+    fields = ("user", "item", "rating", "timestamp")
+    cols = [np.concatenate([getattr(data.train, f), getattr(data.val, f)]) for f in fields]
+    order = np.lexsort((cols[1], cols[3], cols[0]))  # by user, time, item
+    neg = data.val_negatives
+    return dataclasses.replace(data, train=Split(*(c[order] for c in cols)),
+                               val=Split(*(c[:0] for c in cols)),
+                               val_negatives=None if neg is None else neg[:0])
+
+
+def refit(model_name: str, data: PreparedData, task: str, hparams: dict[str, Any],
+          cfg: TrainConfig, epochs: int) -> tuple[Recommender, PreparedData]:
+    """Retrain a configuration from its seed on train + val for the `epochs` validation
+    picked, without validation; returns the model and the data to test it on."""
+    full = fold_val(data)
+    seed_everything(cfg.seed)
+    model = create_model(model_name, DataSpec.from_data(full), task,
+                         **{**hparams, "epochs": max(epochs, 1)})
+    fit(model, full, cfg, validate=False)
+    return model, full
+
+
+def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig, best_epoch: int = 0
+                 ) -> tuple[dict[str, float], Recommender]:
+    """Validation metrics of a trained model and test metrics of it or, with `cfg.refit`, of
+    its refit for `best_epoch` epochs; returns them and the model tested."""
+    tensors = to_device(data, model.device)
+    scores = evaluate(model, data, "val", cfg, tensors)
+    if cfg.refit:
+        model, data = refit(model.name, data, model.task, model.hparams(), cfg, best_epoch)
+        tensors = None
+    return {**scores, **evaluate(model, data, "test", cfg, tensors)}, model
 
 
 def validate_request(model_name: str, task: str | None, hparams: dict[str, Any]) -> str:
@@ -433,7 +476,8 @@ def _progress(epochs: int) -> Callable[[dict], None]:
 def train_one(model_name: str, data: PreparedData, task: str | None, hparams: dict[str, Any],
               cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
               data_cfg: DataConfig | None = None) -> dict[str, Any]:
-    """Seed, build, fit, test the best state, and write the run's files.
+    """Seed, build, fit, test the best state (or with `cfg.refit` a refit of it on train + val),
+    and write the run's files.
 
     Args:
         model_name: a registered model.
@@ -446,19 +490,17 @@ def train_one(model_name: str, data: PreparedData, task: str | None, hparams: di
         data_cfg: the data config, recorded in `config.json`.
 
     Returns:
-        The metrics: `val/...` of the best epoch, `test/...` of that state,
+        The metrics: `val/...` of the best epoch, `test/...` of that state (or its refit),
         `train_samples_per_s`, `eval_users_per_s`, `status`, `epochs`, `best_epoch`.
     """
     seed_everything(cfg.seed)
-    spec = DataSpec.from_data(data)
-    model = create_model(model_name, spec, task, **hparams)
+    model = create_model(model_name, DataSpec.from_data(data), task, **hparams)
     result = fit(model, data, cfg, _progress(model.params.epochs) if progress else None)
-    metrics: dict[str, Any] = {k: v for k, v in result.best.items()
-                               if k.startswith("val/") and k != "val/eval_users_per_s"}
+    metrics: dict[str, Any] = {}
     if result.best:  # a model that diverged before its first epoch has nothing to test
-        test = evaluate(model, data, "test", cfg)
-        metrics.update({k: v for k, v in test.items() if k != "test/eval_users_per_s"})
-        metrics["eval_users_per_s"] = test["test/eval_users_per_s"]
+        scores, model = val_and_test(model, data, cfg, result.best_epoch)
+        metrics = {k: v for k, v in scores.items() if not k.endswith("/eval_users_per_s")}
+        metrics["eval_users_per_s"] = scores["test/eval_users_per_s"]
     speeds = [h["train_samples_per_s"] for h in result.history if "train_samples_per_s" in h]
     if speeds:
         metrics["train_samples_per_s"] = sum(speeds) / len(speeds)
@@ -471,10 +513,10 @@ def train_one(model_name: str, data: PreparedData, task: str | None, hparams: di
         config = {"model": model_name, "task": model.task, "hparams": model.hparams(),
                   "train": to_dict(cfg), "data": to_dict(data_cfg) if data_cfg else None,
                   "dataset": data.name, "split": data.split_name,
-                  "fingerprint": data.fingerprint, "spec": dataclasses.asdict(spec)}
+                  "fingerprint": data.fingerprint, "spec": dataclasses.asdict(model.spec)}
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         torch.save({"model": model_name, "task": model.task, "hparams": model.hparams(),
-                    "spec": dataclasses.asdict(spec), "metrics": metrics,
+                    "spec": dataclasses.asdict(model.spec), "metrics": metrics,
                     "state_dict": _cpu_copy(model.state_dict())}, out / "checkpoint.pt")
     return metrics
 

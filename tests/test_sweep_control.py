@@ -3,7 +3,8 @@
 - the time budget ends a sweep whose trials would run far longer, with a table and models;
 - Ctrl-C (SIGINT to the process group, as a terminal sends it) stops it with the table of
   what finished;
-- `final_seeds` retrains the chosen configuration with more seeds (mean +- std).
+- `final_seeds` retrains the chosen configuration with more seeds (mean +- std), and
+  `refit` tests each seed's retrain on train + val.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ import pandas as pd
 import pytest
 import ray
 
+from data import load_dataset
+from models.base import DataSpec
+from models.registry import load_model
 from orchestrator import results
 from orchestrator.sweep import load_config, run_sweep
+from orchestrator.train import evaluate, fold_val
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:users=200,items=300,interactions=8000,seed=2"
@@ -76,16 +81,24 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
     assert "--resume" in out
 
 
-def test_final_seeds_retrain_the_best_configuration(tmp_path: Path) -> None:
+def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path: Path
+                                                                          ) -> None:
     cfg = load_config(None, {"name": "seeds", "storage": str(tmp_path), "models": ["mf"],
-                             "baselines": [], "trials": 2, "epochs": 2, "final_seeds": 3,
-                             "wandb": "disabled", "data": {"dataset": DATASET}})
+                             "baselines": [], "trials": 2, "epochs": 3, "final_seeds": 3,
+                             "wandb": "disabled", "data": {"dataset": DATASET},
+                             "train": {"refit": True}})
     run_dir = run_sweep(cfg)
     row = results.load(run_dir).iloc[0]
     assert row["status"] == "ok" and row["seeds"] == 3
     assert row["test/rmse_std"] > 0  # three different seeds, three different models
-    for seed in (1, 2):
-        assert (run_dir / "checkpoints" / f"mf-seed{seed}.pt").is_file()
+    # each seed's test is of its refit on train + val, the model its checkpoint holds
+    full = fold_val(load_dataset(cfg.data))
+    rmse = []
+    for name in ("mf", "mf-seed1", "mf-seed2"):
+        model, _ = load_model(run_dir / "checkpoints" / f"{name}.pt")
+        assert model.spec == DataSpec.from_data(full)  # its global mean counts val
+        rmse.append(evaluate(model, full, "test", cfg.train)["test/rmse"])
+    assert row["test/rmse"] == pytest.approx(sum(rmse) / 3, abs=1e-9)
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
+
+import numpy as np
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from orchestrator.config import DataConfig, TrainConfig
 from orchestrator.train import (
     evaluate,
     fit,
+    fold_val,
     load_checkpoint,
     monitored_metric,
     pick_device,
@@ -205,6 +209,44 @@ def test_train_one_writes_files_that_rebuild_the_model(data, tmp_path):
     model = load_checkpoint(tmp_path / "checkpoint.pt")
     again = evaluate(model, data, "test", CPU)
     assert again["test/rmse"] == metrics["test/rmse"]
+
+
+def test_fold_val_moves_val_into_train_in_order(data):
+    full = fold_val(data)
+    assert len(full.val) == 0 and full.val_negatives.shape == (0, data.val_negatives.shape[1])
+    assert full.test is data.test and len(full.train) == len(data.train) + len(data.val)
+    t = full.train
+    assert (np.lexsort((t.item, t.timestamp, t.user)) == np.arange(len(t))).all()
+    pairs = {*zip(data.train.user, data.train.item), *zip(data.val.user, data.val.item)}
+    assert set(zip(t.user, t.item)) == pairs
+    tensors = to_device(full, "cpu")  # test history: train + val, each interaction once
+    assert len(tensors.known("test")[1]) == len(pairs)
+    assert torch.equal(tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
+                       torch.as_tensor(data.val.item))
+
+
+@pytest.mark.parametrize("name,task", CASES)
+def test_refit_tests_a_retrain_on_train_and_val_for_the_epochs_val_picked(name, task, data,
+                                                                          tmp_path):
+    plain = train_one(name, data, task, {"epochs": 3}, CPU, progress=False)
+    refit = train_one(name, data, task, {"epochs": 3}, dataclasses.replace(CPU, refit=True),
+                      out_dir=tmp_path, progress=False)
+    val = [k for k in plain if k.startswith("val/")]
+    test = [k for k in plain if k.startswith("test/")]
+    assert val and test and {k: refit[k] for k in val} == {k: plain[k] for k in val}
+    full = fold_val(data)
+    seed_everything(CPU.seed)  # by hand: from the seed, on train + val, for the picked epochs
+    model = create_model(name, DataSpec.from_data(full), task,
+                         epochs=max(plain["best_epoch"], 1))
+    result = fit(model, full, CPU, validate=False)
+    assert not any(k.startswith("val/") for h in result.history for k in h)
+    assert result.epochs == (model.params.epochs if model.learned else 0)
+    by_hand = evaluate(model, full, "test", CPU)
+    assert {k: refit[k] for k in test} == {k: by_hand[k] for k in test}
+    saved = evaluate(load_checkpoint(tmp_path / "checkpoint.pt"), full, "test", CPU)
+    assert {k: saved[k] for k in test} == {k: by_hand[k] for k in test}
+    if task == "rating":  # the refit saw 10% more ratings: a different model
+        assert refit["test/rmse"] != plain["test/rmse"]
 
 
 def test_neumf_scores_in_cache_sized_user_batches_with_the_same_metrics(data):
