@@ -27,9 +27,10 @@ class AutoRecParams(CommonParams):
 
     The defaults reach test RMSE 0.898 on ml-100k u1 when refit on all of u1.base for the
     epochs validation picked (`refit`), 0.905 trained on the 90% of it left beside the
-    validation carve-out (tuned there, with Adam instead of the paper's L-BFGS/RProp). Full-batch steps (`batch_size` >= items) overfit far less
-    late in training than mini-batches (64-512 items: best ~0.90 near epoch 50, then 0.93+),
-    hence many cheap epochs. Stronger `reg` (300+) underfits: the model has no item bias, so
+    validation carve-out (tuned there, with Adam instead of the paper's L-BFGS/RProp).
+    Full-batch steps (`batch_size` >= items) overfit far less late in training than
+    mini-batches (64-512 items: best ~0.90 near epoch 50, then 0.93+), hence many cheap
+    epochs. Stronger `reg` (300+) underfits: the model has no item bias, so
     item effects must pass through the penalised weights.
     """
 

@@ -35,10 +35,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from data import describe, load_dataset
 from data.types import PreparedData
-from models.base import DataSpec, Recommender
+from models.base import DataSpec
 from models.registry import create_model, get_model_class, list_models, save_model
 from orchestrator import results
-from orchestrator.config import SweepConfig, TrainConfig, from_dict, parse_duration, to_dict
+from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import sample_params, validate_space

@@ -8,7 +8,6 @@ import json
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -217,8 +216,9 @@ def test_fold_val_moves_val_into_train_in_order(data):
     assert full.test is data.test and len(full.train) == len(data.train) + len(data.val)
     t = full.train
     assert (np.lexsort((t.item, t.timestamp, t.user)) == np.arange(len(t))).all()
-    pairs = {*zip(data.train.user, data.train.item), *zip(data.val.user, data.val.item)}
-    assert set(zip(t.user, t.item)) == pairs
+    pairs = {*zip(data.train.user, data.train.item, strict=True),
+             *zip(data.val.user, data.val.item, strict=True)}
+    assert set(zip(t.user, t.item, strict=True)) == pairs
     tensors = to_device(full, "cpu")  # test history: train + val, each interaction once
     assert len(tensors.known("test")[1]) == len(pairs)
     assert torch.equal(tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
