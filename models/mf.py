@@ -127,15 +127,15 @@ class MF(Recommender):
             return ((pred - batch["rating"]).pow(2) + self.params.reg * l2).mean()
         items = torch.cat([item[:, None], batch["neg_item"]], 1)  # [B, 1 + n]
         q = self.item_emb(items)  # [B, 1 + n, d]
-        # an elementwise product and a sum: bmm over [B] tiny [1 + n, d] x [d, 1] products
-        # was a fifth of a BPR step on a CPU
-        scores = (q * p[:, None, :]).sum(-1) + self.item_bias(items).squeeze(-1)  # [B, 1+n]
+        # vecdot and vector_norm: on a CPU, the elementwise products and sums they replace
+        # (and bmm before them) took a third longer for a BPR step's forward and backward
+        scores = torch.linalg.vecdot(q, p[:, None, :]) + self.item_bias(items).squeeze(-1)
         pos, negs = scores[:, 0], scores[:, 1:]  # [B], [B, n]
-        l2 = p.pow(2).sum(-1) + q.pow(2).sum((-2, -1))  # [B]
         if self.params.loss == "bpr":
             fit = -F.logsigmoid(pos[:, None] - negs).mean(-1)  # [B]
         else:
             fit = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
             fit = fit + F.binary_cross_entropy_with_logits(
                 negs, torch.zeros_like(negs), reduction="none").sum(-1)  # [B]
-        return (fit + self.params.reg * l2).mean()
+        l2 = torch.linalg.vector_norm(p).square() + torch.linalg.vector_norm(q).square()
+        return fit.mean() + self.params.reg * l2 / len(user)  # the rows' penalty, per example
