@@ -11,7 +11,8 @@ object store), one CPU per trial. Prints:
   to the next trial beginning to train (worker up, data fetched from the object store,
   model built), goal < 2 s.
 
-Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10]` (about 4 minutes on 2 cores).
+Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10] [--reuse both|true|false]`
+(about 6 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: boo
     import ray
     from ray import tune
 
+    from orchestrator.config import SweepConfig
+    from orchestrator.sweep import KEEP_CHECKPOINTS, connect
     from orchestrator.trainable import run_trial
 
     completed: list[float] = []
@@ -69,7 +72,7 @@ def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: boo
         def on_trial_complete(self, iteration, trials, trial, **info):
             completed.append(time.time())
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    connect(SweepConfig())  # a local Ray, started as the sweep starts it
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, train_cfg=cfg), {"cpu": 1})
     space = {"model": "mf", "task": "rating", "seed": cfg.seed, "metric": "val/rmse",
@@ -77,7 +80,7 @@ def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: boo
     tuner = tune.Tuner(trainable, param_space=space,
                        tune_config=tune.TuneConfig(reuse_actors=reuse), run_config=tune.RunConfig(
         name="bench", storage_path=str(storage), callbacks=[Clock()], verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)))
     t0, start = time.time(), time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - start
@@ -95,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0, help="training per trial")
+    parser.add_argument("--reuse", choices=("both", "true", "false"), default="both",
+                        help="actor reuse settings to measure")
     args = parser.parse_args()
     torch.set_num_threads(1)  # what each 1-CPU trial gets from Ray (OMP_NUM_THREADS=1)
     data = load_dataset(DataConfig(dataset="ml-100k", split="u1", data_dir=str(SHARED)))
@@ -107,14 +112,16 @@ def main() -> None:
     slots = os.cpu_count() or 1
     print(f"# sweep orchestration overhead ({platform.processor() or platform.machine()}, "
           f"{slots} CPUs, torch {torch.__version__}); command: python "
-          f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds}")
+          f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds} "
+          f"--reuse {args.reuse}")
     print(f"# {args.trials} trials x {epochs} epochs; in-process training, sum: "
           f"{sum(serial):.1f} s")
     print("| actor reuse | sweep wall x slots | overhead (goal <= 15%) | trial start-up median "
           "| max (goal < 2 s) |\n|---|---|---|---|---|")
-    for reuse in (False, True):
+    for reuse in {"both": (False, True), "true": (True,), "false": (False,)}[args.reuse]:
         with tempfile.TemporaryDirectory() as tmp:
             wall, starts = with_tune(data, cfg, hps, Path(tmp), reuse)
+        print("# start-ups (s): " + " ".join(f"{s:.2f}" for s in starts))
         print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / sum(serial) - 1:+.1%} | "
               f"{statistics.median(starts):.2f} s | {max(starts):.2f} s |", flush=True)
 
