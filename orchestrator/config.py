@@ -118,9 +118,6 @@ class SweepConfig:
     epochs: int = opt(0, "maximum epochs per trial (ASHA's max_t); 0: each model's default "
                       "epochs (e.g. AutoRec's full-batch steps need far more than MF's)")
     grace_period: int = opt(2, "epochs every trial runs before ASHA may stop it")
-    refit: bool = opt(False, "test a retrain on train + val, from the same seed, for the epochs "
-                      "validation picked (as libraries that train on a whole base file do); "
-                      "validation metrics stay those of the first fit")
     metric: str = opt("", "validation metric to optimise (and early-stop on); default per "
                       "task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
     time_budget: str = opt("10m", "hard wall-clock budget for the whole sweep, shared by the "
