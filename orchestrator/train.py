@@ -38,7 +38,7 @@ from torch import Tensor
 from data.sampling import NegativeSampler, last_items, user_item_csr
 from data.types import PreparedData, Split
 from models.base import DataSpec, Recommender
-from models.registry import create_model
+from models.registry import create_model, save_model
 from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.metrics import full_ranking, rating_metrics, sampled_ranking
 
@@ -514,16 +514,6 @@ def train_one(model_name: str, data: PreparedData, task: str | None, hparams: di
                   "dataset": data.name, "split": data.split_name,
                   "fingerprint": data.fingerprint, "spec": dataclasses.asdict(model.spec)}
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        torch.save({"model": model_name, "task": model.task, "hparams": model.hparams(),
-                    "spec": dataclasses.asdict(model.spec), "metrics": metrics,
-                    "state_dict": _cpu_copy(model.state_dict())}, out / "checkpoint.pt")
+        save_model(model, out / "checkpoint.pt", metrics=metrics,
+                   data_fingerprint=data.fingerprint)
     return metrics
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Recommender:
-    """Rebuild a model from a `checkpoint.pt` written by `train_one`, without retraining."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    spec = DataSpec(**{**ckpt["spec"], "rating_range": tuple(ckpt["spec"]["rating_range"])})
-    model = create_model(ckpt["model"], spec, ckpt["task"], **ckpt["hparams"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()

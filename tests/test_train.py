@@ -14,13 +14,12 @@ import torch
 import models  # noqa: F401  (registers every model)
 from data import load_dataset
 from models.base import DataSpec
-from models.registry import create_model, get_model_class, list_models
+from models.registry import create_model, get_model_class, list_models, load_model
 from orchestrator.config import DataConfig, TrainConfig
 from orchestrator.train import (
     evaluate,
     fit,
     fold_val,
-    load_checkpoint,
     monitored_metric,
     pick_device,
     seed_everything,
@@ -205,7 +204,8 @@ def test_train_one_writes_files_that_rebuild_the_model(data, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"] == "mf" and config["hparams"]["epochs"] == 2
     assert config["train"]["device"] == "cpu"
-    model = load_checkpoint(tmp_path / "checkpoint.pt")
+    model, meta = load_model(tmp_path / "checkpoint.pt")
+    assert meta == {"metrics": metrics, "data_fingerprint": data.fingerprint}
     again = evaluate(model, data, "test", CPU)
     assert again["test/rmse"] == metrics["test/rmse"]
 
@@ -243,7 +243,7 @@ def test_refit_tests_a_retrain_on_train_and_val_for_the_epochs_val_picked(name, 
     assert result.epochs == (model.params.epochs if model.learned else 0)
     by_hand = evaluate(model, full, "test", CPU)
     assert {k: refit[k] for k in test} == {k: by_hand[k] for k in test}
-    saved = evaluate(load_checkpoint(tmp_path / "checkpoint.pt"), full, "test", CPU)
+    saved = evaluate(load_model(tmp_path / "checkpoint.pt")[0], full, "test", CPU)
     assert {k: saved[k] for k in test} == {k: by_hand[k] for k in test}
     if task == "rating":  # the refit saw 10% more ratings: a different model
         assert refit["test/rmse"] != plain["test/rmse"]
