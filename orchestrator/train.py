@@ -97,9 +97,11 @@ def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)
 
 
 def _concat(a: Split, b: Split) -> Split:
-    return Split(*(torch.cat(p) for p in zip((a.user, a.item, a.rating, a.timestamp),
-                                               (b.user, b.item, b.rating, b.timestamp),
-                                               strict=True)))
+    """The rows of `a`, then those of `b` (tensors or NumPy arrays alike)."""
+    cat = torch.cat if isinstance(a.user, Tensor) else np.concatenate
+    return Split(*(cat(p) for p in zip((a.user, a.item, a.rating, a.timestamp),
+                                         (b.user, b.item, b.rating, b.timestamp),
+                                         strict=True)))
 
 
 @dataclass
@@ -416,9 +418,9 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
 
 def fold_val(data: PreparedData) -> PreparedData:
     """The data with its validation rows moved into train (sorted again) and val empty."""
-    fields = ("user", "item", "rating", "timestamp")
-    cols = [np.concatenate([getattr(data.train, f), getattr(data.val, f)]) for f in fields]
-    order = np.lexsort((cols[1], cols[3], cols[0]))  # by user, time, item
+    rows = _concat(data.train, data.val)
+    cols = (rows.user, rows.item, rows.rating, rows.timestamp)
+    order = np.lexsort((rows.item, rows.timestamp, rows.user))  # by user, time, item
     neg = data.val_negatives
     return dataclasses.replace(data, train=Split(*(c[order] for c in cols)),
                                val=Split(*(c[:0] for c in cols)),
