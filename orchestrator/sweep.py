@@ -1,22 +1,26 @@
-"""The sweep: one Ray Tune study per model, Optuna TPE + ASHA, resumable, then the table.
+"""The sweep: one study per model, Optuna TPE + ASHA per study, resumable, then the table.
 
-    SweepConfig -> prepared data (once, on the driver) -> for each study:
-        Tuner(with_resources(with_parameters(run_trial, data)), OptunaSearch(TPE), ASHA)
+    SweepConfig -> prepared data (once, on the driver) -> one Tune experiment of all studies:
+        Tuner(with_resources(with_parameters(run_trial, data)),
+              StudySearch (an OptunaSearch(TPE) per study), StudyASHA (an ASHA per study))
     -> best trial per study (validation) -> test metrics of the chosen checkpoints only
     -> optional re-runs of the best configuration with more seeds -> results.*
 
 The run directory (`<storage>/<name>` when storage is a local path, else `runs/<name>`
-beside the remote experiments) holds `sweep.yaml`, `data.json`, one Tune experiment per
-study (the `--resume` target), `trials.parquet`, `checkpoints/`, and `results.*`.
+beside the remote experiments) holds `sweep.yaml`, `data.json`, the Tune experiment
+`search/` (the `--resume` target), `wandb/`, `trials.parquet`, `checkpoints/`, and
+`results.*`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -30,7 +34,9 @@ import ray
 import yaml
 from optuna.samplers import TPESampler
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from data import describe, load_dataset
@@ -43,7 +49,7 @@ from orchestrator.export import export_run
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import sample_params, validate_space
 from orchestrator.train import fit, monitored_metric, seed_everything, val_and_test
-from orchestrator.trainable import load_state, run_trial, split_config
+from orchestrator.trainable import META, load_state, run_trial, split_config
 
 SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
@@ -53,6 +59,7 @@ DEFAULT_GPU_FRACTION = 0.25
 # snapshot whose checkpoint is gone, and --resume cannot restore that trial (seen in the
 # SIGKILL test). With two, that takes two checkpoints with no snapshot between them.
 KEEP_CHECKPOINTS = 2
+SEARCH = "search"  # the Tune experiment of all studies, in the run directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,47 +285,71 @@ def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     return request, max(1, int(slots))
 
 
-def wandb_callbacks(cfg: SweepConfig, study: Study) -> list[Any]:
+class StudyWandb(WandbLoggerCallback):
+    """Ray's W&B callback, one run per trial, grouped by sweep and by the trial's study."""
+
+    def __init__(self, sweep: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sweep = sweep
+
+    def log_trial_start(self, trial: Any) -> None:
+        study = trial.config["study"]
+        self.group, self.kwargs["job_type"] = f"{self.sweep}/{study}", study
+        super().log_trial_start(trial)
+
+
+def wandb_callbacks(cfg: SweepConfig, run_dir: Path) -> list[Any]:
+    """The W&B callback, its runs written to `<run_dir>/wandb/` on the driver's node.
+
+    Ray would write each into its trial's folder in the driver's staging area, for Tune's
+    syncs to copy to storage; but the last sync comes before the callback waits for its runs
+    to finish, so the runs that end last would reach storage without their data.
+    """
     if cfg.wandb == "disabled":
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
     os.environ["WANDB_MODE"] = cfg.wandb  # read by Ray's key check and by wandb itself
     # A short upload timeout: offline runs upload nothing, and an interrupted online sweep
     # must not hang for Ray's default 30 minutes.
-    return [WandbLoggerCallback(project=cfg.wandb_project, group=f"{cfg.name}/{study.name}",
-                                mode=cfg.wandb, upload_timeout=60, job_type=study.name)]
+    return [StudyWandb(cfg.name, project=cfg.wandb_project, mode=cfg.wandb, upload_timeout=60,
+                       dir=str(run_dir))]
 
 
 class Progress(tune.Callback):
-    """One line per finished trial: done/running/pending, best so far, time and budget."""
+    """One line per finished trial: its study's done/running/pending and best so far, the
+    time elapsed and the budget left."""
 
-    def __init__(self, study: Study, total: int, start: float, deadline: float | None) -> None:
-        self.study, self.total, self.start, self.deadline = study, total, start, deadline
-        self.best: float | None = None
+    def __init__(self, studies: list[Study], total: int, start: float, deadline: float | None
+                 ) -> None:
+        self.studies = {s.name: s for s in studies}
+        self.total, self.start, self.deadline = total, start, deadline
+        self.best: dict[str, float] = {}
 
-    def _line(self, trials: list[Any], event: str) -> None:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
-        best = "-" if self.best is None else f"{self.best:.4f}"
+    def _line(self, trials: list[Any], trial: Any, event: str) -> None:
+        study = self.studies[trial.config["study"]]
+        mine = [t for t in trials if t.config.get("study") == study.name]
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in mine)
+        running = sum(t.status == "RUNNING" for t in mine)
+        best = self.best.get(study.name)
         left = "" if self.deadline is None else \
             f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"
-        print(f"[{self.study.name}] {event}: {done}/{self.total} done, {running} running, "
-              f"{self.total - done - running} pending, best {self.study.metric} {best}, "
+        print(f"[{study.name}] trial {trial.trial_id} {event}: {done}/{self.total} done, "
+              f"{running} running, {self.total - done - running} pending, best {study.metric} "
+              f"{'-' if best is None else f'{best:.4f}'}, "
               f"elapsed {(time.time() - self.start) / 60:.1f} min{left}", flush=True)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        value = result.get(self.study.metric)
+        study = self.studies[trial.config["study"]]
+        value = result.get(study.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
-            better = min if self.study.mode == "min" else max
-            self.best = value if self.best is None else better(self.best, value)
+            best = self.best.get(study.name, value)
+            self.best[study.name] = min(best, value) if study.mode == "min" else max(best, value)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trials, f"trial {trial.trial_id} finished")
+        self._line(trials, trial, "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trials, f"trial {trial.trial_id} failed")
+        self._line(trials, trial, "failed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,8 +366,8 @@ class SearchSpace:
         params = sample_params(trial, space, self.overrides)
         params.setdefault("epochs", self.epochs)  # the study's max epochs (ASHA's max_t)
         # constants returned by a define-by-run space become part of the trial's config
-        return {**params, "model": self.study.model, "task": self.study.task,
-                "seed": self.seed, "metric": self.study.metric}
+        return {**params, "study": self.study.name, "model": self.study.model,
+                "task": self.study.task, "seed": self.seed, "metric": self.study.metric}
 
 
 def max_epochs(study: Study, cfg: SweepConfig) -> int:
@@ -344,37 +375,108 @@ def max_epochs(study: Study, cfg: SweepConfig) -> int:
     return cfg.epochs or get_model_class(study.model).Params().epochs
 
 
-def _tuner(trainable: Any, study: Study, cfg: SweepConfig, slots: int, budget: float | None,
-           callbacks: list[Any]) -> tune.Tuner:
-    epochs = max_epochs(study, cfg)
-    space = SearchSpace(study, cfg.search_space.get(study.model, {}), epochs, cfg.seed)
-    search = OptunaSearch(space=space, metric=study.metric, mode=study.mode,
-                          sampler=TPESampler(seed=cfg.seed))
+class StudySearch(Searcher):
+    """All studies in one Tune experiment: a seeded Optuna TPE search per study, each with its
+    own metric and direction, taking turns to suggest until each has `trials`.
+
+    One experiment, not one Tuner per study, so that workers are reused across studies and
+    the studies share the cluster and the time budget as they run (Ray runs one Tuner at a
+    time in a driver). Tune saves this object with the experiment, so `--resume` continues
+    every study's search.
+    """
+
+    def __init__(self, studies: list[Study], cfg: SweepConfig) -> None:
+        super().__init__()
+        self.trials = cfg.trials
+        self.searches = {s.name: OptunaSearch(
+            space=SearchSpace(s, cfg.search_space.get(s.model, {}), max_epochs(s, cfg),
+                              cfg.seed),
+            metric=s.metric, mode=s.mode, sampler=TPESampler(seed=cfg.seed)) for s in studies}
+        self.owner: dict[str, str] = {}  # trial id -> study name
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        counts = collections.Counter(self.owner.values())
+        open_ = [name for name in self.searches if counts[name] < self.trials]
+        if not open_:
+            return Searcher.FINISHED
+        name = min(open_, key=lambda n: counts[n])  # the study with fewest trials, in order
+        self.owner[trial_id] = name
+        return self.searches[name].suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searches[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        self.searches[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class StudyASHA(FIFOScheduler):
+    """An ASHA scheduler per study (its metric, direction and max epochs), routed by the
+    trial's study: trials are compared with the trials of their own study only."""
+
+    def __init__(self, studies: list[Study], cfg: SweepConfig) -> None:
+        super().__init__()
+        self.ashas = {s.name: ASHAScheduler(
+            metric=s.metric, mode=s.mode, time_attr="epoch", max_t=max_epochs(s, cfg),
+            grace_period=min(cfg.grace_period, max_epochs(s, cfg))) for s in studies}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any
+                              ) -> bool:
+        return True  # each study's ASHA has its own metric and mode
+
+    def _of(self, trial: Any) -> ASHAScheduler:
+        return self.ashas[trial.config["study"]]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+
+def _tuner(trainable: Any, studies: list[Study], cfg: SweepConfig, slots: int,
+           budget: float | None, callbacks: list[Any]) -> tune.Tuner:
     # Actors are reused (a new worker costs seconds of imports per trial); run_trial frees
     # what a stopped predecessor left on the device.
     # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
     # stops is told to Optuna as complete with its truncated value.
-    asha = ASHAScheduler(time_attr="epoch", max_t=epochs,
-                         grace_period=min(cfg.grace_period, epochs))
+    total = cfg.trials * len(studies)
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=study.metric, mode=study.mode, search_alg=search,
-                                    scheduler=asha, num_samples=cfg.trials,
-                                    max_concurrent_trials=min(slots, cfg.trials),
+        tune_config=tune.TuneConfig(search_alg=StudySearch(studies, cfg),
+                                    scheduler=StudyASHA(studies, cfg), num_samples=total,
+                                    max_concurrent_trials=min(slots, total),
                                     time_budget_s=budget, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=study.name, storage_path=experiment_root(cfg),
+            name=SEARCH, storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=callbacks, verbose=0))
 
 
-def _trial_rows(grid: Any, study: Study) -> list[dict[str, Any]]:
+def _trial_rows(grid: Any, studies: list[Study]) -> list[dict[str, Any]]:
+    """One row per trial of the search, in the grid's order: its study, status, best value."""
+    by_name = {s.name: s for s in studies}
     rows = []
     for res in grid:
         config = res.config or {}
-        _, hparams = split_config({**dict.fromkeys(("model", "task", "seed", "metric")),
-                                   **config})
+        study = by_name[config["study"]]
+        _, hparams = split_config({**dict.fromkeys(META), **config})
         history = res.metrics_dataframe
         values = history[study.metric] if history is not None and study.metric in history \
             else None
@@ -395,12 +497,12 @@ def _trial_rows(grid: Any, study: Study) -> list[dict[str, Any]]:
     return rows
 
 
-def _history(res: Any, study: Study) -> Any:
+def _history(res: Any) -> Any:
     """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
     frame = res.metrics_dataframe
     keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
             or c in ("epoch", "trial_id", "time_total_s")]
-    return frame[keep].assign(study=study.name)
+    return frame[keep].assign(study=res.config["study"])
 
 
 def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study: Study,
@@ -470,26 +572,30 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
 
     with ctrl_c_stops_studies() as stop:
-        rows, trial_rows, histories = [], [], []
-        for index, study in enumerate(studies):
-            left = None if deadline is None else deadline - time.time()
-            if stop.is_set() or (left is not None and left <= 0):
-                rows.append({"study": study.name, "model": study.model, "task": study.task,
-                             "status": "interrupted" if stop.is_set() else "time budget spent",
-                             "metric": study.metric, "trials_done": 0, "trials_failed": 0})
-                continue
-            share = None if left is None else left / (len(studies) - index)
-            callbacks = [Progress(study, cfg.trials, start, deadline), *wandb_callbacks(cfg, study)]
-            path = f"{experiment_root(cfg)}/{study.name}"
-            if tune.Tuner.can_restore(path):
-                print(f"[{study.name}] resuming from {path}", flush=True)
-                tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        path = f"{experiment_root(cfg)}/{SEARCH}"
+        if tune.Tuner.can_restore(path):
+            print(f"search: resuming from {path}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        else:
+            callbacks = [Progress(studies, cfg.trials, start, deadline),
+                         *wandb_callbacks(cfg, run_dir)]
+            left = None if deadline is None else max(1.0, deadline - time.time())
+            tuner = _tuner(trainable, studies, cfg, slots, left, callbacks)
+        grid = [] if stop.is_set() else _fit(tuner, path, trainable, cfg, deadline, stop)
+        trial_rows = _trial_rows(grid, studies)
+        histories = [_history(res) for res in grid if res.metrics_dataframe is not None]
+        rows = []
+        for study in studies:
+            mine = [(r, res) for r, res in zip(trial_rows, grid, strict=True)
+                    if r["study"] == study.name]
+            if mine:
+                rows.append(_study_row(mine, study, data, cfg, run_dir, trainable))
             else:
-                tuner = _tuner(trainable, study, cfg, slots, share, callbacks)
-            grid = _fit(tuner, path, trainable, study, cfg, deadline, stop)
-            trial_rows += _trial_rows(grid, study)
-            histories += [_history(res, study) for res in grid if res.metrics_dataframe is not None]
-            rows.append(_study_row(grid, study, data, cfg, run_dir, trainable))
+                status = "interrupted" if stop.is_set() else "time budget spent" \
+                    if deadline is not None and time.time() >= deadline else "no trial ran"
+                rows.append({"study": study.name, "model": study.model, "task": study.task,
+                             "status": status, "metric": study.metric, "trials_done": 0,
+                             "trials_failed": 0})
 
         for name in cfg.baselines:
             rows.append(_baseline_row(name, data, cfg))
@@ -549,7 +655,7 @@ def ctrl_c_stops_studies() -> Iterator[threading.Event]:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
 
 
-def _fit(tuner: tune.Tuner, path: str, trainable: Any, study: Study, cfg: SweepConfig,
+def _fit(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfig,
          deadline: float | None, stop: threading.Event) -> Any:
     """`tuner.fit()`, then resume the trials that died with their node before Tune could
     restart them. (Tune 2.60 recovers a RUNNING trial on a lost node, but a trial whose reused
@@ -560,26 +666,27 @@ def _fit(tuner: tune.Tuner, path: str, trainable: Any, study: Study, cfg: SweepC
         lost = [r for r in grid if isinstance(r.error, ray.exceptions.RayActorError)]
         if not lost or stop.is_set() or (deadline is not None and time.time() >= deadline):
             break
-        print(f"[{study.name}] {len(lost)} trial(s) lost with their node; resuming them",
-              flush=True)
+        print(f"search: {len(lost)} trial(s) lost with their node; resuming them", flush=True)
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     return grid
 
 
-def _study_row(grid: Any, study: Study, data: PreparedData, cfg: SweepConfig, run_dir: Path,
-               trainable: Any) -> dict[str, Any]:
-    done = [r for r in grid if not r.error and (r.metrics or {}).get("status") == "running"]
+def _study_row(trials: list[tuple[dict[str, Any], Any]], study: Study, data: PreparedData,
+               cfg: SweepConfig, run_dir: Path, trainable: Any) -> dict[str, Any]:
+    """The study's line of the table from its (trial row, Tune result) pairs: the trial with
+    the best validation value of any epoch, tested (and re-run with more seeds)."""
+    done = sum(row["status"] == "ok" for row, _ in trials)
     # failed: raised or diverged; trials an interruption left unfinished are neither
-    failed = sum(bool(r.error) or (r.metrics or {}).get("status") == "diverged" for r in grid)
+    failed = sum(row["status"] in ("error", "diverged") for row, _ in trials)
     row: dict[str, Any] = {"study": study.name, "model": study.model, "task": study.task,
-                           "metric": study.metric, "trials_done": len(done),
+                           "metric": study.metric, "trials_done": done,
                            "trials_failed": failed}
-    try:
-        best = grid.get_best_result(study.metric, study.mode, scope="all")
-    except RuntimeError:
-        best = None
-    if best is None or best.checkpoint is None:
+    chosen = [(r["best"], res) for r, res in trials
+              if r["best"] is not None and math.isfinite(r["best"]) and res.checkpoint]
+    if not chosen:
         return {**row, "status": "no finished trial"}
+    pick = min if study.mode == "min" else max
+    best = pick(chosen, key=lambda pair: pair[0])[1]
     _, hparams = split_config(best.config)
     runs = [_test_from_checkpoint(best, data, cfg, study, run_dir, study.name)]
     if cfg.final_seeds > 1:

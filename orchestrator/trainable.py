@@ -28,7 +28,7 @@ from models.registry import create_model
 from orchestrator.config import TrainConfig
 from orchestrator.train import fit, seed_everything
 
-META = ("model", "task", "seed", "metric")
+META = ("study", "model", "task", "seed", "metric")
 STATE_FILE = "state.pt"
 
 

@@ -51,8 +51,8 @@ def test_smoke_run_directory_layout(smoke_run: Path) -> None:
     for name in ("sweep.yaml", "data.json", "results.csv", "results.parquet", "results.md",
                  "trials.parquet"):
         assert (smoke_run / name).is_file(), name
+    assert (smoke_run / "search").is_dir()  # the Tune experiment of all studies (--resume)
     for study in ("mf", "autorec", "neumf", "caser"):
-        assert (smoke_run / study).is_dir()  # the Tune experiment, the --resume target
         assert (smoke_run / "checkpoints" / f"{study}.pt").is_file()
     resolved = yaml.safe_load((smoke_run / "sweep.yaml").read_text())
     assert resolved["trials"] == 2 and resolved["data"]["dataset"].startswith("synthetic")
@@ -71,9 +71,14 @@ def test_results_command_prints_the_table(smoke_run: Path) -> None:
 
 
 def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
-    runs = list(smoke_run.rglob("offline-run-*"))
+    runs = list((smoke_run / "wandb").glob("offline-run-*"))
     assert len(runs) == 8, runs  # one W&B run per trial
-    assert all(list(r.glob("*.wandb")) for r in runs)
+    trials = pd.read_parquet(smoke_run / "trials.parquet").set_index("trial_id")
+    for run in runs:
+        # the run's id is its trial's id; its group is "<sweep>/<study>" of that trial
+        log = next(run.glob("*.wandb")).read_bytes()
+        study = trials.loc[run.name.rsplit("-", 1)[1], "study"]
+        assert f"smoke/{study}".encode() in log, (run, study)
     for path in smoke_run.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes(), path
@@ -117,3 +122,27 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli("sweep", "--smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path),
                    timeout=120)
     assert proc.returncode == 2 and "cannot reach a Ray cluster" in proc.stderr
+
+
+def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -> None:
+    from ray.tune.search import Searcher
+
+    from orchestrator.sweep import StudySearch, check_config
+
+    cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
+    search = StudySearch(check_config(cfg), cfg)
+    first = [search.suggest(f"t{i}") for i in range(3)]
+    assert [c["study"] for c in first] == ["mf", "neumf", "mf"]
+    assert [c["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
+    assert "negatives" in first[1] and "negatives" not in first[0]  # each model's own space
+    search.on_trial_complete("t0", {"val/rmse": 0.9})
+    search.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps for --resume
+
+    restored = StudySearch(check_config(cfg), cfg)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t3")["study"] == "neumf"  # mf has had its 2 trials
+    assert restored.suggest("t4") == Searcher.FINISHED
+    # the finished trial is part of mf's TPE history, and of mf's only
+    told = {name: [t.value for t in s._ot_study.trials if t.value is not None]
+            for name, s in restored.searches.items()}
+    assert told == {"mf": [0.9], "neumf": []}

@@ -77,7 +77,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path) -> None:
 def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
     from ray import tune
 
-    from orchestrator.sweep import Study, _fit
+    from orchestrator.sweep import _fit
 
     def _dies_once(config: dict) -> None:  # nested: pickled by value for the workers
         """A trial whose worker process dies the first time it runs (as on a lost node)."""
@@ -88,13 +88,12 @@ def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
         tune.report({"val/rmse": 1.0})
 
     ray.init(num_cpus=1, include_dashboard=False)
-    study = Study("mf", "mf", "rating", "val/rmse", "min")
     cfg = load_config(None, {"name": "lost", "storage": str(tmp_path), "max_failures": 1})
     tuner = tune.Tuner(_dies_once, param_space={"marker": str(tmp_path / "died")},
                        run_config=tune.RunConfig(
                            name="lost", storage_path=str(tmp_path), verbose=0,
                            failure_config=tune.FailureConfig(max_failures=0)))
-    grid = _fit(tuner, str(tmp_path / "lost"), _dies_once, study, cfg, deadline=None,
+    grid = _fit(tuner, str(tmp_path / "lost"), _dies_once, cfg, deadline=None,
                 stop=threading.Event())
     assert (tmp_path / "died").exists()  # the first attempt really died
     assert len(grid) == 1 and grid[0].error is None
