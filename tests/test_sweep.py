@@ -146,3 +146,22 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
     told = {name: [t.value for t in s._ot_study.trials if t.value is not None]
             for name, s in restored.searches.items()}
     assert told == {"mf": [0.9], "neumf": []}
+
+
+def test_results_reach_the_wandb_queue_in_order_without_waiting_for_it() -> None:
+    import ray
+    from ray.util.queue import Queue
+
+    from orchestrator.sweep import _QueueFeed
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        feed = _QueueFeed(Queue())  # its actor is still starting while the results come
+        for i in range(50):
+            feed.put(i)
+        assert feed.pending  # not all sent yet: put never waited for the actor
+        feed.flush(wait=True)
+        assert not feed.pending
+        assert [feed.queue.get(timeout=10) for _ in range(50)] == list(range(50))
+    finally:
+        ray.shutdown()
