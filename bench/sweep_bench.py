@@ -75,7 +75,7 @@ def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: boo
     connect(SweepConfig())  # a local Ray, started as the sweep starts it
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, train_cfg=cfg), {"cpu": 1})
-    space = {"model": "mf", "task": "rating", "seed": cfg.seed, "metric": "val/rmse",
+    space = {"study": "mf", "model": "mf", "task": "rating", "seed": cfg.seed, "metric": "val/rmse",
              "epochs": hps[0]["epochs"], "lr": tune.grid_search([h["lr"] for h in hps])}
     tuner = tune.Tuner(trainable, param_space=space,
                        tune_config=tune.TuneConfig(reuse_actors=reuse), run_config=tune.RunConfig(
