@@ -49,7 +49,7 @@ from orchestrator.export import export_run
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import sample_params, validate_space
 from orchestrator.train import fit, monitored_metric, seed_everything, val_and_test
-from orchestrator.trainable import META, load_state, run_trial, split_config
+from orchestrator.trainable import load_state, run_trial, split_config
 
 SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
@@ -515,9 +515,8 @@ def _trial_rows(grid: Any, studies: list[Study]) -> list[dict[str, Any]]:
     by_name = {s.name: s for s in studies}
     rows = []
     for res in grid:
-        config = res.config or {}
-        study = by_name[config["study"]]
-        _, hparams = split_config({**dict.fromkeys(META), **config})
+        study = by_name[res.config["study"]]
+        _, hparams = split_config(res.config)
         history = res.metrics_dataframe
         values = history[study.metric] if history is not None and study.metric in history \
             else None
@@ -664,10 +663,10 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def ctrl_c_stops_studies() -> Iterator[threading.Event]:
-    """While the sweep runs, a first Ctrl-C sets the event it yields and stops the running
-    study the way Tune stops on its own (its SIGUSR1 handler: the trials end, their results
-    are kept); later studies do not start, and the table, exports and report are still
-    written. A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the study too,
+    """While the sweep runs, a first Ctrl-C sets the event it yields and stops the search
+    the way Tune stops on its own (its SIGUSR1 handler: the running trials end, their
+    results are kept); no further trial starts, and the table, exports and report are still
+    written. A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the search too,
     but not say so: a stopped trial looks like one that ASHA stopped.)"""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -680,7 +679,7 @@ def ctrl_c_stops_studies() -> Iterator[threading.Event]:
         stop.set()
         print("Ctrl-C: stopping the running trials; the table of what finished follows "
               "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
-        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's, once a study has started
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's, once the search has started
             os.kill(os.getpid(), signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGINT, on_ctrl_c)
