@@ -231,7 +231,7 @@ def test_sweep_makes_the_autoscaler_add_gpu_workers(autoscaling_head: tuple[str,
 
     # Every trial ran in an actor on one of the added GPU workers (Tune's result.json `pid`).
     pids = set()
-    for result in (tmp_path / "auto" / "mf").glob("*/result.json"):
+    for result in (tmp_path / "auto" / "search").glob("*/result.json"):
         pids |= {json.loads(line)["pid"] for line in result.read_text().splitlines() if line}
     assert pids, "no trial result.json found"
     placed = {state["actor_nodes"].get(str(pid)) for pid in pids}
