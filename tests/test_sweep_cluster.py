@@ -103,7 +103,7 @@ def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "orchestrator", "sweep", "--name", "resumed", "--storage",
-            str(tmp_path), "--models", "mf", "--trials", "8", "--epochs", "3",
+            str(tmp_path), "--models", "mf,neumf", "--trials", "4", "--epochs", "3",
             "--wandb", "disabled", "--dataset", DATA["dataset"]]
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # save the experiment state often
     driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
@@ -130,6 +130,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert len(trials) == 8, trials[["trial_id", "status"]]
     assert trials["trial_id"].is_unique
+    assert (trials.groupby("study").size() == 4).all()  # each study's 4, none run twice
     assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
 
 
