@@ -8,8 +8,8 @@
 
 The run directory (`<storage>/<name>` when storage is a local path, else `runs/<name>`
 beside the remote experiments) holds `sweep.yaml`, `data.json`, the Tune experiment
-`search/` (the `--resume` target), `wandb/`, `trials.parquet`, `checkpoints/`, and
-`results.*`.
+`search/` (the `--resume` target), `seeds/` (with `final_seeds`), `wandb/`,
+`trials.parquet`, `checkpoints/`, and `results.*`.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ DEFAULT_GPU_FRACTION = 0.25
 # SIGKILL test). With two, that takes two checkpoints with no snapshot between them.
 KEEP_CHECKPOINTS = 2
 SEARCH = "search"  # the Tune experiment of all studies, in the run directory
+SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,7 +417,19 @@ def max_epochs(study: Study, cfg: SweepConfig) -> int:
     return cfg.epochs or get_model_class(study.model).Params().epochs
 
 
-class StudySearch(Searcher):
+class SavedSearcher(Searcher):
+    """A searcher whose whole state Tune saves with the experiment (for `--resume`)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class StudySearch(SavedSearcher):
     """All studies in one Tune experiment: a seeded Optuna TPE search per study, each with its
     own metric and direction, taking turns to suggest until each has `trials`.
 
@@ -451,14 +464,6 @@ class StudySearch(Searcher):
                           error: bool = False) -> None:
         self.searches[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
-
 
 class StudyASHA(FIFOScheduler):
     """An ASHA scheduler per study (its metric, direction and max epochs), routed by the
@@ -488,6 +493,22 @@ class StudyASHA(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         self._of(trial).on_trial_remove(tune_controller, trial)
+
+
+class Configs(SavedSearcher):
+    """The given trial configs, in order (the studies' configs differ in their keys, which
+    Tune's `points_to_evaluate` does not allow)."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs = list(configs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
 
 
 def _tuner(trainable: Any, studies: list[Study], cfg: SweepConfig, slots: int,
@@ -624,12 +645,17 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         grid = [] if stop.is_set() else _fit(tuner, path, trainable, cfg, deadline, stop)
         trial_rows = _trial_rows(grid, studies)
         histories = [_history(res) for res in grid if res.metrics_dataframe is not None]
+        mine = {s.name: [(r, res) for r, res in zip(trial_rows, grid, strict=True)
+                         if r["study"] == s.name] for s in studies}
+        chosen = {s.name: _best(mine[s.name], s) for s in studies}
+        found = {name: best for name, best in chosen.items() if best is not None}
+        seeds = _seed_runs(found, cfg, slots, trainable) \
+            if cfg.final_seeds > 1 and found and not stop.is_set() else {}
         rows = []
         for study in studies:
-            mine = [(r, res) for r, res in zip(trial_rows, grid, strict=True)
-                    if r["study"] == study.name]
-            if mine:
-                rows.append(_study_row(mine, study, data, cfg, run_dir, trainable))
+            if mine[study.name]:
+                rows.append(_study_row(mine[study.name], study, chosen[study.name],
+                                       seeds.get(study.name, []), data, cfg, run_dir))
             else:
                 status = "interrupted" if stop.is_set() else "time budget spent" \
                     if deadline is not None and time.time() >= deadline else "no trial ran"
@@ -711,26 +737,33 @@ def _fit(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfig,
     return grid
 
 
-def _study_row(trials: list[tuple[dict[str, Any], Any]], study: Study, data: PreparedData,
-               cfg: SweepConfig, run_dir: Path, trainable: Any) -> dict[str, Any]:
-    """The study's line of the table from its (trial row, Tune result) pairs: the trial with
-    the best validation value of any epoch, tested (and re-run with more seeds)."""
+def _best(trials: list[tuple[dict[str, Any], Any]], study: Study) -> Any:
+    """The study's trial with the best validation value of any epoch (and a checkpoint)."""
+    chosen = [(r["best"], res) for r, res in trials
+              if r["best"] is not None and math.isfinite(r["best"]) and res.checkpoint]
+    if not chosen:
+        return None
+    pick = min if study.mode == "min" else max
+    return pick(chosen, key=lambda pair: pair[0])[1]
+
+
+def _study_row(trials: list[tuple[dict[str, Any], Any]], study: Study, best: Any,
+               seed_runs: list[Any], data: PreparedData, cfg: SweepConfig, run_dir: Path
+               ) -> dict[str, Any]:
+    """The study's line of the table from its (trial row, Tune result) pairs: its best trial
+    tested, with the re-runs of that configuration with more seeds."""
     done = sum(row["status"] == "ok" for row, _ in trials)
     # failed: raised or diverged; trials an interruption left unfinished are neither
     failed = sum(row["status"] in ("error", "diverged") for row, _ in trials)
     row: dict[str, Any] = {"study": study.name, "model": study.model, "task": study.task,
                            "metric": study.metric, "trials_done": done,
                            "trials_failed": failed}
-    chosen = [(r["best"], res) for r, res in trials
-              if r["best"] is not None and math.isfinite(r["best"]) and res.checkpoint]
-    if not chosen:
+    if best is None:
         return {**row, "status": "no finished trial"}
-    pick = min if study.mode == "min" else max
-    best = pick(chosen, key=lambda pair: pair[0])[1]
     _, hparams = split_config(best.config)
     runs = [_test_from_checkpoint(best, data, cfg, study, run_dir, study.name)]
-    if cfg.final_seeds > 1:
-        runs += _seed_runs(best, study, data, cfg, run_dir, trainable)
+    runs += [_test_from_checkpoint(r, data, cfg, study, run_dir,
+                                   f"{study.name}-seed{r.config['seed']}") for r in seed_runs]
     metrics = results.aggregate_seeds([_metrics_only(m) for m in runs])
     if len(runs) == 1:
         metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
@@ -740,24 +773,28 @@ def _study_row(trials: list[tuple[dict[str, Any], Any]], study: Study, data: Pre
             **metrics, "hparams": json.dumps(hparams, sort_keys=True)}
 
 
-def _seed_runs(best: Any, study: Study, data: PreparedData, cfg: SweepConfig, run_dir: Path,
-               trainable: Any) -> list[dict[str, float]]:
-    """Retrain the chosen configuration with `final_seeds - 1` more seeds (no search)."""
-    seeds = [cfg.seed + i for i in range(1, cfg.final_seeds)]
-    name = f"{study.name}-seeds"
-    path = f"{experiment_root(cfg)}/{name}"
+def _seed_runs(bests: dict[str, Any], cfg: SweepConfig, slots: int, trainable: Any
+               ) -> dict[str, list[Any]]:
+    """Retrain each study's chosen configuration with `final_seeds - 1` more seeds (no
+    search), all studies in one experiment; returns each study's finished runs."""
+    path = f"{experiment_root(cfg)}/{SEEDS}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        space = {**best.config, "seed": tune.grid_search(seeds)}
-        tuner = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(
-            name=name, storage_path=experiment_root(cfg), verbose=0,
+        points = [{**best.config, "seed": cfg.seed + i} for best in bests.values()
+                  for i in range(1, cfg.final_seeds)]
+        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
+            search_alg=Configs(points),
+            num_samples=len(points), max_concurrent_trials=min(slots, len(points)),
+            reuse_actors=True), run_config=tune.RunConfig(
+            name=SEEDS, storage_path=experiment_root(cfg), verbose=0,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)))
-    grid = tuner.fit()
-    return [_test_from_checkpoint(r, data, cfg, study, run_dir,
-                                  f"{study.name}-seed{r.config['seed']}")
-            for r in grid if r.checkpoint is not None and not r.error]
+    runs: dict[str, list[Any]] = collections.defaultdict(list)
+    for r in tuner.fit():
+        if r.checkpoint is not None and not r.error:
+            runs[r.config["study"]].append(r)
+    return runs
 
 
 def load_run_config(run_dir: str | Path) -> SweepConfig:

@@ -85,13 +85,17 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
 
 def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path: Path
                                                                           ) -> None:
-    cfg = load_config(None, {"name": "seeds", "storage": str(tmp_path), "models": ["mf"],
-                             "baselines": [], "trials": 2, "epochs": 3, "final_seeds": 3,
-                             "wandb": "disabled", "data": {"dataset": DATASET},
-                             "train": {"refit": True}})
+    cfg = load_config(None, {"name": "seeds", "storage": str(tmp_path),
+                             "models": ["mf", "neumf"], "baselines": [], "trials": 2,
+                             "epochs": 3, "final_seeds": 3, "wandb": "disabled",
+                             "data": {"dataset": DATASET}, "train": {"refit": True}})
     run_dir = run_sweep(cfg)
-    row = results.load(run_dir).iloc[0]
-    assert row["status"] == "ok" and row["seeds"] == 3
+    table = results.load(run_dir)
+    assert (table["status"] == "ok").all() and (table["seeds"] == 3).all()
+    assert table.loc[1, "test/ndcg@10_std"] >= 0  # neumf's seeds were re-run as well
+    # the 2 more seeds of both studies ran as one experiment
+    assert len(list((run_dir / "seeds").glob("run_trial_*"))) == 4
+    row = table.iloc[0]
     assert row["test/rmse_std"] > 0  # three different seeds, three different models
     # each seed's test is of its refit on train + val, the model its checkpoint holds
     full = fold_val(load_dataset(cfg.data))
