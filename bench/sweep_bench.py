@@ -9,9 +9,10 @@ object store), one CPU per trial. Prints:
   goal <= 15%; and the same against the trials run in one process per slot at once, with
   no Ray: what running trials side by side costs on this machine (shared caches, memory
   bandwidth) is not orchestration;
-- trial start-up: from a slot freeing up (the sweep's start, or an earlier trial completing)
+- trial start-up: from a slot freeing up (the search's start, or an earlier trial completing)
   to the next trial beginning to train (worker up, data fetched from the object store,
-  model built), goal < 2 s.
+  model built), goal < 2 s. As in the sweep, Ray starts before the data loads: the first
+  trials' workers import torch meanwhile (orchestrator.warm).
 
 Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10] [--reuse both|true|false]`
 (on 2 cores about 8 minutes with `--reuse true`, 12 with both).
@@ -67,8 +68,8 @@ def side_by_side(data, cfg: TrainConfig, hps: list[dict], slots: int) -> list[fl
     return [t for chunk in chunks for t in chunk]
 
 
-def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: bool
-              ) -> tuple[float, list]:
+def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: Path,
+              reuse: bool) -> tuple[float, list]:
     import ray
     from ray import tune
 
@@ -82,7 +83,9 @@ def with_tune(data, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: boo
         def on_trial_complete(self, iteration, trials, trial, **info):
             completed.append(time.time())
 
-    connect(SweepConfig())  # a local Ray, started as the sweep starts it
+    # as the sweep: Ray starts (its first workers import the trials' modules) as the data loads
+    connect(SweepConfig())
+    data = load_dataset(data_cfg)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, train_cfg=cfg), {"cpu": 1})
     space = {"study": "mf", "model": "mf", "task": "rating", "seed": cfg.seed, "metric": "val/rmse",
@@ -112,7 +115,8 @@ def main() -> None:
                         help="actor reuse settings to measure")
     args = parser.parse_args()
     torch.set_num_threads(1)  # what each 1-CPU trial gets from Ray (OMP_NUM_THREADS=1)
-    data = load_dataset(DataConfig(dataset="ml-100k", split="u1", data_dir=str(SHARED)))
+    data_cfg = DataConfig(dataset="ml-100k", split="u1", data_dir=str(SHARED))
+    data = load_dataset(data_cfg)
     cfg = TrainConfig(patience=0)  # no early stopping: every trial costs the same
     in_process(data, cfg, configs(1, 1))  # warm-up: first-call costs are not epochs
     one = in_process(data, cfg, configs(1, 4))[0] / 4
@@ -132,7 +136,7 @@ def main() -> None:
           "| trial start-up median | max (goal < 2 s) |\n|---|---|---|---|---|---|")
     for reuse in {"both": (False, True), "true": (True,), "false": (False,)}[args.reuse]:
         with tempfile.TemporaryDirectory() as tmp:
-            wall, starts = with_tune(data, cfg, hps, Path(tmp), reuse)
+            wall, starts = with_tune(data_cfg, cfg, hps, Path(tmp), reuse)
         print("# start-ups (s): " + " ".join(f"{s:.2f}" for s in starts))
         print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / sum(serial) - 1:+.1%} | "
               f"{wall * slots / sum(parallel) - 1:+.1%} | {statistics.median(starts):.2f} s | "

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import importlib.util
 import json
@@ -49,6 +50,7 @@ def missing_viz() -> list[str]:
     return missing
 
 
+@functools.cache  # once per process
 def compile_umap_in_background() -> None:
     """Start compiling UMAP's numba kernels (about 9 s on their first use in a process) in a
     daemon thread, so that the report at the end of a sweep finds them ready: a sweep's

@@ -2,7 +2,9 @@
 
 - several nodes: `ray.cluster_utils.Cluster` with a head and two workers declaring GPUs (so
   GPU-fraction scheduling is exercised on CPU); one worker is removed mid-sweep;
-- driver loss: a sweep process is killed with SIGKILL mid-way and continued with --resume.
+- driver loss: a sweep process is killed with SIGKILL mid-way and continued with --resume;
+- warm start: on a local Ray the first trials run in the workers Ray started with it, which
+  imported the trials' modules as they started (orchestrator.warm).
 """
 
 from __future__ import annotations
@@ -132,6 +134,38 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert trials["trial_id"].is_unique
     assert (trials.groupby("study").size() == 4).all()  # each study's 4, none run twice
     assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
+
+
+def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Path) -> None:
+    from ray import tune
+
+    from orchestrator.config import SweepConfig
+    from orchestrator.sweep import connect
+
+    def probe(config: dict) -> None:  # nested: pickled by value for the workers
+        from orchestrator.trainable import use_trial_cpus
+
+        warm = sys.modules.get("orchestrator.warm")
+        tune.report({"claimed": bool(warm and warm.CLAIMED), "threads": use_trial_cpus(),
+                     "pid": os.getpid()})
+
+    connect(SweepConfig())  # a local Ray, started as the sweep starts it
+    cpus = int(ray.cluster_resources()["CPU"])
+    grid = tune.Tuner(tune.with_resources(probe, {"cpu": 1}),
+                      param_space={"i": tune.grid_search(list(range(cpus)))},
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    # one trial per CPU at once, each in a worker that took a token and imported torch...
+    assert [r.metrics["claimed"] for r in grid] == [True] * cpus
+    assert len({r.metrics["pid"] for r in grid}) == cpus
+    # ...with its thread pool sized to the trial's CPU, not to the machine
+    assert [r.metrics["threads"] for r in grid] == [1] * cpus
+
+    @ray.remote(num_cpus=0)
+    def later() -> tuple[bool, bool]:  # a process started later, as W&B's actors are
+        warm = sys.modules.get("orchestrator.warm")
+        return bool(warm and warm.CLAIMED), "torch" in sys.modules
+
+    assert ray.get(later.remote()) == (False, False)  # no token left: it stays light
 
 
 @pytest.fixture(autouse=True)
