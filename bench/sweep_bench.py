@@ -10,9 +10,10 @@ object store), one CPU per trial. Prints:
   no Ray: what running trials side by side costs on this machine (shared caches, memory
   bandwidth) is not orchestration;
 - trial start-up: from a slot freeing up (the search's start, or an earlier trial completing)
-  to the next trial beginning to train (worker up, data fetched from the object store,
-  model built), goal < 2 s. As in the sweep, Ray starts before the data loads: the first
-  trials' workers import torch meanwhile (orchestrator.warm).
+  to the next trial's first batch (worker up, data fetched from the object store, model and
+  optimizer built, one forward and backward pass), goal < 2 s. As in the sweep, Ray starts
+  before the data loads: the first trials' workers import torch meanwhile
+  (orchestrator.warm).
 
 Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10] [--reuse both|true|false]`
 (on 2 cores about 8 minutes with `--reuse true`, 12 with both).
@@ -98,9 +99,9 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
     grid = tuner.fit()
     wall = time.perf_counter() - start
     # A trial is scheduled when a slot frees: at the start for the first wave, else when
-    # the k-th trial before it completes. Start-up runs from then to training's start.
+    # the k-th trial before it completes. Start-up runs from then to its first batch.
     slots = os.cpu_count() or 1
-    began = sorted(r.metrics["started_at"] for r in grid)
+    began = sorted(r.metrics["first_batch_at"] for r in grid)
     free = [t0] * slots + sorted(completed)
     starts = [b - f for b, f in zip(began, free, strict=False)]
     ray.shutdown()

@@ -338,6 +338,15 @@ class StudyWandb(WandbLoggerCallback):
         super().__init__(**kwargs)
         self.sweep = sweep
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Not yet: the run's two actor processes start with the trial's first result (Ray's
+        `log_trial_result`), not beside the trial's own start-up on the same cores."""
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if trial not in self._trial_logging_actors:  # it ended before its first result
+            self.log_trial_start(trial)
+        super().log_trial_end(trial, failed)
+
     def log_trial_start(self, trial: Any) -> None:
         study = trial.config["study"]
         self.group, self.kwargs["job_type"] = f"{self.sweep}/{study}", study
@@ -374,10 +383,11 @@ def wandb_callbacks(cfg: SweepConfig, run_dir: Path) -> list[Any]:
 
 
 class ReportKernels(tune.Callback):
-    """Compiles the report's UMAP kernels in the background once the first trial runs; any
-    earlier, their 9 s of CPU would slow the first trials' workers as they import torch."""
+    """Compiles the report's UMAP kernels in the background from the first trial result on;
+    any earlier, their 9 s of CPU would slow the first trials' start on the same cores."""
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
         compile_umap_in_background()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from ray import tune
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from data.types import PreparedData
 from models.base import DataSpec
@@ -58,8 +59,11 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
             state = load_state(directory)
 
     latest: dict[str, Any] = {}
-    # wall-clock time training starts: the driver's scheduling time to this is trial start-up
-    started_at = time.time()
+    # wall-clock time of the first batch's optimizer step: from the driver scheduling the
+    # trial to this is its start-up (worker up, data fetched, model and optimizer built)
+    first_step: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda *_: None if first_step else first_step.append(time.time()))
 
     saved_at = reported_at = -math.inf
 
@@ -80,7 +84,9 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         if not (checkpoint or improved or now - reported_at >= cfg.report_every_s):
             return
         reported_at = now
-        metrics = {**metrics, "status": "running", "started_at": started_at}
+        hook.remove()
+        metrics = {**metrics, "status": "running",
+                   "first_batch_at": first_step[0] if first_step else math.nan}
         if not checkpoint:
             tune.report(metrics)
             return
@@ -89,8 +95,11 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         saved_at = time.time()
 
-    result = fit(model, data, cfg, report, state=state,
-                 on_state=lambda s: latest.__setitem__("state", s))
+    try:
+        result = fit(model, data, cfg, report, state=state,
+                     on_state=lambda s: latest.__setitem__("state", s))
+    finally:
+        hook.remove()
     if result.status == "diverged":
         # NaN tells Optuna the trial failed; the table shows the status and the reason.
         tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,

@@ -66,4 +66,6 @@ def _claim(folder: str) -> bool:
 # whether this process took a token: it imported the trial's modules as it started
 CLAIMED = bool(os.environ.get(TOKENS)) and _claim(os.environ[TOKENS])
 if CLAIMED:
+    import torch._dynamo  # noqa: F401  (what building a trial's first optimizer imports, 0.9 s)
+
     import orchestrator.trainable  # noqa: F401

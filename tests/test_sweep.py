@@ -165,3 +165,28 @@ def test_results_reach_the_wandb_queue_in_order_without_waiting_for_it() -> None
         assert [feed.queue.get(timeout=10) for _ in range(50)] == list(range(50))
     finally:
         ray.shutdown()
+
+
+def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+    from ray import tune
+
+    from orchestrator.sweep import StudyWandb
+
+    def fails(config: dict) -> None:  # nested: pickled by value for the workers
+        raise RuntimeError("diverged before its first epoch ended")
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        # W&B's actors start with a trial's first result; this trial has none
+        tune.Tuner(fails, param_space={"study": "mf"}, run_config=tune.RunConfig(
+            name="failed", storage_path=str(tmp_path), verbose=0,
+            callbacks=[StudyWandb("night", project="p", mode="offline", dir=str(tmp_path))],
+        )).fit()
+    finally:
+        ray.shutdown()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    assert b"night/mf" in next(runs[0].glob("*.wandb")).read_bytes()
