@@ -158,6 +158,7 @@ def experiment_root(cfg: SweepConfig) -> str:
 
 def connect(cfg: SweepConfig) -> None:
     """Join the cluster at `address` (or start a local one) and fail early if unreachable."""
+    warm_start_trials()
     if ray.is_initialized():
         return
     host, _, port = cfg.address.rpartition(":")
@@ -168,7 +169,6 @@ def connect(cfg: SweepConfig) -> None:
         except OSError as e:
             raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}"
                              ) from None
-    warm_start_trials()
     try:
         if cfg.address or os.environ.get("RAY_ADDRESS"):  # as `ray job submit` sets it
             ray.init(address=cfg.address or None, log_to_driver=False)
@@ -184,9 +184,9 @@ def warm_start_trials() -> None:
     """Let Tune's trial actors start in the idle workers Ray starts with the job (warmed by
     `orchestrator.warm` on a local Ray): Tune gives its actors the runtime env
     `{"env_vars": {"PL_DISABLE_FORK": "1"}}`, for PyTorch Lightning, which no trial uses, and
-    Ray starts an actor whose runtime env differs from the job's in a new process, about
-    2.5 s from scheduled to its first batch on 2 cores instead of 0.2 s. Without the variable
-    the env is the job's. (If a later Tune moves it, trials start cold: slower, not wrong.)"""
+    Ray starts an actor whose runtime env differs from the job's in a new process, which
+    spawns and imports everything after the trial is scheduled. Without the variable the env
+    is the job's. (If a later Tune moves it, trials start cold: slower, not wrong.)"""
     with contextlib.suppress(ImportError):
         from ray.tune.execution import class_cache
 
