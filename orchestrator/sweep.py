@@ -546,21 +546,20 @@ class Configs(SavedSearcher):
         pass
 
 
-def _tuner(trainable: Any, studies: list[Study], cfg: SweepConfig, slots: int,
-           budget: float | None, callbacks: list[Any]) -> tune.Tuner:
-    # Actors are reused (a new worker costs seconds of imports per trial); run_trial frees
-    # what a stopped predecessor left on the device.
-    # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a trial it
-    # stops is told to Optuna as complete with its truncated value.
-    total = cfg.trials * len(studies)
+def _experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_alg: Any,
+                trials: int, callbacks: list[Any] | None = None, **tune_config: Any
+                ) -> tune.Tuner:
+    """A Tune experiment `name` of `trials` trials in the run directory, at most `slots` at
+    once. Actors are reused (a new worker costs seconds of imports per trial; run_trial frees
+    what a stopped predecessor left on the device); a trial that fails restarts from its last
+    checkpoint, up to `max_failures` times."""
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=StudySearch(studies, cfg),
-                                    scheduler=StudyASHA(studies, cfg), num_samples=total,
-                                    max_concurrent_trials=min(slots, total),
-                                    time_budget_s=budget, reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=trials,
+                                    max_concurrent_trials=min(slots, trials),
+                                    reuse_actors=True, **tune_config),
         run_config=tune.RunConfig(
-            name=SEARCH, storage_path=experiment_root(cfg),
+            name=name, storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=callbacks, verbose=0))
@@ -677,7 +676,11 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
             callbacks = [Progress(studies, cfg.trials, start, deadline), ReportKernels(),
                          *wandb_callbacks(cfg, run_dir)]
             left = None if deadline is None else max(1.0, deadline - time.time())
-            tuner = _tuner(trainable, studies, cfg, slots, left, callbacks)
+            # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a
+            # trial it stops is told to Optuna as complete with its truncated value.
+            tuner = _experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg),
+                                cfg.trials * len(studies), callbacks,
+                                scheduler=StudyASHA(studies, cfg), time_budget_s=left)
         grid = [] if stop.is_set() else _fit(tuner, path, trainable, cfg, deadline, stop)
         trial_rows = _trial_rows(grid, studies)
         histories = [_history(res) for res in grid if res.metrics_dataframe is not None]
@@ -819,13 +822,7 @@ def _seed_runs(bests: dict[str, Any], cfg: SweepConfig, slots: int, trainable: A
     else:
         points = [{**best.config, "seed": cfg.seed + i} for best in bests.values()
                   for i in range(1, cfg.final_seeds)]
-        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-            search_alg=Configs(points),
-            num_samples=len(points), max_concurrent_trials=min(slots, len(points)),
-            reuse_actors=True), run_config=tune.RunConfig(
-            name=SEEDS, storage_path=experiment_root(cfg), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)))
+        tuner = _experiment(trainable, SEEDS, cfg, slots, Configs(points), len(points))
     runs: dict[str, list[Any]] = collections.defaultdict(list)
     for r in tuner.fit():
         if r.checkpoint is not None and not r.error:
