@@ -39,15 +39,22 @@ def local_cpus() -> int:
 def warm_workers() -> Iterator[dict]:
     """Around a local `ray.init`: yields its `_system_config`, with a token for each of
     the first `local_cpus()` worker processes. Ray's processes inherit the token folder's
-    path from the environment as they start; the driver's own is restored after."""
+    path from the environment as they start; the driver's own is restored after.
+
+    Ray kills idle workers beyond a soft limit that by default counts the CPUs still
+    unreserved: once Tune's placement groups reserve them all, an idle warm worker is
+    killed before the trial actor asks for it, and the actor starts cold (about 1 sweep in
+    5 at the first wave, always once the workers idle for a second before the search). A
+    limit of one idle worker per CPU keeps them."""
     folder = tempfile.mkdtemp(prefix="recsweep-warm-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    for i in range(local_cpus()):
+    cpus = local_cpus()
+    for i in range(cpus):
         Path(folder, str(i)).touch()
     before = os.environ.get(TOKENS)
     os.environ[TOKENS] = folder
     try:
-        yield {"preload_python_modules": [__name__]}
+        yield {"preload_python_modules": [__name__], "num_workers_soft_limit": cpus}
     finally:
         if before is None:
             os.environ.pop(TOKENS, None)

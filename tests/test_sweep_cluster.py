@@ -168,6 +168,33 @@ def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Pat
     assert ray.get(later.remote()) == (False, False)  # no token left: it stays light
 
 
+def test_warm_workers_outlive_a_search_that_reserves_every_cpu() -> None:
+    """Tune reserves a trial's CPUs (a placement group) before it asks for its actor; Ray's
+    idle-worker killer, which runs every 200 ms, must not take the warm workers meanwhile."""
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from orchestrator.config import SweepConfig
+    from orchestrator.sweep import connect
+
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def claimed(self) -> tuple[bool, int]:
+            warm = sys.modules.get("orchestrator.warm")
+            return bool(warm and warm.CLAIMED), os.getpid()
+
+    connect(SweepConfig())
+    cpus = int(ray.cluster_resources()["CPU"])
+    group = placement_group([{"CPU": 1}] * cpus)
+    ray.get(group.ready())
+    time.sleep(2)  # the workers idle for over a second (Ray's threshold) with no CPU free
+    probes = [Probe.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        group, placement_group_bundle_index=i)).remote() for i in range(cpus)]
+    found = ray.get([p.claimed.remote() for p in probes])
+    assert [claimed for claimed, _ in found] == [True] * cpus
+    assert len({pid for _, pid in found}) == cpus
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_ray() -> None:
     yield
