@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -193,6 +194,36 @@ def test_warm_workers_outlive_a_search_that_reserves_every_cpu() -> None:
     found = ray.get([p.claimed.remote() for p in probes])
     assert [claimed for claimed, _ in found] == [True] * cpus
     assert len({pid for _, pid in found}) == cpus
+
+
+def test_nothing_of_the_local_ray_outlives_the_driver() -> None:
+    """A Ray worker can hang in its own exit for good (`orchestrator.warm.stop`). Its stand-in
+    here: a process a task leaves behind in a session of its own, out of reach of Ray's
+    process-group kill. The driver's exit kills it."""
+    script = """
+import subprocess, ray
+from orchestrator.config import SweepConfig
+from orchestrator.sweep import connect
+connect(SweepConfig())
+
+@ray.remote(num_cpus=0)
+def leave_behind() -> str:
+    return subprocess.run(["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 & echo $!"],
+                          capture_output=True, text=True).stdout
+
+print(ray.get(leave_behind.remote()), flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid = int(done.stdout.split()[-1])
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # gone, or a zombie that init has yet to collect
+        assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(autouse=True)
