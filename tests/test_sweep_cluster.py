@@ -4,7 +4,8 @@
   GPU-fraction scheduling is exercised on CPU); one worker is removed mid-sweep;
 - driver loss: a sweep process is killed with SIGKILL mid-way and continued with --resume;
 - warm start: on a local Ray the first trials run in the workers Ray started with it, which
-  imported the trials' modules as they started (orchestrator.warm).
+  imported the trials' modules as they started (orchestrator.warm), even once the search has
+  reserved every CPU; and none of that Ray's processes outlives the driver.
 """
 
 from __future__ import annotations
