@@ -138,11 +138,19 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
 
 
-def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Path) -> None:
-    from ray import tune
-
+@pytest.fixture
+def sweep_ray() -> int:
+    """A local Ray started as the sweep starts it (warm workers); returns its CPU count."""
     from orchestrator.config import SweepConfig
     from orchestrator.sweep import connect
+
+    connect(SweepConfig())
+    return int(ray.cluster_resources()["CPU"])
+
+
+def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Path,
+                                                                   sweep_ray: int) -> None:
+    from ray import tune
 
     def probe(config: dict) -> None:  # nested: pickled by value for the workers
         from orchestrator.trainable import use_trial_cpus
@@ -151,8 +159,7 @@ def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Pat
         tune.report({"claimed": bool(warm and warm.CLAIMED), "threads": use_trial_cpus(),
                      "pid": os.getpid()})
 
-    connect(SweepConfig())  # a local Ray, started as the sweep starts it
-    cpus = int(ray.cluster_resources()["CPU"])
+    cpus = sweep_ray
     grid = tune.Tuner(tune.with_resources(probe, {"cpu": 1}),
                       param_space={"i": tune.grid_search(list(range(cpus)))},
                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
@@ -170,14 +177,11 @@ def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Pat
     assert ray.get(later.remote()) == (False, False)  # no token left: it stays light
 
 
-def test_warm_workers_outlive_a_search_that_reserves_every_cpu() -> None:
+def test_warm_workers_outlive_a_search_that_reserves_every_cpu(sweep_ray: int) -> None:
     """Tune reserves a trial's CPUs (a placement group) before it asks for its actor; Ray's
     idle-worker killer, which runs every 200 ms, must not take the warm workers meanwhile."""
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from orchestrator.config import SweepConfig
-    from orchestrator.sweep import connect
 
     @ray.remote(num_cpus=1)
     class Probe:
@@ -185,8 +189,7 @@ def test_warm_workers_outlive_a_search_that_reserves_every_cpu() -> None:
             warm = sys.modules.get("orchestrator.warm")
             return bool(warm and warm.CLAIMED), os.getpid()
 
-    connect(SweepConfig())
-    cpus = int(ray.cluster_resources()["CPU"])
+    cpus = sweep_ray
     group = placement_group([{"CPU": 1}] * cpus)
     ray.get(group.ready())
     time.sleep(2)  # the workers idle for over a second (Ray's threshold) with no CPU free
