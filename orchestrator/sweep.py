@@ -34,10 +34,10 @@ import ray
 import yaml
 from optuna.samplers import TPESampler
 from ray import tune
-from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from data import describe, load_dataset
 from data.types import PreparedData
@@ -48,6 +48,7 @@ from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import sample_params, validate_space
+from orchestrator.tracking import WandbRuns
 from orchestrator.train import fit, monitored_metric, seed_everything, val_and_test
 from orchestrator.trainable import load_state, run_trial, split_config
 from orchestrator.warm import warm_workers
@@ -303,83 +304,73 @@ def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     return request, max(1, int(slots))
 
 
-class _QueueFeed:
-    """Hands one trial's results to its W&B logging actor without stalling Tune's loop.
+class SweepWandb(tune.Callback):
+    """One W&B run per trial, grouped by `<sweep>/<study>`, its id the trial's id, fed from
+    Tune's events to one `WandbRuns` actor (Ray's `WandbLoggerCallback` starts a logging
+    actor, a queue actor and a W&B service for every trial: about 2 s of CPU each, 17 of the
+    50 s of `--smoke` on 2 cores). Every call to the actor is sent without waiting, in
+    order; the actor starts with the first result, once the trials have their workers."""
 
-    Ray's callback puts each result into the trial's queue actor with a blocking call, and
-    that actor has only just been started: Tune's whole event loop then waits for a new
-    worker process, 1-2 s per trial (10.7 s of a 40 s `--smoke`). Here results wait in a
-    list and go over in one call once the previous call has landed, so they keep their order.
-    """
+    # Tune's bookkeeping: W&B records time and host itself
+    SKIP = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
+            "time_since_restore", "iterations_since_restore", "pid", "first_batch_at"}
+    UPLOAD_TIMEOUT_S = 60  # an interrupted online sweep must not hang on its uploads
 
-    def __init__(self, queue: Any) -> None:
-        self.queue, self.pending, self.sent = queue, [], None
+    def __init__(self, sweep: str, run_dir: Path, mode: str, project: str) -> None:
+        self.sweep, self.run_dir, self.mode, self.project = sweep, str(run_dir), mode, project
+        self.actor: Any = None
+        self.started: set[str] = set()
 
-    def put(self, item: Any) -> None:
-        self.pending.append(item)
-        self.flush()
+    def _start(self, trial: Any) -> None:
+        if self.actor is None:
+            # Pinned to the driver's node: the runs are written into the run directory there.
+            # An online sweep's key goes to that one process, as Ray's callback passes it.
+            key = os.environ.get("WANDB_API_KEY") if self.mode == "online" else None
+            self.actor = ray.remote(WandbRuns).options(
+                num_cpus=0, runtime_env={"env_vars": {"WANDB_API_KEY": key}} if key else None,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    ray.get_runtime_context().get_node_id(), soft=False),
+            ).remote(self.run_dir, self.mode, self.project)
+        if trial.trial_id not in self.started:
+            self.started.add(trial.trial_id)
+            study = trial.config["study"]
+            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{study}", study,
+                                    dict(trial.config))
 
-    def flush(self, wait: bool = False) -> None:
-        if self.sent is not None and not ray.wait([self.sent], timeout=None if wait else 0)[0]:
-            return
-        self.sent = None
-        if self.pending:
-            self.sent = self.queue.actor.put_nowait_batch.remote(self.pending)
-            self.pending = []
-            if wait:
-                ray.wait([self.sent])
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._start(trial)
+        metrics = {k: v for k, v in result.items() if k not in self.SKIP
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        ended = result.get("status", "running") != "running"  # diverged: status and reason
+        summary = {k: result[k] for k in ("status", "message") if ended and k in result}
+        self.actor.log.remote(trial.trial_id, metrics, summary)
 
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._start(trial)  # a trial that ended before its first result still has its run
+        self.actor.finish.remote(trial.trial_id, 0)
 
-class StudyWandb(WandbLoggerCallback):
-    """Ray's W&B callback, one run per trial, grouped by sweep and by the trial's study;
-    results reach the logging actors without blocking Tune (`_QueueFeed`)."""
-
-    def __init__(self, sweep: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.sweep = sweep
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Not yet: the run's two actor processes start with the trial's first result (Ray's
-        `log_trial_result`), not beside the trial's own start-up on the same cores."""
-
-    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        if trial not in self._trial_logging_actors:  # it ended before its first result
-            self.log_trial_start(trial)
-        super().log_trial_end(trial, failed)
-
-    def log_trial_start(self, trial: Any) -> None:
-        study = trial.config["study"]
-        self.group, self.kwargs["job_type"] = f"{self.sweep}/{study}", study
-        super().log_trial_start(trial)
-        queue = self._trial_queues.get(trial)
-        if queue is not None and not isinstance(queue, _QueueFeed):
-            self._trial_queues[trial] = _QueueFeed(queue)
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        for feed in list(self._trial_queues.values()):
-            feed.flush()
-        super().on_step_end(iteration, trials, **info)
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._start(trial)
+        self.actor.finish.remote(trial.trial_id, 1)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for feed in list(self._trial_queues.values()):
-            feed.flush(wait=True)
-        super().on_experiment_end(trials, **info)
+        if self.actor is None:
+            return
+        try:
+            errors = ray.get(self.actor.close.remote(), timeout=self.UPLOAD_TIMEOUT_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            errors = [f"the W&B runs did not finish: {type(e).__name__}: {e}"]
+        ray.kill(self.actor)
+        self.actor = None
+        for error in errors:
+            print(f"W&B: {error}", file=sys.stderr, flush=True)
 
 
 def wandb_callbacks(cfg: SweepConfig, run_dir: Path) -> list[Any]:
-    """The W&B callback, its runs written to `<run_dir>/wandb/` on the driver's node.
-
-    Ray would write each into its trial's folder in the driver's staging area, for Tune's
-    syncs to copy to storage; but the last sync comes before the callback waits for its runs
-    to finish, so the runs that end last would reach storage without their data.
-    """
-    if cfg.wandb == "disabled":
-        return []
-    os.environ["WANDB_MODE"] = cfg.wandb  # read by Ray's key check and by wandb itself
-    # A short upload timeout: offline runs upload nothing, and an interrupted online sweep
-    # must not hang for Ray's default 30 minutes.
-    return [StudyWandb(cfg.name, project=cfg.wandb_project, mode=cfg.wandb, upload_timeout=60,
-                       dir=str(run_dir))]
+    """The W&B callback, its runs written to `<run_dir>/wandb/` on the driver's node."""
+    return [] if cfg.wandb == "disabled" else \
+        [SweepWandb(cfg.name, run_dir, cfg.wandb, cfg.wandb_project)]
 
 
 class ReportKernels(tune.Callback):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from wandb_log import wandb_run
 
 from orchestrator.sweep import load_config
 
@@ -74,11 +75,17 @@ def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
     runs = list((smoke_run / "wandb").glob("offline-run-*"))
     assert len(runs) == 8, runs  # one W&B run per trial
     trials = pd.read_parquet(smoke_run / "trials.parquet").set_index("trial_id")
-    for run in runs:
-        # the run's id is its trial's id; its group is "<sweep>/<study>" of that trial
-        log = next(run.glob("*.wandb")).read_bytes()
-        study = trials.loc[run.name.rsplit("-", 1)[1], "study"]
-        assert f"smoke/{study}".encode() in log, (run, study)
+    for folder in runs:
+        run = wandb_run(folder)
+        trial = trials.loc[run["run"].run_id]  # the run's id is its trial's id
+        assert run["run"].run_group == f"smoke/{trial['study']}"
+        assert run["exit_code"] == 0
+        epochs = [row["epoch"] for row in run["history"]]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == trial["epochs"], epochs
+        # every improving epoch was logged: the run's best is the trial's best
+        values = [row[trial["metric"]] for row in run["history"]]
+        best = min(values) if trial["metric"] == "val/rmse" else max(values)
+        assert best == pytest.approx(trial["best"]), folder
     for path in smoke_run.rglob("*"):
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes(), path
@@ -148,45 +155,67 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
     assert told == {"mf": [0.9], "neumf": []}
 
 
-def test_results_reach_the_wandb_queue_in_order_without_waiting_for_it() -> None:
-    import ray
-    from ray.util.queue import Queue
+def test_wandb_runs_open_at_once_keep_their_rows_apart_and_in_order(tmp_path: Path) -> None:
+    from orchestrator.tracking import WandbRuns
 
-    from orchestrator.sweep import _QueueFeed
+    runs = WandbRuns(str(tmp_path), "offline", "p")
+    runs.start("a", "trial a", "night/mf", "mf", {"lr": 0.1})
+    runs.start("b", "trial b", "night/neumf", "neumf", {"lr": 0.2})
+    for epoch in range(1, 6):  # interleaved, as the trials of a sweep report
+        runs.log("a", {"epoch": epoch, "val/rmse": 1 / epoch}, {})
+        runs.log("b", {"epoch": epoch, "val/ndcg@10": epoch / 10}, {})
+    runs.log("b", {"epoch": 6, "val/ndcg@10": float("nan")},
+             {"status": "diverged", "message": "epoch 6: val/ndcg@10 is nan"})
+    runs.finish("a", 0)
+    runs.finish("b", 1)
+    runs.start("c", "trial c", "night/mf", "mf", {})  # open when the search ends
+    runs.log("ghost", {"epoch": 1}, {})  # no run was started for it: said, not dropped
+    assert runs.close() == ["trial ghost: log: no run was started for it"]
 
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        feed = _QueueFeed(Queue())  # its actor is still starting while the results come
-        for i in range(50):
-            feed.put(i)
-        assert feed.pending  # not all sent yet: put never waited for the actor
-        feed.flush(wait=True)
-        assert not feed.pending
-        assert [feed.queue.get(timeout=10) for _ in range(50)] == list(range(50))
-    finally:
-        ray.shutdown()
+    found = {r["run"].run_id: r for r in map(wandb_run, (tmp_path / "wandb").glob("offline-*"))}
+    assert sorted(found) == ["a", "b", "c"]
+    a, b = found["a"], found["b"]
+    assert (a["run"].run_group, b["run"].run_group) == ("night/mf", "night/neumf")
+    assert [r["val/rmse"] for r in a["history"]] == [1 / e for e in range(1, 6)]
+    assert [r["epoch"] for r in b["history"]] == [1, 2, 3, 4, 5, 6]
+    assert "val/rmse" not in b["history"][0] and "val/ndcg@10" not in a["history"][0]
+    assert b["summary"]["status"] == "diverged" and "diverged" not in a["summary"].values()
+    assert (a["exit_code"], b["exit_code"], found["c"]["exit_code"]) == (0, 1, 0)
+
+
+def test_a_wandb_error_is_reported_and_does_not_stop_the_caller(tmp_path: Path) -> None:
+    from orchestrator.tracking import WandbRuns
+
+    runs = WandbRuns(str(tmp_path), "sideways", "p")  # not a W&B mode: init raises
+    runs.start("a", "trial a", "night/mf", "mf", {})
+    runs.log("a", {"epoch": 1}, {})
+    runs.finish("a", 0)
+    errors = runs.close()
+    assert len(errors) == 1 and errors[0].startswith("trial a: start:"), errors
+    assert "sideways" in errors[0]
 
 
 def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     import ray
     from ray import tune
 
-    from orchestrator.sweep import StudyWandb
+    from orchestrator.sweep import SweepWandb
 
     def fails(config: dict) -> None:  # nested: pickled by value for the workers
         raise RuntimeError("diverged before its first epoch ended")
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
     ray.init(num_cpus=1, include_dashboard=False)
     try:
-        # W&B's actors start with a trial's first result; this trial has none
+        # the W&B actor starts with the first result; this trial has none
         tune.Tuner(fails, param_space={"study": "mf"}, run_config=tune.RunConfig(
             name="failed", storage_path=str(tmp_path), verbose=0,
-            callbacks=[StudyWandb("night", project="p", mode="offline", dir=str(tmp_path))],
+            callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
         )).fit()
     finally:
         ray.shutdown()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
-    assert b"night/mf" in next(runs[0].glob("*.wandb")).read_bytes()
+    run = wandb_run(runs[0])
+    assert run["run"].run_group == "night/mf" and run["exit_code"] == 1  # failed
+    assert run["history"] == []
