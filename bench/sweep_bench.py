@@ -6,9 +6,10 @@ experiment through the sweep's own trainable (`run_trial`, data passed once thro
 object store), one CPU per trial. Prints:
 
 - overhead = (sweep wall-clock x concurrent slots) / (sum of in-process trial times) - 1,
-  goal <= 15%; and the same against the trials run in one process per slot at once, with
-  no Ray: what running trials side by side costs on this machine (shared caches, memory
-  bandwidth) is not orchestration;
+  goal <= 15%, against the mean of the in-process times measured before and after the
+  sweeps (in brackets: against each); and the same against the trials run in one process
+  per slot at once, with no Ray: what running trials side by side costs on this machine
+  (shared caches, memory bandwidth) is not orchestration;
 - trial start-up: from a slot freeing up (the search's start, or an earlier trial completing)
   to the next trial's first batch (worker up, data fetched from the object store, model and
   optimizer built, one forward and backward pass), goal < 2 s. As in the sweep, Ray starts
@@ -16,7 +17,7 @@ object store), one CPU per trial. Prints:
   (orchestrator.warm).
 
 Run: `python bench/sweep_bench.py [--trials 16] [--seconds 10] [--reuse both|true|false]`
-(on 2 cores about 8 minutes with `--reuse true`, 12 with both).
+(on 2 cores about 10 minutes with `--reuse true`, 12 with both).
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def in_process(data, cfg: TrainConfig, hps: list[dict]) -> list[float]:
 
 
 def side_by_side(data, cfg: TrainConfig, hps: list[dict], slots: int) -> list[float]:
-    """The trials in `slots` processes at once (forked, one thread each), as Ray runs them."""
-    with multiprocessing.get_context("fork").Pool(slots) as pool:
+    """The trials in `slots` processes at once (one thread each), as Ray runs them. Spawned:
+    after a sweep this process has Ray's threads, and forking a threaded process can hang."""
+    with multiprocessing.get_context("spawn").Pool(
+            slots, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         chunks = pool.starmap(in_process, [(data, cfg, hps[i::slots]) for i in range(slots)])
     return [t for chunk in chunks for t in chunk]
 
@@ -123,26 +126,36 @@ def main() -> None:
     one = in_process(data, cfg, configs(1, 4))[0] / 4
     epochs = max(1, math.ceil(args.seconds / one))
     hps = configs(args.trials, epochs)
-    serial = in_process(data, cfg, hps)
     slots = os.cpu_count() or 1
-    parallel = side_by_side(data, cfg, hps, slots)
+
+    def baselines() -> tuple[float, float]:
+        return sum(in_process(data, cfg, hps)), sum(side_by_side(data, cfg, hps, slots))
+
+    # This machine's speed drifts by 5-10% within minutes: the baselines run before and
+    # after the sweeps, and the overhead is taken against their mean.
+    before = baselines()
+    walls = {}
+    for reuse in {"both": (False, True), "true": (True,), "false": (False,)}[args.reuse]:
+        with tempfile.TemporaryDirectory() as tmp:
+            walls[reuse] = with_tune(data_cfg, cfg, hps, Path(tmp), reuse)
+    after = baselines()
+    serial, parallel = (statistics.mean(pair) for pair in zip(before, after, strict=True))
     print(f"# sweep orchestration overhead ({platform.processor() or platform.machine()}, "
           f"{slots} CPUs, torch {torch.__version__}); command: python "
           f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds} "
           f"--reuse {args.reuse}")
     print(f"# {args.trials} trials x {epochs} epochs; in-process training, sum: "
-          f"{sum(serial):.1f} s one after another, {sum(parallel):.1f} s in {slots} "
-          f"processes at once")
+          f"{before[0]:.1f} s before the sweeps and {after[0]:.1f} s after, one after another; "
+          f"{before[1]:.1f} s and {after[1]:.1f} s in {slots} processes at once")
     print(f"| actor reuse | sweep wall x slots | overhead (goal <= 15%) | vs {slots} processes "
           "| trial start-up median | max (goal < 2 s) |\n|---|---|---|---|---|---|")
-    for reuse in {"both": (False, True), "true": (True,), "false": (False,)}[args.reuse]:
-        with tempfile.TemporaryDirectory() as tmp:
-            wall, starts = with_tune(data_cfg, cfg, hps, Path(tmp), reuse)
+    for reuse, (wall, starts) in walls.items():
         print("# start-ups (s): " + " ".join(f"{s:.2f}" for s in starts))
-        print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / sum(serial) - 1:+.1%} | "
-              f"{wall * slots / sum(parallel) - 1:+.1%} | {statistics.median(starts):.2f} s | "
-              f"{max(starts):.2f} s |", flush=True)
-
+        spread = " to ".join(f"{o:+.1%}" for o in sorted(wall * slots / b - 1 for b in
+                                                        (before[0], after[0])))
+        print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / serial - 1:+.1%} "
+              f"({spread}) | {wall * slots / parallel - 1:+.1%} | "
+              f"{statistics.median(starts):.2f} s | {max(starts):.2f} s |", flush=True)
 
 if __name__ == "__main__":
     main()

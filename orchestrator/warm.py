@@ -8,7 +8,7 @@ CPU in a folder and asks Ray to import this module in every worker process it st
 `preload_python_modules`). Ray starts one idle worker per CPU as the driver connects; those
 claim the tokens and import the trial's modules while the driver loads the data and sets up
 the search, and Tune's first trial actors start in them (see `sweep.warm_start_trials`).
-Processes started later (W&B's logging and queue actors) find no token left and stay light.
+Processes started later (the sweep's W&B actor) find no token left and stay light.
 
 Every process of that Ray inherits the token folder's path, so it also names them: when the
 driver exits, `stop` shuts Ray down and kills what outlived it (`reap`).
@@ -71,8 +71,8 @@ def stop(folder: str) -> None:
     Ray down, waiting for its processes, then kill any that outlived it.
 
     A Ray worker can deadlock in its own exit (Ray's C++ core worker, destroying a pending
-    publisher while it shuts its event loop down): 2 of 96 W&B logging actors in 12 short
-    sweeps here, each left alive for good with 200-430 MB."""
+    publisher while it shuts its event loop down): 2 of 96 W&B logging actors (one per trial,
+    with Ray's W&B callback) in 12 short sweeps here, each left alive with 200-430 MB."""
     import ray
 
     ray.shutdown(wait_for_processes=True)
