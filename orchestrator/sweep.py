@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import netrc
 import os
 import pickle
 import signal
@@ -26,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,11 +140,24 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
             raise ValueError("trials and grace_period must be >= 1, epochs >= 0")
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
-        if cfg.wandb == "online" and not os.environ.get("WANDB_API_KEY"):
-            raise ValueError("wandb: online needs WANDB_API_KEY in the environment")
+        if cfg.wandb == "online" and not has_wandb_key():
+            raise ValueError("wandb: online needs a W&B API key: run `wandb login` on this "
+                             "node, or set WANDB_API_KEY")
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}{e.args[0] if isinstance(e, KeyError) else e}") from None
     return studies
+
+
+def has_wandb_key() -> bool:
+    """WANDB_API_KEY is set, or `wandb login` saved a key in this user's netrc for the W&B
+    host (WANDB_BASE_URL, else api.wandb.ai), where W&B itself will find it."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host.hostname) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def run_dir_of(cfg: SweepConfig) -> Path:

@@ -120,6 +120,24 @@ def test_wandb_sweep_syntax_is_accepted(tmp_path: Path) -> None:
     assert cfg.trials == 3 and cfg.models == ("mf", "neumf")
 
 
+def test_online_wandb_takes_the_key_of_wandb_login_or_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("WANDB_API_KEY", "NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="wandb login"):
+        load_config(None, {"wandb": "online"})
+    netrc = tmp_path / ".netrc"  # as `wandb login` leaves it
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {SECRET}\n")
+    netrc.chmod(0o600)
+    assert load_config(None, {"wandb": "online"}).wandb == "online"
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")  # a key for another host
+    with pytest.raises(ValueError, match="wandb login"):
+        load_config(None, {"wandb": "online"})
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    assert load_config(None, {"wandb": "online"}).wandb == "online"
+
+
 def test_resume_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
     proc = run_cli("sweep", "--resume", str(tmp_path))
     assert proc.returncode == 2 and "not a sweep run directory" in proc.stderr
