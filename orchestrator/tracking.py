@@ -24,7 +24,7 @@ class WandbRuns:
     Example:
         >>> runs = WandbRuns("runs/x", "offline", "recsweep")
         >>> runs.start("t1", "trial 1", "x/mf", "mf", {"lr": 0.01})
-        >>> runs.log("t1", {"epoch": 1, "val/rmse": 0.95}, {"status": "running"})
+        >>> runs.log("t1", {"epoch": 1, "val/rmse": 0.95}, {})  # metrics, summary
         >>> runs.finish("t1", 0)
         >>> runs.close()  # the errors met, if any: a W&B error never stops the caller
         []
