@@ -18,4 +18,3 @@ def ml100k_dir() -> Path:
     if not (path / "u.data").exists():
         pytest.fail(f"the real MovieLens 100K is expected at {path} (set RECSWEEP_SHARED_DATA)")
     return path
-
