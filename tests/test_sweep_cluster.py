@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+from wandb_log import wandb_run
 
 from orchestrator import results
 from orchestrator.sweep import load_config, run_sweep
@@ -43,7 +44,8 @@ def first_result(root: Path, timeout: float = 120, finished: bool = False) -> bo
     return False
 
 
-def test_sweep_survives_the_loss_of_a_node(tmp_path: Path) -> None:
+def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
@@ -53,7 +55,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path) -> None:
         cfg = load_config(None, {
             "name": "multi", "storage": str(tmp_path), "models": ["mf", "neumf"],
             "baselines": [], "trials": 3, "epochs": 4, "grace_period": 4, "gpus_per_trial": 0.5,
-            "cpus_per_trial": 0.5, "wandb": "disabled", "data": DATA})
+            "cpus_per_trial": 0.5, "wandb": "offline", "data": DATA})
 
         removed: list[float] = []
 
@@ -77,6 +79,16 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path) -> None:
     table = results.load(run_dir)
     assert list(table["study"]) == ["mf", "neumf"] and (table["trials_done"] == 3).all()
     assert (trials.groupby("study").size() == 3).all()
+    # W&B's actor lives on the driver's node: a trial restarted elsewhere goes on in its run.
+    # One that Tune gave up on and `_fit` resumed has a second folder with the same run id
+    # (`wandb sync` makes them one run); its last one ends the trial.
+    last = {}
+    for folder in sorted((run_dir / "wandb").glob("offline-run-*")):  # named by start time
+        run = wandb_run(folder)
+        last[run["run"].run_id] = run
+    assert sorted(last) == sorted(trials["trial_id"])
+    assert all(r["exit_code"] == 0 and r["history"][-1]["epoch"] == 4 for r in last.values())
+    assert "W&B:" not in capsys.readouterr().err  # no W&B error reported
 
 
 def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
