@@ -64,6 +64,23 @@ SEED_CHECKPOINT = re.compile(r".+-seed\d+")
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
+def _ignore_exporter_warnings() -> None:
+    """Two warnings of the exporter that say nothing to a user: one Dim shared by several
+    inputs makes it say it keeps one axis name (we rename the axes ourselves), and torch's
+    own pytree code trips its LeafSpec deprecation.
+
+    Set for the process at import, and again inside a `warnings.catch_warnings()` around each
+    export. The first alone is dropped when the import happens inside someone's
+    `catch_warnings` (pytest's collection). The second alone is undone mid-export when another
+    thread leaves its own `catch_warnings`: the sweep's UMAP compile does, and the warnings
+    reached 2 of 3 smoke runs' output."""
+    warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+    warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+
+
+_ignore_exporter_warnings()
+
+
 class ExportError(ValueError):
     """An export that could not be written or did not reproduce PyTorch."""
 
@@ -164,10 +181,7 @@ def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str]
     """One graph with the dynamo exporter; symbolic dims renamed to readable ones."""
     _keep_torchlib_ops()
     with warnings.catch_warnings():
-        # One Dim shared by several inputs makes the exporter say it keeps one axis name;
-        # we rename the axes ourselves below.
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
-        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        _ignore_exporter_warnings()
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET,
                                     input_names=names, output_names=outputs,
                                     dynamic_shapes=dynamic, verbose=False,
