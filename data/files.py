@@ -255,7 +255,7 @@ def load_ncf(spec: str) -> RawDataset:
         fingerprint=fingerprint(paths),
         files=[str(p) for p in paths],
         note=f"ncf: {prefix} ({len(train)} train, {len(test)} test rows, "
-             f"{negatives.shape[1]} fixed negatives each)",
+             f"up to {negatives.shape[1]} fixed negatives each)",
     )
 
 
@@ -265,7 +265,7 @@ def _interactions(df: pd.DataFrame) -> Interactions:
 
 
 def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.ndarray:
-    """Parse and check PREFIX.test.negative; returns item ids `[n_test, N]`."""
+    """Parse and check PREFIX.test.negative; returns item ids `[n_test, N]`, -1 padded."""
     rows: list[list[int]] = []
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -276,9 +276,11 @@ def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.n
                     raise ValueError
                 u, i = (int(x) for x in head[1:-1].split(","))
                 negs = [int(x) for x in fields[1:]]
+                if not negs or min(negs) < 0:
+                    raise ValueError
             except (ValueError, IndexError):
                 raise ValueError(f"{path}, line {lineno}: expected '(user,item)' then "
-                                 f"tab-separated negative item ids, got {line!r}") from None
+                                 f"tab-separated negative item ids (>= 0), got {line!r}") from None
             k = lineno - 1
             if k >= len(test) or (u, i) != (test.user[k], test.item[k]):
                 want = (f"({test.user[k]},{test.item[k]}), the test row on line {lineno} of the "
@@ -286,22 +288,25 @@ def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.n
                         f"no line: the test.rating file has only {len(test)} rows")
                 raise ValueError(f"{path}, line {lineno}: ({u},{i}) does not match; "
                                  f"expected {want}")
-            if rows and len(negs) != len(rows[0]):
-                raise ValueError(f"{path}, line {lineno}: {len(negs)} negatives, expected "
-                                 f"{len(rows[0])} like line 1")
+            if len(set(negs)) != len(negs):
+                twice = next(n for n in negs if negs.count(n) > 1)
+                raise ValueError(f"{path}, line {lineno}: negative item {twice} is listed "
+                                 "more than once")
             rows.append(negs)
     if len(rows) != len(test):
         raise ValueError(f"{path}: {len(rows)} lines, expected one per test row ({len(test)})")
-    neg = np.array(rows, dtype=np.int64).reshape(len(test), -1)  # [n_test, N]
+    width = max(map(len, rows), default=0)
+    neg = np.full((len(test), width), -1, dtype=np.int64)  # [n_test, N]
+    for k, negs in enumerate(rows):
+        neg[k, :len(negs)] = negs
     # a pair as one int64 code so membership is one vectorized isin
-    width = int(max(train.item.max(initial=0), test.item.max(initial=0), neg.max(initial=0))) + 1
-    train_codes = train.user * width + train.item  # [n_train]
-    in_train = np.isin(test.user[:, None] * width + neg, train_codes)  # [n_test, N]
-    is_test = neg == test.item[:, None]  # [n_test, N]
-    bad = np.argwhere(in_train | is_test)
+    top = int(max(train.item.max(initial=0), test.item.max(initial=0), neg.max(initial=0))) + 1
+    train_codes = train.user * top + train.item  # [n_train]
+    in_train = (neg >= 0) & np.isin(test.user[:, None] * top + neg, train_codes)  # [n_test, N]
+    bad = np.argwhere(in_train)
     if len(bad):
         k, j = bad[0]
-        what = "the test item" if is_test[k, j] else f"a training item of user {test.user[k]}"
-        raise ValueError(f"{path}, line {k + 1}: negative item {neg[k, j]} is {what}; "
-                         f"negatives must be items the user never interacted with")
+        raise ValueError(f"{path}, line {k + 1}: negative item {neg[k, j]} is a training item "
+                         f"of user {test.user[k]}; negatives must be items the user never "
+                         "rated in training")
     return neg

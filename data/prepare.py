@@ -75,8 +75,9 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         raise ValueError(f"dataset {raw.name!r} has no interactions")
     has_ratings, has_time = inter.rating is not None, inter.timestamp is not None
     user_raw, u = np.unique(inter.user, return_inverse=True)
-    neg_raw = raw.test_negatives if kind == "ncf" else None
-    all_items = inter.item if neg_raw is None else np.concatenate([inter.item, neg_raw.ravel()])
+    neg_raw = raw.test_negatives if kind == "ncf" else None  # [n_test, N], -1 padded
+    neg_used = None if neg_raw is None else neg_raw >= 0
+    all_items = inter.item if neg_raw is None else np.concatenate([inter.item, neg_raw[neg_used]])
     item_raw, i = np.unique(all_items, return_inverse=True)
     t = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
          "r": (inter.rating.astype(np.float32) if has_ratings
@@ -105,10 +106,12 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     # 4. index: users that survived; items that survived plus the fixed negatives' items
     neg_codes = None  # ncf: the fixed negatives' item codes, by row of the test file
     if neg_raw is not None:
-        neg_codes = i[n_raw:].reshape(neg_raw.shape)
+        neg_codes = np.full(neg_raw.shape, -1, dtype=np.int64)
+        neg_codes[neg_used] = i[n_raw:]
     kept_negs = None if neg_codes is None else neg_codes[t["origin"][t["part"] == TEST]]
     used_users, uidx = np.unique(t["u"], return_inverse=True)
-    used_items = np.unique(t["i"] if kept_negs is None else np.r_[t["i"], kept_negs.ravel()])
+    used_items = np.unique(t["i"] if kept_negs is None
+                           else np.r_[t["i"], kept_negs[kept_negs >= 0]])
     user_ids, item_ids = user_raw[used_users], item_raw[used_items]
     t["u"], t["i"] = uidx.astype(np.int64), np.searchsorted(used_items, t["i"])
 
@@ -123,7 +126,8 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     # 6. evaluation negatives
     val_neg = test_neg = None
     if neg_codes is not None:  # ncf: the benchmark's own, in the order of the test rows
-        test_neg = np.searchsorted(used_items, neg_codes[t["origin"][splits[TEST][0]]])
+        codes = neg_codes[t["origin"][splits[TEST][0]]]  # [n_test, N]
+        test_neg = np.where(codes >= 0, np.searchsorted(used_items, codes), -1)
     if eval_negatives:
         gen = torch.Generator().manual_seed(seed)
         everything = Split(t["u"], t["i"], t["r"], t["t"]).to("cpu")
@@ -156,6 +160,8 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     }
     if missing:
         stats["items_without_side_info"] = missing
+    if test_neg is not None and neg_codes is not None:
+        stats["test_negatives"] = _negative_counts(test_neg, splits[TEST][1].item)
     settings = json.dumps({"source": raw.fingerprint, "split": split, **stats["settings"]},
                           sort_keys=True)
     return PreparedData(
@@ -168,6 +174,17 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         val_negatives=val_neg, test_negatives=test_neg,
         item_titles=titles, item_genres=genres, stats=stats, note=raw.note,
     )
+
+
+def _negative_counts(negatives: np.ndarray, targets: np.ndarray) -> dict[str, int]:
+    """What a benchmark's own negatives hold beyond the plain case: rows listing fewer than
+    the most, and rows listing their own test item (scored once: the repeat is removed)."""
+    listed = (negatives >= 0).sum(1)  # [n_test]
+    repeats = (negatives == targets[:, None]).sum(1)  # [n_test]
+    return {"max_per_row": int(listed.max(initial=0)),
+            "rows_with_fewer": int((listed < listed.max(initial=0)).sum()),
+            "rows_listing_the_test_item": int((repeats > 0).sum()),
+            "repeats_removed": int(repeats.sum())}
 
 
 def describe(data: PreparedData) -> dict:

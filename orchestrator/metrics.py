@@ -63,6 +63,13 @@ def rating_metrics(pred: Tensor, target: Tensor, lo: float, hi: float) -> dict[s
     Returns:
         `{"rmse": float, "mae": float}`.
     """
+    errors = rating_errors(pred, target, lo, hi)
+    return {"rmse": errors["rmse"].mean().sqrt().item(), "mae": errors["mae"].mean().item()}
+
+
+def rating_errors(pred: Tensor, target: Tensor, lo: float, hi: float) -> dict[str, Tensor]:
+    """Per rating, what RMSE and MAE average: `{"rmse": squared error [N], "mae": absolute
+    error [N]}` (float64) of the predictions clipped to [lo, hi]."""
     if pred.dim() != 1 or pred.shape != target.shape:
         raise ValueError(f"rating_metrics: expected pred and target of the same shape [N], "
                          f"got {tuple(pred.shape)} and {tuple(target.shape)}")
@@ -71,7 +78,7 @@ def rating_metrics(pred: Tensor, target: Tensor, lo: float, hi: float) -> dict[s
     if not lo <= hi:
         raise ValueError(f"rating_metrics: expected lo <= hi, got lo={lo}, hi={hi}")
     err = pred.double().clamp(lo, hi) - target.double()  # [N]
-    return {"rmse": err.square().mean().sqrt().item(), "mae": err.abs().mean().item()}
+    return {"rmse": err.square(), "mae": err.abs()}
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:
@@ -197,10 +204,28 @@ def _csr_entries(csr: Csr, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor
     return pos, within, indices[start[pos] + within], count
 
 
-@torch.no_grad()
+def means(per_unit: dict[str, Tensor]) -> dict[str, float]:
+    """The mean of each per-user (or per-row) metric, summed in float64."""
+    return {name: v.double().mean().item() for name, v in per_unit.items()}
+
+
 def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: Csr | Tensor,
-                 known: Csr | None, ks: Sequence[int],
-                 batch_users: int = 1024) -> dict[str, float]:
+                 known: Csr | None, ks: Sequence[int], batch_users: int = 1024
+                 ) -> dict[str, float]:
+    """The means of `full_ranking_per_user`: HR, NDCG, Recall and MRR at each K.
+
+    Example:
+        >>> full_ranking(lambda u: user_emb[u] @ item_emb.T, torch.arange(n_users),
+        ...              user_item_csr(data.test, n_users), user_item_csr(data.train, n_users),
+        ...              ks=[10])
+    """
+    return means(full_ranking_per_user(score_fn, users, targets, known, ks, batch_users))
+
+
+@torch.no_grad()
+def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
+                          targets: Csr | Tensor, known: Csr | None, ks: Sequence[int],
+                          batch_users: int = 1024) -> dict[str, Tensor]:
     """Rank every item for each user, the user's known items masked, batched over users.
 
     Args:
@@ -214,13 +239,8 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
         batch_users: users per `score_fn` call.
 
     Returns:
-        `{"hr@K": float, "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`, means over the users
-        with at least one target.
-
-    Example:
-        >>> full_ranking(lambda u: user_emb[u] @ item_emb.T, torch.arange(n_users),
-        ...              user_item_csr(data.test, n_users), user_item_csr(data.train, n_users),
-        ...              ks=[10])
+        `{"hr@K": Tensor[U'], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`: one float32
+        value per user with at least one target, in the order of `users`, on the CPU.
     """
     ks = _check_ks(ks)
     if users.dim() != 1:
@@ -250,7 +270,7 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
     if len(users) == 0:
         raise ValueError("full_ranking: none of the users has a target item")
 
-    sums: dict[str, Tensor] = {}
+    parts: dict[str, list[Tensor]] = {}
     device = None
     for begin in range(0, len(users), batch_users):
         batch = users[begin:begin + batch_users]  # [b]
@@ -284,33 +304,48 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
             mask[pos, item] = True  # [b, n_items]
         per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask)
         for name, value in per_user.items():
-            total = value.sum(dtype=torch.float64)
-            sums[name] = sums[name] + total if name in sums else total
-    return {name: (total / len(users)).item() for name, total in sums.items()}
+            parts.setdefault(name, []).append(value.cpu())
+    return {name: torch.cat(values) for name, values in parts.items()}
 
 
-@torch.no_grad()
 def sampled_ranking(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tensor,
                     items: Tensor, negatives: Tensor, ks: Sequence[int],
                     batch: int = 8192) -> dict[str, float]:
-    """Rank each target item among its own N sampled negatives (the NCF protocol).
-
-    Args:
-        score_pairs: maps users `[b]` and candidate items `[b, 1 + N]` to scores `[b, 1 + N]`.
-        users: user index per evaluation row `[R]`.
-        items: the held-out (target) item per row `[R]`.
-        negatives: `[R, N]` negative items per row; none may equal the row's target.
-        ks: cut-offs K.
-        batch: rows per `score_pairs` call.
-
-    Returns:
-        `{"hr@K": float, ...}` means over the rows. The target is candidate 0 and is ranked
-        with the same pessimistic tie rule, so Recall@K equals HR@K here.
+    """The means of `sampled_ranking_per_row` over the rows.
 
     Example:
         >>> sampled_ranking(lambda u, i: (user_emb[u, None] * item_emb[i]).sum(-1),
         ...                 torch.as_tensor(data.test.user), torch.as_tensor(data.test.item),
         ...                 torch.as_tensor(data.test_negatives), ks=[10])
+    """
+    return means(sampled_ranking_per_row(score_pairs, users, items, negatives, ks, batch))
+
+
+@torch.no_grad()
+def sampled_ranking_per_row(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tensor,
+                            items: Tensor, negatives: Tensor, ks: Sequence[int],
+                            batch: int = 8192) -> dict[str, Tensor]:
+    """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
+    the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
+    row's negatives in order, then the target, each item scored once (a dict keyed by
+    item), ranked by score with ties in candidate order (a stable sort).
+
+    So a target repeated among its own negatives (156 lines of the authors' ml-1m file) is
+    one candidate, at the place of its first occurrence; a target that is not among them
+    comes last, and every tie ranks ahead of it (the pessimistic rule of `full_ranking`).
+    Rows may have fewer negatives than others: `-1` pads a row.
+
+    Args:
+        score_pairs: maps users `[b]` and candidate items `[b, 1 + N]` to scores `[b, 1 + N]`
+            (candidate 0 is the target; padding is scored as the target and ignored).
+        users: user index per evaluation row `[R]`.
+        items: the held-out (target) item per row `[R]`.
+        negatives: `[R, N]` negative items per row, distinct within a row, `-1` padded.
+        ks: cut-offs K.
+        batch: rows per `score_pairs` call.
+
+    Returns:
+        `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
     """
     ks = _check_ks(ks)
     if users.dim() != 1 or items.shape != users.shape or negatives.dim() != 2 \
@@ -321,21 +356,37 @@ def sampled_ranking(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tens
         raise ValueError("sampled_ranking: no rows to evaluate (R = 0)")
     if batch < 1:
         raise ValueError(f"batch: expected an int >= 1, got {batch}")
-    clash = (negatives == items[:, None].to(negatives.device)).any(1)  # [R]
-    if clash.any():
-        row = int(clash.nonzero()[0, 0])
-        raise ValueError(f"negatives row {row}: contains the target item {int(items[row])}")
-    sums: dict[str, Tensor] = {}
+    if bool((negatives < -1).any()):
+        row = int((negatives < -1).any(1).nonzero()[0, 0])
+        raise ValueError(f"negatives row {row}: expected item indices >= 0 padded with -1, "
+                         f"got {negatives[row].tolist()}")
+    parts: dict[str, list[Tensor]] = {}
     for begin in range(0, len(users), batch):
         end = begin + batch
-        candidates = torch.cat([items[begin:end, None].to(negatives.device),
-                                negatives[begin:end]], 1)  # [b, 1 + N]
+        target = items[begin:end, None].to(negatives.device)  # [b, 1]
+        negs = negatives[begin:end]  # [b, N]
+        is_target = negs == target  # [b, N]
+        counted = (negs >= 0) & ~is_target  # [b, N] each other item once
+        n_neg = negs.shape[1]
+        first = torch.where(is_target.any(1), is_target.float().argmax(1), n_neg)  # [b]
+        before = torch.arange(n_neg, device=negs.device)[None, :] < first[:, None]  # [b, N]
+        candidates = torch.cat([target, torch.where(negs >= 0, negs, target)], 1)  # [b, 1+N]
         scores = score_pairs(users[begin:end], candidates)  # [b, 1 + N]
         if scores.shape != candidates.shape:
             raise ValueError(f"score_pairs: expected scores {tuple(candidates.shape)}, "
                              f"got {tuple(scores.shape)}")
-        target = torch.zeros(len(scores), 1, dtype=torch.long, device=scores.device)  # [b, 1]
-        for name, value in ranking_metrics_from_scores(scores, target, ks).items():
-            total = value.sum(dtype=torch.float64)
-            sums[name] = sums[name] + total if name in sums else total
-    return {name: (total / len(users)).item() for name, total in sums.items()}
+        own, other = scores[:, :1], scores[:, 1:]  # [b, 1], [b, N]
+        counted, before = counted.to(scores.device), before.to(scores.device)
+        other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
+        ahead = counted & ((other > own) | (before & (other == own)))  # [b, N]
+        rank = 1 + ahead.sum(1)  # [b]
+        usable = ~torch.isnan(own[:, 0])  # [b] a target scored NaN is a miss
+        for k in ks:
+            hit = usable & (rank <= k)  # [b]
+            gain = 1.0 / torch.log2(rank.float() + 1.0)
+            values = {"hr": hit.float(), "ndcg": torch.where(hit, gain, 0.0),
+                      "recall": hit.float(), "mrr": torch.where(hit, 1.0 / rank.float(), 0.0)}
+            for name, value in values.items():
+                parts.setdefault(f"{name}@{k}", []).append(value.cpu())
+    return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES
+            for k in ks}

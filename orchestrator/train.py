@@ -40,7 +40,12 @@ from data.types import PreparedData, Split
 from models.base import DataSpec, Recommender
 from models.registry import create_model, save_model
 from orchestrator.config import DataConfig, TrainConfig, to_dict
-from orchestrator.metrics import full_ranking, rating_metrics, sampled_ranking
+from orchestrator.metrics import (
+    full_ranking_per_user,
+    means,
+    rating_errors,
+    sampled_ranking_per_row,
+)
 
 SPLITS = ("val", "test")
 
@@ -181,7 +186,6 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split {split!r}: expected one of {SPLITS}")
 
 
-@torch.no_grad()
 def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig,
              tensors: DeviceData | None = None) -> dict[str, float]:
     """Validation or test metrics of `model`, keyed `split/name` (`val/rmse`, `test/ndcg@10`).
@@ -199,6 +203,17 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
         cfg: the training config (ks, protocol, eval_batch_users).
         tensors: `to_device(data, model.device)` when the caller already has it.
     """
+    return evaluate_units(model, data, split, cfg, tensors)[0]
+
+
+@torch.no_grad()
+def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig,
+                   tensors: DeviceData | None = None
+                   ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """`evaluate`'s metrics, and each metric's value per evaluation unit (`split/name` ->
+    `[n]`): per rating (squared and absolute errors) for rating models, per user with a
+    target (full protocol) or per row (sampled) for rankings, in the data's order, so that
+    two models evaluated on the same data pair up unit by unit (significance tests)."""
     _check_split(split)
     tensors = tensors or to_device(data, model.device)
     rows = getattr(tensors, split)
@@ -210,7 +225,9 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
         pred = torch.cat([model(rows.user[i:i + step], rows.item[i:i + step])
                           for i in range(0, len(rows), step)])  # [N]
         lo, hi = data.rating_range
-        metrics = rating_metrics(pred.float(), rows.rating, lo, hi)
+        units = rating_errors(pred.float(), rows.rating, lo, hi)
+        metrics = means(units)
+        metrics["rmse"] = math.sqrt(metrics["rmse"])  # the mean of squared errors, rooted
         n_users = len(torch.unique(rows.user))
     else:
         seqs = tensors.last_items(split, model.seq_len) if model.seq_len > 0 else None
@@ -221,21 +238,22 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
         batch = min(cfg.eval_batch_users, model.eval_batch_users or cfg.eval_batch_users)
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
-            metrics = full_ranking(score_all, users, tensors.targets(split),
-                                   tensors.known(split), cfg.ks, batch)
+            units = full_ranking_per_user(score_all, users, tensors.targets(split),
+                                          tensors.known(split), cfg.ks, batch)
             n_users = tensors.n_target_users(split)
         elif cfg.protocol == "sampled":
-            metrics = sampled_ranking(lambda u, c: score_all(u).gather(1, c), rows.user,
-                                      rows.item, tensors.negatives(split), cfg.ks,
-                                      batch=batch)
+            units = sampled_ranking_per_row(lambda u, c: score_all(u).gather(1, c), rows.user,
+                                            rows.item, tensors.negatives(split), cfg.ks,
+                                            batch=batch)
             n_users = len(rows)
         else:
             raise ValueError(f"protocol {cfg.protocol!r}: expected 'full' or 'sampled'")
+        metrics = means(units)
     elapsed = time.perf_counter() - start
     model.train(was_training)
     out = {f"{split}/{k}": float(v) for k, v in metrics.items()}
     out[f"{split}/eval_users_per_s"] = n_users / max(elapsed, 1e-9)
-    return out
+    return out, {f"{split}/{k}": v.cpu().numpy() for k, v in units.items()}
 
 
 @dataclass

@@ -307,10 +307,51 @@ def test_sampled_matches_reference(batch):
     want = reference_mean(ref_rows, KS)
     assert_close(got, want)
     assert got["hr@10"] == pytest.approx(got["recall@10"])
-    with pytest.raises(ValueError, match="negatives row 2: contains the target"):
+    with pytest.raises(ValueError, match="negatives row 2: expected item indices >= 0"):
         bad = negatives.clone()
-        bad[2, 4] = items[2]
+        bad[2, 4] = -3
         sampled_ranking(score_pairs, users, items, bad, KS)
+
+
+def ncf_authors_eval(scores: dict[int, float], target: int, negatives: list[int], k: int
+                     ) -> tuple[float, float]:
+    """He et al.'s `evaluate.py` (NCF, 2017) line by line: the negatives, then the target
+    appended, scored into a dict keyed by item; `heapq.nlargest` of its keys by score."""
+    import heapq
+
+    items = list(negatives)
+    items.append(target)
+    map_item_score = {}
+    for item in items:
+        map_item_score[item] = scores[item]
+    ranklist = heapq.nlargest(k, map_item_score, key=map_item_score.get)
+    hr = 1.0 if target in ranklist else 0.0
+    ndcg = next((math.log(2) / math.log(i + 2) for i, item in enumerate(ranklist)
+                 if item == target), 0.0)
+    return hr, ndcg
+
+
+def test_sampled_is_the_ncf_authors_evaluation_ties_and_repeats_included():
+    g = torch.Generator().manual_seed(4)
+    n_items, rows = 40, 200
+    table = torch.randint(0, 4, (rows, n_items), generator=g).float()  # [R, I] many ties
+    items = torch.randint(0, n_items, (rows,), generator=g)
+    lines = []
+    for r, t in enumerate(items.tolist()):
+        negs = [i for i in torch.randperm(n_items, generator=g).tolist() if i != t]
+        negs = negs[:int(torch.randint(5, 12, (1,), generator=g))]  # uneven counts
+        if r % 3 == 0:  # the target repeated among its own negatives, at some place
+            negs.insert(int(torch.randint(0, len(negs) + 1, (1,), generator=g)), t)
+        lines.append(negs)
+    width = max(map(len, lines))
+    negatives = torch.tensor([n + [-1] * (width - len(n)) for n in lines])  # [R, N] padded
+    users = torch.arange(rows)
+    for k in (1, 3, 10):
+        got = sampled_ranking(lambda u, c: table[u[:, None], c], users, items, negatives, [k])
+        want = [ncf_authors_eval(dict(enumerate(table[r].tolist())), int(items[r]), lines[r],
+                                 k) for r in range(rows)]
+        assert got[f"hr@{k}"] == pytest.approx(sum(w[0] for w in want) / rows)
+        assert got[f"ndcg@{k}"] == pytest.approx(sum(w[1] for w in want) / rows)
 
 
 # ----------------------------------------------------------------------------- rating

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data import index_of, load_source, prepare
+from data import describe, index_of, load_source, prepare
 from data.types import Interactions, PreparedData, RawDataset, Split
 
 SPLITS = ["leave-last", "random:0.8,0.1,0.1", "temporal:0.7,0.1,0.2", "u1", "ua"]
@@ -224,6 +224,22 @@ def test_ncf_keeps_the_benchmark(tmp_path):
     got = data.item_ids[data.test_negatives].tolist()
     assert got == [negatives[k] for k in data.user_ids[data.test.user]]  # aligned with rows
     assert data.val_negatives.shape == (2, 2)
+    assert describe(data)["test_negatives"] == {"max_per_row": 3, "rows_with_fewer": 0,
+                                                "rows_listing_the_test_item": 0,
+                                                "repeats_removed": 0}
+
+    # as the authors published theirs: a test item among its own negatives, uneven counts
+    negatives[1], negatives[2] = [7, 2, 9, 8], [3, 9]
+    (tmp_path / "bench.test.negative").write_text("".join(
+        f"({u},{i})\t" + "\t".join(map(str, n)) + "\n"
+        for (u, i, _, _), n in zip(test, negatives, strict=True)))
+    data = prepare(load_source(f"ncf:{prefix}"), "ncf", eval_negatives=2)
+    rows = data.user_ids[data.test.user]
+    got = [data.item_ids[n[n >= 0]].tolist() for n in data.test_negatives]
+    assert got == [negatives[k] for k in rows]
+    assert describe(data)["test_negatives"] == {"max_per_row": 4, "rows_with_fewer": 2,
+                                                "rows_listing_the_test_item": 1,
+                                                "repeats_removed": 1}
 
 
 def test_index_of_maps_raw_ids(prepared):

@@ -243,11 +243,19 @@ def test_ncf(tmp_path: Path) -> None:
     assert len(ds.files) == 3 and available_offline(f"ncf:{prefix}")
 
 
+def test_ncf_as_the_authors_published_it(tmp_path: Path) -> None:
+    # line 2 lists its own test item (3) among its negatives, and one negative fewer
+    prefix = tmp_path / "ml-1m"
+    _write_ncf(prefix, ["(0,2)\t3\t4", "(1,3)\t3"])
+    ds = load_source(f"ncf:{prefix}")
+    assert ds.test_negatives.tolist() == [[3, 4], [3, -1]]
+
+
 @pytest.mark.parametrize("lines, pattern", [
     (["(0,2)\t3\t4", "(1,2)\t0\t4"], r"line 2: \(1,2\) does not match; expected \(1,3\)"),
     (["(0,2)\t3\t1", "(1,3)\t0\t4"], r"line 1: negative item 1 is a training item of user 0"),
-    (["(0,2)\t3\t4", "(1,3)\t3\t4"], r"line 2: negative item 3 is the test item"),
-    (["(0,2)\t3\t4", "(1,3)\t0"], r"line 2: 1 negatives, expected 2"),
+    (["(0,2)\t3\t4", "(1,3)\t0\t0"], r"line 2: negative item 0 is listed more than once"),
+    (["(0,2)\t3\t4", "(1,3)"], r"line 2: expected '\(user,item\)' then tab-separated"),
     (["(0,2)\t3\t4"], r"1 lines, expected one per test row \(2\)"),
     (["0,2\t3\t4", "(1,3)\t0\t4"], r"line 1: expected '\(user,item\)'"),
 ])
