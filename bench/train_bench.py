@@ -99,9 +99,9 @@ def quality(cfg: TrainConfig) -> None:
         seed_everything(cfg.seed)
         model = create_model(name, DataSpec.from_data(data), "rating")
         result = fit(model, data, cfg)
-        first, _ = val_and_test(model, data, cfg)
+        first, _, _ = val_and_test(model, data, cfg)
         seconds = time.perf_counter() - start
-        again, _ = val_and_test(model, data, dataclasses.replace(cfg, refit=True),
+        again, _, _ = val_and_test(model, data, dataclasses.replace(cfg, refit=True),
                                 result.best_epoch)
         rmse = again["test/rmse"]
         rows.append([name, result.epochs, f"{seconds:.0f}s", f"{first['val/rmse']:.4f}",

@@ -1,6 +1,6 @@
 """Recommender models by name. Importing this package registers every model."""
 
-from models import autorec, caser, itemknn, mf, neumf, pop  # noqa: F401  (registration)
+from models import autorec, bias, caser, itemknn, mf, neumf, pop  # noqa: F401  (registration)
 from models.base import DataSpec, Recommender
 from models.registry import create_model, list_models, register_model
 

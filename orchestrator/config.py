@@ -111,13 +111,22 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
 @dataclass(frozen=True)
 class SweepConfig:
     name: str = opt("", "run name; the run directory is <storage>/<name> (default: sweep-<time>)")
-    models: tuple[str, ...] = opt(("mf", "autorec", "neumf", "caser"),
-                                  "models to search, one study each")
-    baselines: tuple[str, ...] = opt(("pop",), "non-learned baselines added to the table")
-    trials: int = opt(8, "trials per study")
+    models: tuple[str, ...] = opt(("mf", "autorec", "mf:ranking", "neumf", "caser"),
+                                  "models to search, one study each: model or model:task")
+    baselines: tuple[str, ...] = opt(("bias", "pop", "itemknn"),
+                                     "non-learned baselines (model or model:task), each in the "
+                                     "table of its task's evaluation; one with no study in "
+                                     "that table is not run")
+    trials: int = opt(8, "trials per study; the first is the model's defaults")
+    startup_trials: int = opt(0, "TPE's random start-up trials per study; 0: min(10, max(2, "
+                              "trials // 4)), written to sweep.yaml")
     epochs: int = opt(0, "maximum epochs per trial (ASHA's max_t); 0: each model's default "
                       "epochs (e.g. AutoRec's full-batch steps need far more than MF's)")
-    grace_period: int = opt(2, "epochs every trial runs before ASHA may stop it")
+    grace_period: int = opt(0, "epochs every trial runs before ASHA may stop it; 0: a quarter "
+                            "of the study's max epochs (at least 1)")
+    reduction_factor: int = opt(2, "ASHA's reduction factor: a rung keeps the best 1/N")
+    schedule: dict = opt({}, "per study, its resolved {max_epochs, grace_period, rungs} "
+                         "(the sweep writes it to sweep.yaml; an entry given here is used as is)")
     metric: str = opt("", "validation metric to optimise (and early-stop on); default per "
                       "task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
     time_budget: str = opt("10m", "hard wall-clock budget for the whole sweep, shared by the "

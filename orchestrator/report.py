@@ -16,7 +16,6 @@ import functools
 import html
 import importlib.util
 import json
-import re
 import sys
 import threading
 import time
@@ -184,18 +183,16 @@ def _study_html(run_dir: Path, study: str, trials: pd.DataFrame, history: pd.Dat
 
 
 def _in_order(trials: pd.DataFrame) -> pd.DataFrame:
-    """Trials in the order Tune started them: the `_<n>_` after the id in a trial's folder."""
-    def number(row: pd.Series) -> int:
-        found = re.search(rf"{re.escape(str(row['trial_id']))}_(\d+)", str(row["path"]))
-        return int(found.group(1)) if found else 0
-
-    order = trials.apply(number, axis=1) if len(trials) else pd.Series(dtype=int)
-    return trials.assign(_order=order).sort_values("_order", kind="stable").drop(
-        columns="_order").reset_index(drop=True)
+    """Trials in their study's order of suggestion (`number`; 0 is the defaults trial)."""
+    if "number" not in trials.columns:  # a run directory from before trial numbers
+        return trials.reset_index(drop=True)
+    return trials.sort_values("number", kind="stable").reset_index(drop=True)
 
 
 def _finished(trials: pd.DataFrame) -> np.ndarray:
-    return (trials["best"].notna() & (trials["status"] != "error")).to_numpy()
+    """Trials with a validation value to show (ASHA-stopped ones too)."""
+    ended = trials["end"] if "end" in trials.columns else trials["status"]
+    return (trials["best"].notna() & (ended != "error")).to_numpy()
 
 
 def importances(trials: pd.DataFrame) -> pd.Series | None:
@@ -376,10 +373,16 @@ def _plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def _table_html(frame: pd.DataFrame) -> str:
+    """One HTML table per evaluation, each under its title and what it evaluated."""
     seeds = frame["seeds"].max() if "seeds" in frame.columns else 1
     note = f"<p>Test metrics are mean ± std over {int(seeds)} seeds where seeds &gt; 1.</p>" \
         if seeds and seeds > 1 else ""
-    return results.readable(frame).to_html(index=False, border=0, classes="results") + note
+    parts = [f"<h3>{html.escape(title)}</h3><p>{html.escape(evaluation)}</p>"
+             + results.readable(group).to_html(index=False, border=0, classes="results")
+             for title, evaluation, group in results.sections(frame)]
+    if "p_vs_best" in frame.columns:
+        note += f"<p>{html.escape(results.NOTE)}</p>"
+    return "".join(parts) + note
 
 
 def _img(path: Path) -> str:

@@ -1,8 +1,12 @@
-"""The one place that builds tables: best trial per study, baselines, seeds -> results.*
+"""The one place that builds tables: StudyResults -> results.{csv,parquet,md}.
 
-Rows are plain dicts made by the sweep (one per study or baseline); this module turns them
-into a DataFrame, writes `results.{csv,parquet,md}`, and reads them back for the `results`
-command. All trials of all studies live in `trials.parquet` beside them. No Ray here.
+A sweep's results are one table per *evaluation*: rating models (RMSE/MAE) in one, ranking
+and sequential models (which rank the same held-out items on the same split and protocol)
+in another, each with its baselines. Every row is tested against its table's best row and
+best baseline with a paired test on the table's main metric, Holm-corrected within the
+table. `results.csv`/`.parquet` hold one row per study with a `table` column; `results.md`
+one section per table. All trials of all studies live in `trials.parquet` beside them.
+No Ray here.
 """
 
 from __future__ import annotations
@@ -12,22 +16,134 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import scipy.stats
 
-FIRST = ["study", "model", "task", "status", "metric", "trials_done", "trials_failed",
-         "epochs", "time_s", "seeds"]
+from orchestrator.records import StudyResult
+
+FIRST = ["table", "study", "model", "task", "baseline", "status", "metric", "trials_done",
+         "trials_pruned", "trials_failed", "epochs", "time_s", "seeds"]
+LAST = ["p_vs_best", "p_vs_baseline", "significance", "main_metric", "evaluation", "hparams"]
+ALPHA = 0.05  # the level of the significance markers in results.md
+TABLE_TITLES = {"rating": "Rating prediction", "ranking": "Top-N ranking"}
 
 
-def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per study/baseline; metric columns (`val/...`, `test/...`) sorted after FIRST.
+def table(studies: list[StudyResult]) -> pd.DataFrame:
+    """One row per study and baseline, grouped by table (`rating`, `ranking`); metric columns
+    (`val/...`, `test/...`) sorted after FIRST, then the significance columns.
 
     A metric aggregated over seeds has its mean in `test/rmse` and its standard deviation in
-    `test/rmse_std`.
+    `test/rmse_std`. Raises a ValueError naming the studies when one table would hold rows
+    scored on different evaluations.
     """
+    rows = []
+    for r in studies:
+        row: dict[str, Any] = {
+            "table": r.study.table, "study": r.study.name, "model": r.study.model,
+            "task": r.study.task, "baseline": r.baseline, "status": r.status,
+            "metric": r.study.metric, "trials_done": r.trials_done,
+            "trials_pruned": r.trials_pruned, "trials_failed": r.trials_failed, "seeds": len(r.runs),
+            "main_metric": r.main_metric, "evaluation": r.evaluation}
+        if r.runs:
+            metrics = aggregate_seeds([run.metrics for run in r.runs])
+            if len(r.runs) == 1:
+                metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
+            row.update(metrics)
+        if r.chosen is not None:
+            row.update(epochs=r.chosen.epochs, time_s=r.chosen.time_s,
+                       hparams=json.dumps(r.chosen.hparams, sort_keys=True))
+        elif r.baseline:
+            row.update(epochs=0)
+        rows.append(row)
+    order = {name: i for i, name in enumerate(dict.fromkeys(r.study.table for r in studies))}
     frame = pd.DataFrame(rows)
+    _check_evaluations(frame)
+    frame = frame.assign(**significance(studies)) if len(frame) else frame
+    frame = frame.iloc[sorted(range(len(frame)), key=lambda i: order[frame["table"].iloc[i]])]
     metrics = sorted(c for c in frame.columns if c.startswith(("val/", "test/")))
-    rest = [c for c in frame.columns if c not in FIRST and c not in metrics]
-    return frame[[c for c in FIRST if c in frame.columns] + metrics + rest]
+    rest = [c for c in frame.columns if c not in FIRST + LAST and c not in metrics]
+    cols = [c for c in FIRST if c in frame.columns] + metrics + rest \
+        + [c for c in LAST if c in frame.columns]
+    return frame[cols].reset_index(drop=True)
+
+
+def _check_evaluations(frame: pd.DataFrame) -> None:
+    for name, group in frame.groupby("table", sort=False):
+        scored = group[group["evaluation"] != ""]
+        if scored["evaluation"].nunique() > 1:
+            parts = "; ".join(f"{', '.join(g['study'])}: {ev}"
+                              for ev, g in scored.groupby("evaluation", sort=False))
+            raise ValueError(f"table {name!r} would mix evaluations ({parts}): its rows must be "
+                             "scored on the same split, protocol, candidates and K")
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
+    """Two-sided paired t-test (scipy's `ttest_rel`) of two models' values on the same units
+    (users or ratings); returns (p, "") or (NaN, why it cannot run).
+
+    Why a t-test and not Wilcoxon's signed-rank test: the tables report means over units
+    (mean NDCG over users, mean squared error under RMSE), and the t-test asks exactly
+    whether the mean difference is zero, which the central limit theorem makes reliable at
+    the hundreds to millions of units a test split has; Wilcoxon tests the median of the
+    differences (zero for most users when most get no hit), a different question.
+    (Urbano, Lima & Hanjalic, "Statistical Significance Testing in Information Retrieval",
+    SIGIR 2019, found the t-test the best-behaved of the common tests.)
+    """
+    if len(a) != len(b):
+        return math.nan, f"different units ({len(a)} vs {len(b)})"
+    if len(a) < 2:
+        return math.nan, "fewer than 2 units"
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if np.ptp(diff) == 0:
+        return math.nan, "all paired differences equal"
+    return float(scipy.stats.ttest_rel(a, b).pvalue), ""
+
+
+def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
+    """Per row, the paired test of its main metric against its table's best row and its
+    table's best baseline, Holm-corrected over the rows of the table (each column a family of
+    its own): columns `p_vs_best`, `p_vs_baseline` and `significance` (why a p is n/a)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p_best, p_base = [math.nan] * len(studies), [math.nan] * len(studies)
+    notes: list[list[str]] = [[] for _ in studies]
+    for name in dict.fromkeys(r.study.table for r in studies):
+        rows = [i for i, r in enumerate(studies) if r.study.table == name]
+        scored = [i for i in rows if studies[i].runs]
+        if not scored:
+            continue
+        metric = studies[scored[0]].main_metric
+        lower = metric.split("/", 1)[1] in ("rmse", "mae")
+
+        def value(i: int, metric: str = metric) -> float:
+            return float(np.mean([run.metrics[metric] for run in studies[i].runs]))
+
+        pick = min if lower else max
+        best = pick(scored, key=value)
+        bases = [i for i in scored if studies[i].baseline]
+        base = pick(bases, key=value) if bases else None
+        for column, ref, label in ((p_best, best, "best"), (p_base, base, "baseline")):
+            family: dict[int, float] = {}
+            for i in rows:
+                if ref is None:
+                    notes[i].append(f"vs {label}: no baseline in the table")
+                elif i == ref:
+                    notes[i].append(f"vs {label}: is the {label}")
+                elif not studies[i].runs:
+                    notes[i].append(f"vs {label}: not tested")
+                else:
+                    p, why = paired_test(studies[i].units, studies[ref].units)
+                    if why:
+                        notes[i].append(f"vs {label}: n/a ({why})")
+                    else:
+                        family[i] = p
+            if family:
+                corrected = multipletests(list(family.values()), method="holm")[1]
+                for i, p in zip(family, corrected, strict=True):
+                    column[i] = float(p)
+    return {"p_vs_best": p_best, "p_vs_baseline": p_base,
+            "significance": ["; ".join(n) for n in notes]}
 
 
 def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -81,24 +197,89 @@ def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:
     return "" if value is None else str(value)
 
 
+HIDDEN = ("table", "evaluation", "main_metric", "significance", "hparams", "baseline")
+
+
+def _p_cell(row: pd.Series, col: str) -> str:
+    """A p-value as read: the value, or what the row is / why there is none."""
+    label = col.removeprefix("p_vs_")
+    p = row.get(col)
+    if isinstance(p, float) and not math.isnan(p):
+        return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+    note = next((n for n in str(row.get("significance") or "").split("; ")
+                 if n.startswith(f"vs {label}: ")), "")
+    note = note.removeprefix(f"vs {label}: ")
+    return f"({label})" if note == f"is the {label}" else note
+
+
 def readable(frame: pd.DataFrame) -> pd.DataFrame:
-    """The table for reading (Markdown here, HTML in the report), as strings: `x_std` columns
-    fold into `x` as `mean ± std`; validation metrics other than the optimised one and the
+    """One table for reading (Markdown here, HTML in the report), as strings: `x_std`
+    columns fold into `x` as `mean ± std`, p-values read as p or why none, and the main
+    metric carries ▲ (▼) where it is better (worse) than the best baseline at p < ALPHA;
+    validation metrics other than the optimised one, metrics no row has, and the
     hyperparameters are left to the CSV/Parquet files."""
     optimised = set(frame["metric"].dropna()) if "metric" in frame.columns else set()
-    cols = [c for c in frame.columns if not c.endswith("_std") and c != "hparams"
-            and not (c.startswith("val/") and c not in optimised)]
-    return pd.DataFrame([[_cell(frame, row, c) for c in cols] for _, row in frame.iterrows()],
-                        columns=cols)
+    cols = [c for c in frame.columns if not c.endswith("_std") and c not in HIDDEN
+            and not (c.startswith("val/") and c not in optimised)
+            and not (c.startswith(("val/", "test/")) and frame[c].isna().all())]
+    best_base = _best_baseline(frame)
+    out = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in cols:
+            text = _p_cell(row, c) if c.startswith("p_vs_") else _cell(frame, row, c)
+            p = row.get("p_vs_baseline")
+            if c == row.get("main_metric") and isinstance(p, float) and p < ALPHA \
+                    and best_base is not None:
+                lower = c.split("/", 1)[1] in ("rmse", "mae")
+                text += " ▲" if (row[c] < best_base) == lower else " ▼"
+            cells.append(text)
+        out.append(cells)
+    return pd.DataFrame(out, columns=cols)
+
+
+def _best_baseline(frame: pd.DataFrame) -> float | None:
+    """The main metric of the best baseline of a table's rows (None: no baseline)."""
+    if "baseline" not in frame.columns or "main_metric" not in frame.columns:
+        return None
+    bases = frame[frame["baseline"].astype(bool)]
+    if not len(bases):
+        return None
+    metric = str(bases["main_metric"].iloc[0])
+    values = bases[metric].dropna()
+    lower = metric.split("/", 1)[1] in ("rmse", "mae")
+    return None if not len(values) else float(values.min() if lower else values.max())
+
+
+def sections(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(title, what it evaluated, rows) per table, in the frame's order."""
+    if "table" not in frame.columns:  # a run directory from before tables per evaluation
+        return [("Results", "", frame)]
+    out = []
+    for name, group in frame.groupby("table", sort=False):
+        scored = group["evaluation"].dropna() if "evaluation" in group.columns else []
+        evaluation = next((e for e in scored if e), "")
+        out.append((TABLE_TITLES.get(str(name), str(name)), evaluation, group))
+    return out
+
+
+NOTE = (f"p: two-sided paired t-test of the main metric per test unit (user or rating) "
+        f"against the table's best row and its best baseline, Holm-corrected within the "
+        f"table; ▲ (▼) after the main metric: better (worse) than the best baseline at "
+        f"p < {ALPHA}.")
 
 
 def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of `readable(frame)`."""
-    shown = readable(frame)
-    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    for cells in shown.itertuples(index=False):
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    """One GitHub-flavoured Markdown section per table of `readable` rows."""
+    parts = []
+    for title, evaluation, group in sections(frame):
+        shown = readable(group)
+        lines = [f"## {title}", ""] + ([evaluation, ""] if evaluation else [])
+        lines += ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+        for cells in shown.itertuples(index=False):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts) + ("\n" + NOTE + "\n" if "p_vs_best" in frame.columns else "")
 
 
 def render(frame: pd.DataFrame, fmt: str = "md") -> str:

@@ -134,3 +134,42 @@ def sample_params(trial: Any, model_space: Any, overrides: dict[str, Any]) -> di
         else:
             params[name] = wrapped.drawn[name]
     return params
+
+
+class _Defaults:
+    """A trial that answers each `suggest_*` with the model's default and keeps the defaults
+    that lie in the distribution asked for (the ones Optuna can enqueue as fixed values)."""
+
+    def __init__(self, defaults: dict[str, Any]) -> None:
+        self.defaults, self.point = defaults, {}
+
+    def _take(self, name: str, inside: bool) -> Any:
+        if inside:
+            self.point[name] = self.defaults[name]
+        return self.defaults.get(name)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> Any:
+        v = self.defaults.get(name)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        on_grid = step is None or (number and abs((v - low) / step - round((v - low) / step))
+                                   < 1e-9)
+        return self._take(name, number and low <= v <= high and on_grid)
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False
+                    ) -> Any:
+        v = self.defaults.get(name)
+        return self._take(name, isinstance(v, int) and low <= v <= high and (v - low) % step == 0)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._take(name, name in self.defaults and self.defaults[name] in list(choices))
+
+
+def default_point(model_space: Any, overrides: dict[str, Any], defaults: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The hyperparameter values of `defaults` that the space (the model's, with
+    `overrides`) can draw: `{name: value}` to enqueue as a study's first trial. A default
+    outside an overridden range is left to the sampler."""
+    trial = _Defaults(defaults)
+    sample_params(trial, model_space, overrides)
+    return trial.point

@@ -1,10 +1,12 @@
 """The sweep: one study per model, Optuna TPE + ASHA per study, resumable, then the table.
 
-    SweepConfig -> prepared data (once, on the driver) -> one Tune experiment of all studies:
+    SweepConfig (resolved: TPE start-up, ASHA schedule) -> prepared data (once, on the
+    driver) -> one Tune experiment of all studies:
         Tuner(with_resources(with_parameters(run_trial, data)),
               StudySearch (an OptunaSearch(TPE) per study), StudyASHA (an ASHA per study))
-    -> best trial per study (validation) -> test metrics of the chosen checkpoints only
-    -> optional re-runs of the best configuration with more seeds -> results.*
+    -> TrialRecords -> optional re-runs of the chosen configurations with more seeds
+    -> finalize.py (choose on validation, test the chosen only, baselines) -> StudyResults
+    -> results.py (a table per evaluation, with paired tests) -> export -> report
 
 The run directory (`<storage>/<name>` when storage is a local path, else `runs/<name>`
 beside the remote experiments) holds `sweep.yaml`, `data.json`, the Tune experiment
@@ -42,20 +44,19 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from data import describe, load_dataset
-from data.types import PreparedData
-from models.base import DataSpec
-from models.registry import create_model, get_model_class, list_models, save_model
+from models.registry import get_model_class, make_params
 from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
+from orchestrator.finalize import choose, finalize, study_of
+from orchestrator.records import Schedule, Study, TrialRecord
 from orchestrator.report import compile_umap_in_background, write_report
-from orchestrator.space import sample_params, validate_space
+from orchestrator.space import default_point, sample_params, validate_space
 from orchestrator.tracking import WandbRuns
-from orchestrator.train import fit, monitored_metric, seed_everything, val_and_test
-from orchestrator.trainable import load_state, run_trial, split_config
+from orchestrator.trainable import run_trial, split_config
 from orchestrator.warm import warm_workers
 
-SMOKE = {"trials": 2, "epochs": 2, "grace_period": 1, "final_seeds": 0,
+SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
 DEFAULT_GPU_FRACTION = 0.25
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
@@ -67,33 +68,9 @@ SEARCH = "search"  # the Tune experiment of all studies, in the run directory
 SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
 
 
-@dataclasses.dataclass(frozen=True)
-class Study:
-    """One search: a model on one task, optimising one validation metric."""
-
-    name: str
-    model: str
-    task: str
-    metric: str
-    mode: str
-
-
 def studies_of(cfg: SweepConfig) -> list[Study]:
     """`models: [mf, mf:ranking, neumf]` -> studies; errors name the bad entry."""
-    out = []
-    for entry in cfg.models:
-        model, _, task = entry.partition(":")
-        if model not in list_models():
-            raise ValueError(f"models: unknown model {model!r}; known: {', '.join(list_models())}")
-        cls = get_model_class(model)
-        task = task or cls.tasks[0]
-        if task not in cls.tasks:
-            raise ValueError(f"models: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}")
-        try:
-            metric, mode = monitored_metric(task, cfg.metric, cfg.train.ks)
-        except ValueError as e:
-            raise ValueError(f"metric: {e} (study {entry!r})") from None
-        out.append(Study(entry.replace(":", "-"), model, task, metric, mode))
+    out = [study_of(entry, cfg.metric, cfg.train.ks) for entry in cfg.models]
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ValueError(f"models: {list(cfg.models)} names a study twice")
@@ -130,14 +107,21 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
     """Everything that can be checked before Ray starts; returns the studies."""
     try:
         studies = studies_of(cfg)
-        for name in cfg.baselines:
-            get_model_class(name)
+        for entry in cfg.baselines:
+            study = study_of(entry, "", cfg.train.ks, what="baselines")
+            if get_model_class(study.model).learned:
+                raise ValueError(f"baselines: {entry!r} is a learned model; search it in "
+                                 "`models` instead")
         parse_duration(cfg.time_budget)
         known = {s.model: [f.name for f in dataclasses.fields(get_model_class(s.model).Params)]
                  for s in studies}
         validate_space(cfg.search_space, known)
-        if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 1:
-            raise ValueError("trials and grace_period must be >= 1, epochs >= 0")
+        if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 0 or cfg.startup_trials < 0:
+            raise ValueError("trials must be >= 1; epochs, grace_period and startup_trials "
+                             ">= 0")
+        if cfg.reduction_factor < 2:
+            raise ValueError(f"reduction_factor={cfg.reduction_factor}: expected an int >= 2")
+        schedules(cfg, studies)
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
         if cfg.wandb == "online" and not has_wandb_key():
@@ -146,6 +130,53 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}{e.args[0] if isinstance(e, KeyError) else e}") from None
     return studies
+
+
+def startup_trials(cfg: SweepConfig) -> int:
+    """TPE's random start-up trials per study: the budget's quarter, between 2 and 10
+    (Optuna's default of 10 would make a sweep of 8 trials a random search)."""
+    return cfg.startup_trials or min(10, max(2, cfg.trials // 4))
+
+
+def max_epochs(study: Study, cfg: SweepConfig) -> int:
+    """The sweep's `epochs`, or the model's own default when the sweep leaves it at 0."""
+    return cfg.epochs or make_params(study.model, study.task).epochs
+
+
+def schedules(cfg: SweepConfig, studies: list[Study]) -> dict[str, Schedule]:
+    """Each study's epoch budget and ASHA rungs: `cfg.schedule`'s entry, else automatic."""
+    out = {}
+    for study in studies:
+        auto = Schedule.auto(max_epochs(study, cfg), cfg.grace_period, cfg.reduction_factor)
+        given = cfg.schedule.get(study.name)
+        if given is None:
+            out[study.name] = auto
+            continue
+        where = f"schedule.{study.name}"
+        if not isinstance(given, dict) or set(given) != {"max_epochs", "grace_period", "rungs"}:
+            raise ValueError(f"{where}: expected {{max_epochs, grace_period, rungs}}, got "
+                             f"{given!r}")
+        if given["max_epochs"] != auto.max_epochs:
+            raise ValueError(f"{where}.max_epochs={given['max_epochs']!r}, but epochs gives "
+                             f"{auto.max_epochs}: remove the entry or change it")
+        rungs = given["rungs"]
+        if not (isinstance(given["grace_period"], int) and isinstance(rungs, list) and rungs
+                and all(isinstance(r, int) and 1 <= r <= auto.max_epochs for r in rungs)):
+            raise ValueError(f"{where}: expected an int grace_period and a list of rung "
+                             f"epochs in [1, {auto.max_epochs}], got {given!r}")
+        out[study.name] = Schedule(auto.max_epochs, given["grace_period"], tuple(rungs))
+    unknown = sorted(set(cfg.schedule) - {s.name for s in studies})
+    if unknown:
+        raise ValueError(f"schedule: no study {unknown}; studies: "
+                         f"{', '.join(s.name for s in studies)}")
+    return out
+
+
+def resolved(cfg: SweepConfig) -> SweepConfig:
+    """The config with the automatic choices written out (what sweep.yaml records)."""
+    plan = {name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period,
+                   "rungs": list(s.rungs)} for name, s in schedules(cfg, studies_of(cfg)).items()}
+    return dataclasses.replace(cfg, startup_trials=startup_trials(cfg), schedule=plan)
 
 
 def has_wandb_key() -> bool:
@@ -441,21 +472,28 @@ class SearchSpace:
 
     study: Study
     overrides: dict[str, Any]
-    epochs: int
+    schedule: Schedule
     seed: int
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         space = get_model_class(self.study.model).search_space
         params = sample_params(trial, space, self.overrides)
-        params.setdefault("epochs", self.epochs)  # the study's max epochs (ASHA's max_t)
+        params.setdefault("epochs", self.schedule.max_epochs)  # ASHA's max_t
         # constants returned by a define-by-run space become part of the trial's config
-        return {**params, "study": self.study.name, "model": self.study.model,
-                "task": self.study.task, "seed": self.seed, "metric": self.study.metric}
+        return {**params, **trial_meta(self.study, self.seed, trial.number, self.schedule)}
+
+    def defaults(self) -> dict[str, Any]:
+        """The model's defaults for its task, as far as the space can take them: the first
+        trial of the study, so that its best is never below `train` with defaults."""
+        space = get_model_class(self.study.model).search_space
+        values = dataclasses.asdict(make_params(self.study.model, self.study.task))
+        return default_point(space, self.overrides, values)
 
 
-def max_epochs(study: Study, cfg: SweepConfig) -> int:
-    """The sweep's `epochs`, or the model's own default when the sweep leaves it at 0."""
-    return cfg.epochs or get_model_class(study.model).Params().epochs
+def trial_meta(study: Study, seed: int, number: int, schedule: Schedule) -> dict[str, Any]:
+    """What a trial's config carries beside its hyperparameters (trainable.META)."""
+    return {"study": study.name, "model": study.model, "task": study.task, "seed": seed,
+            "metric": study.metric, "number": number, "rungs": list(schedule.rungs)}
 
 
 class SavedSearcher(Searcher):
@@ -478,15 +516,25 @@ class StudySearch(SavedSearcher):
     the studies share the cluster and the time budget as they run (Ray runs one Tuner at a
     time in a driver). Tune saves this object with the experiment, so `--resume` continues
     every study's search.
+
+    What Optuna is told: each study's first trial is the model's defaults (enqueued); TPE's
+    random start-up follows the budget (`startup_trials`); a trial's intermediate values are
+    reported at its epochs; a trial that ended on its own is complete with its best
+    validation value (the state the sweep would choose), and one stopped from outside (ASHA,
+    Ctrl-C, the time budget) is pruned, so TPE does not take a truncated score for a final
+    one.
     """
 
-    def __init__(self, studies: list[Study], cfg: SweepConfig) -> None:
+    def __init__(self, studies: list[Study], cfg: SweepConfig,
+                 plan: dict[str, Schedule]) -> None:
         super().__init__()
         self.trials = cfg.trials
-        self.searches = {s.name: OptunaSearch(
-            space=SearchSpace(s, cfg.search_space.get(s.model, {}), max_epochs(s, cfg),
-                              cfg.seed),
-            metric=s.metric, mode=s.mode, sampler=TPESampler(seed=cfg.seed)) for s in studies}
+        self.searches = {}
+        for s in studies:
+            space = SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name], cfg.seed)
+            self.searches[s.name] = OptunaSearch(
+                space=space, metric=s.metric, mode=s.mode, points_to_evaluate=[space.defaults()],
+                sampler=TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg)))
         self.owner: dict[str, str] = {}  # trial id -> study name
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -499,41 +547,53 @@ class StudySearch(SavedSearcher):
         return self.searches[name].suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searches[self.owner[trial_id]].on_trial_result(trial_id, result)
+        # Optuna's step is the epoch (Tune's training_iteration counts reports, not epochs)
+        self.searches[self.owner[trial_id]].on_trial_result(
+            trial_id, {**result, "training_iteration": result["epoch"]})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        self.searches[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+        search = self.searches[self.owner[trial_id]]
+        if result is not None and result.get("status") in ("epochs", "early_stopped"):
+            result = {**result, search.metric: result["best_value"]}
+        elif result is not None and result.get("status") != "diverged":
+            result = None  # stopped from outside: pruned, with its intermediate values
+        search.on_trial_complete(trial_id, result, error)
 
 
 class StudyASHA(FIFOScheduler):
-    """An ASHA scheduler per study (its metric, direction and max epochs), routed by the
-    trial's study: trials are compared with the trials of their own study only."""
+    """An ASHA scheduler per study (its metric, direction, max epochs and grace period),
+    routed by the trial's study: trials are compared with the trials of their own study
+    only. A study's defaults trial (number 0) is recorded at the rungs like any other but
+    never stopped: it is what the search must beat."""
 
-    def __init__(self, studies: list[Study], cfg: SweepConfig) -> None:
+    def __init__(self, studies: list[Study], cfg: SweepConfig,
+                 plan: dict[str, Schedule]) -> None:
         super().__init__()
         self.ashas = {s.name: ASHAScheduler(
-            metric=s.metric, mode=s.mode, time_attr="epoch", max_t=max_epochs(s, cfg),
-            grace_period=min(cfg.grace_period, max_epochs(s, cfg))) for s in studies}
+            metric=s.metric, mode=s.mode, time_attr="epoch", max_t=plan[s.name].max_epochs,
+            grace_period=plan[s.name].grace_period, reduction_factor=cfg.reduction_factor)
+            for s in studies}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any
                               ) -> bool:
         return True  # each study's ASHA has its own metric and mode
 
-    def _of(self, trial: Any) -> ASHAScheduler:
+    def _asha(self, trial: Any) -> ASHAScheduler:
         return self.ashas[trial.config["study"]]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._of(trial).on_trial_add(tune_controller, trial)
+        self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        return self._of(trial).on_trial_result(tune_controller, trial, result)
+        decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
+        return self.CONTINUE if trial.config.get("number") == 0 else decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        self._of(trial).on_trial_complete(tune_controller, trial, result)
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        self._of(trial).on_trial_remove(tune_controller, trial)
+        self._asha(trial).on_trial_remove(tune_controller, trial)
 
 
 class Configs(SavedSearcher):
@@ -571,31 +631,39 @@ def _experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_
             callbacks=callbacks, verbose=0))
 
 
-def _trial_rows(grid: Any, studies: list[Study]) -> list[dict[str, Any]]:
-    """One row per trial of the search, in the grid's order: its study, status, best value."""
-    by_name = {s.name: s for s in studies}
-    rows = []
+def _records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[TrialRecord]:
+    """One TrialRecord per Tune result, in the grid's order; `stopped`: the sweep was
+    interrupted or ran out of time (a trial stopped then is not ASHA's)."""
+    out = []
     for res in grid:
-        study = by_name[res.config["study"]]
-        _, hparams = split_config(res.config)
+        meta, hparams = split_config(res.config)
         history = res.metrics_dataframe
-        values = history[study.metric] if history is not None and study.metric in history \
-            else None
-        best = None
-        if values is not None and values.notna().any():
-            best = float(values.min() if study.mode == "min" else values.max())
         last = res.metrics or {}
-        status = "error" if res.error else last.get("status", "pending")
-        status = "ok" if status == "running" else status
-        rows.append({"study": study.name, "model": study.model, "task": study.task,
-                     "trial_id": last.get("trial_id", os.path.basename(str(res.path))),
-                     "status": status, "error": str(res.error).splitlines()[0] if res.error
-                     else last.get("message", ""),
-                     "epochs": int(last.get("epoch", 0) or 0),
-                     "time_s": float(last.get("time_total_s", 0.0) or 0.0),
-                     "metric": study.metric, "best": best,
-                     "hparams": json.dumps(hparams, sort_keys=True), "path": str(res.path)})
-    return rows
+        best, best_epoch = None, 0
+        if history is not None and meta["metric"] in history:
+            values = history[meta["metric"]]
+            if values.notna().any():
+                at = values.idxmin() if meta["metric"].endswith(("rmse", "mae")) \
+                    else values.idxmax()
+                best, best_epoch = float(values[at]), int(history["epoch"][at])
+        status, epoch = last.get("status"), int(last.get("epoch", 0) or 0)
+        if res.error:
+            end = "error"
+        elif status in ("epochs", "early_stopped", "diverged"):
+            end = status
+        elif status is None:
+            end = "pending"
+        else:  # stopped from outside while running
+            rungs = plan[meta["study"]].rungs if meta["study"] in plan else ()
+            end = "asha" if epoch in rungs and not stopped else "interrupted"
+        message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
+        out.append(TrialRecord(
+            study=meta["study"], trial_id=last.get("trial_id", os.path.basename(str(res.path))),
+            number=int(meta.get("number", -1)), end=end, message=message, best=best,
+            best_epoch=best_epoch, epochs=epoch,
+            time_s=float(last.get("time_total_s", 0.0) or 0.0), hparams=hparams,
+            seed=int(meta["seed"]), checkpoint=res.checkpoint, path=str(res.path)))
+    return out
 
 
 def _history(res: Any) -> Any:
@@ -606,49 +674,23 @@ def _history(res: Any) -> Any:
     return frame[keep].assign(study=res.config["study"])
 
 
-def _test_from_checkpoint(res: Any, data: PreparedData, cfg: SweepConfig, study: Study,
-                          run_dir: Path, tag: str) -> dict[str, float]:
-    """Load the trial's best state, evaluate val and test (of a refit with `cfg.train.refit`),
-    and save the model tested as `checkpoints/<tag>.pt`.
-
-    Test metrics are computed here, for chosen trials only: the search never sees them.
-    """
-    meta, hparams = split_config(res.config)
-    with res.checkpoint.as_directory() as directory:
-        state = load_state(directory)
-    model = create_model(study.model, DataSpec.from_data(data), study.task, **hparams)
-    model.load_state_dict(state["best_state"])
-    tcfg = dataclasses.replace(cfg.train, seed=int(meta["seed"]), metric=study.metric)
-    scores, model = val_and_test(model, data, tcfg, state["best_epoch"])
-    save_model(model, run_dir / "checkpoints" / f"{tag}.pt", data_fingerprint=data.fingerprint,
-               trial_path=str(res.path), study=study.name, metric=study.metric)
-    return scores
-
-
-def _metrics_only(m: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in m.items() if k.startswith(("val/", "test/"))
-            and not k.endswith("_per_s")}
-
-
-def _baseline_row(name: str, data: PreparedData, cfg: SweepConfig) -> dict[str, Any]:
-    model = create_model(name, DataSpec.from_data(data))
-    tcfg = dataclasses.replace(cfg.train, seed=cfg.seed)
-    seed_everything(cfg.seed)
-    start = time.time()
-    fit(model, data, tcfg)
-    scores, _ = val_and_test(model, data, tcfg)
-    return {"study": name, "model": name, "task": model.task, "status": "ok", "trials_done": 1,
-            "trials_failed": 0, "epochs": 0, "time_s": time.time() - start, "seeds": 1,
-            **_metrics_only(scores)}
-
-
 def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
-    """Run (or continue) a sweep; returns the run directory holding the results."""
+    """Run (or continue) a sweep; returns the run directory holding the results.
+
+    resolve config -> connect -> prepare data -> search -> finalize (choose, test, seeds,
+    baselines) -> tables -> export -> report.
+    """
     if resume is not None:
         cfg = load_run_config(resume)
     elif not cfg.name:
         cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
     studies = check_config(cfg)
+    cfg = resolved(cfg)
+    plan = schedules(cfg, studies)
+    if cfg.trials <= cfg.startup_trials:
+        print(f"search: {cfg.trials} trials per study, within TPE's {cfg.startup_trials} "
+              "random start-up trials: after the defaults trial this is a random search",
+              flush=True)
     start = time.time()
     budget = parse_duration(cfg.time_budget)
     deadline = None if budget is None else start + budget
@@ -682,36 +724,24 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
             callbacks = [Progress(studies, cfg.trials, start, deadline), ReportKernels(),
                          *wandb_callbacks(cfg, run_dir)]
             left = None if deadline is None else max(1.0, deadline - time.time())
-            # ASHA is the only early stopper (OptunaSearch uses Optuna's no-op pruner); a
-            # trial it stops is told to Optuna as complete with its truncated value.
-            tuner = _experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg),
+            tuner = _experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg, plan),
                                 cfg.trials * len(studies), callbacks,
-                                scheduler=StudyASHA(studies, cfg), time_budget_s=left)
+                                scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
         grid = [] if stop.is_set() else _fit(tuner, path, trainable, cfg, deadline, stop)
-        trial_rows = _trial_rows(grid, studies)
+        out_of_time = deadline is not None and time.time() >= deadline
+        trials = _records(grid, plan, stop.is_set() or out_of_time)
         histories = [_history(res) for res in grid if res.metrics_dataframe is not None]
-        mine = {s.name: [(r, res) for r, res in zip(trial_rows, grid, strict=True)
-                         if r["study"] == s.name] for s in studies}
-        chosen = {s.name: _best(mine[s.name], s) for s in studies}
-        found = {name: best for name, best in chosen.items() if best is not None}
-        seeds = _seed_runs(found, cfg, slots, trainable) \
-            if cfg.final_seeds > 1 and found and not stop.is_set() else {}
-        rows = []
-        for study in studies:
-            if mine[study.name]:
-                rows.append(_study_row(mine[study.name], study, chosen[study.name],
-                                       seeds.get(study.name, []), data, cfg, run_dir))
-            else:
-                status = "interrupted" if stop.is_set() else "time budget spent" \
-                    if deadline is not None and time.time() >= deadline else "no trial ran"
-                rows.append({"study": study.name, "model": study.model, "task": study.task,
-                             "status": status, "metric": study.metric, "trials_done": 0,
-                             "trials_failed": 0})
-
-        for name in cfg.baselines:
-            rows.append(_baseline_row(name, data, cfg))
-        results.write_trials(run_dir, trial_rows, histories)
-        frame = results.table(rows)
+        chosen = {s.name: choose([t for t in trials if t.study == s.name], s) for s in studies}
+        found = [t for t in chosen.values() if t is not None]
+        seed_trials = _seed_runs(found, studies, plan, cfg, slots, trainable) \
+            if cfg.final_seeds > 1 and found and not stop.is_set() else []
+        why_empty = "interrupted" if stop.is_set() else \
+            "time budget spent" if out_of_time else "no trial ran"
+        studied = finalize(studies, trials, seed_trials, cfg.baselines, data, cfg.train,
+                           cfg.seed, run_dir, why_empty)
+        by_name = {s.name: s for s in studies}
+        results.write_trials(run_dir, [t.row(by_name[t.study]) for t in trials], histories)
+        frame = results.table(studied)
         results.write(run_dir, frame)
         if any((run_dir / "checkpoints").glob("*.pt")):
             outcome = export_run(run_dir, data=data)
@@ -782,58 +812,21 @@ def _fit(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfig,
     return grid
 
 
-def _best(trials: list[tuple[dict[str, Any], Any]], study: Study) -> Any:
-    """The study's trial with the best validation value of any epoch (and a checkpoint)."""
-    chosen = [(r["best"], res) for r, res in trials
-              if r["best"] is not None and math.isfinite(r["best"]) and res.checkpoint]
-    if not chosen:
-        return None
-    pick = min if study.mode == "min" else max
-    return pick(chosen, key=lambda pair: pair[0])[1]
-
-
-def _study_row(trials: list[tuple[dict[str, Any], Any]], study: Study, best: Any,
-               seed_runs: list[Any], data: PreparedData, cfg: SweepConfig, run_dir: Path
-               ) -> dict[str, Any]:
-    """The study's line of the table from its (trial row, Tune result) pairs: its best trial
-    tested, with the re-runs of that configuration with more seeds."""
-    done = sum(row["status"] == "ok" for row, _ in trials)
-    # failed: raised or diverged; trials an interruption left unfinished are neither
-    failed = sum(row["status"] in ("error", "diverged") for row, _ in trials)
-    row: dict[str, Any] = {"study": study.name, "model": study.model, "task": study.task,
-                           "metric": study.metric, "trials_done": done,
-                           "trials_failed": failed}
-    if best is None:
-        return {**row, "status": "no finished trial"}
-    _, hparams = split_config(best.config)
-    runs = [_test_from_checkpoint(best, data, cfg, study, run_dir, study.name)]
-    runs += [_test_from_checkpoint(r, data, cfg, study, run_dir,
-                                   f"{study.name}-seed{r.config['seed']}") for r in seed_runs]
-    metrics = results.aggregate_seeds([_metrics_only(m) for m in runs])
-    if len(runs) == 1:
-        metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
-    last = best.metrics or {}
-    return {**row, "status": "ok", "epochs": int(last.get("epoch", 0)),
-            "time_s": float(last.get("time_total_s", 0.0)), "seeds": len(runs),
-            **metrics, "hparams": json.dumps(hparams, sort_keys=True)}
-
-
-def _seed_runs(bests: dict[str, Any], cfg: SweepConfig, slots: int, trainable: Any
-               ) -> dict[str, list[Any]]:
+def _seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, Schedule],
+               cfg: SweepConfig, slots: int, trainable: Any) -> list[TrialRecord]:
     """Retrain each study's chosen configuration with `final_seeds - 1` more seeds (no
-    search), all studies in one experiment; returns each study's finished runs."""
+    search), all studies in one experiment; returns the finished runs."""
     path = f"{experiment_root(cfg)}/{SEEDS}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        points = [{**best.config, "seed": cfg.seed + i} for best in bests.values()
-                  for i in range(1, cfg.final_seeds)]
+        by_name = {s.name: s for s in studies}
+        points = [{**t.hparams, **trial_meta(by_name[t.study], cfg.seed + i, t.number,
+                                             plan[t.study])}
+                  for t in chosen for i in range(1, cfg.final_seeds)]
         tuner = _experiment(trainable, SEEDS, cfg, slots, Configs(points), len(points))
-    runs: dict[str, list[Any]] = collections.defaultdict(list)
-    for r in tuner.fit():
-        if r.checkpoint is not None and not r.error:
-            runs[r.config["study"]].append(r)
-    return runs
+    return [t for t in _records(tuner.fit(), plan, False) if t.end in ("epochs", "early_stopped")
+            and t.checkpoint is not None]
 
 
 def load_run_config(run_dir: str | Path) -> SweepConfig:

@@ -458,15 +458,29 @@ def refit(model_name: str, data: PreparedData, task: str, hparams: dict[str, Any
 
 
 def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig, best_epoch: int = 0
-                 ) -> tuple[dict[str, float], Recommender]:
+                 ) -> tuple[dict[str, float], Recommender, dict[str, np.ndarray]]:
     """Validation metrics of a trained model and test metrics of it or, with `cfg.refit`, of
-    its refit for `best_epoch` epochs; returns them and the model tested."""
+    its refit for `best_epoch` epochs; returns them, the model tested and its test values
+    per evaluation unit (`evaluate_units`)."""
     tensors = to_device(data, model.device)
     scores = evaluate(model, data, "val", cfg, tensors)
     if cfg.refit:
         model, data = refit(model.name, data, model.task, model.hparams(), cfg, best_epoch)
         tensors = None
-    return {**scores, **evaluate(model, data, "test", cfg, tensors)}, model
+    test, units = evaluate_units(model, data, "test", cfg, tensors)
+    return {**scores, **test}, model, units
+
+
+STATE_FILE = "state.pt"  # a trial checkpoint: what `fit`'s `on_state` handed over
+
+
+def save_state(state: dict[str, Any], directory: str | Path) -> None:
+    torch.save(state, Path(directory) / STATE_FILE)
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    """A trial checkpoint's state (tensors, numbers and lists only: nothing that runs code)."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def validate_request(model_name: str, task: str | None, hparams: dict[str, Any]) -> str:
@@ -517,7 +531,7 @@ def train_one(model_name: str, data: PreparedData, task: str | None, hparams: di
     result = fit(model, data, cfg, _progress(model.params.epochs) if progress else None)
     metrics: dict[str, Any] = {}
     if result.best:  # a model that diverged before its first epoch has nothing to test
-        scores, model = val_and_test(model, data, cfg, result.best_epoch)
+        scores, model, _ = val_and_test(model, data, cfg, result.best_epoch)
         metrics = {k: v for k, v in scores.items() if not k.endswith("/eval_users_per_s")}
         metrics["eval_users_per_s"] = scores["test/eval_users_per_s"]
     speeds = [h["train_samples_per_s"] for h in result.history if "train_samples_per_s" in h]

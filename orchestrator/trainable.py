@@ -3,10 +3,13 @@
 `run_trial(config, data, train_cfg)` is wrapped once per sweep with
 `tune.with_parameters` (the prepared data goes to the object store once, trials never
 re-read files). Each epoch `fit` hands its full state to `on_state`, then `report`: an epoch
-that improves the validation metric, checkpoints, or comes `report_every_s` after the last
-report sends its metrics to Tune; every `checkpoint_every_s` and at the last epoch with that
-state as one checkpoint, so a trial restarted on another node (FailureConfig) continues
-from its last checkpoint.
+that improves the validation metric, checkpoints, is one of ASHA's rungs (`rungs`: so ASHA
+compares every trial at the same epochs), or comes `report_every_s` after the last report
+sends its metrics to Tune; every `checkpoint_every_s` and at the last epoch with that state
+as one checkpoint, so a trial restarted on another node (FailureConfig) continues from its
+last checkpoint. Every report carries `best_value`, the best validation value so far, and
+`status`: "running", or how the trial ended ("epochs", "early_stopped", "diverged"); a trial
+whose last status is "running" was stopped from outside (ASHA, Ctrl-C, the time budget).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import math
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,20 +30,17 @@ from data.types import PreparedData
 from models.base import DataSpec
 from models.registry import create_model
 from orchestrator.config import TrainConfig
-from orchestrator.train import fit, seed_everything
+from orchestrator.train import fit, load_state, save_state, seed_everything
 
-META = ("study", "model", "task", "seed", "metric")
-STATE_FILE = "state.pt"
+# Trial metadata in a Tune config, beside the hyperparameters: `number` is the trial's
+# place in its study (0: the model's defaults), `rungs` the epochs it must report
+META = ("study", "model", "task", "seed", "metric", "number", "rungs")
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(meta, hyperparameters) of a trial config."""
-    meta = {k: config[k] for k in META}
+    meta = {k: config[k] for k in META if k in config}
     return meta, {k: v for k, v in config.items() if k not in META}
-
-
-def load_state(directory: str | Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
 def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig) -> None:
@@ -51,6 +50,7 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     cfg = dataclasses.replace(train_cfg, seed=int(meta["seed"]), metric=meta["metric"])
     seed_everything(cfg.seed)
     model = create_model(meta["model"], DataSpec.from_data(data), meta["task"], **hparams)
+    rungs, epochs = set(meta.get("rungs", ())), model.params.epochs
 
     state = None
     checkpoint = tune.get_checkpoint()
@@ -81,17 +81,20 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         now = time.time()
         checkpoint = state["final"] or now - saved_at >= cfg.checkpoint_every_s
         improved = state["best_epoch"] == metrics["epoch"]
-        if not (checkpoint or improved or now - reported_at >= cfg.report_every_s):
+        if not (checkpoint or improved or metrics["epoch"] in rungs
+                or now - reported_at >= cfg.report_every_s):
             return
         reported_at = now
         hook.remove()
-        metrics = {**metrics, "status": "running",
+        status = "running" if not state["final"] else \
+            "epochs" if metrics["epoch"] == epochs else "early_stopped"
+        metrics = {**metrics, "status": status, "best_value": state["best_value"],
                    "first_batch_at": first_step[0] if first_step else math.nan}
         if not checkpoint:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state, Path(directory) / STATE_FILE)
+            save_state(state, directory)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         saved_at = time.time()
 
@@ -103,7 +106,7 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     if result.status == "diverged":
         # NaN tells Optuna the trial failed; the table shows the status and the reason.
         tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,
-                     "epoch": result.epochs})
+                     "epoch": result.epochs, "best_value": math.nan})
     # free the trial's memory now: a reused worker must not carry it into the next trial
     latest.clear()
     del model

@@ -198,12 +198,27 @@ def test_baselines_match_plain_references():
             den = np.linalg.norm(X[:, i]) * np.linalg.norm(X[:, j])
             sim[i, j] = X[:, i] @ X[:, j] / den if i != j and den else 0.0
     for j in range(N_ITEMS):  # keep each item's 3 most similar items (ties: any 3 of them)
-        cut = np.sort(sim[:, j])[-3]
-        kept = knn.sim[:, j].numpy()
-        assert (kept > 0).sum() <= 3 and np.all(kept[kept > 0] >= cut - 1e-6)
-        np.testing.assert_allclose(kept[kept > 0], sim[kept > 0, j], rtol=1e-5)
-    np.testing.assert_allclose(knn.score_all(torch.arange(N_USERS)).numpy(),
-                               X @ knn.sim.numpy(), rtol=1e-5)
+        cut = np.sort(sim[j])[-3]
+        kept, w = knn.neighbours[j].numpy(), knn.weights[j].numpy()
+        assert len(set(kept)) == 3 and np.all(w >= cut - 1e-6)
+        np.testing.assert_allclose(w, sim[j, kept], rtol=1e-5)
+    dense = np.zeros((N_ITEMS, N_ITEMS))
+    for j in range(N_ITEMS):
+        dense[knn.neighbours[j].numpy(), j] = knn.weights[j].numpy()
+    np.testing.assert_allclose(knn.score_all(torch.arange(N_USERS)).numpy(), X @ dense,
+                               rtol=1e-5, atol=1e-7)
+
+    bias, _, train = build("bias", "rating", reg_user=3.0, reg_item=2.0, sweeps=4)
+    mu, u, i, r = float(train.rating.mean()), *(t.numpy() for t in
+                                                 (train.user, train.item, train.rating))
+    bu, bi = np.zeros(N_USERS), np.zeros(N_ITEMS)
+    for _ in range(4):  # Surprise's BaselineOnly ALS, one rating at a time
+        bi = np.array([sum(r[k] - mu - bu[u[k]] for k in np.flatnonzero(i == j)) /
+                       (2.0 + (i == j).sum()) for j in range(N_ITEMS)])
+        bu = np.array([sum(r[k] - mu - bi[i[k]] for k in np.flatnonzero(u == v)) /
+                       (3.0 + (u == v).sum()) for v in range(N_USERS)])
+    np.testing.assert_allclose(bias(torch.arange(N_USERS), torch.zeros(N_USERS).long()).numpy(),
+                               mu + bu + bi[0], rtol=1e-4)
 
 
 def test_pop_rating_is_damped_item_mean():
@@ -217,7 +232,7 @@ def test_pop_rating_is_damped_item_mean():
 
 def test_registry_errors():
     spec = DataSpec(N_USERS, N_ITEMS)
-    assert {"mf", "autorec", "neumf", "caser", "pop", "itemknn"} <= set(list_models())
+    assert {"mf", "autorec", "neumf", "caser", "pop", "itemknn", "bias"} <= set(list_models())
 
     class Dup(get_model_class("mf")):
         name = "mf"

@@ -1,0 +1,153 @@
+"""After the search: choose each study's trial on validation, test it (and its seed re-runs),
+evaluate the baselines, and say what each table compares.
+
+    TrialRecords of each study -> choose (best validation value, with a checkpoint)
+      -> test the chosen state (or its refit), keeping the per-unit test values
+      -> StudyResult per study; StudyResult per baseline, in the table of its task
+
+Test metrics are computed here, for the chosen trials only: the search never sees them.
+No Ray here: trial checkpoints are read through `as_directory()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from data.types import PreparedData
+from models.base import DataSpec
+from models.registry import create_model, get_model_class, save_model
+from orchestrator.config import TrainConfig
+from orchestrator.records import Study, StudyResult, TestRun, TrialRecord
+from orchestrator.train import fit, load_state, monitored_metric, seed_everything, val_and_test
+
+
+def study_of(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
+    """`mf`, `mf:ranking` -> a Study; errors name the entry and what it may be."""
+    from models.registry import list_models
+
+    model, _, task = entry.partition(":")
+    if model not in list_models():
+        raise ValueError(f"{what}: unknown model {model!r}; known: {', '.join(list_models())}")
+    cls = get_model_class(model)
+    task = task or cls.tasks[0]
+    if task not in cls.tasks:
+        raise ValueError(f"{what}: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}, "
+                         f"not {task!r}")
+    try:
+        metric, mode = monitored_metric(task, cfg_metric, ks)
+    except ValueError as e:
+        raise ValueError(f"metric: {e} ({what} entry {entry!r})") from None
+    return Study(entry.replace(":", "-"), model, task, metric, mode)
+
+
+def main_metric(study: Study) -> str:
+    """The test metric a table compares: the test side of the study's validation metric."""
+    return "test/" + study.metric.split("/", 1)[1]
+
+
+def evaluation_of(table: str, data: PreparedData, cfg: TrainConfig, metric: str) -> str:
+    """One line saying what every row of a table was scored on."""
+    where = f"{data.name}, split {data.split_name}"
+    if table == "rating":
+        return (f"{where}; {len(data.test)} test ratings; RMSE and MAE of predictions clipped "
+                f"to {data.rating_range[0]:g}-{data.rating_range[1]:g}; main metric {metric}")
+    if cfg.protocol == "full":
+        protocol = (f"full ranking of all {data.n_items} items, the user's train and val items "
+                    "masked")
+    else:
+        n = 0 if data.test_negatives is None else int((data.test_negatives >= 0).sum(1).max())
+        protocol = f"sampled: each test item among up to {n} fixed negatives"
+    ks = ",".join(map(str, cfg.ks))
+    return f"{where}; {protocol}; K={ks}; main metric {metric}"
+
+
+def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
+    """The trial with the best validation value of any epoch that has a checkpoint: any
+    trial, also one ASHA stopped (its best epoch is a real model, judged on validation)."""
+    chosen = [t for t in trials
+              if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None]
+    if not chosen:
+        return None
+    pick = min if study.mode == "min" else max
+    return pick(chosen, key=lambda t: t.best)
+
+
+def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: TrainConfig,
+               out: Path | None) -> TestRun:
+    """Load a trial's best state, evaluate val and test (of a refit with `cfg.refit`), and
+    save the model tested to `out` (a `.pt` checkpoint) when given."""
+    with record.checkpoint.as_directory() as directory:
+        state = load_state(directory)
+    model = create_model(study.model, DataSpec.from_data(data), study.task, **record.hparams)
+    model.load_state_dict(state["best_state"])
+    tcfg = dataclasses.replace(cfg, seed=record.seed, metric=study.metric)
+    scores, model, units = val_and_test(model, data, tcfg, state["best_epoch"])
+    if out is not None:
+        save_model(model, out, data_fingerprint=data.fingerprint, trial_path=record.path,
+                   study=study.name, metric=study.metric)
+    return TestRun(record.seed, _metrics_only(scores), units[main_metric(study)], model)
+
+
+def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[TrialRecord],
+                 data: PreparedData, cfg: TrainConfig, run_dir: Path, why_empty: str
+                 ) -> StudyResult:
+    """The study's chosen trial tested, with the re-runs of its configuration with more
+    seeds (`seed_trials`); `why_empty` is the status when the study ran no trial."""
+    result = StudyResult(study, evaluation="", main_metric=main_metric(study),
+                         trials_done=sum(t.finished for t in trials),
+                         trials_pruned=sum(t.end == "asha" for t in trials),
+                         trials_failed=sum(t.end in ("error", "diverged") for t in trials))
+    if not trials:
+        result.status = why_empty
+        return result
+    result.chosen = choose(trials, study)
+    if result.chosen is None:
+        result.status = "no finished trial"
+        return result
+    folder = run_dir / "checkpoints"
+    result.runs = [test_trial(result.chosen, study, data, cfg, folder / f"{study.name}.pt")]
+    result.runs += [test_trial(t, study, data, cfg, folder / f"{study.name}-seed{t.seed}.pt")
+                    for t in seed_trials if t.checkpoint is not None]
+    return result
+
+
+def baseline_result(entry: str, table_metric: dict[str, str], data: PreparedData,
+                    cfg: TrainConfig, seed: int) -> StudyResult:
+    """A non-learned baseline fitted on train and tested, in the table of its task, scored
+    on that table's main metric (`table_metric`: table -> validation metric)."""
+    study = study_of(entry, "", cfg.ks, what="baselines")
+    study = dataclasses.replace(study, metric=table_metric.get(study.table, study.metric))
+    model = create_model(study.model, DataSpec.from_data(data), study.task)
+    tcfg = dataclasses.replace(cfg, seed=seed, metric=study.metric)
+    seed_everything(seed)
+    fit(model, data, tcfg)
+    scores, model, units = val_and_test(model, data, tcfg)
+    return StudyResult(study, baseline=True, main_metric=main_metric(study), trials_done=1,
+                       runs=[TestRun(seed, _metrics_only(scores), units[main_metric(study)])])
+
+
+def finalize(studies: list[Study], trials: list[TrialRecord], seed_trials: list[TrialRecord],
+             baselines: tuple[str, ...], data: PreparedData, cfg: TrainConfig, seed: int,
+             run_dir: Path, why_empty: str) -> list[StudyResult]:
+    """Every study's result, then the baselines of the tables that hold a study (a baseline
+    for a table with no study is not run, and says so), each with its table's evaluation."""
+    out = [study_result(s, [t for t in trials if t.study == s.name],
+                        [t for t in seed_trials if t.study == s.name], data, cfg, run_dir,
+                        why_empty) for s in studies]
+    table_metric = {s.table: s.metric for s in studies}
+    for entry in baselines:
+        table = study_of(entry, "", cfg.ks, what="baselines").table
+        if table not in table_metric:
+            print(f"baselines: {entry} not run: no {table} study in this sweep", flush=True)
+            continue
+        out.append(baseline_result(entry, table_metric, data, cfg, seed))
+    for result in out:
+        result.evaluation = evaluation_of(result.study.table, data, cfg, result.main_metric)
+    return out
+
+
+def _metrics_only(m: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in m.items() if k.startswith(("val/", "test/"))
+            and not k.endswith("_per_s")}

@@ -1,0 +1,182 @@
+"""The typed records a sweep's stages hand each other: studies, trials, tested models.
+
+    Study (from the config) -> TrialRecord (one per Tune trial, built once from Tune's
+    results) -> StudyResult (the chosen trial of a study, or a baseline, tested)
+
+No Ray and no torch here: a notebook can build and read these without a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# How a trial ended (the trials table's `end` column):
+#   epochs        ran all its epochs
+#   early_stopped stopped by the loop's patience (no validation improvement)
+#   asha          stopped by ASHA at one of its rungs
+#   interrupted   stopped from outside at another epoch (Ctrl-C, the time budget)
+#   diverged      non-finite loss or validation metric
+#   error         raised
+#   pending       never reported
+ENDS = ("epochs", "early_stopped", "asha", "interrupted", "diverged", "error", "pending")
+FINISHED = ("epochs", "early_stopped")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One search: a model on one task, optimising one validation metric.
+
+    Args:
+        name: the study's name (`mf`, `mf-ranking`).
+        model: the registered model.
+        task: rating, ranking or sequential.
+        metric: the validation metric it optimises (`val/rmse`).
+        mode: "min" or "max".
+    """
+
+    name: str
+    model: str
+    task: str
+    metric: str
+    mode: str
+
+    @property
+    def table(self) -> str:
+        """The results table it belongs to: ranking and sequential models rank the same
+        held-out items, so they share one."""
+        return "rating" if self.task == "rating" else "ranking"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A study's epoch budget and ASHA's rungs (the epochs at which ASHA compares trials,
+    every one of which a trial reports).
+
+    Example:
+        >>> Schedule.auto(20, 0, 2)
+        Schedule(max_epochs=20, grace_period=5, rungs=(5, 10, 20))
+    """
+
+    max_epochs: int
+    grace_period: int
+    rungs: tuple[int, ...]
+
+    @classmethod
+    def auto(cls, max_epochs: int, grace_period: int, reduction_factor: int) -> Schedule:
+        """`grace_period` 0 is a quarter of `max_epochs` (at least 1); the rungs are
+        `grace * rf**k` up to `max_epochs`, as ASHA places its milestones."""
+        grace = min(grace_period or max(1, max_epochs // 4), max_epochs)
+        rungs, rung = [], grace
+        while rung <= max_epochs:
+            rungs.append(rung)
+            rung *= reduction_factor
+        return cls(max_epochs, grace, tuple(rungs))
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a study, as the search left it.
+
+    Args:
+        study: its study's name.
+        trial_id: Tune's trial id (also its W&B run id).
+        number: its place in the study's order of suggestion (0: the defaults trial).
+        end: how it ended, one of `ENDS`.
+        message: why (one line), when there is something to say.
+        best: its best validation value of the study's metric (None: never reported one).
+        best_epoch: the epoch of that value.
+        epochs: epochs it trained.
+        time_s: its wall-clock training time.
+        hparams: the hyperparameters the searcher chose (no metadata mixed in).
+        seed: its training seed.
+        checkpoint: where its last checkpoint is (anything with `as_directory()`, e.g. a
+            `ray.tune.Checkpoint`), or None.
+        path: its Tune trial folder.
+    """
+
+    study: str
+    trial_id: str
+    number: int
+    end: str
+    message: str
+    best: float | None
+    best_epoch: int
+    epochs: int
+    time_s: float
+    hparams: dict[str, Any]
+    seed: int
+    checkpoint: Any = None
+    path: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """It trained to its own end (all epochs or patience): its value is final."""
+        return self.end in FINISHED
+
+    def row(self, study: Study) -> dict[str, Any]:
+        """Its line of the trials table (hyperparameters as JSON)."""
+        import json
+
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("checkpoint", "hparams")}
+        return {**out, "model": study.model, "task": study.task, "metric": study.metric,
+                "hparams": json.dumps(self.hparams, sort_keys=True)}
+
+
+@dataclass
+class TestRun:
+    """One tested model (a chosen trial, one of its seed re-runs, or a baseline).
+
+    Args:
+        seed: its training seed.
+        metrics: `val/...` and `test/...` metrics.
+        units: the table's main test metric per evaluation unit (per user for rankings,
+            per rating for ratings: the squared or absolute error), in the data's order, so
+            that runs on the same evaluation pair up.
+        model: the tested model (in memory, for the checkpoint and export), or None.
+    """
+
+    seed: int
+    metrics: dict[str, float]
+    units: np.ndarray
+    model: Any = None
+
+
+@dataclass
+class StudyResult:
+    """A study's line of the results: its chosen trial tested (with its seed re-runs), or a
+    baseline evaluated.
+
+    Args:
+        study: the study (a baseline is a study of its own: `pop`, `bias`).
+        baseline: whether it is a non-learned baseline.
+        status: "ok", or why there is nothing to test (no finished trial, interrupted, ...).
+        evaluation: one line saying what was evaluated (split, protocol, candidates, K).
+        main_metric: the table's test metric the significance tests compare (`test/rmse`).
+        trials_done, trials_pruned, trials_failed: the study's trials that finished, that
+            ASHA stopped, and that raised or diverged.
+        chosen: the chosen trial, or None.
+        runs: the tested runs (the chosen trial first, then its seed re-runs).
+    """
+
+    study: Study
+    baseline: bool = False
+    status: str = "ok"
+    evaluation: str = ""
+    main_metric: str = ""
+    trials_done: int = 0
+    trials_pruned: int = 0
+    trials_failed: int = 0
+    chosen: TrialRecord | None = None
+    runs: list[TestRun] = field(default_factory=list)
+
+    @property
+    def units(self) -> np.ndarray | None:
+        """The main metric per unit, averaged over the seed runs (None: nothing tested)."""
+        if not self.runs:
+            return None
+        return np.mean([r.units for r in self.runs], axis=0)
