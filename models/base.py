@@ -133,6 +133,10 @@ class Recommender(nn.Module):
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def pretrain(self, train: Any) -> None:
+        """Before its own training, train and load parts of the model (`train(model)` runs
+        the shared loop on another model); most models have nothing to pre-train."""
+
     def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
         """Scores of every item for a batch of users: `[B] (, [B, L]) -> [B, n_items]`."""
         raise NotImplementedError

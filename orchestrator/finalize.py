@@ -19,7 +19,7 @@ from data.types import PreparedData
 from models.base import DataSpec
 from models.registry import create_model, get_model_class, save_model
 from orchestrator.config import TrainConfig
-from orchestrator.records import Study, StudyResult, TestRun, TrialRecord
+from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 from orchestrator.train import fit, load_state, monitored_metric, seed_everything, val_and_test
 
 
@@ -75,7 +75,7 @@ def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
 
 
 def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: TrainConfig,
-               out: Path | None) -> TestRun:
+               out: Path | None) -> ScoredRun:
     """Load a trial's best state, evaluate val and test (of a refit with `cfg.refit`), and
     save the model tested to `out` (a `.pt` checkpoint) when given."""
     with record.checkpoint.as_directory() as directory:
@@ -87,7 +87,7 @@ def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: Train
     if out is not None:
         save_model(model, out, data_fingerprint=data.fingerprint, trial_path=record.path,
                    study=study.name, metric=study.metric)
-    return TestRun(record.seed, _metrics_only(scores), units[main_metric(study)], model)
+    return ScoredRun(record.seed, _metrics_only(scores), units[main_metric(study)], model)
 
 
 def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[TrialRecord],
@@ -125,7 +125,7 @@ def baseline_result(entry: str, table_metric: dict[str, str], data: PreparedData
     fit(model, data, tcfg)
     scores, model, units = val_and_test(model, data, tcfg)
     return StudyResult(study, baseline=True, main_metric=main_metric(study), trials_done=1,
-                       runs=[TestRun(seed, _metrics_only(scores), units[main_metric(study)])])
+                       runs=[ScoredRun(seed, _metrics_only(scores), units[main_metric(study)])])
 
 
 def finalize(studies: list[Study], trials: list[TrialRecord], seed_trials: list[TrialRecord],

@@ -128,7 +128,7 @@ class TrialRecord:
 
 
 @dataclass
-class TestRun:
+class ScoredRun:
     """One tested model (a chosen trial, one of its seed re-runs, or a baseline).
 
     Args:
@@ -172,7 +172,7 @@ class StudyResult:
     trials_pruned: int = 0
     trials_failed: int = 0
     chosen: TrialRecord | None = None
-    runs: list[TestRun] = field(default_factory=list)
+    runs: list[ScoredRun] = field(default_factory=list)
 
     @property
     def units(self) -> np.ndarray | None:

@@ -43,7 +43,8 @@ def table(studies: list[StudyResult]) -> pd.DataFrame:
             "table": r.study.table, "study": r.study.name, "model": r.study.model,
             "task": r.study.task, "baseline": r.baseline, "status": r.status,
             "metric": r.study.metric, "trials_done": r.trials_done,
-            "trials_pruned": r.trials_pruned, "trials_failed": r.trials_failed, "seeds": len(r.runs),
+            "trials_pruned": r.trials_pruned, "trials_failed": r.trials_failed,
+            "seeds": len(r.runs),
             "main_metric": r.main_metric, "evaluation": r.evaluation}
         if r.runs:
             metrics = aggregate_seeds([run.metrics for run in r.runs])
@@ -166,6 +167,25 @@ def write(run_dir: Path, frame: pd.DataFrame) -> None:
     (run_dir / "results.md").write_text(markdown(frame))
 
 
+UNITS = "test_units.npz"
+
+
+def write_units(run_dir: Path, studies: list[StudyResult]) -> None:
+    """Each tested row's main metric per test unit (averaged over its seeds), what its
+    p-values were computed from: `test_units.npz`, one array per study, in the data's order
+    (per user for rankings, per rating for ratings), to test other pairs later."""
+    np.savez(run_dir / UNITS, **{r.study.name: r.units for r in studies if r.runs})
+
+
+def load_units(run_dir: str | Path) -> dict[str, np.ndarray]:
+    path = Path(run_dir) / UNITS
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no per-unit test values; is {run_dir} a finished "
+                                "sweep's run directory?")
+    with np.load(path) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 def load(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / "results.parquet"
     if not path.exists():
@@ -246,6 +266,8 @@ def _best_baseline(frame: pd.DataFrame) -> float | None:
     if not len(bases):
         return None
     metric = str(bases["main_metric"].iloc[0])
+    if metric not in bases.columns:  # no baseline was tested
+        return None
     values = bases[metric].dropna()
     lower = metric.split("/", 1)[1] in ("rmse", "mae")
     return None if not len(values) else float(values.min() if lower else values.max())

@@ -520,13 +520,13 @@ class StudySearch(SavedSearcher):
     What Optuna is told: each study's first trial is the model's defaults (enqueued); TPE's
     random start-up follows the budget (`startup_trials`); a trial's intermediate values are
     reported at its epochs; a trial that ended on its own is complete with its best
-    validation value (the state the sweep would choose), and one stopped from outside (ASHA,
-    Ctrl-C, the time budget) is pruned, so TPE does not take a truncated score for a final
-    one.
+    validation value (the state the sweep would choose), one that diverged or raised has
+    failed, and one stopped from outside (ASHA, Ctrl-C, the time budget) is pruned, so TPE
+    does not take a truncated score for a final one.
     """
 
-    def __init__(self, studies: list[Study], cfg: SweepConfig,
-                 plan: dict[str, Schedule]) -> None:
+    def __init__(self, studies: list[Study], cfg: SweepConfig, plan: dict[str, Schedule],
+                 storage: Any = None) -> None:
         super().__init__()
         self.trials = cfg.trials
         self.searches = {}
@@ -534,7 +534,8 @@ class StudySearch(SavedSearcher):
             space = SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name], cfg.seed)
             self.searches[s.name] = OptunaSearch(
                 space=space, metric=s.metric, mode=s.mode, points_to_evaluate=[space.defaults()],
-                sampler=TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg)))
+                sampler=TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg)),
+                storage=storage, study_name=s.name)
         self.owner: dict[str, str] = {}  # trial id -> study name
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -554,9 +555,12 @@ class StudySearch(SavedSearcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         search = self.searches[self.owner[trial_id]]
-        if result is not None and result.get("status") in ("epochs", "early_stopped"):
+        status = (result or {}).get("status")
+        if status in ("epochs", "early_stopped"):
             result = {**result, search.metric: result["best_value"]}
-        elif result is not None and result.get("status") != "diverged":
+        elif status == "diverged":  # failed (Optuna refuses a NaN value and keeps it RUNNING)
+            result, error = None, True
+        else:
             result = None  # stopped from outside: pruned, with its intermediate values
         search.on_trial_complete(trial_id, result, error)
 
@@ -743,6 +747,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         results.write_trials(run_dir, [t.row(by_name[t.study]) for t in trials], histories)
         frame = results.table(studied)
         results.write(run_dir, frame)
+        results.write_units(run_dir, studied)
         if any((run_dir / "checkpoints").glob("*.pt")):
             outcome = export_run(run_dir, data=data)
             failed = {k: v for k, v in outcome.items() if v != "ok"}

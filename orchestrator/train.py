@@ -337,6 +337,8 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report(metrics)
         return FitResult("ok", 0, 0, metrics, [metrics], "not learned: evaluated only")
 
+    if state is None:  # a resumed trial's state holds the pre-trained weights already
+        model.pretrain(lambda part: fit(part, data, cfg, validate=validate))
     p = model.params
     n = len(next(iter(examples.values())))
     if n == 0:

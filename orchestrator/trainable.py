@@ -104,7 +104,7 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     finally:
         hook.remove()
     if result.status == "diverged":
-        # NaN tells Optuna the trial failed; the table shows the status and the reason.
+        # the search tells Optuna the trial failed; the table shows the status and the reason
         tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,
                      "epoch": result.epochs, "best_value": math.nan})
     # free the trial's memory now: a reused worker must not carry it into the next trial

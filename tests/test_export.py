@@ -22,6 +22,7 @@ from models.registry import create_model, list_models, save_model
 from orchestrator import export, results, serve
 from orchestrator.cli import main
 from orchestrator.config import DataConfig, TrainConfig, to_dict
+from orchestrator.records import ScoredRun, Study, StudyResult
 from orchestrator.train import fit, seed_everything
 
 DATA_CFG = DataConfig(dataset="synthetic:users=60,items=50,interactions=1500", eval_negatives=0)
@@ -263,11 +264,11 @@ def make_run(tmp_path: Path, data: PreparedData, model: Recommender) -> Path:
     meta = {"data_fingerprint": data.fingerprint, "study": "mf", "metric": "val/rmse"}
     save_model(model, run / "checkpoints" / "mf.pt", **meta)
     save_model(model, run / "checkpoints" / "mf-seed1.pt", **meta)  # seed re-run: skipped
-    frame = results.table([
-        {"study": "mf", "model": "mf", "task": "rating", "status": "ok", "val/rmse": 1.1,
-         "test/rmse": 1.2},
-        {"study": "pop", "model": "pop", "task": "ranking", "status": "ok"}])
-    results.write(run, frame)
+    mf = StudyResult(Study("mf", "mf", "rating", "val/rmse", "min"), main_metric="test/rmse",
+                     runs=[ScoredRun(0, {"val/rmse": 1.1, "test/rmse": 1.2}, np.ones(3))])
+    pop = StudyResult(Study("pop", "pop", "ranking", "val/ndcg@10", "max"), baseline=True,
+                      status="not run")
+    results.write(run, results.table([mf, pop]))
     return run
 
 

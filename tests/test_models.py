@@ -14,7 +14,7 @@ from data.sampling import NegativeSampler, last_items
 from data.types import Split
 from models import DataSpec, create_model, list_models, register_model
 from models.base import Recommender
-from models.registry import get_model_class
+from models.registry import get_model_class, make_params
 
 N_USERS, N_ITEMS, PER_USER = 12, 20, 8
 CASES = [(n, t) for n in list_models() for t in get_model_class(n).tasks]
@@ -266,6 +266,17 @@ def test_registry_errors():
     assert create_model("mf", spec, task="rating").params.reg == 0.1
     assert create_model("mf", spec, task="ranking").params.reg == 0.003
     assert create_model("mf", spec, task="ranking", reg=0.05).params.reg == 0.05
+
+
+@pytest.mark.parametrize("name,task", CASES)
+def test_search_space_holds_the_defaults(name, task):
+    # so a sweep's first trial of each study can be exactly the model's defaults
+    from orchestrator.space import default_point
+
+    trial = optuna.create_study().ask()
+    drawn = get_model_class(name).search_space(trial)
+    defaults = dataclasses.asdict(make_params(name, task))
+    assert set(default_point(get_model_class(name).search_space, {}, defaults)) == set(drawn)
 
 
 @pytest.mark.parametrize("name", list_models())

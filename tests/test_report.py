@@ -41,21 +41,23 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Page(HTMLParser):
-    """Every tag's attributes, and the cells of the first <table>."""
+    """Every tag's attributes, and the cells of each <table>."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.rows: list[list[str]] = []
+        self.tables: list[list[list[str]]] = []
         self.in_cell = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append((tag, dict(attrs)))
+        if tag == "table":
+            self.tables.append([])
         if tag == "tr":
-            self.rows.append([])
+            self.tables[-1].append([])
         if tag in ("td", "th"):
             self.in_cell = True
-            self.rows[-1].append("")
+            self.tables[-1][-1].append("")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th"):
@@ -63,7 +65,7 @@ class Page(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self.in_cell:
-            self.rows[-1][-1] += data.strip()
+            self.tables[-1][-1][-1] += data.strip()
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +94,24 @@ def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, p
     assert links == [] and not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
 
 
-def test_table_matches_results_csv(run_dir: Path, page: Page) -> None:
+def test_tables_match_results_csv(run_dir: Path, page: Page) -> None:
     csv = pd.read_csv(run_dir / "results.csv")
-    header, *rows = page.rows
-    shown = pd.DataFrame(rows, columns=header)
-    assert list(shown["study"]) == list(csv["study"]) == STUDIES + ["pop"]
-    metrics = [c for c in csv.columns if c.startswith("test/") and not c.endswith("_std")]
-    assert "test/rmse" in metrics and "test/ndcg@10" in metrics
-    for col in metrics:
-        for cell, value in zip(shown[col], csv[col], strict=True):
-            if pd.isna(value):
-                assert cell == ""
-            else:  # "mean" or "mean ± std", 4 decimals as in results.md
-                assert float(cell.split(" ± ")[0]) == pytest.approx(value, abs=5e-5), col
+    assert list(csv["study"]) == ["mf", "bias", "neumf", "pop", "itemknn"]
+    assert len(page.tables) == 2  # rating prediction, top-N ranking
+    for (name, rows), table in zip(csv.groupby("table", sort=False), page.tables, strict=True):
+        header, *cells = table
+        shown = pd.DataFrame(cells, columns=header)
+        assert list(shown["study"]) == list(rows["study"]), name
+        metrics = [c for c in header if c.startswith("test/")]
+        assert ("test/rmse" in metrics) == (name == "rating"), name
+        assert ("test/ndcg@10" in metrics) == (name == "ranking"), name
+        for col in metrics:
+            for cell, value in zip(shown[col], rows[col], strict=True):
+                if pd.isna(value):
+                    assert cell == ""
+                else:  # "mean" or "mean ± std" (and a marker), 4 decimals as in results.md
+                    shown_value = float(cell.split(" ± ")[0].split(" ")[0])
+                    assert shown_value == pytest.approx(value, abs=5e-5), col
 
 
 def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> None:
@@ -140,7 +147,7 @@ def test_umap_coordinates_have_one_row_per_item(run_dir: Path) -> None:
 def test_importances_rank_correlation() -> None:
     trials = pd.DataFrame({
         "best": [0.1, 0.2, 0.3, 0.4, None],
-        "status": ["ok", "ok", "ok", "ok", "error"],
+        "end": ["epochs", "asha", "epochs", "early_stopped", "error"],
         "hparams": [json.dumps({"lr": lr, "dim": 8, "loss": loss, "noise": n})
                     for lr, loss, n in [(1e-3, "bpr", 2), (2e-3, "bpr", 1), (3e-3, "bce", 4),
                                         (4e-3, "bce", 3), (9.0, "bpr", 0)]]})

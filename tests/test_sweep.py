@@ -13,6 +13,7 @@ import pytest
 import yaml
 from wandb_log import wandb_run
 
+from orchestrator import results
 from orchestrator.sweep import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,16 +39,58 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return storage / "smoke"
 
 
-def test_smoke_table_has_every_model_and_the_baseline(smoke_run: Path) -> None:
+STUDIES = ["mf", "autorec", "bias", "mf-ranking", "neumf", "caser", "pop", "itemknn"]
+
+
+def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path) -> None:
     table = pd.read_csv(smoke_run / "results.csv")
-    assert list(table["study"]) == ["mf", "autorec", "neumf", "caser", "pop"]
+    assert list(table["study"]) == STUDIES
     assert (table["status"] == "ok").all(), table[["study", "status"]]
-    rating = table[table["task"] == "rating"]
+    assert list(table["table"]) == ["rating"] * 3 + ["ranking"] * 5
+    for name, group in table.groupby("table"):
+        assert group["baseline"].any(), name  # every table has a baseline row
+        assert group["evaluation"].nunique() == 1 and group["main_metric"].nunique() == 1
+    rating = table[table["table"] == "rating"]
     assert ((rating["test/rmse"] > 0) & (rating["test/rmse"] < 4)).all()
-    ranked = table[table["task"] != "rating"]
+    assert rating[["test/ndcg@10"]].isna().all().all()  # no ranking metric in that table
+    ranked = table[table["table"] == "ranking"]
     for col in ("test/hr@10", "test/ndcg@10", "val/ndcg@10"):
         assert ranked[col].between(0, 1).all(), col
-    assert (table.loc[table["study"] != "pop", "trials_done"] == 2).all()
+    searched = table[~table["baseline"]]
+    assert (searched["trials_done"] + searched["trials_pruned"] == 2).all()
+    # each row is tested against its table's best row and best baseline, or says why not
+    for _, row in table.iterrows():
+        for col, label in (("p_vs_best", "best"), ("p_vs_baseline", "baseline")):
+            p = row[col]
+            assert 0 <= p <= 1 or f"vs {label}: " in row["significance"], (row["study"], col)
+    units = results.load_units(smoke_run)
+    assert set(units) == set(STUDIES)
+    test_rows = json.loads((smoke_run / "data.json").read_text())["split"]["test"]
+    assert {len(u) for u in units.values()} == {test_rows}  # leave-last: one per user
+    md = (smoke_run / "results.md").read_text()
+    assert md.startswith("## Rating prediction\n") and "## Top-N ranking" in md
+    assert "paired t-test" in md and "(baseline)" in md
+
+
+def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run: Path
+                                                                         ) -> None:
+    from models.registry import make_params
+
+    trials = pd.read_parquet(smoke_run / "trials.parquet")
+    resolved = yaml.safe_load((smoke_run / "sweep.yaml").read_text())
+    assert resolved["startup_trials"] == 2  # min(10, max(2, 2 // 4))
+    for study, group in trials.groupby("study"):
+        first = group[group["number"] == 0]
+        assert len(first) == 1, study
+        defaults = make_params(first["model"].iloc[0], first["task"].iloc[0])
+        hparams = json.loads(first["hparams"].iloc[0])
+        searched = {k: v for k, v in hparams.items() if k != "epochs"}
+        assert searched and all(getattr(defaults, k) == v for k, v in searched.items()), study
+        assert first["end"].iloc[0] in ("epochs", "early_stopped")  # ASHA never stops it
+        rungs = resolved["schedule"][study]["rungs"]
+        assert rungs == [1, 2]  # grace a quarter of 2 epochs (at least 1), factor 2
+    assert set(trials["end"]) <= {"epochs", "early_stopped", "asha"}
+    assert (trials.loc[trials["end"] == "asha", "epochs"] == 1).all()  # at the rung
 
 
 def test_smoke_run_directory_layout(smoke_run: Path) -> None:
@@ -55,27 +98,28 @@ def test_smoke_run_directory_layout(smoke_run: Path) -> None:
                  "trials.parquet"):
         assert (smoke_run / name).is_file(), name
     assert (smoke_run / "search").is_dir()  # the Tune experiment of all studies (--resume)
-    for study in ("mf", "autorec", "neumf", "caser"):
+    for study in ("mf", "autorec", "mf-ranking", "neumf", "caser"):
         assert (smoke_run / "checkpoints" / f"{study}.pt").is_file()
     resolved = yaml.safe_load((smoke_run / "sweep.yaml").read_text())
     assert resolved["trials"] == 2 and resolved["data"]["dataset"].startswith("synthetic")
     assert json.loads((smoke_run / "data.json").read_text())["users"] > 0
     trials = pd.read_parquet(smoke_run / "trials.parquet")
-    assert len(trials) == 8 and trials["trial_id"].is_unique
+    assert len(trials) == 10 and trials["trial_id"].is_unique
 
 
 def test_results_command_prints_the_table(smoke_run: Path) -> None:
     proc = run_cli("results", str(smoke_run), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    assert [r["study"] for r in rows] == ["mf", "autorec", "neumf", "caser", "pop"]
+    assert [r["study"] for r in rows] == STUDIES
     md = run_cli("results", str(smoke_run)).stdout
-    assert md.startswith("| study |") and "caser" in md
+    assert md == (smoke_run / "results.md").read_text()
+    assert md.startswith("## Rating prediction") and "caser" in md
 
 
 def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
     runs = list((smoke_run / "wandb").glob("offline-run-*"))
-    assert len(runs) == 8, runs  # one W&B run per trial
+    assert len(runs) == 10, runs  # one W&B run per trial
     trials = pd.read_parquet(smoke_run / "trials.parquet").set_index("trial_id")
     for folder in runs:
         run = wandb_run(folder)
@@ -154,18 +198,19 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
 def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -> None:
     from ray.tune.search import Searcher
 
-    from orchestrator.sweep import StudySearch, check_config
+    from orchestrator.sweep import StudySearch, check_config, schedules
 
     cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
-    search = StudySearch(check_config(cfg), cfg)
+    plan = schedules(cfg, check_config(cfg))
+    search = StudySearch(check_config(cfg), cfg, plan)
     first = [search.suggest(f"t{i}") for i in range(3)]
     assert [c["study"] for c in first] == ["mf", "neumf", "mf"]
     assert [c["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
     assert "negatives" in first[1] and "negatives" not in first[0]  # each model's own space
-    search.on_trial_complete("t0", {"val/rmse": 0.9})
+    search.on_trial_complete("t0", {"val/rmse": 0.95, "status": "epochs", "best_value": 0.9})
     search.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps for --resume
 
-    restored = StudySearch(check_config(cfg), cfg)
+    restored = StudySearch(check_config(cfg), cfg, plan)
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("t3")["study"] == "neumf"  # mf has had its 2 trials
     assert restored.suggest("t4") == Searcher.FINISHED

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import ray
+import yaml
 
 from data import load_dataset
 from models.base import DataSpec
@@ -125,9 +127,14 @@ def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> Non
     run_dir = run_sweep(cfg)
     history = pd.read_parquet(run_dir / "history.parquet").sort_values("epoch")
     epochs, rmse = history["epoch"].tolist(), history["val/rmse"].tolist()
-    # the first and the last epoch report; in between, only new bests do
+    rungs = yaml.safe_load((run_dir / "sweep.yaml").read_text())["schedule"]["mf"]["rungs"]
+    assert rungs == [7, 14, 28]  # a quarter of 30 epochs, then doubling
+    # the first and the last epoch report, and every ASHA rung; in between, only new bests
     assert epochs[0] == 1 and epochs[-1] == 30 and len(epochs) < 30
-    bests = rmse[:-1]  # all but the last report
-    assert all(b < a for a, b in zip(bests, bests[1:], strict=False)), history
+    assert set(rungs) <= set(epochs)
+    best = math.inf
+    for epoch, value in zip(epochs[:-1], rmse[:-1], strict=True):
+        assert value < best or epoch in rungs, (epoch, history)
+        best = min(best, value)
     row = results.load(run_dir).iloc[0]
     assert row["epochs"] == 30 and row["val/rmse"] == pytest.approx(min(rmse), abs=1e-6)

@@ -277,3 +277,26 @@ def test_bad_requests_name_the_key():
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device"):
         pick_device("tpu")
+
+
+def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
+    seed_everything(0)
+    fused = create_model("neumf", DataSpec.from_data(data), pretrain=True, alpha=0.3, epochs=2)
+    cfg = TrainConfig(device="cpu", amp=False, ks=(10,))
+    towers = []
+
+    def train(part):
+        towers.append(part)
+        return fit(part, data, cfg)
+    fused.pretrain(train)
+    assert [t.params.tower for t in towers] == ["gmf", "mlp"]
+    user, item = torch.tensor([0, 4, 8]), torch.tensor([3, 9, 12])
+    with torch.no_grad():  # the fused model starts as alpha * GMF + (1 - alpha) * MLP
+        want = 0.3 * towers[0](user, item) + 0.7 * towers[1](user, item)
+        torch.testing.assert_close(fused(user, item), want)
+    seed_everything(0)
+    fused = create_model("neumf", DataSpec.from_data(data), pretrain=True, epochs=2)
+    plain = make("neumf", "ranking", data, epochs=2)
+    assert fit(fused, data, cfg).best != fit(plain, data, cfg).best  # fit pre-trained it
+    with pytest.raises(ValueError, match="pretrain=True: expected False for a single tower"):
+        create_model("neumf", DataSpec.from_data(data), tower="gmf", pretrain=True)

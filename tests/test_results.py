@@ -1,0 +1,103 @@
+"""Results tables: one per evaluation, paired tests against the best row and the best
+baseline (scipy's t-test, Holm's correction), and n/a with a reason instead of a crash."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from orchestrator import results
+from orchestrator.records import ScoredRun, Study, StudyResult
+
+RATING = "ml-100k, split u1; 5 test ratings"
+
+
+def rated(name: str, units: list[np.ndarray], baseline: bool = False,
+          evaluation: str = RATING) -> StudyResult:
+    """A rating study whose seed runs scored these squared errors."""
+    runs = [ScoredRun(i, {"test/rmse": float(np.sqrt(np.mean(u))), "val/rmse": 1.0},
+                    np.asarray(u, float)) for i, u in enumerate(units)]
+    return StudyResult(Study(name, name, "rating", "val/rmse", "min"), baseline=baseline,
+                       evaluation=evaluation, main_metric="test/rmse", runs=runs)
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm (1979), step by step: the k-th smallest p times (m - k + 1), kept monotone."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - k) * ps[i]))
+        out[i] = running
+    return out
+
+
+def test_paired_tests_are_scipys_holm_corrected_within_the_table() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 0.5, 400)
+    rows = {"best": base * 0.8, "close": base * 0.97 + rng.normal(0, 0.05, 400),
+            "mid": base * 0.9 + rng.normal(0, 0.05, 400), "bias": base, "pop": base * 1.1}
+    studies = [rated(n, [u], baseline=n in ("bias", "pop")) for n, u in rows.items()]
+    frame = results.table(studies).set_index("study")
+    raw = {n: scipy.stats.ttest_rel(rows[n], rows["best"]).pvalue
+           for n in ("close", "mid", "bias", "pop")}
+    for name, p in zip(raw, holm(list(raw.values())), strict=True):
+        assert frame.loc[name, "p_vs_best"] == pytest.approx(p, rel=1e-9)
+    raw = {n: scipy.stats.ttest_rel(rows[n], rows["bias"]).pvalue
+           for n in ("best", "close", "mid", "pop")}
+    for name, p in zip(raw, holm(list(raw.values())), strict=True):
+        assert frame.loc[name, "p_vs_baseline"] == pytest.approx(p, rel=1e-9)
+    assert math.isnan(frame.loc["best", "p_vs_best"])
+    assert "vs best: is the best" in frame.loc["best", "significance"]
+    assert "vs baseline: is the baseline" in frame.loc["bias", "significance"]
+    md = results.markdown(results.table(studies))
+    assert "(best)" in md and "(baseline)" in md and "▲" in md and "▼" in md
+
+
+def test_seed_runs_are_averaged_per_unit_before_the_test() -> None:
+    a1, a2, b = np.array([1.0, 2, 3, 4]), np.array([2.0, 2, 5, 4]), np.array([3.0, 1, 2, 9])
+    frame = results.table([rated("a", [a1, a2]), rated("b", [b], baseline=True)])
+    want = scipy.stats.ttest_rel((a1 + a2) / 2, b).pvalue
+    assert frame.loc[0, "p_vs_baseline"] == pytest.approx(want)
+    assert frame.loc[0, "seeds"] == 2 and frame.loc[0, "test/rmse_std"] > 0
+    assert "±" in results.markdown(frame)
+
+
+@pytest.mark.parametrize("a, b, why", [
+    ([1.0], [2.0], "fewer than 2 units"),
+    ([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], "all paired differences equal"),
+    ([1.0, 1.0], [1.0, 1.0], "all paired differences equal"),
+])
+def test_a_test_that_cannot_run_is_na_with_its_reason(a, b, why) -> None:
+    frame = results.table([rated("a", [np.array(a)]), rated("b", [np.array(b)],
+                                                              baseline=True)])
+    assert frame["p_vs_baseline"].isna().all()
+    assert f"n/a ({why})" in " ".join(frame["significance"])
+    assert f"n/a ({why})" in results.markdown(frame)
+
+
+def test_a_table_that_would_mix_evaluations_is_an_error() -> None:
+    other = "ml-100k, split u2; 5 test ratings"
+    with pytest.raises(ValueError, match=r"table 'rating' would mix evaluations \(a: .*u1.*; "
+                                         r"b: .*u2"):
+        results.table([rated("a", [np.ones(5)]), rated("b", [np.ones(5)], evaluation=other)])
+
+
+def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
+    def ranked(name: str, task: str, baseline: bool = False) -> StudyResult:
+        run = ScoredRun(0, {"test/ndcg@10": 0.1, "val/ndcg@10": 0.1}, np.linspace(0, 1, 9))
+        return StudyResult(Study(name, name, task, "val/ndcg@10", "max"), baseline=baseline,
+                           evaluation="leave-last; full", main_metric="test/ndcg@10",
+                           runs=[run])
+    studies = [rated("mf", [np.ones(3)]), ranked("neumf", "ranking"),
+               ranked("caser", "sequential"), rated("bias", [np.ones(3) * 2], baseline=True),
+               ranked("pop", "ranking", baseline=True)]
+    frame = results.table(studies)
+    assert list(frame["study"]) == ["mf", "bias", "neumf", "caser", "pop"]
+    assert list(frame["table"]) == ["rating", "rating", "ranking", "ranking", "ranking"]
+    md = results.markdown(frame)
+    assert md.index("## Rating prediction") < md.index("## Top-N ranking")
+    rating, ranking = md.split("## Top-N ranking")
+    assert "test/ndcg@10" not in rating and "test/rmse" not in ranking
