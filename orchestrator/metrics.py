@@ -43,6 +43,12 @@ import torch
 from torch import Tensor
 
 RANKING_NAMES = ("hr", "ndcg", "recall", "mrr")
+ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
+
+
+def lower_is_better(key: str) -> bool:
+    """`val/rmse`, `test/mae`: errors fall as a model improves; every ranking metric rises."""
+    return key.rsplit("/", 1)[-1] in ERROR_NAMES
 # Rows with at most this many target columns rank by direct comparison (T passes over [B, C]);
 # with more, one top-(max K + 1) of the scores is cheaper (about the cost of 4 passes on CPU).
 _COMPARE_MAX_TARGETS = 4

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from orchestrator.metrics import lower_is_better
 from orchestrator.records import StudyResult
 
 FIRST = ["table", "study", "model", "task", "baseline", "status", "metric", "trials_done",
@@ -115,7 +116,7 @@ def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
         if not scored:
             continue
         metric = studies[scored[0]].main_metric
-        lower = metric.split("/", 1)[1] in ("rmse", "mae")
+        lower = lower_is_better(metric)
 
         def value(i: int, metric: str = metric) -> float:
             return float(np.mean([run.metrics[metric] for run in studies[i].runs]))
@@ -251,7 +252,7 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             p = row.get("p_vs_baseline")
             if c == row.get("main_metric") and isinstance(p, float) and p < ALPHA \
                     and best_base is not None:
-                lower = c.split("/", 1)[1] in ("rmse", "mae")
+                lower = lower_is_better(c)
                 text += " ▲" if (row[c] < best_base) == lower else " ▼"
             cells.append(text)
         out.append(cells)
@@ -269,7 +270,7 @@ def _best_baseline(frame: pd.DataFrame) -> float | None:
     if metric not in bases.columns:  # no baseline was tested
         return None
     values = bases[metric].dropna()
-    lower = metric.split("/", 1)[1] in ("rmse", "mae")
+    lower = lower_is_better(metric)
     return None if not len(values) else float(values.min() if lower else values.max())
 
 

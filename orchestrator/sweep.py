@@ -49,6 +49,7 @@ from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
 from orchestrator.finalize import choose, finalize, study_of
+from orchestrator.metrics import lower_is_better
 from orchestrator.records import Schedule, Study, TrialRecord
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import default_point, sample_params, validate_space
@@ -647,8 +648,7 @@ def _records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[TrialR
         if history is not None and meta["metric"] in history:
             values = history[meta["metric"]]
             if values.notna().any():
-                at = values.idxmin() if meta["metric"].endswith(("rmse", "mae")) \
-                    else values.idxmax()
+                at = values.idxmin() if lower_is_better(meta["metric"]) else values.idxmax()
                 best, best_epoch = float(values[at]), int(history["epoch"][at])
         status, epoch = last.get("status"), int(last.get("epoch", 0) or 0)
         if res.error:

@@ -42,6 +42,7 @@ from models.registry import create_model, save_model
 from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.metrics import (
     full_ranking_per_user,
+    lower_is_better,
     means,
     rating_errors,
     sampled_ranking_per_row,
@@ -98,7 +99,7 @@ def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)
     if metric not in allowed:
         raise ValueError(f"metric {metric!r} is not reported for task {task!r}; "
                          f"allowed: {', '.join(allowed)}")
-    return metric, "min" if metric.split("/")[1] in ("rmse", "mae") else "max"
+    return metric, "min" if lower_is_better(metric) else "max"
 
 
 def _concat(a: Split, b: Split) -> Split:
