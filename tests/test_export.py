@@ -331,3 +331,18 @@ def test_unknown_study(exported, data: PreparedData, tmp_path: Path) -> None:
     run = make_run(tmp_path, data, exported("mf")[0])
     with pytest.raises(ValueError, match="--study 'nope'.*studies with one: mf"):
         export.export_run(run, "nope")
+
+
+def test_autorec_graph_carries_item_codes_not_a_rating_matrix(exported,
+                                                               data: PreparedData) -> None:
+    from onnx import numpy_helper
+
+    model, _, path = exported("autorec")
+    shapes = []
+    for graph in (onnx.load(path), onnx.load(path.with_suffix(".topk.onnx"))):
+        shapes += [tuple(t.dims) for t in graph.graph.initializer]
+        shapes += [numpy_helper.to_array(a.t).shape for node in graph.graph.node
+                   if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+    both = {data.n_items, data.n_users}
+    assert (data.n_items, model.params.dim) in shapes  # the precomputed item codes
+    assert not [s for s in shapes if both <= set(s)], shapes  # no [items x users] tensor

@@ -148,16 +148,45 @@ def test_autorec_uses_hidden_layer_and_falls_back_to_global_mean():
     model.examples(Split(*(a[keep] for a in (train.user, train.item, train.rating,
                                              train.timestamp))))
     model.eval()
-    user, item = torch.tensor([0, 1]), torch.tensor([int(model.ratings.sum(1).argmax())] * 2)
+    popular = int(torch.bincount(train.item[keep]).argmax())
+    user, item = torch.tensor([0, 1]), torch.tensor([popular] * 2)
     with torch.no_grad():
         before = model(user, item)
         model.encoder.weight.mul_(2.0)  # the hidden layer must feed the output
+        model.eval()  # entering eval mode recomputes the item codes
         assert not torch.allclose(before, model(user, item))
         assert (~model.item_seen).nonzero()[:, 0].tolist() == [4]
         got = model(torch.arange(3), torch.tensor([4, 4, 4]))
         full = model.score_all(torch.arange(3))[:, 4]
     torch.testing.assert_close(got, torch.full_like(got, model.spec.global_mean))
     torch.testing.assert_close(full, got)
+
+
+def test_autorec_sparse_input_equals_the_dense_computation():
+    model, ex, train = build("autorec", "rating", dropout=0.0)
+    R = torch.zeros(N_ITEMS, N_USERS)  # [I, U] the dense rating matrix of the paper
+    R[train.item, train.user] = train.rating
+    V, mu = model.encoder.weight.T, model.encoder_bias  # [dim, U], [dim]
+    items = torch.arange(N_ITEMS)
+    with torch.no_grad():
+        dense = torch.sigmoid(R @ V.T + mu)  # [I, dim]
+        torch.testing.assert_close(model.encode(items), dense)
+        model.eval()
+        torch.testing.assert_close(model.codes, dense)
+        want = (dense @ model.decoder.weight.T + model.decoder.bias).T  # [U, I]
+        seen = model.item_seen
+        torch.testing.assert_close(model.score_all(torch.arange(N_USERS))[:, seen],
+                                   want[:, seen])
+    # the loss reads the observed entries: the dense masked objective of the paper
+    model.train()
+    decoded = model.decoder(torch.sigmoid(R @ V.T + mu))  # [I, U]
+    observed = R != 0
+    err = ((decoded - R) * observed).pow(2).sum()
+    penalty = model.encoder.weight.pow(2).sum() + model.decoder.weight.pow(2).sum()
+    want_loss = (err + model.params.reg / 2 * penalty) / N_ITEMS
+    torch.testing.assert_close(model.loss({"item": items}), want_loss)
+    model.DENSE_DECODE = 0  # the entry-by-entry decode gives the same loss
+    torch.testing.assert_close(model.loss({"item": items}), want_loss)
 
 
 def test_neumf_pretrained_towers_combine():
