@@ -199,6 +199,7 @@ def main() -> None:
     print(f"# quality_bench: {platform.node()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}; {' '.join(sys.argv)}", flush=True)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="quality-"))
+    storage.mkdir(parents=True, exist_ok=True)
     data_dir = str(SHARED)
     parts = ("rating", "ranking", "ncf") if args.part == "all" else (args.part,)
     if "rating" in parts:
@@ -236,8 +237,8 @@ def main() -> None:
         p, why = results.paired_test(sweep_units, per_row)
         sweep_hr = float(results.load(run_dir).set_index("study").loc["mf-ranking",
                                                                        "test/hr@10"])
-        rows.append({"study": f"reference loop (best epoch {epoch})", "metric": "test/hr@10",
-                     "test sweep": hr,
+        rows.append({"study": f"reference loop (best epoch {epoch}; in 'test defaults')",
+                     "metric": "test/hr@10", "test defaults": hr,
                      "p sweep vs defaults": f"sweep - reference = {sweep_hr - hr:+.4f}, "
                                             f"p = {p:.2g}" if not why else why})
         print_table(f"ncf protocol on ml-100k (99 sampled negatives), {args.ranking_trials} "
