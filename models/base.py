@@ -60,7 +60,8 @@ class CommonParams:
     lr: float = 1e-3
     """Adam learning rate."""
     weight_decay: float = 0.0
-    """L2 penalty applied by the optimizer (AdamW-style decoupled is not used)."""
+    """L2 penalty: by Adam on the dense parameters (coupled, not AdamW's decoupled), and in
+    the loss on the rows of sparse embedding tables that a batch uses (`row_penalty`)."""
     batch_size: int = 1024
     """Training examples per step."""
     epochs: int = 20
@@ -74,6 +75,21 @@ def check(params: Any, key: str, ok: bool, expected: str) -> None:
     if not ok:
         value = getattr(params, key)
         raise ValueError(f"hyperparameter {key}={value!r}: expected {expected}")
+
+
+def row_penalty(*uses: tuple[list[nn.Module], Tensor]) -> Tensor:
+    """The squared norm of the embedding rows a batch used, each row once: for each
+    (tables, indices), the rows `indices` of every table. With sparse embedding tables (no
+    optimizer weight decay: SparseAdam has none) this is the `weight_decay` of dense Adam
+    restricted to the rows the step touches, the rows it can change."""
+    total = None
+    for tables, index in uses:
+        rows = torch.unique(index)
+        for table in tables:
+            term = table(rows).pow(2).sum()
+            total = term if total is None else total + term
+    assert total is not None, "row_penalty: no tables"
+    return total
 
 
 def check_common(p: CommonParams) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from data.sampling import sequence_windows
 from data.types import Split
-from models.base import CommonParams, DataSpec, Recommender, check, check_common
+from models.base import CommonParams, DataSpec, Recommender, check, check_common, row_penalty
 from models.registry import register_model
 
 
@@ -81,8 +81,9 @@ class Caser(Recommender):
     def __init__(self, spec: DataSpec, task: str, params: CaserParams) -> None:
         super().__init__(spec, task, params)
         d, L = params.dim, params.L
-        self.user_emb = nn.Embedding(spec.n_users, d)
-        self.item_emb = nn.Embedding(spec.n_items + 1, d, padding_idx=spec.n_items)
+        # sparse tables: each step updates only the rows its batch used (SparseAdam)
+        self.user_emb = nn.Embedding(spec.n_users, d, sparse=True)
+        self.item_emb = nn.Embedding(spec.n_items + 1, d, padding_idx=spec.n_items, sparse=True)
         # A vertical filter spanning all L rows is a weighted sum of the L embeddings.
         self.vertical = nn.Linear(L, params.n_v)
         # One conv per height over [B, d, L] (channels = embedding), each a single batched op.
@@ -90,8 +91,8 @@ class Caser(Recommender):
             nn.Conv1d(d, params.n_h, kernel_size=h) for h in range(1, L + 1))
         self.dropout = nn.Dropout(params.dropout)
         self.fc = nn.Linear(params.n_v * d + params.n_h * L, d)
-        self.W2 = nn.Embedding(spec.n_items + 1, 2 * d)
-        self.b2 = nn.Embedding(spec.n_items + 1, 1)
+        self.W2 = nn.Embedding(spec.n_items + 1, 2 * d, sparse=True)
+        self.b2 = nn.Embedding(spec.n_items + 1, 1, sparse=True)
         # The paper's code: N(0, 1/d) embeddings, N(0, 1/2d) output weights, zero output bias.
         nn.init.normal_(self.user_emb.weight, std=1.0 / d)
         nn.init.normal_(self.item_emb.weight, std=1.0 / d)
@@ -153,4 +154,9 @@ class Caser(Recommender):
         logits = torch.einsum("bd,bkd->bk", x, self.W2(items)) + self.b2(items).squeeze(-1)
         T = target.shape[1]
         # The paper's code: mean log loss of the positives plus that of the negatives.
-        return -F.logsigmoid(logits[:, :T]).mean() - F.logsigmoid(-logits[:, T:]).mean()
+        loss = -F.logsigmoid(logits[:, :T]).mean() - F.logsigmoid(-logits[:, T:]).mean()
+        if self.params.weight_decay > 0:  # L2 on the embedding rows this batch used
+            loss = loss + self.params.weight_decay / 2 * row_penalty(
+                ([self.user_emb], batch["user"]), ([self.item_emb], batch["seq"]),
+                ([self.W2, self.b2], items))
+        return loss

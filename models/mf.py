@@ -51,6 +51,8 @@ class MFParams(CommonParams):
         check(self, "dim", self.dim >= 1, "an int >= 1")
         check(self, "reg", self.reg >= 0, "a float >= 0")
         check(self, "loss", self.loss in ("bpr", "bce"), "'bpr' or 'bce'")
+        check(self, "weight_decay", self.weight_decay == 0,
+              "0: mf is embedding tables only, regularised per row by `reg`")
 
 
 @register_model
@@ -74,10 +76,11 @@ class MF(Recommender):
 
     def __init__(self, spec: DataSpec, task: str, params: MFParams) -> None:
         super().__init__(spec, task, params)
-        self.user_emb = nn.Embedding(spec.n_users, params.dim)
-        self.item_emb = nn.Embedding(spec.n_items, params.dim)
-        self.user_bias = nn.Embedding(spec.n_users, 1)
-        self.item_bias = nn.Embedding(spec.n_items, 1)
+        # sparse: each step updates only the rows its batch used (SparseAdam in the loop)
+        self.user_emb = nn.Embedding(spec.n_users, params.dim, sparse=True)
+        self.item_emb = nn.Embedding(spec.n_items, params.dim, sparse=True)
+        self.user_bias = nn.Embedding(spec.n_users, 1, sparse=True)
+        self.item_bias = nn.Embedding(spec.n_items, 1, sparse=True)
         # Small factors so the initial prediction is about the global mean (rating) or 0.
         nn.init.normal_(self.user_emb.weight, std=0.1)
         nn.init.normal_(self.item_emb.weight, std=0.1)

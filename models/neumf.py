@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import CommonParams, DataSpec, Recommender, check, check_common
+from models.base import CommonParams, DataSpec, Recommender, check, check_common, row_penalty
 from models.registry import register_model
 
 
@@ -89,12 +89,12 @@ class NeuMF(Recommender):
         d, tower = params.dim, params.tower
         self.use_gmf, self.use_mlp = tower in ("neumf", "gmf"), tower in ("neumf", "mlp")
         if self.use_gmf:
-            self.gmf_user = nn.Embedding(spec.n_users, d)
-            self.gmf_item = nn.Embedding(spec.n_items, d)
+            self.gmf_user = nn.Embedding(spec.n_users, d, sparse=True)
+            self.gmf_item = nn.Embedding(spec.n_items, d, sparse=True)
         if self.use_mlp:
             e = d * 2 ** (params.layers - 1)
-            self.mlp_user = nn.Embedding(spec.n_users, e)
-            self.mlp_item = nn.Embedding(spec.n_items, e)
+            self.mlp_user = nn.Embedding(spec.n_users, e, sparse=True)
+            self.mlp_item = nn.Embedding(spec.n_items, e, sparse=True)
             # first: [user half | item half] of the input; split apart in score_all.
             self.first = nn.Linear(2 * e, e)
             rest: list[nn.Module] = [nn.Dropout(params.dropout)]
@@ -180,7 +180,19 @@ class NeuMF(Recommender):
         label = torch.zeros(len(items), device=items.device)
         label[: len(user)] = 1.0
         # Pointwise log loss averaged over positive and negative instances, as the paper.
-        return F.binary_cross_entropy_with_logits(self(users, items), label)
+        loss = F.binary_cross_entropy_with_logits(self(users, items), label)
+        if self.params.weight_decay > 0:  # L2 on the embedding rows this batch used
+            loss = loss + self.params.weight_decay / 2 * row_penalty(
+                (self.user_tables(), user), (self.item_tables(), items))
+        return loss
+
+    def user_tables(self) -> list[nn.Embedding]:
+        return [t for t in (getattr(self, "gmf_user", None), getattr(self, "mlp_user", None))
+                if t is not None]
+
+    def item_tables(self) -> list[nn.Embedding]:
+        return [t for t in (getattr(self, "gmf_item", None), getattr(self, "mlp_item", None))
+                if t is not None]
 
     def pretrain(self, train: Callable[[Recommender], object]) -> None:
         """With `params.pretrain`: build the GMF and MLP towers with this model's

@@ -14,9 +14,10 @@ For a trained model `export_model` writes, into one folder:
     <study>.json       the sidecar: model, version, task, hyperparameters, metrics, dataset
                        fingerprint, opset, signatures, parity numbers, sha256 of the others
 
-Arrays go to the npz rather than the JSON because ml-20m's id maps and histories are tens of
-MB: JSON stays readable, the npz loads in milliseconds. The ONNX files carry the metadata
-and the id maps in `metadata_props` too, so a graph alone still speaks raw ids.
+Arrays go to the npz only, not the JSON nor the graphs' `metadata_props`, because ml-25m's
+id maps and histories are tens of MB: JSON stays readable, the npz loads in milliseconds,
+and a graph's metadata stays small (it names its sidecar, which names the npz and its
+sha256).
 
 Every graph is checked before it is published: `onnx.checker`, then onnxruntime against
 PyTorch on real rows of the data (scores within 1e-4; top-K identical wherever scores are
@@ -214,11 +215,13 @@ def signature(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
 
 def _tag(proto: onnx.ModelProto, meta: dict[str, Any], graph: str,
          arrays: dict[str, np.ndarray]) -> None:
-    """Record the metadata and the id maps in the ONNX file itself (`metadata_props`)."""
+    """Record the metadata in the ONNX file itself (`metadata_props`); the id maps stay in the
+    npz (`recsweep.arrays` names it), so the graph does not grow with the catalogue."""
     props = {"recsweep.graph": graph, "recsweep.format": FORMAT,
              "recsweep.sidecar": f"{meta['study']}.json",
-             "recsweep.user_ids": json.dumps(arrays["user_ids"].tolist()),
-             "recsweep.item_ids": json.dumps(arrays["item_ids"].tolist())}
+             "recsweep.arrays": f"{meta['study']}.npz",
+             "recsweep.n_users": str(len(arrays["user_ids"])),
+             "recsweep.n_items": str(len(arrays["item_ids"]))}
     for key in ("model", "study", "task", "version", "opset", "seq_len", "score"):
         props[f"recsweep.{key}"] = str(meta[key])
     for key in ("hparams", "metrics", "data"):

@@ -83,7 +83,11 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     proto = onnx.load(path)
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["recsweep.model"] == name and props["recsweep.graph"] == "forward"
-    assert json.loads(props["recsweep.item_ids"]) == [str(i) for i in data.item_ids]
+    assert props["recsweep.arrays"] == path.with_suffix(".npz").name  # the id maps live there
+    assert int(props["recsweep.n_items"]) == data.n_items
+    assert not [k for k in props if k.endswith("_ids")]  # not copied into the graph
+    assert np.load(path.with_suffix(".npz"))["item_ids"].tolist() == \
+        [str(i) for i in data.item_ids]
     assert int(props["recsweep.opset"]) == max(o.version for o in proto.opset_import
                                                if o.domain in ("", "ai.onnx"))
 
