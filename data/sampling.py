@@ -138,6 +138,8 @@ def sequence_windows(train: Split, L: int, T: int, pad: int) -> dict[str, Tensor
 
     A window is made for each position t of a user's time-ordered sequence with at least one
     item before it and T items from t on; the L previous items are left-padded with `pad`.
+    This materialises `[W, L + T]` items; `window_starts` + `gather_windows` build the same
+    windows a batch at a time from O(interactions) indices.
 
     Args:
         train: the training split (torch tensors).
@@ -148,19 +150,35 @@ def sequence_windows(train: Split, L: int, T: int, pad: int) -> dict[str, Tensor
     Returns:
         `user [W]`, `seq [W, L]`, `target [W, T]`.
     """
+    user, at, item, pos = window_starts(train, T)
+    seq, target = gather_windows(item, pos, at, L, T, pad)
+    return {"user": user, "seq": seq, "target": target}
+
+
+def window_starts(train: Split, T: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where Caser's windows start: `user [W]` and `at [W]` (the row of each window's first
+    target), with the time-ordered `item [N]` and each row's position in its user's
+    sequence `pos [N]` that `gather_windows` reads."""
     user, item = _time_order(train)
     if len(user) == 0:
         empty = torch.empty(0, dtype=torch.long, device=user.device)
-        return {"user": empty, "seq": empty.view(0, L), "target": empty.view(0, T)}
+        return empty, empty, item, empty
     count = torch.bincount(user)  # [U]
     start = torch.cumsum(count, 0) - count  # [U] each user's first row
     pos, count = torch.arange(len(user), device=user.device) - start[user], count[user]  # [N]
     at = torch.nonzero((pos >= 1) & (pos + T <= count)).squeeze(1)  # [W] target start rows
-    back = torch.arange(-L, 0, device=user.device)  # [L]
-    hist = at[:, None] + back  # [W, L] rows of the previous items
-    seq = torch.where(pos[at, None] + back >= 0, item[hist.clamp(min=0)], pad)  # [W, L]
-    target = item[at[:, None] + torch.arange(T, device=user.device)]  # [W, T]
-    return {"user": user[at], "seq": seq, "target": target}
+    return user[at], at, item, pos
+
+
+def gather_windows(item: Tensor, pos: Tensor, at: Tensor, L: int, T: int, pad: int
+                   ) -> tuple[Tensor, Tensor]:
+    """The windows starting at rows `at` `[B]`: `seq [B, L]` (left-padded) and
+    `target [B, T]`."""
+    back = torch.arange(-L, 0, device=item.device)  # [L]
+    hist = at[:, None] + back  # [B, L] rows of the previous items
+    seq = torch.where(pos[at, None] + back >= 0, item[hist.clamp(min=0)], pad)  # [B, L]
+    target = item[at[:, None] + torch.arange(T, device=item.device)]  # [B, T]
+    return seq, target
 
 
 def last_items(split: Split, n_users: int, L: int, pad: int) -> Tensor:

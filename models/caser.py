@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from data.sampling import sequence_windows
+from data.sampling import gather_windows, window_starts
 from data.types import Split
 from models.base import CommonParams, DataSpec, Recommender, check, check_common, row_penalty
 from models.registry import register_model
@@ -123,8 +123,16 @@ class Caser(Recommender):
         }
 
     def examples(self, train: Split) -> dict[str, Tensor]:
-        """Sliding windows: `user [W]`, `seq [W, L]`, `target [W, T]` (the next T items)."""
-        return sequence_windows(train, self.params.L, self.params.T, self.spec.n_items)
+        """Sliding windows, as `user [W]` and the row `at [W]` of each window's first target:
+        the loss gathers a batch's `seq [B, L]` and `target [B, T]` from the time-ordered
+        items kept beside the model (O(interactions) memory, not O(interactions x L))."""
+        user, at, item, pos = window_starts(train, self.params.T)
+        self.history = (item, pos)
+        return {"user": user, "at": at}
+
+    def windows(self, at: Tensor) -> tuple[Tensor, Tensor]:
+        """`seq [B, L]` and `target [B, T]` of the windows starting at rows `at`."""
+        return gather_windows(*self.history, at, self.params.L, self.params.T, self.spec.n_items)
 
     def features(self, user: Tensor, seq: Tensor) -> Tensor:
         """The `[B, 2d]` vector `[z, P_u]` that is scored against the items."""
@@ -148,8 +156,9 @@ class Caser(Recommender):
         return x @ self.W2.weight[:n].T + self.b2.weight[:n, 0]  # [B, n_items]
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        target, neg = batch["target"], batch["neg_item"]  # [B, T], [B, n T]
-        x = self.features(batch["user"], batch["seq"])  # [B, 2d]
+        seq, target = self.windows(batch["at"])  # [B, L], [B, T]
+        neg = batch["neg_item"]  # [B, n T]
+        x = self.features(batch["user"], seq)  # [B, 2d]
         items = torch.cat([target, neg], 1)  # [B, T + n T]
         logits = torch.einsum("bd,bkd->bk", x, self.W2(items)) + self.b2(items).squeeze(-1)
         T = target.shape[1]
@@ -157,6 +166,6 @@ class Caser(Recommender):
         loss = -F.logsigmoid(logits[:, :T]).mean() - F.logsigmoid(-logits[:, T:]).mean()
         if self.params.weight_decay > 0:  # L2 on the embedding rows this batch used
             loss = loss + self.params.weight_decay / 2 * row_penalty(
-                ([self.user_emb], batch["user"]), ([self.item_emb], batch["seq"]),
+                ([self.user_emb], batch["user"]), ([self.item_emb], seq),
                 ([self.W2, self.b2], items))
         return loss

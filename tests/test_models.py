@@ -240,7 +240,9 @@ def test_neumf_pretrained_towers_combine():
 
 def test_caser_needs_seq_and_handles_padding():
     model, ex, _ = build("caser", "sequential")
-    assert ex["seq"].shape[1] == model.seq_len == 5 and ex["target"].shape[1] == 3
+    seq, target = model.windows(ex["at"])  # a batch's windows, gathered from indices
+    assert seq.shape[1] == model.seq_len == 5 and target.shape[1] == 3
+    assert set(ex) == {"user", "at"}  # no [windows x L] copy in the examples
     assert model.n_negatives == 9
     with pytest.raises(ValueError, match="seq"):
         model.score_all(torch.tensor([0]))
