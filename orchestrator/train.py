@@ -49,6 +49,7 @@ from orchestrator.metrics import (
 )
 
 SPLITS = ("val", "test")
+EVAL_CELLS = 2**25  # scores per full-ranking call: 128 MB of float32 (ml-25m: 567 users)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -236,7 +237,10 @@ def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: Trai
         def score_all(user: Tensor) -> Tensor:  # [b] -> [b, n_items]
             return model.score_all(user, None if seqs is None else seqs[user]).float()
 
-        batch = min(cfg.eval_batch_users, model.eval_batch_users or cfg.eval_batch_users)
+        # users per scoring call: the config's, the model's own limit, and what keeps the
+        # [users, items] scores (and mask) of one call near EVAL_CELLS cells at any catalogue
+        batch = min(cfg.eval_batch_users, model.eval_batch_users or cfg.eval_batch_users,
+                    max(1, EVAL_CELLS // data.n_items))
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
             units = full_ranking_per_user(score_all, users, tensors.targets(split),
