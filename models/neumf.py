@@ -6,11 +6,13 @@ embeddings, fused by one linear layer over `[gmf_vector, mlp_vector]`, trained p
 with binary cross-entropy against sampled negatives.
 
 Pre-training as in the paper (section 3.4.1), chosen by the hyperparameter `pretrain`: the
-shared loop first trains a `tower="gmf"` and a `tower="mlp"` model alone (each to its best
-validation epoch), then `load_pretrained(gmf, mlp, alpha)` initialises the fused model,
-which trains as usual. Unlike the paper, the fused model keeps Adam (the paper switches to
-plain SGD because Adam's moments are not carried over; a fresh Adam state did as well in
-our runs, and one optimizer keeps the loop one loop).
+shared loop first trains a `tower="gmf"` and a `tower="mlp"` model alone (for the model's
+epochs, without validation passes: a trial reports nothing while its towers train, and
+NeuMF's full-ranking validation costs more than its training), then
+`load_pretrained(gmf, mlp, alpha)` initialises the fused model, which trains as usual.
+Unlike the paper, the fused model is trained with Adam from a fresh state (the paper
+switches to plain SGD because Adam's moments are not carried over; here the one loop keeps
+its one optimizer; not compared with the paper's SGD).
 """
 
 from __future__ import annotations

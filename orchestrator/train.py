@@ -362,7 +362,9 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         return FitResult("ok", 0, 0, metrics, [metrics], "not learned: evaluated only")
 
     if state is None:  # a resumed trial's state holds the pre-trained weights already
-        model.pretrain(lambda part: fit(part, data, cfg, validate=validate))
+        # parts train their epochs without validation passes: a part is never the model
+        # chosen, and its validation (NeuMF's MLP over all items) would cost more than it
+        model.pretrain(lambda part: fit(part, data, cfg, validate=False))
     p = model.params
     n = len(next(iter(examples.values())))
     if n == 0:
