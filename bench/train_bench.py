@@ -46,6 +46,7 @@ from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.train import (  # noqa: E402
     evaluate,
     fit,
+    make_optimizers,
     pick_device,
     seed_everything,
     to_device,
@@ -149,9 +150,7 @@ def hand_loop(model: Recommender, data: PreparedData, device: torch.device, epoc
     train = data.train.to(device)
     examples = model.examples(train)
     p = model.params
-    groups = model.param_groups() if hasattr(model, "param_groups") else model.parameters()
-    opt = torch.optim.Adam(groups, lr=p.lr, weight_decay=p.weight_decay,
-                           fused=device.type == "cuda" or None)
+    opts = make_optimizers(model)  # Adam, and SparseAdam for the sparse embedding tables
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     sampler = NegativeSampler(train, data.n_items, generator=gen, n_users=data.n_users) \
@@ -168,9 +167,11 @@ def hand_loop(model: Recommender, data: PreparedData, device: torch.device, epoc
                 batch["neg_item"] = sampler.sample(batch["user"], model.n_negatives)
             with torch.autocast("cuda", torch.bfloat16, enabled=amp):
                 loss = model.loss(batch)
-            opt.zero_grad()
+            for opt in opts:
+                opt.zero_grad()
             loss.backward()
-            opt.step()
+            for opt in opts:
+                opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         speeds.append(n / (time.perf_counter() - start))

@@ -363,7 +363,7 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
 
     if state is None:  # a resumed trial's state holds the pre-trained weights already
         # parts train their epochs without validation passes: a part is never the model
-        # chosen, and its validation (NeuMF's MLP over all items) would cost more than it
+        # chosen, and its validation (NeuMF's MLP over all items) costs more than training
         model.pretrain(lambda part: fit(part, data, cfg, validate=False))
     p = model.params
     n = len(next(iter(examples.values())))
