@@ -20,7 +20,15 @@ from torch import Tensor, nn
 
 from data.sampling import gather_windows, window_starts
 from data.types import Split
-from models.base import CommonParams, DataSpec, Recommender, check, check_common, row_penalty
+from models.base import (
+    CommonParams,
+    DataSpec,
+    Recommender,
+    check,
+    check_common,
+    row_penalty,
+    table,
+)
 from models.registry import register_model
 
 
@@ -81,9 +89,10 @@ class Caser(Recommender):
     def __init__(self, spec: DataSpec, task: str, params: CaserParams) -> None:
         super().__init__(spec, task, params)
         d, L = params.dim, params.L
-        # sparse tables: each step updates only the rows its batch used (SparseAdam)
-        self.user_emb = nn.Embedding(spec.n_users, d, sparse=True)
-        self.item_emb = nn.Embedding(spec.n_items + 1, d, padding_idx=spec.n_items, sparse=True)
+        # large tables step sparsely: only the rows a batch used (SparseAdam in the loop)
+        b = params.batch_size
+        self.user_emb = table(spec.n_users, d, b)
+        self.item_emb = table(spec.n_items + 1, d, b, padding_idx=spec.n_items)
         # A vertical filter spanning all L rows is a weighted sum of the L embeddings.
         self.vertical = nn.Linear(L, params.n_v)
         # One conv per height over [B, d, L] (channels = embedding), each a single batched op.
@@ -91,8 +100,8 @@ class Caser(Recommender):
             nn.Conv1d(d, params.n_h, kernel_size=h) for h in range(1, L + 1))
         self.dropout = nn.Dropout(params.dropout)
         self.fc = nn.Linear(params.n_v * d + params.n_h * L, d)
-        self.W2 = nn.Embedding(spec.n_items + 1, 2 * d, sparse=True)
-        self.b2 = nn.Embedding(spec.n_items + 1, 1, sparse=True)
+        self.W2 = table(spec.n_items + 1, 2 * d, b)
+        self.b2 = table(spec.n_items + 1, 1, b)
         # The paper's code: N(0, 1/d) embeddings, N(0, 1/2d) output weights, zero output bias.
         nn.init.normal_(self.user_emb.weight, std=1.0 / d)
         nn.init.normal_(self.item_emb.weight, std=1.0 / d)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import CommonParams, DataSpec, Recommender, check, check_common
+from models.base import CommonParams, DataSpec, Recommender, check, check_common, table
 from models.registry import register_model
 
 
@@ -76,11 +76,12 @@ class MF(Recommender):
 
     def __init__(self, spec: DataSpec, task: str, params: MFParams) -> None:
         super().__init__(spec, task, params)
-        # sparse: each step updates only the rows its batch used (SparseAdam in the loop)
-        self.user_emb = nn.Embedding(spec.n_users, params.dim, sparse=True)
-        self.item_emb = nn.Embedding(spec.n_items, params.dim, sparse=True)
-        self.user_bias = nn.Embedding(spec.n_users, 1, sparse=True)
-        self.item_bias = nn.Embedding(spec.n_items, 1, sparse=True)
+        # large tables step sparsely: only the rows a batch used (SparseAdam in the loop)
+        b = params.batch_size
+        self.user_emb = table(spec.n_users, params.dim, b)
+        self.item_emb = table(spec.n_items, params.dim, b)
+        self.user_bias = table(spec.n_users, 1, b)
+        self.item_bias = table(spec.n_items, 1, b)
         # Small factors so the initial prediction is about the global mean (rating) or 0.
         nn.init.normal_(self.user_emb.weight, std=0.1)
         nn.init.normal_(self.item_emb.weight, std=0.1)

@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import CommonParams, DataSpec, Recommender, check, check_common, row_penalty
+from models.base import (
+    CommonParams,
+    DataSpec,
+    Recommender,
+    check,
+    check_common,
+    row_penalty,
+    table,
+)
 from models.registry import register_model
 
 
@@ -91,12 +99,12 @@ class NeuMF(Recommender):
         d, tower = params.dim, params.tower
         self.use_gmf, self.use_mlp = tower in ("neumf", "gmf"), tower in ("neumf", "mlp")
         if self.use_gmf:
-            self.gmf_user = nn.Embedding(spec.n_users, d, sparse=True)
-            self.gmf_item = nn.Embedding(spec.n_items, d, sparse=True)
+            self.gmf_user = table(spec.n_users, d, params.batch_size)
+            self.gmf_item = table(spec.n_items, d, params.batch_size)
         if self.use_mlp:
             e = d * 2 ** (params.layers - 1)
-            self.mlp_user = nn.Embedding(spec.n_users, e, sparse=True)
-            self.mlp_item = nn.Embedding(spec.n_items, e, sparse=True)
+            self.mlp_user = table(spec.n_users, e, params.batch_size)
+            self.mlp_item = table(spec.n_items, e, params.batch_size)
             # first: [user half | item half] of the input; split apart in score_all.
             self.first = nn.Linear(2 * e, e)
             rest: list[nn.Module] = [nn.Dropout(params.dropout)]

@@ -77,12 +77,28 @@ def losses(name: str, task: str, steps: int, seed: int = 0, **hp) -> list[float]
     return out
 
 
-SPARSE = [(n, t) for n, t in LEARNED
-          if any(getattr(m, "sparse", False) for m in
+TABLES = [(n, t) for n, t in LEARNED
+          if any(isinstance(m, torch.nn.Embedding) for m in
                  create_model(n, DataSpec(N_USERS, N_ITEMS), t).modules())]
 
 
-@pytest.mark.parametrize("name,task", SPARSE)
+def test_large_tables_are_sparse_small_ones_dense():
+    assert {n for n, _ in TABLES} == {"mf", "neumf", "caser"}
+    small = create_model("mf", DataSpec(943, 1682), "ranking")  # ml-100k: dense is faster
+    large = create_model("mf", DataSpec(138_493, 26_744), "ranking", dim=4)  # ml-20m
+    assert not small.user_emb.sparse and not small.item_emb.sparse
+    assert large.user_emb.sparse and large.item_emb.sparse
+    opts = make_optimizers(large)
+    assert [type(o).__name__ for o in opts] == ["SparseAdam"]  # mf is tables only
+    neumf = create_model("neumf", DataSpec(138_493, 943), weight_decay=1e-4, dim=4)
+    adam, sparse_adam = make_optimizers(neumf)
+    decay = {id(q): g["weight_decay"] for g in adam.param_groups for q in g["params"]}
+    assert decay[id(neumf.out.weight)] == 1e-4 and decay[id(neumf.gmf_item.weight)] == 0.0
+    assert [id(q) for q in sparse_adam.param_groups[0]["params"]] == \
+        [id(neumf.gmf_user.weight), id(neumf.mlp_user.weight)]  # the 138k-row tables
+
+
+@pytest.mark.parametrize("name,task", TABLES)
 def test_sparse_and_dense_tables_train_the_same(name, task):
     # plain SGD steps on the same batches: sparse gradients are the dense ones, row by row
     trajectories = []
