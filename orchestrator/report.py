@@ -141,7 +141,7 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
         parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
                                                        for n in notes) + "</ul>")
     out = run_dir / "report.html"
-    out.write_text(_page(cfg.name, run_dir, parts))
+    out.write_text(_page(cfg.name, run_dir, parts), encoding="utf-8")
     say(f"wrote {out} and {figures}/")
     return out
 

@@ -165,7 +165,7 @@ def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
 def write(run_dir: Path, frame: pd.DataFrame) -> None:
     frame.to_csv(run_dir / "results.csv", index=False)
     frame.to_parquet(run_dir / "results.parquet", index=False)
-    (run_dir / "results.md").write_text(markdown(frame))
+    (run_dir / "results.md").write_text(markdown(frame), encoding="utf-8")
 
 
 UNITS = "test_units.npz"
@@ -236,7 +236,8 @@ def _p_cell(row: pd.Series, col: str) -> str:
 def readable(frame: pd.DataFrame) -> pd.DataFrame:
     """One table for reading (Markdown here, HTML in the report), as strings: `x_std`
     columns fold into `x` as `mean ± std`, p-values read as p or why none, and the main
-    metric carries ▲ (▼) where it is better (worse) than the best baseline at p < ALPHA;
+    metric carries (+) or (-) where it is better or worse than the best baseline at
+    p < ALPHA;
     validation metrics other than the optimised one, metrics no row has, and the
     hyperparameters are left to the CSV/Parquet files."""
     optimised = set(frame["metric"].dropna()) if "metric" in frame.columns else set()
@@ -253,7 +254,7 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             if c == row.get("main_metric") and isinstance(p, float) and p < ALPHA \
                     and best_base is not None:
                 lower = lower_is_better(c)
-                text += " ▲" if (row[c] < best_base) == lower else " ▼"
+                text += " (+)" if (row[c] < best_base) == lower else " (-)"
             cells.append(text)
         out.append(cells)
     return pd.DataFrame(out, columns=cols)
@@ -288,7 +289,7 @@ def sections(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 NOTE = (f"p: two-sided paired t-test of the main metric per test unit (user or rating) "
         f"against the table's best row and its best baseline, Holm-corrected within the "
-        f"table; ▲ (▼) after the main metric: better (worse) than the best baseline at "
+        f"table; (+) or (-) after the main metric: better or worse than the best baseline at "
         f"p < {ALPHA}.")
 
 

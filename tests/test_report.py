@@ -71,7 +71,7 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def page(run_dir: Path) -> Page:
     parsed = Page()
-    parsed.feed((run_dir / "report.html").read_text())
+    parsed.feed((run_dir / "report.html").read_text(encoding="utf-8"))
     parsed.close()
     return parsed
 
@@ -110,7 +110,7 @@ def test_tables_match_results_csv(run_dir: Path, page: Page) -> None:
                 if pd.isna(value):
                     assert cell == ""
                 else:  # "mean" or "mean ± std" (and a marker), 4 decimals as in results.md
-                    shown_value = float(cell.split(" ± ")[0].split(" ")[0])
+                    shown_value = float(cell.split(" ± ")[0].split(" (")[0])
                     assert shown_value == pytest.approx(value, abs=5e-5), col
 
 

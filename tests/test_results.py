@@ -53,7 +53,7 @@ def test_paired_tests_are_scipys_holm_corrected_within_the_table() -> None:
     assert "vs best: is the best" in frame.loc["best", "significance"]
     assert "vs baseline: is the baseline" in frame.loc["bias", "significance"]
     md = results.markdown(results.table(studies))
-    assert "(best)" in md and "(baseline)" in md and "▲" in md and "▼" in md
+    assert "(best)" in md and "(baseline)" in md and "(+)" in md and "(-)" in md
 
 
 def test_seed_runs_are_averaged_per_unit_before_the_test() -> None:

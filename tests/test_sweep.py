@@ -67,7 +67,7 @@ def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path
     assert set(units) == set(STUDIES)
     test_rows = json.loads((smoke_run / "data.json").read_text())["split"]["test"]
     assert {len(u) for u in units.values()} == {test_rows}  # leave-last: one per user
-    md = (smoke_run / "results.md").read_text()
+    md = (smoke_run / "results.md").read_text(encoding="utf-8")
     assert md.startswith("## Rating prediction\n") and "## Top-N ranking" in md
     assert "paired t-test" in md and "(baseline)" in md
 
@@ -113,7 +113,7 @@ def test_results_command_prints_the_table(smoke_run: Path) -> None:
     rows = json.loads(proc.stdout)
     assert [r["study"] for r in rows] == STUDIES
     md = run_cli("results", str(smoke_run)).stdout
-    assert md == (smoke_run / "results.md").read_text()
+    assert md == (smoke_run / "results.md").read_text(encoding="utf-8")
     assert md.startswith("## Rating prediction") and "caser" in md
 
 
