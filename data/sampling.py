@@ -200,6 +200,21 @@ def last_items(split: Split, n_users: int, L: int, pad: int) -> Tensor:
     return torch.where(back >= -count[:, None], item[rows.clamp(max=len(item) - 1)], pad)
 
 
+def csr_entries(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The entries of the given CSR rows, flattened without a Python loop over rows.
+
+    Returns (row position in `rows` [E], position within that row [E], index of the entry
+    in the CSR's value arrays [E], entries per row [b]).
+    """
+    start = indptr[rows]  # [b]
+    count = indptr[rows + 1] - start  # [b]
+    n_entries = int(count.sum())
+    pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count,
+                                  output_size=n_entries)  # [E]
+    within = torch.arange(n_entries, device=rows.device) - (count.cumsum(0) - count)[pos]  # [E]
+    return pos, within, start[pos] + within, count
+
+
 def user_item_csr(split: Split, n_users: int) -> tuple[Tensor, Tensor]:
     """The distinct items of each user as CSR: `indptr [n_users + 1]`, `indices [nnz]`.
 

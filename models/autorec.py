@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from data.sampling import csr_entries
 from data.types import Split
 from models.base import CommonParams, DataSpec, Recommender, check, check_common
 from models.registry import register_model
@@ -133,11 +134,8 @@ class AutoRec(Recommender):
         if self.csr is None:
             raise ValueError("autorec: no training ratings; call examples(train) first")
         indptr, users, ratings = self.csr
-        start, count = indptr[item], indptr[item + 1] - indptr[item]  # [B]
-        offsets = count.cumsum(0) - count  # [B]
-        row = torch.repeat_interleave(torch.arange(len(item), device=item.device), count)
-        flat = start[row] + torch.arange(len(row), device=item.device) - offsets[row]  # [E]
-        return row, users[flat], ratings[flat], offsets
+        row, _, flat, count = csr_entries(indptr, item)  # [E], [E], [B]
+        return row, users[flat], ratings[flat], count.cumsum(0) - count
 
     def encode(self, item: Tensor) -> Tensor:
         """Hidden codes `sigmoid(V r_i + mu)` `[B, dim]` of the given items (no dropout)."""

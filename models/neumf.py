@@ -197,12 +197,10 @@ class NeuMF(Recommender):
         return loss
 
     def user_tables(self) -> list[nn.Embedding]:
-        return [t for t in (getattr(self, "gmf_user", None), getattr(self, "mlp_user", None))
-                if t is not None]
+        return ([self.gmf_user] if self.use_gmf else []) + ([self.mlp_user] if self.use_mlp else [])
 
     def item_tables(self) -> list[nn.Embedding]:
-        return [t for t in (getattr(self, "gmf_item", None), getattr(self, "mlp_item", None))
-                if t is not None]
+        return ([self.gmf_item] if self.use_gmf else []) + ([self.mlp_item] if self.use_mlp else [])
 
     def pretrain(self, train: Callable[[Recommender], object]) -> None:
         """With `params.pretrain`: build the GMF and MLP towers with this model's

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from data.types import PreparedData
 from models.base import DataSpec
-from models.registry import create_model, get_model_class, save_model
+from models.registry import create_model, get_model_class, list_models, save_model
 from orchestrator.config import TrainConfig
 from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 from orchestrator.train import fit, load_state, monitored_metric, seed_everything, val_and_test
@@ -25,8 +25,6 @@ from orchestrator.train import fit, load_state, monitored_metric, seed_everythin
 
 def study_of(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
     """`mf`, `mf:ranking` -> a Study; errors name the entry and what it may be."""
-    from models.registry import list_models
-
     model, _, task = entry.partition(":")
     if model not in list_models():
         raise ValueError(f"{what}: unknown model {model!r}; known: {', '.join(list_models())}")
@@ -87,7 +85,7 @@ def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: Train
     if out is not None:
         save_model(model, out, data_fingerprint=data.fingerprint, trial_path=record.path,
                    study=study.name, metric=study.metric)
-    return ScoredRun(record.seed, _metrics_only(scores), units[main_metric(study)], model)
+    return ScoredRun(record.seed, _metrics_only(scores), units[main_metric(study)])
 
 
 def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[TrialRecord],
@@ -95,7 +93,7 @@ def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[Tria
                  ) -> StudyResult:
     """The study's chosen trial tested, with the re-runs of its configuration with more
     seeds (`seed_trials`); `why_empty` is the status when the study ran no trial."""
-    result = StudyResult(study, evaluation="", main_metric=main_metric(study),
+    result = StudyResult(study, main_metric=main_metric(study),
                          trials_done=sum(t.finished for t in trials),
                          trials_pruned=sum(t.end == "asha" for t in trials),
                          trials_failed=sum(t.end in ("error", "diverged") for t in trials))

@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from data.sampling import csr_entries
+
 RANKING_NAMES = ("hr", "ndcg", "recall", "mrr")
 ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
 
@@ -69,7 +71,11 @@ def rating_metrics(pred: Tensor, target: Tensor, lo: float, hi: float) -> dict[s
     Returns:
         `{"rmse": float, "mae": float}`.
     """
-    errors = rating_errors(pred, target, lo, hi)
+    return rating_summary(rating_errors(pred, target, lo, hi))
+
+
+def rating_summary(errors: dict[str, Tensor]) -> dict[str, float]:
+    """RMSE and MAE from `rating_errors`' per-rating values."""
     return {"rmse": errors["rmse"].mean().sqrt().item(), "mae": errors["mae"].mean().item()}
 
 
@@ -195,21 +201,6 @@ def _check_csr(csr: Csr, what: str) -> None:
         raise ValueError(f"{what}: negative item index {int(indices.min())}")
 
 
-def _csr_entries(csr: Csr, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The entries of the given CSR rows, flattened without a Python loop over rows.
-
-    Returns (row position in `rows` [E], position within that row [E], item [E], count [b]).
-    """
-    indptr, indices = csr
-    start = indptr[rows]  # [b]
-    count = indptr[rows + 1] - start  # [b]
-    n_entries = int(count.sum())
-    pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count,
-                                  output_size=n_entries)  # [E]
-    within = torch.arange(n_entries, device=rows.device) - (count.cumsum(0) - count)[pos]  # [E]
-    return pos, within, indices[start[pos] + within], count
-
-
 def means(per_unit: dict[str, Tensor]) -> dict[str, float]:
     """The mean of each per-user (or per-row) metric, summed in float64."""
     return {name: v.double().mean().item() for name, v in per_unit.items()}
@@ -298,14 +289,16 @@ def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
                                      f"for {n_items} scored items")
         rows = batch.to(device)  # [b]
         if isinstance(targets, tuple):
-            pos, within, item, count = _csr_entries(targets, rows)
+            pos, within, flat, count = csr_entries(targets[0], rows)
+            item = targets[1][flat]
             batch_targets = torch.full((len(rows), int(count.max())), -1, device=device)
             batch_targets[pos, within] = item  # [b, T]
         else:
             batch_targets = targets[begin:begin + batch_users]  # [b, T]
         mask = None
         if known is not None:
-            pos, _, item, _ = _csr_entries(known, rows)
+            pos, _, flat, _ = csr_entries(known[0], rows)
+            item = known[1][flat]
             mask = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device)
             mask[pos, item] = True  # [b, n_items]
         per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask)

@@ -137,13 +137,11 @@ class ScoredRun:
         units: the table's main test metric per evaluation unit (per user for rankings,
             per rating for ratings: the squared or absolute error), in the data's order, so
             that runs on the same evaluation pair up.
-        model: the tested model (in memory, for the checkpoint and export), or None.
     """
 
     seed: int
     metrics: dict[str, float]
     units: np.ndarray
-    model: Any = None
 
 
 @dataclass

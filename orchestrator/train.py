@@ -45,6 +45,7 @@ from orchestrator.metrics import (
     lower_is_better,
     means,
     rating_errors,
+    rating_summary,
     sampled_ranking_per_row,
 )
 
@@ -228,8 +229,7 @@ def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: Trai
                           for i in range(0, len(rows), step)])  # [N]
         lo, hi = data.rating_range
         units = rating_errors(pred.float(), rows.rating, lo, hi)
-        metrics = means(units)
-        metrics["rmse"] = math.sqrt(metrics["rmse"])  # the mean of squared errors, rooted
+        metrics = rating_summary(units)
         n_users = len(torch.unique(rows.user))
     else:
         seqs = tensors.last_items(split, model.seq_len) if model.seq_len > 0 else None
