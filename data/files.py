@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pv
 
 from data.types import Interactions, RawDataset
 
@@ -127,12 +129,7 @@ def load_table(spec: str) -> RawDataset:
         raise FileNotFoundError(f"{path}: no such file (dataset spec {spec!r})")
     wanted = {k: c for k, c in columns.items() if c != "none"}
     if kind == "csv":
-        try:
-            # ids as text so they stay as given; ratings and timestamps inferred (fast)
-            df = pd.read_csv(path, sep=sep, dtype={wanted["user"]: str, wanted["item"]: str},
-                             keep_default_na=False, na_values=[""], skip_blank_lines=False)
-        except pd.errors.ParserError as e:  # e.g. "Expected 4 fields in line 7, saw 5"
-            raise ValueError(f"{path}: malformed CSV: {e}") from None
+        df = _read_csv(path, sep, (wanted["user"], wanted["item"]))
         where = "line {}"
         offset = 2  # row 0 is line 2: the header is line 1
     else:
@@ -181,6 +178,28 @@ def load_table(spec: str) -> RawDataset:
     )
 
 
+def _read_csv(path: Path, sep: str, id_columns: tuple[str, str]) -> pd.DataFrame:
+    """A CSV with a header through pyarrow's multithreaded reader (25M rows in seconds): the
+    id columns as Arrow text (so "007" stays itself, and no Python string per row), numbers
+    and ISO datetimes inferred, empty fields missing. On a malformed row, pandas' parser
+    reads the file again to name the line (pyarrow's message gives no line number)."""
+    text = pd.ArrowDtype(pa.string())
+    try:
+        table = pv.read_csv(path, parse_options=pv.ParseOptions(
+            delimiter=sep, ignore_empty_lines=False), convert_options=pv.ConvertOptions(
+            column_types={c: pa.string() for c in id_columns}, null_values=[""],
+            strings_can_be_null=True))
+    except pa.ArrowInvalid:
+        try:
+            pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        except pd.errors.ParserError as e:  # e.g. "Expected 4 fields in line 7, saw 5"
+            raise ValueError(f"{path}: malformed CSV: {e}") from None
+        raise
+    return pd.DataFrame({name: column.to_pandas(types_mapper={pa.string(): text}.get
+                                                if name in id_columns else None)
+                         for name, column in zip(table.column_names, table.columns, strict=True)})
+
+
 BadValue = Callable[[int, object], ValueError]
 
 
@@ -188,9 +207,9 @@ def _ids(s: pd.Series, bad: BadValue) -> np.ndarray:
     """int64 when every id is a canonical integer, else the ids as given (strings)."""
     if pd.api.types.is_integer_dtype(s.dtype):
         return s.to_numpy(dtype=np.int64)
-    text = s.astype(str)
+    text = s if isinstance(s.dtype, pd.ArrowDtype) else s.astype(str)
     if text.str.fullmatch(_INT_RE).all():
-        return text.astype(np.int64).to_numpy()
+        return text.astype("int64[pyarrow]" if text is s else np.int64).to_numpy(np.int64)
     return text.to_numpy(dtype=object)
 
 

@@ -10,7 +10,7 @@ Order of operations (each step counts what it removed, in `stats["filters"]`):
 4. index the surviving raw ids to contiguous indices (sorted raw ids, so the maps are
    `np.unique`'s and `index_of` is a binary search);
 5. split (all deterministic given `seed`; nothing of test is in train or val):
-   - `random:a,b,c`: a seeded permutation of all rows cut in ratios a/b/c;
+   - `random:a,b,c`: a seeded permutation of all rows (in source order) cut in ratios a/b/c;
    - `leave-last`: per user in time order (ties: source order), test = last, val = the one
      before; users with fewer than 3 interactions stay entirely in train (counted);
    - `temporal:a,b,c`: per user in time order, the first a share trains, the next b
@@ -74,11 +74,11 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     if n_raw == 0:
         raise ValueError(f"dataset {raw.name!r} has no interactions")
     has_ratings, has_time = inter.rating is not None, inter.timestamp is not None
-    user_raw, u = np.unique(inter.user, return_inverse=True)
+    user_raw, u = _codes(inter.user)
     neg_raw = raw.test_negatives if kind == "ncf" else None  # [n_test, N], -1 padded
     neg_used = None if neg_raw is None else neg_raw >= 0
     all_items = inter.item if neg_raw is None else np.concatenate([inter.item, neg_raw[neg_used]])
-    item_raw, i = np.unique(all_items, return_inverse=True)
+    item_raw, i = _codes(all_items)
     t = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
          "r": (inter.rating.astype(np.float32) if has_ratings
                else np.ones(n_raw, dtype=np.float32)),
@@ -109,18 +109,18 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         neg_codes = np.full(neg_raw.shape, -1, dtype=np.int64)
         neg_codes[neg_used] = i[n_raw:]
     kept_negs = None if neg_codes is None else neg_codes[t["origin"][t["part"] == TEST]]
-    used_users, uidx = np.unique(t["u"], return_inverse=True)
-    used_items = np.unique(t["i"] if kept_negs is None
-                           else np.r_[t["i"], kept_negs[kept_negs >= 0]])
+    used_users, t["u"] = _codes(t["u"])
+    used_items, item_code = _codes(t["i"] if kept_negs is None
+                                   else np.r_[t["i"], kept_negs[kept_negs >= 0]])
     user_ids, item_ids = user_raw[used_users], item_raw[used_items]
-    t["u"], t["i"] = uidx.astype(np.int64), np.searchsorted(used_items, t["i"])
+    t["i"] = item_code[:len(t["u"])]
 
-    # 5. split
-    where, split_stats = _assign(t, kind, ratios, seed)
+    # 5. split; each split's rows by user, then time, ties in source order
+    order = _time_order(t)
+    where, split_stats = _assign(t, order, kind, ratios, seed)
     splits = {}
     for s in (TRAIN, VAL, TEST):
-        rows = np.flatnonzero(where == s)
-        rows = rows[np.lexsort((t["i"][rows], t["t"][rows], t["u"][rows]))]
+        rows = order[where[order] == s]
         splits[s] = (rows, Split(t["u"][rows], t["i"][rows], t["r"][rows], t["t"][rows]))
 
     # 6. evaluation negatives
@@ -281,16 +281,38 @@ def _take(t: Table, keep: np.ndarray, step: str, name: str) -> Table:
     return {k: v[keep] for k, v in t.items()}
 
 
+def _codes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(ids, return_inverse=True)`, by counting when the ids are small integers
+    (every MovieLens release): O(N) rather than a sort, seconds less at 25M rows."""
+    if ids.dtype.kind in "iu" and len(ids) and 0 <= ids.min() and ids.max() < 4 * len(ids):
+        present = np.bincount(ids) > 0
+        return np.flatnonzero(present).astype(ids.dtype), (np.cumsum(present) - 1)[ids]
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    return uniq, inverse.astype(np.int64)
+
+
+def _time_order(t: Table) -> np.ndarray:
+    """Rows by user, then time, ties in source order: `np.lexsort((row, t, u))` of a table
+    in source order, as one stable sort of a (user, time) code where that fits in int64
+    (2-3x faster)."""
+    lo, span = int(t["t"].min()), int(t["t"].max()) - int(t["t"].min()) + 1
+    if int(t["u"].max(initial=0)) + 1 > np.iinfo(np.int64).max // span:
+        return np.lexsort((t["row"], t["t"], t["u"]))
+    return np.argsort(t["u"] * span + (t["t"] - lo), kind="stable")  # t is in source order
+
+
 def _dedup(t: Table, policy: str, name: str, user_raw: np.ndarray,
            item_raw: np.ndarray) -> tuple[Table, int]:
-    """Resolve repeated (user, item) pairs within a part; returns (table, rows removed)."""
-    order = np.lexsort((t["row"], t["t"], t["i"], t["u"], t["part"]))
+    """Resolve repeated (user, item) pairs within a part; returns (table, rows removed), the
+    rows kept in source order."""
+    pair = (t["part"] * (int(t["u"].max()) + 1) + t["u"]) * (int(t["i"].max()) + 1) + t["i"]
+    if not (np.diff(np.sort(pair)) == 0).any():  # the usual case: one fast sort, no copy
+        return t, 0
+    order = np.lexsort((t["row"], t["t"], t["i"], t["u"], t["part"]))  # pairs in time order
     t = {k: v[order] for k, v in t.items()}
     same = (t["u"][1:] == t["u"][:-1]) & (t["i"][1:] == t["i"][:-1]) \
         & (t["part"][1:] == t["part"][:-1])  # row k+1 repeats row k's pair
     n_dup = int(same.sum())
-    if n_dup == 0:
-        return t, 0
     if policy == "error":
         k = int(np.flatnonzero(same)[0])
         raise ValueError(f"dataset {name!r}: {n_dup} repeated (user, item) rows, e.g. user "
@@ -302,7 +324,8 @@ def _dedup(t: Table, policy: str, name: str, user_raw: np.ndarray,
         group = np.cumsum(start) - 1  # [N] pair number of each row
         mean = np.bincount(group, weights=t["r"]) / np.bincount(group)
         t["r"] = mean[group].astype(np.float32)
-    keep = start if policy == "first" else end
+    keep = np.flatnonzero(start if policy == "first" else end)
+    keep = keep[np.argsort(order[keep])]  # back to source order
     return {k: v[keep] for k, v in t.items()}, n_dup
 
 
@@ -335,19 +358,19 @@ def _k_core(t: Table, user_core: int, item_core: int, name: str) -> tuple[Table,
 
 def _removed(step: str, before: Table, after: Table) -> dict[str, int]:
     """What a filter removed: rows, and users and items left with no row at all."""
-    def n(t: Table, col: str) -> int:
-        return len(np.unique(t[col]))
+    def n(t: Table, col: str) -> int:  # distinct codes, by counting
+        return int(np.count_nonzero(np.bincount(t[col])))
     return {f"{step}_removed": len(before["u"]) - len(after["u"]),
             f"{step}_users_removed": n(before, "u") - n(after, "u"),
             f"{step}_items_removed": n(before, "i") - n(after, "i")}
 
 
-def _assign(t: Table, kind: str, ratios: tuple[float, ...], seed: int) -> tuple[np.ndarray,
-                                                                               dict]:
-    """TRAIN/VAL/TEST per row, and what the split wants to report."""
+def _assign(t: Table, order: np.ndarray, kind: str, ratios: tuple[float, ...],
+            seed: int) -> tuple[np.ndarray, dict]:
+    """TRAIN/VAL/TEST per row, and what the split wants to report; `order`: the rows by
+    user, then time, ties in source order (`_time_order`)."""
     n = len(t["u"])
     rng = np.random.default_rng(seed)
-    order = np.lexsort((t["row"], t["t"], t["u"]))  # per user in time, ties in source order
     count = np.bincount(t["u"])  # [U]
     pos = np.empty(n, dtype=np.int64)
     pos[order] = np.arange(n) - np.repeat(np.cumsum(count) - count, count)  # [N] within user
@@ -376,7 +399,7 @@ def _assign(t: Table, kind: str, ratios: tuple[float, ...], seed: int) -> tuple[
         where[rng.permutation(base)[:_round(FIXED_VAL_SHARE * len(base))]] = VAL
         return where, {"val_from": f"seeded random {FIXED_VAL_SHARE:.0%} of base"}
     # ncf: each user's last training interaction in time, for users with >= 2 of them
-    base = base[np.lexsort((t["row"][base], t["t"][base], t["u"][base]))]
+    base = order[t["part"][order] == TRAIN]
     user = t["u"][base]
     first, last = np.r_[True, user[1:] != user[:-1]], np.r_[user[1:] != user[:-1], True]
     where[base[last & ~first]] = VAL

@@ -71,7 +71,7 @@ class RawDataset:
 
 @dataclass
 class Split:
-    """One part of a split in index space, sorted by (user, timestamp, item).
+    """One part of a split in index space, sorted by (user, timestamp), ties in source order.
 
     Args:
         user: user indices in `[0, n_users)`, int64 `[N]`.

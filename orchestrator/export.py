@@ -21,8 +21,10 @@ sha256).
 
 Every graph is checked before it is published: `onnx.checker`, then onnxruntime against
 PyTorch on real rows of the data (scores within 1e-4; top-K identical wherever scores are
-not tied). Files are written under temporary names and renamed into place only after the
-checks pass (the sidecar last), so a failed export leaves any previous valid one untouched.
+not tied). Files are written into a hidden folder beside the target and renamed into place
+only after the checks pass (the sidecar last), so a failed export leaves any previous valid
+one untouched. A graph with more than `EXTERNAL_DATA_BYTES` of weights keeps them in
+`<file>.data` beside it (ONNX external data; the sidecar records its sha256).
 
 Example:
     >>> export_model(model, data, Path("out/mf.onnx"), metrics={"val/rmse": 0.91})["parity"]
@@ -40,6 +42,7 @@ import json
 import logging
 import re
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,7 @@ from orchestrator.serve import FORMAT, id_form, known_mask, last_items, session,
 
 OPSET = 18
 PARITY_ROWS = 256
+EXTERNAL_DATA_BYTES = 1 << 30  # weights above this leave the graph (protobuf stops at 2 GiB)
 ATOL = 1e-4
 """Largest |onnxruntime - PyTorch| allowed on any float32 score."""
 TIE = 1e-5
@@ -202,6 +206,28 @@ def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str]
     return proto
 
 
+def _save(proto: onnx.ModelProto, path: Path) -> dict[str, Any]:
+    """Write one graph; returns its sidecar entry (file, sha256, and any external data).
+
+    A graph whose weights exceed `EXTERNAL_DATA_BYTES` keeps them in `<file>.data` beside it
+    (ONNX's external-data format, which onnxruntime reads by that relative name): a protobuf
+    message cannot pass 2 GiB, and an ml-25m-sized table of 10M users x 64 floats does.
+    """
+    weights = sum(len(t.raw_data) for t in proto.graph.initializer)
+    entry: dict[str, Any] = {"file": path.name}
+    if weights > EXTERNAL_DATA_BYTES:
+        data = path.with_name(path.name + ".data")
+        # tensors under 1 KiB (axes, shapes) stay inline, where shape inference reads them
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        if data.exists():  # not when every tensor is that small (only a lowered limit)
+            entry["data"] = {"file": data.name, "sha256": sha256(data), "bytes": weights}
+    else:
+        onnx.save_model(proto, path)
+    entry["sha256"] = sha256(path)
+    return entry
+
+
 def signature(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """Names, dtypes and shapes (symbolic dims by name) of a graph's inputs and outputs."""
     def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
@@ -343,10 +369,8 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
     model = copy.deepcopy(model).cpu().float().eval()
     arrays = serving_arrays(data)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    final = {"forward": out_path, "topk": out_path.with_name(f"{study}.topk.onnx"),
-             "arrays": out_path.with_name(f"{study}.npz"),
-             "sidecar": out_path.with_name(f"{study}.json")}
-    temp = {part: p.with_name(f".{p.name}.part") for part, p in final.items()}
+    names = {"forward": f"{study}.onnx", "topk": f"{study}.topk.onnx",
+             "arrays": f"{study}.npz", "sidecar": f"{study}.json"}
     meta: dict[str, Any] = {
         "format": FORMAT, "study": study, "model": model.name, "task": model.task,
         "version": recsweep_version(), "torch": torch.__version__, "opset": OPSET,
@@ -358,31 +382,37 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
                  "user_id_form": id_form(arrays["user_ids"]),
                  "item_id_form": id_form(arrays["item_ids"])},
     }
-    try:
-        graphs = _export_graphs(model, data)
-        for part, proto in graphs.items():
-            _tag(proto, meta, part, arrays)
-            onnx.save(proto, temp[part])
-            onnx.checker.check_model(str(temp[part]), full_check=True)
-            meta[part] = {"file": final[part].name, "sha256": sha256(temp[part]),
-                          **signature(proto)}
-        with open(temp["arrays"], "wb") as f:
-            np.savez(f, **arrays)
-        meta["arrays"] = {"file": final["arrays"].name, "sha256": sha256(temp["arrays"]),
-                          "keys": sorted(arrays)}
-        meta["parity"] = check_parity(model, data, arrays, temp["forward"], temp["topk"], k)
-        meta["extra"] = json.loads(json.dumps(extra_meta or {}, default=str))
-        temp["sidecar"].write_text(json.dumps(meta, indent=2) + "\n")
-        for part in ("forward", "topk", "arrays", "sidecar"):  # the sidecar publishes last
-            temp[part].replace(final[part])
-    except Exception as e:
-        for p in temp.values():
-            p.unlink(missing_ok=True)
-        if isinstance(e, ExportError):
-            raise ExportError(f"{out_path}: {e}") from None
-        raise ExportError(f"{out_path}: export of {model.name!r} failed: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                          ) from e
+    # every file is written under its final name into a hidden folder beside the target
+    # (an external-data file is named inside its graph), checked there, then renamed into
+    # place with the sidecar last; a failure leaves any previous export untouched
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{study}.") as work:
+        temp = {part: Path(work, name) for part, name in names.items()}
+        written = []
+        try:
+            graphs = _export_graphs(model, data)
+            for part, proto in graphs.items():
+                _tag(proto, meta, part, arrays)
+                meta[part] = _save(proto, temp[part])
+                onnx.checker.check_model(str(temp[part]), full_check=True)
+                meta[part].update(signature(proto))
+                written += [temp[part].with_name(meta[part]["data"]["file"])] \
+                    if "data" in meta[part] else []
+            with open(temp["arrays"], "wb") as f:
+                np.savez(f, **arrays)
+            meta["arrays"] = {"file": names["arrays"], "sha256": sha256(temp["arrays"]),
+                              "keys": sorted(arrays)}
+            meta["parity"] = check_parity(model, data, arrays, temp["forward"], temp["topk"],
+                                          k)
+            meta["extra"] = json.loads(json.dumps(extra_meta or {}, default=str))
+            temp["sidecar"].write_text(json.dumps(meta, indent=2) + "\n")
+        except Exception as e:
+            if isinstance(e, ExportError):
+                raise ExportError(f"{out_path}: {e}") from None
+            raise ExportError(f"{out_path}: export of {model.name!r} failed: "
+                              f"{type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        for path in [*written, *(temp[p] for p in ("forward", "topk", "arrays", "sidecar"))]:
+            path.replace(out_path.parent / path.name)
     return meta
 
 

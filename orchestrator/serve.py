@@ -7,6 +7,9 @@ An export (`orchestrator/export.py`) leaves four files side by side:
     <study>.json       the sidecar: model, task, hyperparameters, metrics, signatures, hashes
     <study>.npz        the arrays: raw ids, titles, popularity, each user's items in time order
 
+and, for a graph with more than 1 GiB of weights, `<graph file>.data` beside it (ONNX
+external data, named inside the graph, its sha256 in the sidecar).
+
 This module reads them with numpy, json and onnxruntime only (it must not import torch,
 `models`, `data` or `orchestrator.train`, not even indirectly), so a serving process stays
 small and starts fast. `recommend` answers one user: the top-K items the user does not
@@ -226,8 +229,11 @@ def load(path: str | Path, verify: bool = True) -> Served:
     if key in _CACHE:
         return _CACHE[key]
     files = {}
-    for part in ("topk", "arrays"):
-        entry = meta[part]
+    # the top-K graph, its external weights when it has them, and the arrays
+    for part, entry in [("topk", meta["topk"]), ("topk_data", meta["topk"].get("data")),
+                        ("arrays", meta["arrays"])]:
+        if entry is None:
+            continue
         files[part] = side.with_name(entry["file"])
         if not files[part].exists():
             raise FileNotFoundError(f"{side}: names {files[part]}, which is missing")

@@ -69,7 +69,7 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     stem = path.with_suffix("")
     for suffix in (".onnx", ".topk.onnx", ".json", ".npz"):
         assert stem.with_name(stem.name + suffix).exists(), suffix
-    assert not list(path.parent.glob(".*.part"))
+    assert not list(path.parent.glob(".*"))  # no working folder left
     side = json.loads(path.with_suffix(".json").read_text())
     assert side == json.loads(json.dumps(meta))
     assert side["model"] == name and side["task"] == model.task and side["opset"] >= 18
@@ -250,7 +250,32 @@ def test_failed_check_keeps_previous_export(exported, data: PreparedData, tmp_pa
     monkeypatch.setattr(export, "ATOL", -1.0)  # no graph can pass: the check must fail
     with pytest.raises(export.ExportError, match="differ from PyTorch"):
         export.export_model(train_briefly("mf", data, dim=4), data, tmp_path / "mf.onnx")
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no .part left
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing left
+
+
+def test_large_weights_go_to_external_data(data: PreparedData, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # the limit lowered to 1 KiB: the same path a > 1 GiB table takes, on a small model
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1024)
+    model = train_briefly("mf", data, dim=16)  # tables of more than 1 KiB each
+    meta = export.export_model(model, data, tmp_path / "mf.onnx")
+    for part in ("forward", "topk"):
+        extern = tmp_path / meta[part]["data"]["file"]
+        assert extern.name == meta[part]["file"] + ".data"
+        assert meta[part]["data"]["bytes"] >= (data.n_users + data.n_items) * 16 * 4
+        proto = onnx.load(tmp_path / meta[part]["file"], load_external_data=False)
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in proto.graph.initializer if np.prod(t.dims) * 4 >= 1024)
+    assert meta["parity"]["max_abs_diff"] < export.ATOL  # onnxruntime read the weights
+    user = str(data.user_ids[0])
+    assert serve.load(tmp_path / "mf.onnx").recommend(user, k=3)["items"]
+    copy = tmp_path / "copy"  # a copy with truncated weights is refused
+    copy.mkdir()
+    for p in tmp_path.glob("mf.*"):
+        (copy / p.name).write_bytes(p.read_bytes()[:-4] if p.name == "mf.topk.onnx.data"
+                                    else p.read_bytes())
+    with pytest.raises(ValueError, match="mf.topk.onnx.data: content differs"):
+        serve.load(copy / "mf.json")
 
 
 def test_model_for_other_data_is_refused(data: PreparedData, tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ def test_splits_partition_without_leakage(prepared, split):
     train, val, test = pairs(data, data.train), pairs(data, data.val), pairs(data, data.test)
     assert len(train) + len(val) + len(test) == 100_000  # nothing lost, no pair twice
     assert not (train & test) and not (train & val) and not (val & test)
-    for part in (data.train, data.val, data.test):  # sorted by (user, timestamp, item)
-        key = np.lexsort((part.item, part.timestamp, part.user))
+    for part in (data.train, data.val, data.test):  # sorted by (user, timestamp)
+        key = np.lexsort((part.timestamp, part.user))  # stable: ties keep their order
         assert (key == np.arange(len(part))).all()
     assert data.test_negatives.shape == (len(data.test), 5)
     assert data.val_negatives.shape == (len(data.val), 5)
@@ -166,6 +166,21 @@ def test_empty_after_filter_names_the_filter():
         prepare(raw, user_core=5)
     with pytest.raises(ValueError, match="has no ratings"):
         prepare(raw_of(user=[1], item=[1]), min_rating=1)
+
+
+def test_equal_timestamps_keep_source_order():
+    # user 1 rates items 9, 4, 7, 2 in one second, listed after a later row of user 2; a
+    # repeated pair elsewhere takes the dedup path, which must keep source order too
+    for extra in ([], [(2, 5, 1)]):
+        rows = [(2, 5, 1), (1, 9, 0), (1, 4, 0), (1, 7, 0), (1, 2, 0), (2, 6, 2), (2, 8, 3)]
+        user, item, ts = map(list, zip(*(rows + extra), strict=True))
+        data = prepare(raw_of(user=user, item=item, timestamp=ts), "leave-last",
+                       eval_negatives=0)
+        train = data.item_ids[data.train.item[data.user_ids[data.train.user] == 1]]
+        assert train.tolist() == [9, 4]
+        assert data.item_ids[data.val.item].tolist() == [7, 6]
+        assert data.item_ids[data.test.item].tolist() == [2, 8]
+        assert data.stats["filters"]["dedup_removed"] == len(extra)
 
 
 def test_short_users_stay_in_train_and_implicit_data():
