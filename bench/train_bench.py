@@ -43,10 +43,10 @@ from data.types import PreparedData  # noqa: E402
 from models.base import DataSpec, Recommender  # noqa: E402
 from models.registry import create_model, get_model_class, list_models  # noqa: E402
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
+from orchestrator.optim import make_optimizers  # noqa: E402
 from orchestrator.train import (  # noqa: E402
     evaluate,
     fit,
-    make_optimizers,
     pick_device,
     seed_everything,
     to_device,
@@ -150,7 +150,7 @@ def hand_loop(model: Recommender, data: PreparedData, device: torch.device, epoc
     train = data.train.to(device)
     examples = model.examples(train)
     p = model.params
-    opts = make_optimizers(model)  # Adam, and SparseAdam for the sparse embedding tables
+    opts = make_optimizers(model)  # Adam, and RowAdam for the sparse embedding tables
     gen = torch.Generator(device=device)
     gen.manual_seed(0)
     sampler = NegativeSampler(train, data.n_items, generator=gen, n_users=data.n_users) \

@@ -106,7 +106,7 @@ class AutoRec(Recommender):
             "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
             "reg": trial.suggest_float("reg", 1e-2, 100.0, log=True),
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 2048]),
+            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 2048, 8192]),
         }
 
     def examples(self, train: Split) -> dict[str, Tensor]:

@@ -80,7 +80,8 @@ def check(params: Any, key: str, ok: bool, expected: str) -> None:
 SPARSE_ROWS_PER_EXAMPLE = 16
 """A table steps sparsely once it has more rows than this many batches' examples: below,
 a batch touches most rows anyway and dense fused Adam is faster (ml-100k: BPR-MF 2.5x,
-Caser 2x faster dense); above, SparseAdam's cost follows the batch, not the table."""
+Caser 2x faster dense); above, a sparse step (`orchestrator.optim.RowAdam`) costs what
+the batch touches, not the table."""
 
 
 def table(rows: int, dim: int, batch_size: int, **kwargs: Any) -> nn.Embedding:
@@ -93,7 +94,7 @@ def table(rows: int, dim: int, batch_size: int, **kwargs: Any) -> nn.Embedding:
 def row_penalty(*uses: tuple[list[nn.Module], Tensor]) -> Tensor:
     """The squared norm of the embedding rows a batch used, each row once: for each
     (tables, indices), the rows `indices` of every table. With sparse embedding tables (no
-    optimizer weight decay: SparseAdam has none) this is the `weight_decay` of dense Adam
+    optimizer weight decay: RowAdam has none) this is the `weight_decay` of dense Adam
     restricted to the rows the step touches, the rows it can change."""
     total = None
     for tables, index in uses:

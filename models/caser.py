@@ -89,7 +89,7 @@ class Caser(Recommender):
     def __init__(self, spec: DataSpec, task: str, params: CaserParams) -> None:
         super().__init__(spec, task, params)
         d, L = params.dim, params.L
-        # large tables step sparsely: only the rows a batch used (SparseAdam in the loop)
+        # large tables step sparsely: only the rows a batch used (RowAdam in the loop)
         b = params.batch_size
         self.user_emb = table(spec.n_users, d, b)
         self.item_emb = table(spec.n_items + 1, d, b, padding_idx=spec.n_items)
@@ -129,6 +129,7 @@ class Caser(Recommender):
             "weight_decay": trial.suggest_float("weight_decay", 1e-8, 1e-4, log=True),
             "dropout": trial.suggest_float("dropout", 0.0, 0.7),
             "negatives": trial.suggest_int("negatives", 1, 5),
+            "batch_size": trial.suggest_categorical("batch_size", [256, 512, 2048, 8192]),
         }
 
     def examples(self, train: Split) -> dict[str, Tensor]:

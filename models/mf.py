@@ -76,7 +76,7 @@ class MF(Recommender):
 
     def __init__(self, spec: DataSpec, task: str, params: MFParams) -> None:
         super().__init__(spec, task, params)
-        # large tables step sparsely: only the rows a batch used (SparseAdam in the loop)
+        # large tables step sparsely: only the rows a batch used (RowAdam in the loop)
         b = params.batch_size
         self.user_emb = table(spec.n_users, params.dim, b)
         self.item_emb = table(spec.n_items, params.dim, b)
@@ -95,7 +95,7 @@ class MF(Recommender):
             "dim": trial.suggest_categorical("dim", [16, 32, 64, 128]),
             "lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
             "reg": trial.suggest_float("reg", 1e-4, 0.3, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 4096]),
+            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 4096, 16384]),
         }
 
     def forward(self, user: Tensor, item: Tensor) -> Tensor:

@@ -126,7 +126,7 @@ class NeuMF(Recommender):
                                                       [0.0, 1e-7, 1e-6, 1e-5, 1e-4]),
             "negatives": trial.suggest_int("negatives", 1, 8),
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 2048]),
+            "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 4096, 16384]),
             "pretrain": trial.suggest_categorical("pretrain", [False, True]),
         }
 

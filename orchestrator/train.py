@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from data.sampling import NegativeSampler, last_items, user_item_csr
 from data.types import PreparedData, Split
@@ -48,6 +48,7 @@ from orchestrator.metrics import (
     rating_summary,
     sampled_ranking_per_row,
 )
+from orchestrator.optim import make_optimizers
 
 SPLITS = ("val", "test")
 EVAL_CELLS = 2**25  # scores per full-ranking call: 128 MB of float32 (ml-25m: 567 users)
@@ -291,39 +292,6 @@ def _cpu_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return obj
-
-
-def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
-    """Adam (fused) with the model's lr for the dense parameters and `SparseAdam` with the
-    same lr for the embedding tables built sparse (`models.base.table`: the large ones).
-
-    Why two: dense Adam updates every row of every table at every step, so an epoch costs
-    examples x (users + items) / batch, which grows with the square of the data; SparseAdam
-    updates only the rows a batch touched. No embedding table gets the optimizer's weight
-    decay, sparse or not: the models penalise the rows a batch uses in their loss instead
-    (mf: `reg`; neumf, caser: `weight_decay` through `row_penalty`), so a table's
-    regularisation does not depend on which optimizer steps it. A model may hand over its
-    own parameter groups (`param_groups()`).
-    """
-    p = model.params
-    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    sparse = [m.weight for m in tables if m.sparse]
-    is_table, is_sparse = {id(m.weight) for m in tables}, {id(t) for t in sparse}
-    groups = model.param_groups() if hasattr(model, "param_groups") else \
-        [{"params": list(model.parameters())}]
-    dense = []
-    for g in groups:
-        dense.append({**g, "params": [q for q in g["params"] if id(q) not in is_table]})
-        dense.append({**g, "weight_decay": 0.0, "params": [
-            q for q in g["params"] if id(q) in is_table and id(q) not in is_sparse]})
-    dense = [g for g in dense if g["params"]]
-    out: list[torch.optim.Optimizer] = []
-    if dense:
-        # The fused kernel: on CPU too, an Adam step of BPR-MF on ml-100k took 96 us, not 247.
-        out.append(torch.optim.Adam(dense, lr=p.lr, weight_decay=p.weight_decay, fused=True))
-    if sparse:
-        out.append(torch.optim.SparseAdam(sparse, lr=p.lr))
-    return out
 
 
 def effective_patience(patience: int, epochs: int) -> int:

@@ -15,7 +15,7 @@ from data.types import Split
 from models import DataSpec, create_model, list_models, register_model
 from models.base import Recommender
 from models.registry import get_model_class, make_params
-from orchestrator.train import make_optimizers
+from orchestrator.optim import RowAdam, make_optimizers
 
 N_USERS, N_ITEMS, PER_USER = 12, 20, 8
 CASES = [(n, t) for n in list_models() for t in get_model_class(n).tasks]
@@ -62,7 +62,7 @@ def losses(name: str, task: str, steps: int, seed: int = 0, **hp) -> list[float]
     model, ex, train = build(name, task, **hp)
     gen = torch.Generator().manual_seed(seed)
     sampler = NegativeSampler(train, N_ITEMS, generator=gen, n_users=N_USERS)
-    opts = make_optimizers(model)  # the loop's: Adam, and SparseAdam for sparse tables
+    opts = make_optimizers(model)  # the loop's: Adam, and RowAdam for sparse tables
     model.train()
     out = []
     fixed = with_negatives(model, ex, sampler)
@@ -89,13 +89,37 @@ def test_large_tables_are_sparse_small_ones_dense():
     assert not small.user_emb.sparse and not small.item_emb.sparse
     assert large.user_emb.sparse and large.item_emb.sparse
     opts = make_optimizers(large)
-    assert [type(o).__name__ for o in opts] == ["SparseAdam"]  # mf is tables only
+    assert [type(o).__name__ for o in opts] == ["RowAdam"]  # mf is tables only
     neumf = create_model("neumf", DataSpec(138_493, 943), weight_decay=1e-4, dim=4)
-    adam, sparse_adam = make_optimizers(neumf)
+    adam, row_adam = make_optimizers(neumf)
     decay = {id(q): g["weight_decay"] for g in adam.param_groups for q in g["params"]}
     assert decay[id(neumf.out.weight)] == 1e-4 and decay[id(neumf.gmf_item.weight)] == 0.0
-    assert [id(q) for q in sparse_adam.param_groups[0]["params"]] == \
+    assert [id(q) for q in row_adam.param_groups[0]["params"]] == \
         [id(neumf.gmf_user.weight), id(neumf.mlp_user.weight)]  # the 138k-row tables
+
+
+def test_row_adam_steps_as_sparse_adam_does():
+    # repeated rows in a batch, rows a batch skips, rows never touched: torch's SparseAdam
+    # is the reference arithmetic, RowAdam must take the same steps
+    torch.manual_seed(0)
+    tables = [torch.nn.Embedding(50, 3, sparse=True) for _ in range(2)]
+    tables[1].load_state_dict(tables[0].state_dict())
+    opts = [torch.optim.SparseAdam(tables[0].parameters(), lr=0.05),
+            RowAdam(tables[1].parameters(), lr=0.05)]
+    target = torch.randn(50, 3)
+    for step in range(6):
+        rows = torch.tensor([1, 1, 7, 20 + step, 3, 7, 7])
+        for table, opt in zip(tables, opts, strict=True):
+            opt.zero_grad()
+            (table(rows) - target[rows]).pow(2).sum().backward()
+            opt.step()
+        assert torch.allclose(tables[0].weight, tables[1].weight, atol=1e-6), step
+    assert torch.equal(tables[1].weight[40:], tables[0].weight[40:])  # never touched
+    state = opts[1].state_dict()  # a checkpoint holds it, and it loads back
+    again = RowAdam(tables[1].parameters(), lr=0.05)
+    again.load_state_dict(state)
+    assert torch.equal(again.state[tables[1].weight]["exp_avg"],
+                       opts[1].state[tables[1].weight]["exp_avg"])
 
 
 @pytest.mark.parametrize("name,task", TABLES)

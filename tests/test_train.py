@@ -300,3 +300,24 @@ def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
     assert fit(fused, data, cfg).best != fit(plain, data, cfg).best  # fit pre-trained it
     with pytest.raises(ValueError, match="pretrain=True: expected False for a single tower"):
         create_model("neumf", DataSpec.from_data(data), tower="gmf", pretrain=True)
+
+
+def test_every_model_trains_an_epoch_on_a_million_ratings():
+    # a million ratings (20,000 users x 4,000 items): one epoch of each model and task, with
+    # small dims, within the suite's time; the loss is a number and nothing runs out of memory
+    data = load_dataset(DataConfig(
+        dataset="synthetic:users=20000,items=4000,interactions=1000000", eval_negatives=0))
+    assert len(data.train) + len(data.val) + len(data.test) == 1_000_000
+    cfg = TrainConfig(device="cpu", amp=False)
+    for name in list_models():
+        cls = get_model_class(name)
+        fields = {f.name for f in dataclasses.fields(cls.Params)}
+        small = {k: v for k, v in {"dim": 8, "batch_size": 4096}.items() if k in fields}
+        for task in cls.tasks:
+            seed_everything(0)
+            model = create_model(name, DataSpec.from_data(data), task, epochs=1, **small)
+            result = fit(model, data, cfg, validate=False)
+            assert result.status == "ok", (name, task, result.message)
+            if model.learned:
+                assert math.isfinite(result.history[-1]["train/loss"]), (name, task)
+                assert result.history[-1]["train_samples_per_s"] > 0
