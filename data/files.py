@@ -1,14 +1,20 @@
 """The user's own files: `csv:PATH`, `parquet:PATH` and the NCF authors' pre-split `ncf:PREFIX`.
 
-Also home of the small file helpers the MovieLens parser shares: content hashing and a fast
-numeric-table reader that, when the fast path fails, finds the first bad line for the error.
+Also home of the small file helpers the rest of the project shares: the one atomic writer
+every output goes through, content hashing, and a fast numeric-table reader that, when the
+fast path fails, finds the first bad line for the error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +25,38 @@ from data.types import Interactions, RawDataset
 
 COLUMN_KEYS = ("user", "item", "rating", "timestamp")
 _INT_RE = r"0|-?[1-9][0-9]*"  # an integer spelled canonically: "007" stays a string id
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write `path` all or nothing, like git's ref updates: into a new file beside it (same
+    folder, so the rename cannot cross file systems), flushed and fsynced, then renamed over
+    `path`. A reader sees the old file or the new one, never half of one; after a failure or
+    a kill the old file is intact (a leftover `.<name>.*.part` is only a temporary).
+
+    Example:
+        >>> with atomic_write("runs/x/results.csv") as f:
+        ...     frame.to_csv(f, index=False)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with open(temp, mode.replace("w", "x"), **({} if "b" in mode else
+                                                     {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """`atomic_write` of a UTF-8 text file."""
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def hash_file(path: str | Path, algorithm: str = "sha256") -> str:
@@ -36,7 +74,11 @@ def fingerprint(paths: list[Path]) -> str:
     Names are left out on purpose, so the same data in another folder has the same
     fingerprint.
     """
-    digests = [hash_file(p) for p in paths]
+    return combine_digests([hash_file(p) for p in paths])
+
+
+def combine_digests(digests: list[str]) -> str:
+    """One digest for several files: the digest itself for one, else a hash of the list."""
     if len(digests) == 1:
         return digests[0]
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
@@ -63,20 +105,26 @@ def read_table(path: Path, sep: str, names: tuple[str, ...], kinds: str,
         _raise_first_bad_line(path, sep, names, kinds, encoding, e)
     if df.isna().any().any():  # a short row: pandas pads it with NaN
         _raise_first_bad_line(path, sep, names, kinds, encoding, None)
+    floats = [n for n, k in zip(names, kinds, strict=True) if k == "f"]
+    if floats and not np.isfinite(df[floats].to_numpy()).all():  # "inf", "nan"
+        _raise_first_bad_line(path, sep, names, kinds, encoding, None)
     return df
 
 
 def _raise_first_bad_line(path: Path, sep: str, names: tuple[str, ...], kinds: str,
                           encoding: str, cause: Exception | None) -> None:
     """Slow path, only on error: scan the file for the first line that does not parse."""
-    expected = f"{len(names)} {sep!r}-separated fields ({' '.join(names)})"
+    expected = (f"{len(names)} {sep!r}-separated fields ({' '.join(names)}: integers within "
+                "int64, finite numbers)")
     with open(path, encoding=encoding) as f:
         for lineno, line in enumerate(f, 1):
             fields = line.rstrip("\r\n").split(sep)
             ok = len(fields) == len(names)
             for field, kind in zip(fields, kinds, strict=False):
                 try:
-                    int(field) if kind == "i" else float(field)
+                    value = int(field) if kind == "i" else float(field)
+                    ok = ok and (INT64_MIN <= value <= INT64_MAX if kind == "i"
+                                 else math.isfinite(value))
                 except ValueError:
                     ok = False
             if not ok:
@@ -204,23 +252,29 @@ BadValue = Callable[[int, object], ValueError]
 
 
 def _ids(s: pd.Series, bad: BadValue) -> np.ndarray:
-    """int64 when every id is a canonical integer, else the ids as given (strings)."""
+    """int64 when every id is a canonical integer, else the ids as given (strings); an
+    integer id beyond int64 is an error (it cannot be kept as a number, and a column of
+    numbers read as text would silently mix two kinds of id)."""
     if pd.api.types.is_integer_dtype(s.dtype):
         return s.to_numpy(dtype=np.int64)
     text = s if isinstance(s.dtype, pd.ArrowDtype) else s.astype(str)
     if text.str.fullmatch(_INT_RE).all():
+        long = np.flatnonzero(text.str.len().to_numpy() >= 19)  # only these can overflow
+        for i in long:
+            if not INT64_MIN <= int(text.iloc[i]) <= INT64_MAX:
+                raise bad(int(i), f"{text.iloc[i]} (beyond int64)")
         return text.astype("int64[pyarrow]" if text is s else np.int64).to_numpy(np.int64)
     return text.to_numpy(dtype=object)
 
 
 def _ratings(s: pd.Series, bad: BadValue) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(s.dtype):
-        return s.to_numpy(dtype=np.float32)
-    values = pd.to_numeric(s, errors="coerce")
-    wrong = np.flatnonzero(values.isna().to_numpy())
+    """float32 ratings; text that is no number, and inf or nan, are errors."""
+    values = s if pd.api.types.is_numeric_dtype(s.dtype) else pd.to_numeric(s, errors="coerce")
+    out = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    wrong = np.flatnonzero(~np.isfinite(out))
     if len(wrong):
         raise bad(int(wrong[0]), s.iloc[wrong[0]])
-    return values.to_numpy(dtype=np.float32)
+    return out.astype(np.float32)
 
 
 def _seconds(s: pd.Series, bad: BadValue) -> np.ndarray:
@@ -231,8 +285,11 @@ def _seconds(s: pd.Series, bad: BadValue) -> np.ndarray:
         dt = s if s.dt.tz is not None else s.dt.tz_localize("UTC")
     else:
         text = s.astype(str)
-        if text.str.fullmatch(_INT_RE).all():
+        is_int = text.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
+        if is_int.all():
             return text.astype(np.int64).to_numpy()
+        if is_int.any():  # a column of seconds with a stray value: that value is the error
+            raise bad(int(np.flatnonzero(~is_int)[0]), s.iloc[np.flatnonzero(~is_int)[0]])
         dt = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
         wrong = np.flatnonzero(dt.isna().to_numpy())
         if len(wrong):

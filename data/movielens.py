@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.files import hash_file, read_table
+from data.files import combine_digests, hash_file, read_table
 from data.types import Interactions, RawDataset
 
 DEFAULT_URL = "https://files.grouplens.org/datasets/movielens"
@@ -44,12 +45,33 @@ ZIP_MD5: dict[str, str | None] = {
     "ml-latest-small": None,
 }
 
-# sha256 of the ratings file of releases whose content we can pin: computed from the official
-# ml-100k release's u.data (../shared/data/ml-100k). Checked on every load, so a folder found on
-# disk is known to be the real release; it is also the dataset's fingerprint.
-CONTENT_SHA256: dict[str, str] = {
-    "ml-100k": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+# sha256 of every file read from a release whose content we can pin: computed from the
+# official ml-100k release (../shared/data/ml-100k). Checked on every load, so a folder found on
+# disk is known to be the real release. Other releases are checked against the manifest written
+# when they were unpacked from their verified zip (MANIFEST); a folder unpacked by hand has no
+# checksum to compare with, and its note says so.
+CONTENT_SHA256: dict[str, dict[str, str]] = {
+    "ml-100k": {
+        "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+        "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+        "u.genre": "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb",
+        "u1.base": "ce253ec86c448b44fb3ba9a30d12dcfc2e9210cbde71efada3730c22e9ac212a",
+        "u1.test": "18c6014a4b2c7324f250a63f8904a7b16b2b19f911129e346141507b0cbac950",
+        "u2.base": "6c06f0b5df4b256da1a994f3ac66edc8da4d3f09bc9282df6b14d893366d703e",
+        "u2.test": "4de658d1e04ed9104629509a2e2528fce833ac8e048280183f1df167632038c3",
+        "u3.base": "afdc155c291c6edc41c0407e39d7462eb98d341e064f0b0a12175b80b3c4af5d",
+        "u3.test": "0f548b51c78327de4c156461d3e430b7e5579fe2b5681586a59416e48fd35f6d",
+        "u4.base": "219f0f4d40dfe9c5141d425f53fa91ee23ed275f14e280bbf1b50117afb064ca",
+        "u4.test": "7c02ad0a1e7ab1083c8b9d4b627203a051dd7b5eab46d99fa44de33470de8db9",
+        "u5.base": "a9574e59ce961eec2121627760b6e9b0974ce1637b3fe69ac32cb14a4bfab485",
+        "u5.test": "351cc52e0d15b6c721466276fc24671d40936899e3d01fadeaf312915b8c5634",
+        "ua.base": "67b5bcdb380c29f85d56a012ecd88612ae020f30a6730d117a334ee8203b91f2",
+        "ua.test": "d0497e202417720f57a184ec8c66be2d1afa4ff41bb53787c57b28d6bf79bc42",
+        "ub.base": "237254d253b6ad7de84f919d041055428646254f34ed8f562703c899430cd881",
+        "ub.test": "d54a72d05730d5892062734b2bec73e976f9b713d18c828a18b968d6cce442da",
+    },
 }
+MANIFEST = ".recsweep-sha256.json"  # {file: sha256} of a release this module unpacked
 
 # (ratings file, items file) inside each release folder
 FILES: dict[str, tuple[str, str]] = {
@@ -83,13 +105,11 @@ def load_movielens(name: str, home: Path) -> RawDataset:
     folder = ensure_release(name, home)
     ratings_name, items_name = FILES[name]
     ratings_path, items_path = folder / ratings_name, folder / items_name
-    digest = hash_file(ratings_path)
-    pinned = CONTENT_SHA256.get(name)
-    if pinned and digest != pinned:
-        raise ValueError(
-            f"{ratings_path}: not the official {name} release (sha256 expected {pinned}, got "
-            f"{digest}). Remove {folder} to download it again, or load your own file with "
-            f"csv:PATH.")
+    read = [ratings_path, items_path]
+    if name == "ml-100k":
+        read += [folder / "u.genre"] + [folder / f"{s}.{part}" for s in ML100K_SPLITS
+                                        for part in ("base", "test")]
+    digests, checked = _verify(name, folder, read)
     if name == "ml-100k":
         interactions = _read_100k(ratings_path)
         items = _read_100k_items(items_path, folder / "u.genre")
@@ -107,11 +127,36 @@ def load_movielens(name: str, home: Path) -> RawDataset:
         interactions=interactions,
         items=items,
         fixed_splits=splits,
-        fingerprint=digest,
-        files=[str(ratings_path), str(items_path)],
-        note=f"{name}: GroupLens MovieLens release from {folder}"
-             + (" (content sha256 verified)" if pinned else ""),
+        fingerprint=combine_digests(list(digests.values())),
+        files=[str(p) for p in read],
+        note=f"{name}: GroupLens MovieLens release from {folder} ("
+             + ("content sha256 verified" if checked else
+                "unverified: unpacked by hand, no checksum to compare with") + ")",
     )
+
+
+def _verify(name: str, folder: Path, paths: list[Path]) -> tuple[dict[str, str], bool]:
+    """sha256 of each file read, checked against the pinned content or the unpack manifest;
+    returns ({file name: sha256}, whether there was anything to check against)."""
+    expected = CONTENT_SHA256.get(name)
+    manifest = folder / MANIFEST
+    if expected is None and manifest.is_file():
+        try:
+            expected = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{manifest}: not valid JSON; remove {folder} to unpack the "
+                             "release again") from None
+    digests = {}
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (part of the {name} release)")
+        digests[path.name] = hash_file(path)
+        if expected is not None and expected.get(path.name) != digests[path.name]:
+            raise ValueError(
+                f"{path}: not the official {name} release (sha256 expected "
+                f"{expected.get(path.name)}, got {digests[path.name]}). Remove {folder} to "
+                "download it again, or load your own file with csv:PATH.")
+    return digests, expected is not None
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -292,6 +337,10 @@ def _unpack(name: str, zip_path: Path, folder: Path) -> None:
         if not (unpacked / FILES[name][0]).is_file():
             raise ValueError(f"{zip_path}: expected {name}/{FILES[name][0]} inside the zip; "
                              f"removed it")
+        # the zip was verified: record its files' sha256, checked on every later load
+        (unpacked / MANIFEST).write_text(json.dumps(
+            {p.name: hash_file(p) for p in sorted(unpacked.iterdir()) if p.is_file()},
+            indent=1))
         try:
             os.rename(unpacked, folder)
         except OSError:

@@ -74,6 +74,10 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     if n_raw == 0:
         raise ValueError(f"dataset {raw.name!r} has no interactions")
     has_ratings, has_time = inter.rating is not None, inter.timestamp is not None
+    if kind == "temporal" and not has_time:
+        raise ValueError(f"split {split!r}: dataset {raw.name!r} has no timestamps, so there "
+                         "is no time order to split by; use leave-last (source order) or "
+                         "random:0.8,0.1,0.1")
     user_raw, u = _codes(inter.user)
     neg_raw = raw.test_negatives if kind == "ncf" else None  # [n_test, N], -1 padded
     neg_used = None if neg_raw is None else neg_raw >= 0

@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from data.files import atomic_write
 from models.base import TASKS, DataSpec, Recommender
 
 _MODELS: dict[str, type[Recommender]] = {}
@@ -56,6 +57,13 @@ def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict) -> Any
         raise ValueError(f"hyperparameter {f.name}={value!r} of model {cls_name!r}: "
                          f"expected {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def param_types(name: str) -> dict[str, type]:
+    """Each hyperparameter of model `name` and its type (int, float, bool, str)."""
+    params = get_model_class(name).Params
+    hints = typing.get_type_hints(params)
+    return {f.name: hints[f.name] for f in dataclasses.fields(params)}
 
 
 def make_params(name: str, task: str | None = None, **hparams: Any) -> Any:
@@ -112,9 +120,8 @@ def save_model(model: Recommender, path: str | Path, **meta: Any) -> None:
                "spec": dataclasses.asdict(model.spec),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "meta": meta}
-    tmp = path.with_suffix(path.suffix + ".part")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_model(path: str | Path) -> tuple[Recommender, dict[str, Any]]:
@@ -127,13 +134,18 @@ def load_model(path: str | Path) -> tuple[Recommender, dict[str, Any]]:
 
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so a crafted file runs no code
+        payload = torch.load(path, map_location="cpu", weights_only=True)
         name, task, hparams = payload["model"], payload["task"], payload["hparams"]
         spec = payload["spec"]
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"{path}: not a recsweep checkpoint ({e})") from None
+    status = payload.get("meta", {}).get("metrics", {}).get("status")
+    if status == "diverged":
+        raise ValueError(f"{path}: the checkpoint of a diverged model (status 'diverged'); "
+                         "train it again")
     spec["rating_range"] = tuple(spec["rating_range"])
     model = create_model(name, DataSpec(**spec), task, **hparams)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -83,10 +84,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.config or overrides or args.smoke:
             raise ValueError("--resume RUN_DIR continues a sweep as it was configured; "
                              "give no other settings with it")
-        run_sweep(None, resume=args.resume)  # type: ignore[arg-type]
-        return 0
-    run_sweep(load_config(args.config, overrides, smoke=args.smoke))
-    return 0
+        return outcome(run_sweep(None, resume=args.resume))  # type: ignore[arg-type]
+    return outcome(run_sweep(load_config(args.config, overrides, smoke=args.smoke)))
+
+
+def outcome(run_dir: object) -> int:
+    """The exit code of a sweep that ran to its end: 0 when every study has a tested model
+    and every export passed, else 1, naming what is missing (an interrupted sweep raised
+    KeyboardInterrupt instead: 130)."""
+    from orchestrator import results
+
+    frame = results.load(run_dir)  # type: ignore[arg-type]
+    empty = frame.loc[frame["status"] != "ok", "study"].tolist()
+    exports = frame["export"] if "export" in frame.columns else None
+    failed = [] if exports is None else \
+        frame.loc[exports.astype(str).str.startswith("failed"), "study"].tolist()
+    if empty:
+        print(f"error: no tested model for {', '.join(empty)} (see the table's status)",
+              file=sys.stderr)
+    if failed:
+        print(f"error: ONNX export failed for {', '.join(failed)}", file=sys.stderr)
+    return 1 if empty or failed else 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -255,7 +273,11 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
-        description="recsweep: hyperparameter sweeps of recommender models on Ray Tune.")
+        description="recsweep: hyperparameter sweeps of recommender models on Ray Tune.",
+        epilog="exit codes: 0 done; 1 part failed (a study with no tested model, a failed "
+        "export) or a bug; 2 bad input; 130 interrupted")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (or set RECSWEEP_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     data_p = commands.add_parser("data", help="look at a dataset")
@@ -273,10 +295,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 it did all it was asked; 1 it ran but part failed (a
+    study with no finished trial, a failed export) or an unexpected error; 2 bad input (a
+    file, flag or key: one line names it); 130 interrupted by Ctrl-C."""
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("RECSWEEP_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        if not is_bad_input(e):
+            print(f"error: unexpected {type(e).__name__}: {one_line(e)}\n(a bug: run again "
+                  "with --debug, or RECSWEEP_DEBUG=1, for the traceback)", file=sys.stderr)
+            return 1
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def is_bad_input(e: BaseException) -> bool:
+    """Errors that bad input raises (a file, a flag, a key, a model file), as opposed to bugs:
+    the CLI answers them with one line and exit code 2."""
+    import yaml
+
+    return isinstance(e, (ValueError, TypeError, KeyError, OSError, yaml.YAMLError)) or \
+        type(e).__module__.startswith(("onnxruntime", "onnx"))  # a broken model file
+
+
+def one_line(e: BaseException) -> str:
+    """The message of an error on one line (a KeyError's is its key, not its repr)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.filename}: {e.strerror}"
+    return " ".join(text.split()) or type(e).__name__

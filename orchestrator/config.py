@@ -70,20 +70,25 @@ def help_of(cls: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
-def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
-    """Build `cls` from a dict; unknown keys and wrong types raise, naming the key path."""
+def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "", *,
+              complete: bool = False) -> T:
+    """Build `cls` from a dict; unknown keys and wrong types raise, naming the key path.
+    With `complete`, so do missing keys (a resolved config written whole, read back)."""
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; "
                          f"allowed: {', '.join(fields)}")
+    missing = [where + k for k in fields if k not in values]
+    if complete and missing:
+        raise ValueError(f"missing key(s) {missing}")
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in values.items():
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
-            out[key] = from_dict(kind, value, f"{where}{key}.")
+            out[key] = from_dict(kind, value, f"{where}{key}.", complete=complete)
             continue
         out[key] = _check_type(f"{where}{key}", value, kind)
     return cls(**out)

@@ -485,6 +485,8 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10,
     from models.registry import load_model
     from orchestrator import results
 
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"-k {k!r}: expected an integer >= 1")
     run_dir = Path(run_dir)
     folder = run_dir / "checkpoints"
     found = {p.stem: p for p in sorted(folder.glob("*.pt"))
@@ -512,7 +514,10 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10,
                          extra_meta={"checkpoint": str(path), **meta})
             statuses[name] = "ok"
         except Exception as e:  # noqa: BLE001 - each study's failure is recorded, not fatal
-            statuses[name] = f"failed: {e}"
+            # the table says what models/ holds: an earlier valid export stays in place
+            kept = (run_dir / "models" / f"{name}.json").exists()
+            statuses[name] = f"failed: {e}" + ("; models/ keeps the earlier export of this "
+                                               "study" if kept else "")
             print(f"export: {name}: FAILED: {e}", file=sys.stderr, flush=True)
     if table is not None:
         known = set(table["study"])

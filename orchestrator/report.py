@@ -16,7 +16,9 @@ import functools
 import html
 import importlib.util
 import json
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from data.files import atomic_write, write_text
 from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict
 
@@ -100,10 +103,25 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
         if progress:
             print(f"report: {msg} ({time.time() - start:.1f} s)", flush=True)
 
-    figures = run_dir / "figures"
-    figures.mkdir(exist_ok=True)
-    for stale in [*figures.glob("*.png"), *figures.glob("umap-items-*.csv")]:
-        stale.unlink()  # figures/ shows this report only, not one of an earlier run
+    # the figures are drawn into a fresh folder that replaces figures/ once the report is
+    # written: until then an earlier report's figures stay, and figures/ never mixes two
+    figures = Path(tempfile.mkdtemp(dir=run_dir, prefix=".figures."))
+    try:
+        out = _report(run_dir, figures, say)
+    except BaseException:
+        shutil.rmtree(figures, ignore_errors=True)
+        raise
+    old = run_dir / "figures"
+    if old.exists():
+        old = old.rename(run_dir / f"{figures.name}.old")
+    figures.rename(run_dir / "figures")
+    shutil.rmtree(old, ignore_errors=True)
+    say(f"wrote {out} and {run_dir / 'figures'}/")
+    return out
+
+
+def _report(run_dir: Path, figures: Path, say: Any) -> Path:
+    """The report's body: draw into `figures`, write report.html; returns its path."""
     cfg = from_dict(SweepConfig, yaml.safe_load((run_dir / "sweep.yaml").read_text()))
     frame, trials = results.load(run_dir), results.load_trials(run_dir)
     history_path = run_dir / "history.parquet"
@@ -135,23 +153,22 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
             + _img(_plot_activity(activity, figures / "data-activity.png")))
     for study, group in trials.groupby("study", sort=False):
         say(f"plots of study {study}")
-        parts.append(_study_html(run_dir, str(study), group, history, frame, cfg, data,
-                                 popularity, say))
+        parts.append(_study_html(run_dir, figures, str(study), group, history, frame, cfg,
+                                 data, popularity, say))
     if notes:
         parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
                                                        for n in notes) + "</ul>")
     out = run_dir / "report.html"
-    out.write_text(_page(cfg.name, run_dir, parts), encoding="utf-8")
-    say(f"wrote {out} and {figures}/")
+    write_text(out, _page(cfg.name, run_dir, parts))
     return out
 
 
-def _study_html(run_dir: Path, study: str, trials: pd.DataFrame, history: pd.DataFrame | None,
+def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
+                history: pd.DataFrame | None,
                 frame: pd.DataFrame, cfg: SweepConfig, data: Any,
                 popularity: np.ndarray | None, say: Any) -> str:
     from orchestrator.train import monitored_metric
 
-    figures = run_dir / "figures"
     metric, mode = monitored_metric(str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]),
                                     tuple(cfg.train.ks))
     trials = _in_order(trials)
@@ -241,7 +258,8 @@ def _whole_x(*axes: Any) -> None:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     return path
 
 
@@ -339,7 +357,8 @@ def _umap_html(checkpoint: Path, study: str, data: Any, popularity: np.ndarray, 
     coords = pd.DataFrame({"item": data.item_ids[keep], "title": [titles[i] for i in keep],
                            "genre": [genres[i] for i in keep] if genres else "",
                            "popularity": popularity[keep], "x": xy[:, 0], "y": xy[:, 1]})
-    coords.to_csv(figures / f"umap-items-{study}.csv", index=False)
+    with atomic_write(figures / f"umap-items-{study}.csv") as f:
+        results.csv_safe(coords).to_csv(f, index=False)
     path = _plot_umap(coords, f"{study}: UMAP of item embeddings{note}",
                       figures / f"umap-items-{study}.png")
     return _img(path)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from data.files import atomic_write, write_text
 from orchestrator.metrics import lower_is_better
 from orchestrator.records import StudyResult
 
@@ -163,9 +164,36 @@ def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def write(run_dir: Path, frame: pd.DataFrame) -> None:
-    frame.to_csv(run_dir / "results.csv", index=False)
-    frame.to_parquet(run_dir / "results.parquet", index=False)
-    (run_dir / "results.md").write_text(markdown(frame), encoding="utf-8")
+    save_frame(frame, run_dir / "results.csv")
+    save_frame(frame, run_dir / "results.parquet")
+    write_text(run_dir / "results.md", markdown(frame))
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose text cells a spreadsheet cannot run as formulas: a cell that starts with
+    = + - @, a tab or a carriage return gets a leading apostrophe (OWASP's rule against CSV
+    injection; titles and ids come from data files anyone may have written)."""
+    out = frame.copy()
+    for col in out.columns:
+        if not (pd.api.types.is_string_dtype(out[col])
+                or pd.api.types.is_object_dtype(out[col])):  # numbers, bools, times
+            continue
+        out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str)
+                                and v.startswith(FORMULA_STARTS) else v)
+    return out
+
+
+def save_frame(frame: pd.DataFrame, path: Path) -> None:
+    """A table as `.csv` (formula-safe) or `.parquet`, written atomically."""
+    if path.suffix == ".csv":
+        with atomic_write(path) as f:
+            csv_safe(frame).to_csv(f, index=False)
+    else:
+        with atomic_write(path, "wb") as f:
+            frame.to_parquet(f, index=False)
 
 
 UNITS = "test_units.npz"
@@ -175,7 +203,8 @@ def write_units(run_dir: Path, studies: list[StudyResult]) -> None:
     """Each tested row's main metric per test unit (averaged over its seeds), what its
     p-values were computed from: `test_units.npz`, one array per study, in the data's order
     (per user for rankings, per rating for ratings), to test other pairs later."""
-    np.savez(run_dir / UNITS, **{r.study.name: r.units for r in studies if r.runs})
+    with atomic_write(run_dir / UNITS, "wb") as f:
+        np.savez(f, **{r.study.name: r.units for r in studies if r.runs})
 
 
 def load_units(run_dir: str | Path) -> dict[str, np.ndarray]:
@@ -310,7 +339,7 @@ def render(frame: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "md":
         return markdown(frame)
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return csv_safe(frame).to_csv(index=False)
     if fmt == "json":
         return frame.to_json(orient="records")
     raise ValueError(f"--format {fmt!r}: expected md, csv or json")
@@ -321,11 +350,10 @@ def write_trials(run_dir: Path, rows: list[dict[str, Any]],
     """All trials of all studies as one table (`trials.parquet`, `trials.csv`), and every
     trial's per-epoch metrics (`history.parquet`: the learning curves)."""
     frame = pd.DataFrame(rows)
-    frame.to_parquet(run_dir / "trials.parquet", index=False)
-    frame.to_csv(run_dir / "trials.csv", index=False)
+    save_frame(frame, run_dir / "trials.parquet")
+    save_frame(frame, run_dir / "trials.csv")
     if histories:
-        pd.concat(histories, ignore_index=True).to_parquet(run_dir / "history.parquet",
-                                                           index=False)
+        save_frame(pd.concat(histories, ignore_index=True), run_dir / "history.parquet")
 
 
 def add_column(run_dir: str | Path, name: str, values: dict[str, Any]) -> pd.DataFrame:

@@ -229,11 +229,15 @@ def load(path: str | Path, verify: bool = True) -> Served:
     if key in _CACHE:
         return _CACHE[key]
     files = {}
-    # the top-K graph, its external weights when it has them, and the arrays
-    for part, entry in [("topk", meta["topk"]), ("topk_data", meta["topk"].get("data")),
-                        ("arrays", meta["arrays"])]:
-        if entry is None:
-            continue
+    # both graphs, their external weights when they have them, and the arrays
+    try:
+        entries = [(part, meta[part]) for part in ("forward", "topk", "arrays")]
+        entries += [(f"{part}_data", meta[part]["data"]) for part in ("forward", "topk")
+                    if "data" in meta[part]]
+    except (KeyError, TypeError):
+        raise ValueError(f"{side}: names no forward graph, top-K graph and arrays (an "
+                         "incomplete sidecar): export again") from None
+    for part, entry in entries:
         files[part] = side.with_name(entry["file"])
         if not files[part].exists():
             raise FileNotFoundError(f"{side}: names {files[part]}, which is missing")
@@ -242,9 +246,40 @@ def load(path: str | Path, verify: bool = True) -> Served:
                              "(sha256); the export is incomplete or was modified: export again")
     with np.load(files["arrays"], allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
-    served = Served(meta, session(files["topk"]), arrays)
+    topk = session(files["topk"])
+    _check_agreement(side, meta, arrays, topk.get_modelmeta().custom_metadata_map)
+    served = Served(meta, topk, arrays)
     _CACHE[key] = served
     return served
+
+
+def _check_agreement(side: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                     graph: dict[str, str]) -> None:
+    """The sidecar, the id maps and the graph describe one model: users, items, sequence
+    length (files from two exports mixed in one folder would answer with wrong items)."""
+    try:
+        n_users, n_items = int(meta["data"]["n_users"]), int(meta["data"]["n_items"])
+        found = {
+            "users in the id map": (len(arrays["user_ids"]), n_users),
+            "items in the id map": (len(arrays["item_ids"]), n_items),
+            "item popularities": (len(arrays["popularity"]), n_items),
+            "user history offsets": (len(arrays["known_ptr"]), n_users + 1),
+            "users in the graph": (int(graph.get("recsweep.n_users", -1)), n_users),
+            "items in the graph": (int(graph.get("recsweep.n_items", -1)), n_items),
+            "sequence length in the graph": (int(graph.get("recsweep.seq_len", -1)),
+                                             int(meta["seq_len"])),
+        }
+        known = arrays["known_items"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{side}: the export is incomplete ({e} missing or malformed): "
+                         "export again") from None
+    wrong = [f"{what}: {got}, the sidecar says {want}" for what, (got, want) in found.items()
+             if got != want]
+    if len(known) and not 0 <= known.min() <= known.max() < n_items:
+        wrong.append(f"user histories name items outside 0..{n_items - 1}")
+    if wrong:
+        raise ValueError(f"{side}: the sidecar, id maps and graph disagree ({'; '.join(wrong)}"
+                         "): files of different exports are mixed; export again")
 
 
 def recommend(path: str | Path, user: str, k: int = 10) -> dict[str, Any]:
@@ -255,9 +290,18 @@ def recommend(path: str | Path, user: str, k: int = 10) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     """The human-readable table of a `recommend` result."""
     head = "interactions" if result["cold_start"] else "score"
-    lines = [f"{result['model']}: user {result['user']}: {result['note']}",
+    lines = [printable(f"{result['model']}: user {result['user']}: {result['note']}"),
              f"{'rank':>4}  {'item':<10} {head:>12}  title"]
     for row in result["items"]:
-        lines.append(f"{row['rank']:>4}  {row['item']:<10} {row['score']:>12.4f}  "
-                     f"{row.get('title', '')}".rstrip())
+        lines.append(f"{row['rank']:>4}  {printable(row['item']):<10} {row['score']:>12.4f}  "
+                     f"{printable(row.get('title', ''))}".rstrip())
     return "\n".join(lines)
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 controls: ESC starts terminal codes
+
+
+def printable(text: str) -> str:
+    """`text` with terminal control characters replaced by '?': a title from a data file
+    must not move the cursor, recolour or retitle the terminal it is printed on."""
+    return CONTROL.sub("?", text)

@@ -15,6 +15,7 @@ suggests are drawn afterwards. No Optuna import here: only the trial's `suggest_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform",
@@ -22,12 +23,17 @@ DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform
 KEYS = {"distribution", "min", "max", "values", "value", "q"}
 
 
-def validate_space(overrides: dict[str, Any], known_params: dict[str, list[str]]) -> None:
+def validate_space(overrides: dict[str, Any], known_params: dict[str, dict[str, type]],
+                   check: Callable[[str, str, Any], object] | None = None) -> None:
     """Check every override before any trial starts; errors name `model.param.key`.
 
     Args:
         overrides: `{model: {param: spec}}` as read from the sweep file.
-        known_params: hyperparameter names per model.
+        known_params: each model's hyperparameters and their types: a value of another type
+            (a string for an int, a float bound of an int) is an error, and an int, bool or
+            str parameter takes only fixed values, lists of values or (int) int_uniform.
+        check: `check(model, param, value)` raises a ValueError for a value the model
+            refuses (its range checks), called with every value and bound.
     """
     for model, params in overrides.items():
         if model not in known_params:
@@ -40,7 +46,25 @@ def validate_space(overrides: dict[str, Any], known_params: dict[str, list[str]]
             if name not in known_params[model]:
                 raise ValueError(f"{where}: model {model!r} has no hyperparameter {name!r}; "
                                  f"allowed: {', '.join(known_params[model])}")
-            _kind(where, spec)
+            kind, typ = _kind(where, spec), known_params[model][name]
+            discrete = ("constant", "categorical") + (("int_uniform",) if typ is int else ())
+            if typ is not float and kind not in discrete:
+                raise ValueError(f"{where}: {name} is {typ.__name__}; expected "
+                                 f"{{value: ...}}, {{values: [...]}}"
+                                 + (" or {min: 1, max: 8}" if typ is int else "")
+                                 + f", got distribution {kind}")
+            values = [spec["value"]] if kind == "constant" else \
+                spec["values"] if kind == "categorical" else [spec["min"], spec["max"]]
+            for value in values:
+                fits = isinstance(value, typ) or (typ is float and isinstance(value, int))
+                if not fits or (typ is not bool and isinstance(value, bool)):
+                    raise ValueError(f"{where}: {value!r} is not {typ.__name__}, the type of "
+                                     f"{model}'s {name}")
+                if check is not None:
+                    try:
+                        check(model, name, value)
+                    except ValueError as e:
+                        raise ValueError(f"{where}: {e}") from None
 
 
 def _kind(where: str, spec: Any) -> str:

@@ -44,7 +44,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from data import describe, load_dataset
-from models.registry import get_model_class, make_params
+from data.files import write_text
+from models.registry import get_model_class, make_params, param_types
 from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict, parse_duration, to_dict
 from orchestrator.export import export_run
@@ -54,6 +55,7 @@ from orchestrator.records import Schedule, Study, TrialRecord
 from orchestrator.report import compile_umap_in_background, write_report
 from orchestrator.space import default_point, sample_params, validate_space
 from orchestrator.tracking import WandbRuns
+from orchestrator.train import check_ks
 from orchestrator.trainable import run_trial, split_config
 from orchestrator.warm import warm_workers
 
@@ -114,20 +116,26 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
                 raise ValueError(f"baselines: {entry!r} is a learned model; search it in "
                                  "`models` instead")
         parse_duration(cfg.time_budget)
-        known = {s.model: [f.name for f in dataclasses.fields(get_model_class(s.model).Params)]
-                 for s in studies}
-        validate_space(cfg.search_space, known)
+        validate_space(cfg.search_space, {s.model: param_types(s.model) for s in studies},
+                       lambda model, name, value: make_params(model, **{name: value}))
         if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 0 or cfg.startup_trials < 0:
             raise ValueError("trials must be >= 1; epochs, grace_period and startup_trials "
                              ">= 0")
+        if not cfg.cpus_per_trial > 0:
+            raise ValueError(f"cpus_per_trial={cfg.cpus_per_trial}: expected a number > 0 (a "
+                             "trial needs a CPU to run on)")
+        if not (cfg.gpus_per_trial == -1 or 0 <= cfg.gpus_per_trial):
+            raise ValueError(f"gpus_per_trial={cfg.gpus_per_trial}: expected -1 (auto), 0, a "
+                             "fraction to share a GPU, or a whole number of GPUs")
         if cfg.reduction_factor < 2:
             raise ValueError(f"reduction_factor={cfg.reduction_factor}: expected an int >= 2")
         schedules(cfg, studies)
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
         if cfg.wandb == "online" and not has_wandb_key():
-            raise ValueError("wandb: online needs a W&B API key: run `wandb login` on this "
-                             "node, or set WANDB_API_KEY")
+            raise ValueError("wandb: online needs a W&B API key where W&B looks for it on "
+                             "this node: run `wandb login` here (it writes ~/.netrc), or set "
+                             "WANDB_API_KEY in the environment Ray is started from")
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}{e.args[0] if isinstance(e, KeyError) else e}") from None
     return studies
@@ -371,10 +379,11 @@ class SweepWandb(tune.Callback):
     def _start(self, trial: Any) -> None:
         if self.actor is None:
             # Pinned to the driver's node: the runs are written into the run directory there.
-            # An online sweep's key goes to that one process, as Ray's callback passes it.
-            key = os.environ.get("WANDB_API_KEY") if self.mode == "online" else None
+            # No key is handed over (an actor's runtime_env is public through Ray's state
+            # API and dashboard): W&B finds it there as it does anywhere, in the netrc
+            # `wandb login` wrote or the environment Ray's processes on the node inherited.
             self.actor = ray.remote(WandbRuns).options(
-                num_cpus=0, runtime_env={"env_vars": {"WANDB_API_KEY": key}} if key else None,
+                num_cpus=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(
                     ray.get_runtime_context().get_node_id(), soft=False),
             ).remote(self.run_dir, self.mode, self.project)
@@ -679,15 +688,25 @@ def _history(res: Any) -> Any:
 
 
 def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
-    """Run (or continue) a sweep; returns the run directory holding the results.
+    """Run (or continue) a sweep; returns the run directory holding the results. After a
+    Ctrl-C it writes the table, exports and report of what finished, then raises
+    KeyboardInterrupt.
 
     resolve config -> connect -> prepare data -> search -> finalize (choose, test, seeds,
     baselines) -> tables -> export -> report.
     """
     if resume is not None:
         cfg = load_run_config(resume)
+        if not tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
+            raise ValueError(f"--resume {resume}: no experiment to continue in "
+                             f"{experiment_root(cfg)}/{SEARCH}; start a new sweep instead")
     elif not cfg.name:
         cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
+    elif (run_dir_of(cfg) / "sweep.yaml").exists() or \
+            tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
+        raise ValueError(f"--name {cfg.name}: {run_dir_of(cfg)} already holds a sweep; "
+                         f"continue it with --resume {run_dir_of(cfg)}, or choose another "
+                         "--name")
     studies = check_config(cfg)
     cfg = resolved(cfg)
     plan = schedules(cfg, studies)
@@ -707,13 +726,15 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
           flush=True)
     data = load_dataset(cfg.data)
+    if any(s.task != "rating" for s in studies):
+        check_ks(tuple(cfg.train.ks), data)
     print(f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
           f"split {data.split_name})", flush=True)
     run_dir = run_dir_of(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "sweep.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (run_dir / "data.json").write_text(json.dumps(
+    write_text(run_dir / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(run_dir / "data.json", json.dumps(
         {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
 
     trainable = tune.with_resources(
@@ -764,6 +785,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         if stop.is_set():
             print(f"interrupted: the table holds what finished; continue with: "
                   f"python -m orchestrator sweep --resume {run_dir}", flush=True)
+            raise KeyboardInterrupt  # everything is written; the caller learns it was cut
     return run_dir
 
 
@@ -839,7 +861,14 @@ def load_run_config(run_dir: str | Path) -> SweepConfig:
     path = Path(run_dir) / "sweep.yaml"
     if not path.exists():
         raise ValueError(f"--resume {run_dir}: not a sweep run directory (no sweep.yaml)")
-    cfg = from_dict(SweepConfig, yaml.safe_load(path.read_text()))
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError("empty, or not a mapping")
+        cfg = from_dict(SweepConfig, loaded, complete=True)
+    except (ValueError, TypeError, yaml.YAMLError) as e:
+        raise ValueError(f"--resume {run_dir}: {path} is not the whole config a sweep wrote "
+                         f"({str(e).splitlines()[0]}); it may be truncated or edited") from None
     # a moved run directory resumes where it now is
     storage = cfg.storage if "://" in cfg.storage else str(Path(run_dir).resolve().parent)
     return dataclasses.replace(cfg, storage=storage, name=Path(run_dir).resolve().name)

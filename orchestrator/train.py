@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data.files import write_text
 from data.sampling import NegativeSampler, last_items, user_item_csr
 from data.types import PreparedData, Split
 from models.base import DataSpec, Recommender
@@ -90,6 +91,14 @@ def val_metric_names(task: str, ks: tuple[int, ...]) -> list[str]:
     if task == "rating":
         return ["val/rmse", "val/mae"]
     return [f"val/{m}@{k}" for m in ("hr", "ndcg", "recall", "mrr") for k in ks]
+
+
+def check_ks(ks: tuple[int, ...], data: PreparedData) -> None:
+    """Cut-offs must be >= 1 and fit the catalogue (HR@K of K >= n_items is always 1)."""
+    bad = [k for k in ks if not 1 <= k < data.n_items]
+    if bad:
+        raise ValueError(f"ks: {bad}: expected cut-offs from 1 to {data.n_items - 1} (the "
+                         f"dataset {data.name!r} has {data.n_items} items)")
 
 
 def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)
@@ -323,6 +332,8 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         "diverged" (no exception) and the model back in its best state, if it had one.
     """
     key, mode = monitored_metric(model.task, cfg.metric, cfg.ks)
+    if model.task != "rating":
+        check_ks(cfg.ks, data)
     device = pick_device(cfg.device)
     model.to(device)
     tensors = to_device(data, device)
@@ -543,15 +554,17 @@ def train_one(model_name: str, data: PreparedData, task: str | None, hparams: di
         metrics["train_samples_per_s"] = sum(speeds) / len(speeds)
     metrics.update(status=result.status, epochs=result.epochs, best_epoch=result.best_epoch,
                    message=result.message)
-    if out_dir is not None:
+    if out_dir is not None and result.status == "diverged":
+        # a diverged model is no result: a good earlier run in out_dir stays as it was
+        print(f"train: {result.message}; nothing written to {out_dir}", file=sys.stderr)
+    elif out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         config = {"model": model_name, "task": model.task, "hparams": model.hparams(),
                   "train": to_dict(cfg), "data": to_dict(data_cfg) if data_cfg else None,
                   "dataset": data.name, "split": data.split_name,
                   "fingerprint": data.fingerprint, "spec": dataclasses.asdict(model.spec)}
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
         save_model(model, out / "checkpoint.pt", metrics=metrics,
                    data_fingerprint=data.fingerprint)
     return metrics

@@ -97,6 +97,11 @@ def test_download_verifies_unpacks_and_caches(server: Server, tmp_path: Path,
     again = load_source("ml-1m", data_dir=home)
     assert server.requests == ["/movielens/ml-1m.zip"]  # the second load made no request
     assert again.fingerprint == ds.fingerprint
+    assert "content sha256 verified" in again.note  # against the manifest of the unpack
+    movies = home / "ml-1m" / "movies.dat"  # a file changed since the verified unpack
+    movies.write_bytes(movies.read_bytes().replace(b"Sabrina", b"Sabrinx"))
+    with pytest.raises(ValueError, match=f"{movies}: not the official ml-1m"):
+        load_source("ml-1m", data_dir=home)
 
 
 def test_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from data import movielens
-from data.files import hash_file
+from data.files import fingerprint, hash_file
 from data.sources import available_offline, data_home, load_source
 from data.types import RawDataset
 
@@ -32,12 +32,16 @@ def test_ml100k_real(ml100k_dir: Path) -> None:
     assert ds.items.loc[1, "title"] == "Toy Story (1995)"
     assert ds.items.loc[1, "genres"] == "Animation|Children's|Comedy"
     assert ds.items.loc[2, "genres"] == "Action|Adventure|Thriller"
-    assert ds.fingerprint == movielens.CONTENT_SHA256["ml-100k"]
+    # the fingerprint covers every file read: ratings, titles, genres and the canonical splits
+    assert ds.fingerprint == fingerprint([ml100k_dir / f for f in movielens.CONTENT_SHA256[
+        "ml-100k"]])
+    assert len(ds.files) == 17 and "content sha256 verified" in ds.note
     assert elapsed < 0.3, f"ml-100k load took {elapsed:.3f} s"
 
 
 def test_ml100k_pinned_content_checksum_matches_local_copy(ml100k_dir: Path) -> None:
-    assert hash_file(ml100k_dir / "u.data") == movielens.CONTENT_SHA256["ml-100k"]
+    for name, digest in movielens.CONTENT_SHA256["ml-100k"].items():
+        assert hash_file(ml100k_dir / name) == digest, name
 
 
 @pytest.mark.parametrize("split, sizes", [("u1", (80_000, 20_000)), ("u5", (80_000, 20_000)),
@@ -54,7 +58,7 @@ def test_ml100k_fixed_splits(ml100k_dir: Path, split: str, sizes: tuple[int, int
 def _copy_100k(src: Path, dst: Path) -> Path:
     folder = dst / "ml-100k"
     folder.mkdir(parents=True)
-    for name in ("u.data", "u.item", "u.genre"):
+    for name in movielens.CONTENT_SHA256["ml-100k"]:
         shutil.copy(src / name, folder / name)
     return folder
 
@@ -66,15 +70,23 @@ def test_ml100k_content_mismatch_is_refused(ml100k_dir: Path, tmp_path: Path) ->
     with pytest.raises(ValueError, match="not the official ml-100k") as e:
         load_source("ml-100k", data_dir=tmp_path)
     assert str(folder / "u.data") in str(e.value)
-    assert movielens.CONTENT_SHA256["ml-100k"] in str(e.value)
+    assert movielens.CONTENT_SHA256["ml-100k"]["u.data"] in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["u.item", "u1.test"])
+def test_ml100k_any_modified_file_is_refused(ml100k_dir: Path, tmp_path: Path,
+                                             name: str) -> None:
+    folder = _copy_100k(ml100k_dir, tmp_path)
+    (folder / name).write_bytes((folder / name).read_bytes()[:-40])  # truncated
+    with pytest.raises(ValueError, match=f"{folder / name}: not the official ml-100k"):
+        load_source("ml-100k", data_dir=tmp_path)
 
 
 def test_ml100k_missing_split_file_names_it(ml100k_dir: Path, tmp_path: Path) -> None:
     folder = _copy_100k(ml100k_dir, tmp_path)
-    ds = load_source("ml-100k", data_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="u1.base"):
-        ds.fixed_splits["u1"]()
-    assert str(folder) in ds.files[0]
+    (folder / "u1.base").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{folder / 'u1.base'}: no such file"):
+        load_source("ml-100k", data_dir=tmp_path)
 
 
 # --- the other MovieLens formats -------------------------------------------------------------
@@ -95,7 +107,8 @@ def test_ml1m_dat(tmp_path: Path) -> None:
     assert i.rating.tolist() == [5, 3, 4] and i.timestamp.tolist()[0] == 978300760
     assert ds.items.loc[661, "genres"] == "Animation|Children's|Musical"
     assert ds.items.loc[3, "title"] == "Café: A Story (1999)"
-    assert ds.fingerprint == hash_file(folder / "ratings.dat")
+    assert ds.fingerprint == fingerprint([folder / "ratings.dat", folder / "movies.dat"])
+    assert "unverified" in ds.note  # unpacked by hand: nothing to compare with
     assert ds.fixed_splits == {}
 
 

@@ -74,7 +74,7 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 0, out[-4000:]
+    assert driver.returncode == 130, out[-4000:]  # interrupted, its table written
     table = pd.read_csv(run_dir / "results.csv")
     assert list(table["study"]) == ["mf", "bias", "neumf", "pop", "itemknn"]
     # the study Ctrl-C hit keeps its best trial so far; the other one had not started; the
