@@ -237,12 +237,12 @@ def _read_csv(path: Path, sep: str, id_columns: tuple[str, str]) -> pd.DataFrame
             delimiter=sep, ignore_empty_lines=False), convert_options=pv.ConvertOptions(
             column_types={c: pa.string() for c in id_columns}, null_values=[""],
             strings_can_be_null=True))
-    except pa.ArrowInvalid:
+    except pa.ArrowInvalid as e:
         try:
             pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
-        except pd.errors.ParserError as e:  # e.g. "Expected 4 fields in line 7, saw 5"
-            raise ValueError(f"{path}: malformed CSV: {e}") from None
-        raise
+        except (pd.errors.ParserError, ValueError) as found:  # "Expected 4 fields in line 7"
+            raise ValueError(f"{path}: malformed CSV: {' '.join(str(found).split())}") from None
+        raise ValueError(f"{path}: malformed CSV: {' '.join(str(e).split())}") from None
     return pd.DataFrame({name: column.to_pandas(types_mapper={pa.string(): text}.get
                                                 if name in id_columns else None)
                          for name, column in zip(table.column_names, table.columns, strict=True)})
