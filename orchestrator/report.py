@@ -112,10 +112,10 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
         shutil.rmtree(figures, ignore_errors=True)
         raise
     old = run_dir / "figures"
-    if old.exists():
-        old = old.rename(run_dir / f"{figures.name}.old")
-    figures.rename(run_dir / "figures")
-    shutil.rmtree(old, ignore_errors=True)
+    retired = old.rename(run_dir / f"{figures.name}.old") if old.exists() else None
+    figures.rename(old)
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
     say(f"wrote {out} and {run_dir / 'figures'}/")
     return out
 

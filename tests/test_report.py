@@ -173,3 +173,27 @@ def test_report_of_a_directory_that_is_no_run(tmp_path: Path, capsys: pytest.Cap
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not a sweep run directory" in err and "results.parquet, trials.parquet" in err
+
+
+def test_a_failed_report_keeps_the_earlier_figures(run_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import report
+
+    copy = tmp_path / "r"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("search", "wandb"))
+    before = {p.name: p.read_bytes() for p in (copy / "figures").iterdir()}
+    (copy / "figures" / "stale.png").write_bytes(b"an earlier report's figure")
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a plotting bug")
+
+    monkeypatch.setattr(report, "_plot_activity", broken)
+    with pytest.raises(RuntimeError, match="a plotting bug"):
+        report.write_report(copy, progress=False)
+    kept = {p.name: p.read_bytes() for p in (copy / "figures").iterdir()}
+    assert kept == {**before, "stale.png": b"an earlier report's figure"}  # untouched
+    assert not [p for p in copy.iterdir() if p.name.startswith(".figures")]  # no leftovers
+    monkeypatch.undo()
+    report.write_report(copy, progress=False)
+    names = {p.name for p in (copy / "figures").iterdir()}
+    assert "stale.png" not in names and set(before) == names  # this report's figures only
