@@ -4,7 +4,8 @@
 - Ctrl-C (SIGINT to the process group, as a terminal sends it) stops it with the table of
   what finished;
 - `final_seeds` retrains the chosen configuration with more seeds (mean +- std), and
-  `refit` tests each seed's retrain on train + val.
+  `refit` tests each seed's retrain on train + val;
+- exit codes: 130 after Ctrl-C, 1 when a study ends with no finished trial.
 """
 
 from __future__ import annotations
@@ -141,3 +142,21 @@ def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> Non
         best = min(best, value)
     row = results.load(run_dir).iloc[0]
     assert row["epochs"] == 30 and row["val/rmse"] == pytest.approx(min(rmse), abs=1e-6)
+
+
+def test_a_sweep_whose_study_has_no_finished_trial_exits_1(tmp_path: Path) -> None:
+    # every mf trial diverges in its first epoch (a learning rate of 1e30): the sweep ends,
+    # writes its table (the bias baseline is tested), and its exit code says a study has no
+    # model
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": ["mf"], "baselines": ["bias"], "trials": 2, "epochs": 3,
+        "wandb": "disabled", "data": {"dataset": DATASET},
+        "search_space": {"mf": {"lr": {"value": 1.0e30}}}}))
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "--config",
+                           str(config), "--name", "failed", "--storage", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "error: no tested model for mf" in proc.stderr
+    status = pd.read_csv(tmp_path / "failed" / "results.csv").set_index("study")["status"]
+    assert status["mf"] == "no finished trial" and status["bias"] == "ok"
