@@ -51,7 +51,8 @@ from orchestrator import results  # noqa: E402
 from orchestrator.config import SweepConfig  # noqa: E402
 from orchestrator.finalize import main_metric  # noqa: E402
 from orchestrator.metrics import sampled_ranking_per_row  # noqa: E402
-from orchestrator.sweep import load_config, run_sweep, studies_of  # noqa: E402
+from orchestrator.plan import load_config, studies_of  # noqa: E402
+from orchestrator.sweep import run_sweep  # noqa: E402
 from orchestrator.train import fit, seed_everything, val_and_test  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))

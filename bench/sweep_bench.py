@@ -77,8 +77,9 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
     import ray
     from ray import tune
 
+    from orchestrator.cluster import connect
     from orchestrator.config import SweepConfig
-    from orchestrator.sweep import KEEP_CHECKPOINTS, connect
+    from orchestrator.search import KEEP_CHECKPOINTS
     from orchestrator.trainable import run_trial
 
     completed: list[float] = []

@@ -13,6 +13,7 @@ import math
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import IO, Any
 
@@ -85,39 +86,52 @@ def combine_digests(digests: list[str]) -> str:
 
 
 def read_table(path: Path, sep: str, names: tuple[str, ...], kinds: str,
-               encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a header-less numeric table fast; on bad input, raise naming the first bad line.
+               encoding: str = "utf-8", header: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Read a numeric table fast; on bad input, raise naming the first bad line.
 
     Args:
         path: the file.
-        sep: the field separator (one character; C-engine fast path).
+        sep: the field separator (one character, or a string such as ml-1m's "::", which
+            is turned into tabs for pandas' fast C parser).
         names: column names, one per field.
-        kinds: one letter per column, `i` for int64 and `f` for float32.
+        kinds: one letter per column, `i` for int64 and `f` for float32 (finite).
         encoding: the file's text encoding.
+        header: the exact first line's fields, when the file has a header line.
     """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     dtypes = {n: ("int64" if k == "i" else "float32") for n, k in zip(names, kinds, strict=True)}
+    source = BytesIO(path.read_bytes().replace(sep.encode(encoding), b"\t")) \
+        if len(sep) > 1 else path
+    if header is not None:
+        with open(path, encoding=encoding) as f:
+            first = f.readline().rstrip("\r\n").split(sep)
+        if tuple(first) != header:
+            raise ValueError(f"{path}, line 1: expected the header {sep.join(header)}, got "
+                             f"{sep.join(first)!r}")
     try:
-        df = pd.read_csv(path, sep=sep, header=None, names=list(names), dtype=dtypes,
-                         encoding=encoding, engine="c", skip_blank_lines=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except (ValueError, pd.errors.ParserError) as e:
-        _raise_first_bad_line(path, sep, names, kinds, encoding, e)
+        df = pd.read_csv(source, sep="\t" if len(sep) > 1 else sep, header=None,
+                         names=list(names), dtype=dtypes, encoding=encoding, engine="c",
+                         skip_blank_lines=False, skiprows=0 if header is None else 1)
+    except (ValueError, OverflowError, pd.errors.ParserError) as e:
+        _raise_first_bad_line(path, sep, names, kinds, encoding, e, header is not None)
     if df.isna().any().any():  # a short row: pandas pads it with NaN
-        _raise_first_bad_line(path, sep, names, kinds, encoding, None)
+        _raise_first_bad_line(path, sep, names, kinds, encoding, None, header is not None)
     floats = [n for n, k in zip(names, kinds, strict=True) if k == "f"]
     if floats and not np.isfinite(df[floats].to_numpy()).all():  # "inf", "nan"
-        _raise_first_bad_line(path, sep, names, kinds, encoding, None)
+        _raise_first_bad_line(path, sep, names, kinds, encoding, None, header is not None)
     return df
 
 
 def _raise_first_bad_line(path: Path, sep: str, names: tuple[str, ...], kinds: str,
-                          encoding: str, cause: Exception | None) -> None:
+                          encoding: str, cause: Exception | None, header: bool) -> None:
     """Slow path, only on error: scan the file for the first line that does not parse."""
     expected = (f"{len(names)} {sep!r}-separated fields ({' '.join(names)}: integers within "
                 "int64, finite numbers)")
     with open(path, encoding=encoding) as f:
         for lineno, line in enumerate(f, 1):
+            if header and lineno == 1:
+                continue
             fields = line.rstrip("\r\n").split(sep)
             ok = len(fields) == len(names)
             for field, kind in zip(fields, kinds, strict=False):

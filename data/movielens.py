@@ -205,14 +205,7 @@ def _read_dat(path: Path) -> BytesIO:
 
 
 def _read_dat_ratings(path: Path) -> Interactions:
-    try:
-        df = pd.read_csv(_read_dat(path), sep="\t", header=None, names=list(RATING_COLUMNS),
-                         dtype={"user": "int64", "item": "int64", "rating": "float32",
-                                "timestamp": "int64"}, engine="c")
-    except (ValueError, pd.errors.ParserError) as e:
-        raise ValueError(f"{path}: expected UserID::MovieID::Rating::Timestamp integers on "
-                         f"every line: {e}") from None
-    return _to_interactions(df)
+    return _to_interactions(read_table(path, "::", RATING_COLUMNS, "iifi"))
 
 
 def _read_dat_movies(path: Path) -> pd.DataFrame:
@@ -226,17 +219,8 @@ def _read_dat_movies(path: Path) -> pd.DataFrame:
 
 
 def _read_csv_ratings(path: Path) -> Interactions:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    header = ["userId", "movieId", "rating", "timestamp"]
-    try:
-        df = pd.read_csv(path, dtype={"userId": "int64", "movieId": "int64",
-                                      "rating": "float32", "timestamp": "int64"})
-        df = df[header].set_axis(list(RATING_COLUMNS), axis=1)
-    except (ValueError, KeyError, pd.errors.ParserError) as e:
-        raise ValueError(f"{path}: expected header {','.join(header)} and numbers below it: "
-                         f"{e}") from None
-    return _to_interactions(df)
+    return _to_interactions(read_table(path, ",", RATING_COLUMNS, "iifi",
+                                       header=("userId", "movieId", "rating", "timestamp")))
 
 
 def _read_csv_movies(path: Path) -> pd.DataFrame:

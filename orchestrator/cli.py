@@ -72,7 +72,8 @@ SWEEP_FLAGS = ("models", "trials", "epochs", "time_budget", "gpus_per_trial", "c
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator.sweep import load_config, run_sweep
+    from orchestrator.plan import load_config
+    from orchestrator.sweep import run_sweep
 
     overrides = {k: getattr(args, k) for k in SWEEP_FLAGS if getattr(args, k) is not None}
     if "models" in overrides:

@@ -14,7 +14,7 @@ from typing import Any
 class WandbRuns:
     """Many W&B runs open at once in one process, sharing its W&B service: starting one
     takes about 0.1 s. The sweep runs this as one Ray actor on the driver's node (see
-    `sweep.SweepWandb`), one run per trial.
+    `callbacks.SweepWandb`), one run per trial.
 
     Args:
         directory: where the runs are written (`<directory>/wandb/`).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -272,6 +273,28 @@ def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: Trai
 
 
 @dataclass
+class EpochState:
+    """What `fit` hands `on_state` after each validated epoch: the facts a caller decides by,
+    and `full()`, everything needed to resume after this epoch (CPU copies of the weights,
+    the optimizers' state and the random states, for `torch.save`). Copying that costs a
+    pass over every weight, so `full` copies only when called, and it must be called
+    before the next epoch starts (a trial calls it when it checkpoints).
+
+    Args:
+        epoch: the epoch just finished.
+        final: whether it is the last (the epochs ran out, or early stopping ends here).
+        best_epoch, best_value: the best validation epoch so far and its value.
+        full: the resumable state (`fit(..., state=...)` takes it).
+    """
+
+    epoch: int
+    final: bool
+    best_epoch: int
+    best_value: float
+    full: Callable[[], dict[str, Any]]
+
+
+@dataclass
 class FitResult:
     """What `fit` returns.
 
@@ -290,6 +313,18 @@ class FitResult:
     best: dict[str, float]
     history: list[dict[str, float]]
     message: str = ""
+
+
+def _resumable(model: Recommender, optimizers: list[torch.optim.Optimizer],
+               generator: torch.Generator, device: torch.device,
+               facts: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's `facts` plus CPU copies of what every step changes: the weights (the best
+    state's when this epoch is the best), the optimizers' state, the random states."""
+    best = facts["best_epoch"] == facts["epoch"]
+    return {**facts, "model": facts["best_state"] if best else _cpu_copy(model.state_dict()),
+            "optimizers": [_cpu_copy(o.state_dict()) for o in optimizers],
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -321,9 +356,8 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report: called once per epoch with `train/loss`, the validation metrics, `epoch`,
             `epoch_time_s` and `train_samples_per_s`.
         state: a dict an earlier `on_state` received: training resumes after its epoch.
-        on_state: called once per epoch, before `report`, with everything needed to resume
-            (and `final`: whether this epoch is the last)
-            (CPU copies, safe to keep or `torch.save`).
+        on_state: called once per epoch, before `report`, with an `EpochState` (whose
+            `full()` is everything needed to resume: CPU copies, safe to `torch.save`).
         validate: False trains all the model's epochs without validation passes (a refit
             on train + val, whose val split is empty) and keeps the last state.
 
@@ -423,16 +457,12 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
             bad += 1
         history.append(metrics)
         if on_state is not None:
-            current = best_state if best_epoch == epoch else _cpu_copy(model.state_dict())
-            on_state({
-                "epoch": epoch, "model": current,
-                "optimizers": [_cpu_copy(o.state_dict()) for o in optimizers],
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "best_value": best_value, "best_epoch": best_epoch, "best": best,
-                "best_state": best_state,
-                "bad_epochs": bad, "history": list(history),
-                "final": epoch == p.epochs or 0 < patience <= bad})
+            facts = {"epoch": epoch, "best_value": best_value, "best_epoch": best_epoch,
+                     "best": best, "best_state": best_state, "bad_epochs": bad,
+                     "history": list(history)}
+            on_state(EpochState(epoch, epoch == p.epochs or 0 < patience <= bad, best_epoch,
+                                best_value, functools.partial(
+                                    _resumable, model, optimizers, generator, device, facts)))
         report(metrics)
     if status == "ok" and patience > 0 and bad >= patience:
         status = "early_stopped"

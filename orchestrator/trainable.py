@@ -2,7 +2,7 @@
 
 `run_trial(config, data, train_cfg)` is wrapped once per sweep with
 `tune.with_parameters` (the prepared data goes to the object store once, trials never
-re-read files). Each epoch `fit` hands its full state to `on_state`, then `report`: an epoch
+re-read files). Each epoch `fit` hands an `EpochState` to `on_state`, then `report`: an epoch
 that improves the validation metric, checkpoints, is one of ASHA's rungs (`rungs`: so ASHA
 compares every trial at the same epochs), or comes `report_every_s` after the last report
 sends its metrics to Tune; every `checkpoint_every_s` and at the last epoch with that state
@@ -79,22 +79,22 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         nonlocal saved_at, reported_at
         state = latest["state"]
         now = time.time()
-        checkpoint = state["final"] or now - saved_at >= cfg.checkpoint_every_s
-        improved = state["best_epoch"] == metrics["epoch"]
+        checkpoint = state.final or now - saved_at >= cfg.checkpoint_every_s
+        improved = state.best_epoch == metrics["epoch"]
         if not (checkpoint or improved or metrics["epoch"] in rungs
                 or now - reported_at >= cfg.report_every_s):
             return
         reported_at = now
         hook.remove()
-        status = "running" if not state["final"] else \
+        status = "running" if not state.final else \
             "epochs" if metrics["epoch"] == epochs else "early_stopped"
-        metrics = {**metrics, "status": status, "best_value": state["best_value"],
+        metrics = {**metrics, "status": status, "best_value": state.best_value,
                    "first_batch_at": first_step[0] if first_step else math.nan}
         if not checkpoint:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as directory:
-            save_state(state, directory)
+            save_state(state.full(), directory)  # the only copy of the weights it takes
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         saved_at = time.time()
 

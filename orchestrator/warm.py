@@ -7,7 +7,7 @@ and pandas (0.6 s). When the sweep starts a local Ray, `warm_workers` leaves one
 CPU in a folder and asks Ray to import this module in every worker process it starts (its
 `preload_python_modules`). Ray starts one idle worker per CPU as the driver connects; those
 claim the tokens and import the trial's modules while the driver loads the data and sets up
-the search, and Tune's first trial actors start in them (see `sweep.warm_start_trials`).
+the search, and Tune's first trial actors start in them (see `cluster.warm_start_trials`).
 Processes started later (the sweep's W&B actor) find no token left and stay light.
 
 Every process of that Ray inherits the token folder's path, so it also names them: when the

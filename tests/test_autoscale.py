@@ -164,7 +164,8 @@ def autoscaling_head(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 INSPECT = """
 import dataclasses, json, sys, ray
-from orchestrator.sweep import connect, load_config, resources
+from orchestrator.cluster import connect, resources
+from orchestrator.plan import load_config
 address, *configs = sys.argv[1:]
 slots = []
 for path in configs:

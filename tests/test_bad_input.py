@@ -30,7 +30,7 @@ from orchestrator import results, serve
 from orchestrator.cli import main
 from orchestrator.config import DataConfig, SweepConfig, to_dict
 from orchestrator.export import export_model
-from orchestrator.sweep import resolved
+from orchestrator.plan import resolved
 
 TINY = "synthetic:users=60,items=90,interactions=1500"
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,18 @@ def describe(text: str | bytes, *flags: str) -> Callable[[Path, Path], list[str]
     def build(tmp: Path, _: Path) -> list[str]:
         return ["data", "describe", "--dataset", f"csv:{write(tmp, 'bad.csv', text)}",
                 "--eval-negatives", "0", *flags]
+    return build
+
+
+def release(name: str, ratings: str, text: str) -> Callable[[Path, Path], list[str]]:
+    """A MovieLens release folder unpacked by hand, with `text` as its ratings file."""
+    def build(tmp: Path, _: Path) -> list[str]:
+        write(tmp / name, ratings, text)
+        movies = "movies.dat" if ratings.endswith(".dat") else "movies.csv"
+        write(tmp / name, movies, "1193::A (1975)::Drama\n" if movies == "movies.dat" else
+              "movieId,title,genres\n1,A (1975),Drama\n")
+        return ["data", "describe", "--dataset", name, "--data-dir", str(tmp),
+                "--eval-negatives", "0"]
     return build
 
 
@@ -153,6 +165,15 @@ CASES = [
      r"unknown split 'half'"),
     ("split-not-shipped", describe("user,item\n1,2\n", "--split", "u1"),
      r"split 'u1': dataset .* does not ship it"),
+    ("ml1m-inf-rating", release("ml-1m", "ratings.dat", "1::1193::5::978300760\n"
+                                "2::661::inf::978302109\n"),
+     r"ratings\.dat, line 2: expected 4 '::'-separated fields"),
+    ("ml1m-id-beyond-int64", release("ml-1m", "ratings.dat", "1::1193::5::978300760\n"
+                                     "99999999999999999999::661::3::978302109\n"),
+     r"ratings\.dat, line 2: expected .*integers within int64"),
+    ("ml20m-nan-rating", release("ml-20m", "ratings.csv", "userId,movieId,rating,timestamp\n"
+                                 "1,1,4.0,964982703\n1,3,nan,964981247\n"),
+     r"ratings\.csv, line 3: expected .*finite numbers"),
     # --- dataset specs ---------------------------------------------------------------------
     ("synthetic-bad-int", argv("data", "describe", "--dataset", "synthetic:users=many"),
      r"users='many' is not an integer"),

@@ -10,7 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from models.registry import make_params
-from orchestrator.sweep import StudySearch, load_config, resolved, schedules, studies_of
+from orchestrator.plan import load_config, resolved, schedules, studies_of
+from orchestrator.search import StudySearch
 
 
 @pytest.fixture()

@@ -117,7 +117,7 @@ def test_ml1m_malformed_ratings_names_file(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "ratings.dat").write_text("1::1193::5::978300760\n1::661::three::978302109\n")
     (folder / "movies.dat").write_text("1193::A (1975)::Drama\n")
-    with pytest.raises(ValueError, match="ratings.dat: expected UserID::MovieID"):
+    with pytest.raises(ValueError, match="ratings.dat, line 2: expected 4 '::'-separated"):
         load_source("ml-1m", data_dir=tmp_path)
 
 
@@ -145,7 +145,7 @@ def test_movielens_csv_wrong_header(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "ratings.csv").write_text("user,movie,rating,timestamp\n1,1,4.0,9\n")
     (folder / "movies.csv").write_text("movieId,title,genres\n1,A,Drama\n")
-    with pytest.raises(ValueError, match="ratings.csv: expected header userId,movieId"):
+    with pytest.raises(ValueError, match="ratings.csv, line 1: expected the header userId,movieId"):
         load_source("ml-latest-small", data_dir=tmp_path)
 
 

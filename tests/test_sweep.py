@@ -14,7 +14,7 @@ import yaml
 from wandb_log import wandb_run
 
 from orchestrator import results
-from orchestrator.sweep import load_config
+from orchestrator.plan import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "recsweep-test-secret-key-0123456789abcdef"
@@ -198,7 +198,8 @@ def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
 def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -> None:
     from ray.tune.search import Searcher
 
-    from orchestrator.sweep import StudySearch, check_config, schedules
+    from orchestrator.plan import check_config, schedules
+    from orchestrator.search import StudySearch
 
     cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
     plan = schedules(cfg, check_config(cfg))
@@ -265,7 +266,7 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     import ray
     from ray import tune
 
-    from orchestrator.sweep import SweepWandb
+    from orchestrator.callbacks import SweepWandb
 
     def fails(config: dict) -> None:  # nested: pickled by value for the workers
         raise RuntimeError("diverged before its first epoch ended")

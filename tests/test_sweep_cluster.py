@@ -25,7 +25,8 @@ import ray
 from wandb_log import wandb_run
 
 from orchestrator import results
-from orchestrator.sweep import load_config, run_sweep
+from orchestrator.plan import load_config
+from orchestrator.sweep import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = {"dataset": "synthetic:users=300,items=400,interactions=12000,seed=1"}
@@ -81,7 +82,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
     assert list(table["study"]) == ["mf", "neumf"] and (table["trials_done"] == 3).all()
     assert (trials.groupby("study").size() == 3).all()
     # W&B's actor lives on the driver's node: a trial restarted elsewhere goes on in its run.
-    # One that Tune gave up on and `_fit` resumed has a second folder with the same run id
+    # One that Tune gave up on and `fit_experiment` resumed has a second folder with the same run id
     # (`wandb sync` makes them one run); its last one ends the trial.
     last = {}
     for folder in sorted((run_dir / "wandb").glob("offline-run-*")):  # named by start time
@@ -95,7 +96,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
 def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
     from ray import tune
 
-    from orchestrator.sweep import _fit
+    from orchestrator.search import fit_experiment
 
     def _dies_once(config: dict) -> None:  # nested: pickled by value for the workers
         """A trial whose worker process dies the first time it runs (as on a lost node)."""
@@ -111,7 +112,7 @@ def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
                        run_config=tune.RunConfig(
                            name="lost", storage_path=str(tmp_path), verbose=0,
                            failure_config=tune.FailureConfig(max_failures=0)))
-    grid = _fit(tuner, str(tmp_path / "lost"), _dies_once, cfg, deadline=None,
+    grid = fit_experiment(tuner, str(tmp_path / "lost"), _dies_once, cfg, deadline=None,
                 stop=threading.Event())
     assert (tmp_path / "died").exists()  # the first attempt really died
     assert len(grid) == 1 and grid[0].error is None
@@ -155,8 +156,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
 @pytest.fixture
 def sweep_ray() -> int:
     """A local Ray started as the sweep starts it (warm workers); returns its CPU count."""
+    from orchestrator.cluster import connect
     from orchestrator.config import SweepConfig
-    from orchestrator.sweep import connect
 
     connect(SweepConfig())
     return int(ray.cluster_resources()["CPU"])
@@ -221,7 +222,7 @@ def test_nothing_of_the_local_ray_outlives_the_driver() -> None:
     script = """
 import subprocess, ray
 from orchestrator.config import SweepConfig
-from orchestrator.sweep import connect
+from orchestrator.cluster import connect
 connect(SweepConfig())
 
 @ray.remote(num_cpus=0)

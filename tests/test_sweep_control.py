@@ -27,7 +27,8 @@ from data import load_dataset
 from models.base import DataSpec
 from models.registry import load_model
 from orchestrator import results
-from orchestrator.sweep import load_config, run_sweep
+from orchestrator.plan import load_config
+from orchestrator.sweep import run_sweep
 from orchestrator.train import evaluate, fold_val
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ from models.base import DataSpec
 from models.registry import create_model, get_model_class, list_models, load_model
 from orchestrator.config import DataConfig, TrainConfig
 from orchestrator.train import (
+    EpochState,
     evaluate,
     fit,
     fold_val,
@@ -147,7 +148,7 @@ def test_resume_from_state_equals_an_uninterrupted_fit(data):
     cfg = TrainConfig(device="cpu", patience=10)
     full_states: list[dict] = []
     full = fit(make("mf", "ranking", data, epochs=4, batch_size=64), data, cfg,
-               on_state=full_states.append)
+               on_state=lambda s: full_states.append(s.full()))
     # Round-trip the epoch-2 state through torch.save, as a Ray checkpoint would.
     buffer = io.BytesIO()
     torch.save(full_states[1], buffer)
@@ -166,9 +167,11 @@ def test_on_state_comes_before_report_and_holds_cpu_copies(data):
     order: list[str] = []
     states: list[dict] = []
 
-    def on_state(s: dict) -> None:
+    def on_state(s: EpochState) -> None:
         order.append("state")
-        states.append(s)
+        states.append(s.full())
+        assert (s.epoch, s.best_epoch, s.final) == (states[-1]["epoch"],
+                                                     states[-1]["best_epoch"], s.epoch == 2)
 
     fit(make("mf", "rating", data, epochs=2), data, CPU, lambda m: order.append("report"),
         on_state=on_state)

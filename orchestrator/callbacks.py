@@ -1,0 +1,137 @@
+"""Tune callbacks of a sweep: one W&B run per trial (one logging actor on the driver's
+node), the progress lines, and the kernel timings trials report."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from orchestrator.config import SweepConfig
+from orchestrator.records import Study
+from orchestrator.report import compile_umap_in_background
+from orchestrator.tracking import WandbRuns
+
+
+class SweepWandb(tune.Callback):
+    """One W&B run per trial, grouped by `<sweep>/<study>`, its id the trial's id, fed from
+    Tune's events to one `WandbRuns` actor (Ray's `WandbLoggerCallback` starts a logging
+    actor, a queue actor and a W&B service for every trial: about 2 s of CPU each, 17 of the
+    50 s of `--smoke` on 2 cores). Every call to the actor is sent without waiting, in
+    order; the actor starts with the first result, once the trials have their workers."""
+
+    # Tune's bookkeeping: W&B records time and host itself
+    SKIP = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
+            "time_since_restore", "iterations_since_restore", "pid", "first_batch_at"}
+    UPLOAD_TIMEOUT_S = 60  # an interrupted online sweep must not hang on its uploads
+
+    def __init__(self, sweep: str, run_dir: Path, mode: str, project: str) -> None:
+        self.sweep, self.run_dir, self.mode, self.project = sweep, str(run_dir), mode, project
+        self.actor: Any = None
+        self.started: set[str] = set()
+
+    def _start(self, trial: Any) -> None:
+        if self.actor is None:
+            # Pinned to the driver's node: the runs are written into the run directory there.
+            # No key is handed over (an actor's runtime_env is public through Ray's state
+            # API and dashboard): W&B finds it there as it does anywhere, in the netrc
+            # `wandb login` wrote or the environment Ray's processes on the node inherited.
+            self.actor = ray.remote(WandbRuns).options(
+                num_cpus=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    ray.get_runtime_context().get_node_id(), soft=False),
+            ).remote(self.run_dir, self.mode, self.project)
+        if trial.trial_id not in self.started:
+            self.started.add(trial.trial_id)
+            study = trial.config["study"]
+            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{study}", study,
+                                    dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        self._start(trial)
+        metrics = {k: v for k, v in result.items() if k not in self.SKIP
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        ended = result.get("status", "running") != "running"  # diverged: status and reason
+        summary = {k: result[k] for k in ("status", "message") if ended and k in result}
+        self.actor.log.remote(trial.trial_id, metrics, summary)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._start(trial)  # a trial that ended before its first result still has its run
+        self.actor.finish.remote(trial.trial_id, 0)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._start(trial)
+        self.actor.finish.remote(trial.trial_id, 1)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self.actor is None:
+            return
+        try:
+            errors = ray.get(self.actor.close.remote(), timeout=self.UPLOAD_TIMEOUT_S)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError) as e:
+            errors = [f"the W&B runs did not finish: {type(e).__name__}: {e}"]
+        ray.kill(self.actor)
+        self.actor = None
+        for error in errors:
+            print(f"W&B: {error}", file=sys.stderr, flush=True)
+
+
+def wandb_callbacks(cfg: SweepConfig, run_dir: Path) -> list[Any]:
+    """The W&B callback, its runs written to `<run_dir>/wandb/` on the driver's node."""
+    return [] if cfg.wandb == "disabled" else \
+        [SweepWandb(cfg.name, run_dir, cfg.wandb, cfg.wandb_project)]
+
+
+class ReportKernels(tune.Callback):
+    """Compiles the report's UMAP kernels in the background from the first trial result on;
+    any earlier, their 9 s of CPU would slow the first trials' start on the same cores."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        compile_umap_in_background()
+
+
+class Progress(tune.Callback):
+    """One line per finished trial: its study's done/running/pending and best so far, the
+    time elapsed and the budget left."""
+
+    def __init__(self, studies: list[Study], total: int, start: float, deadline: float | None
+                 ) -> None:
+        self.studies = {s.name: s for s in studies}
+        self.total, self.start, self.deadline = total, start, deadline
+        self.best: dict[str, float] = {}
+
+    def _line(self, trials: list[Any], trial: Any, event: str) -> None:
+        study = self.studies[trial.config["study"]]
+        mine = [t for t in trials if t.config.get("study") == study.name]
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in mine)
+        running = sum(t.status == "RUNNING" for t in mine)
+        best = self.best.get(study.name)
+        left = "" if self.deadline is None else \
+            f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"
+        print(f"[{study.name}] trial {trial.trial_id} {event}: {done}/{self.total} done, "
+              f"{running} running, {self.total - done - running} pending, best {study.metric} "
+              f"{'-' if best is None else f'{best:.4f}'}, "
+              f"elapsed {(time.time() - self.start) / 60:.1f} min{left}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        study = self.studies[trial.config["study"]]
+        value = result.get(study.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            best = self.best.get(study.name, value)
+            self.best[study.name] = min(best, value) if study.mode == "min" else max(best, value)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trials, trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trials, trial, "failed")
+

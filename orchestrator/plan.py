@@ -1,0 +1,194 @@
+"""A sweep's plan before Ray: the config read and checked, resolved, and where it runs.
+
+`load_config` (YAML + flags) -> `check_config` (everything that can fail before Ray starts:
+models, baselines, search-space types and ranges, resources, W&B) -> `resolved` (TPE's
+start-up trials and each study's ASHA `Schedule`, written to `sweep.yaml`); `run_dir_of` and
+`experiment_root` say where the run's files and Tune's experiments go; `load_run_config`
+reads a run's `sweep.yaml` back whole for `--resume`. No Ray here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import netrc
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.registry import get_model_class, make_params, param_types
+from orchestrator.config import SweepConfig, from_dict, parse_duration
+from orchestrator.finalize import study_of
+from orchestrator.records import Schedule, Study
+from orchestrator.space import validate_space
+
+SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
+         "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
+
+
+SEARCH = "search"  # the Tune experiment of all studies, in the run directory
+
+
+SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
+
+
+def studies_of(cfg: SweepConfig) -> list[Study]:
+    """`models: [mf, mf:ranking, neumf]` -> studies; errors name the bad entry."""
+    out = [study_of(entry, cfg.metric, cfg.train.ks) for entry in cfg.models]
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models: {list(cfg.models)} names a study twice")
+    return out
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool = False
+                ) -> SweepConfig:
+    """The sweep file (if any), then `--smoke` defaults, then CLI flags; unknown keys raise."""
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of sweep settings at the top level")
+    for layer in ([SMOKE] if smoke else []) + [overrides]:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(values.get(key), dict):
+                values[key] = {**values[key], **value}
+            else:
+                values[key] = value
+    where = f"{path}: " if path else ""
+    try:
+        cfg = from_dict(SweepConfig, values)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+    check_config(cfg, where)
+    return cfg
+
+
+def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
+    """Everything that can be checked before Ray starts; returns the studies."""
+    try:
+        studies = studies_of(cfg)
+        for entry in cfg.baselines:
+            study = study_of(entry, "", cfg.train.ks, what="baselines")
+            if get_model_class(study.model).learned:
+                raise ValueError(f"baselines: {entry!r} is a learned model; search it in "
+                                 "`models` instead")
+        parse_duration(cfg.time_budget)
+        validate_space(cfg.search_space, {s.model: param_types(s.model) for s in studies},
+                       lambda model, name, value: make_params(model, **{name: value}))
+        if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 0 or cfg.startup_trials < 0:
+            raise ValueError("trials must be >= 1; epochs, grace_period and startup_trials "
+                             ">= 0")
+        if not cfg.cpus_per_trial > 0:
+            raise ValueError(f"cpus_per_trial={cfg.cpus_per_trial}: expected a number > 0 (a "
+                             "trial needs a CPU to run on)")
+        if not (cfg.gpus_per_trial == -1 or 0 <= cfg.gpus_per_trial):
+            raise ValueError(f"gpus_per_trial={cfg.gpus_per_trial}: expected -1 (auto), 0, a "
+                             "fraction to share a GPU, or a whole number of GPUs")
+        if cfg.reduction_factor < 2:
+            raise ValueError(f"reduction_factor={cfg.reduction_factor}: expected an int >= 2")
+        schedules(cfg, studies)
+        if cfg.wandb not in ("offline", "online", "disabled"):
+            raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
+        if cfg.wandb == "online" and not has_wandb_key():
+            raise ValueError("wandb: online needs a W&B API key where W&B looks for it on "
+                             "this node: run `wandb login` here (it writes ~/.netrc), or set "
+                             "WANDB_API_KEY in the environment Ray is started from")
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{where}{e.args[0] if isinstance(e, KeyError) else e}") from None
+    return studies
+
+
+def startup_trials(cfg: SweepConfig) -> int:
+    """TPE's random start-up trials per study: the budget's quarter, between 2 and 10
+    (Optuna's default of 10 would make a sweep of 8 trials a random search)."""
+    return cfg.startup_trials or min(10, max(2, cfg.trials // 4))
+
+
+def max_epochs(study: Study, cfg: SweepConfig) -> int:
+    """The sweep's `epochs`, or the model's own default when the sweep leaves it at 0."""
+    return cfg.epochs or make_params(study.model, study.task).epochs
+
+
+def schedules(cfg: SweepConfig, studies: list[Study]) -> dict[str, Schedule]:
+    """Each study's epoch budget and ASHA rungs: `cfg.schedule`'s entry, else automatic."""
+    out = {}
+    for study in studies:
+        auto = Schedule.auto(max_epochs(study, cfg), cfg.grace_period, cfg.reduction_factor)
+        given = cfg.schedule.get(study.name)
+        if given is None:
+            out[study.name] = auto
+            continue
+        where = f"schedule.{study.name}"
+        if not isinstance(given, dict) or set(given) != {"max_epochs", "grace_period", "rungs"}:
+            raise ValueError(f"{where}: expected {{max_epochs, grace_period, rungs}}, got "
+                             f"{given!r}")
+        if given["max_epochs"] != auto.max_epochs:
+            raise ValueError(f"{where}.max_epochs={given['max_epochs']!r}, but epochs gives "
+                             f"{auto.max_epochs}: remove the entry or change it")
+        rungs = given["rungs"]
+        if not (isinstance(given["grace_period"], int) and isinstance(rungs, list) and rungs
+                and all(isinstance(r, int) and 1 <= r <= auto.max_epochs for r in rungs)):
+            raise ValueError(f"{where}: expected an int grace_period and a list of rung "
+                             f"epochs in [1, {auto.max_epochs}], got {given!r}")
+        out[study.name] = Schedule(auto.max_epochs, given["grace_period"], tuple(rungs))
+    unknown = sorted(set(cfg.schedule) - {s.name for s in studies})
+    if unknown:
+        raise ValueError(f"schedule: no study {unknown}; studies: "
+                         f"{', '.join(s.name for s in studies)}")
+    return out
+
+
+def resolved(cfg: SweepConfig) -> SweepConfig:
+    """The config with the automatic choices written out (what sweep.yaml records)."""
+    plan = {name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period,
+                   "rungs": list(s.rungs)} for name, s in schedules(cfg, studies_of(cfg)).items()}
+    return dataclasses.replace(cfg, startup_trials=startup_trials(cfg), schedule=plan)
+
+
+def has_wandb_key() -> bool:
+    """WANDB_API_KEY is set, or `wandb login` saved a key in this user's netrc for the W&B
+    host (WANDB_BASE_URL, else api.wandb.ai), where W&B itself will find it."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host.hostname) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def run_dir_of(cfg: SweepConfig) -> Path:
+    local = "://" not in cfg.storage
+    return (Path(cfg.storage) if local else Path("runs")).resolve() / cfg.name
+
+
+def experiment_root(cfg: SweepConfig) -> str:
+    """Where Tune writes the studies: the run directory, or `<uri>/<name>` for cloud storage."""
+    if "://" in cfg.storage:
+        return cfg.storage.rstrip("/") + "/" + cfg.name
+    return str(run_dir_of(cfg))
+
+
+def load_run_config(run_dir: str | Path) -> SweepConfig:
+    """The resolved config of an earlier sweep, for `--resume`."""
+    path = Path(run_dir) / "sweep.yaml"
+    if not path.exists():
+        raise ValueError(f"--resume {run_dir}: not a sweep run directory (no sweep.yaml)")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError("empty, or not a mapping")
+        cfg = from_dict(SweepConfig, loaded, complete=True)
+    except (ValueError, TypeError, yaml.YAMLError) as e:
+        raise ValueError(f"--resume {run_dir}: {path} is not the whole config a sweep wrote "
+                         f"({str(e).splitlines()[0]}); it may be truncated or edited") from None
+    # a moved run directory resumes where it now is
+    storage = cfg.storage if "://" in cfg.storage else str(Path(run_dir).resolve().parent)
+    return dataclasses.replace(cfg, storage=storage, name=Path(run_dir).resolve().name)
+

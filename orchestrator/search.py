@@ -1,0 +1,323 @@
+"""The search of a sweep on Ray Tune: all studies in one Tune experiment.
+
+`StudySearch` runs a seeded Optuna TPE per study (trial 0 is the model's defaults) and
+tells Optuna the truth about each trial's end; `StudyASHA` runs an ASHA per study that never
+stops trial 0; `records_of` turns Tune's results into `TrialRecord`s once; `seed_runs`
+re-runs the chosen configurations with more seeds; `ctrl_c_stops_studies` and
+`fit_experiment` are the experiment's control (Ctrl-C, time budget, trials lost with their
+node).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+from optuna.samplers import TPESampler
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from models.registry import get_model_class, make_params
+from orchestrator.config import SweepConfig
+from orchestrator.metrics import lower_is_better
+from orchestrator.plan import SEEDS, experiment_root, startup_trials
+from orchestrator.records import Schedule, Study, TrialRecord
+from orchestrator.space import default_point, sample_params
+from orchestrator.trainable import split_config
+
+# Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
+# next snapshot of the experiment state: with one kept, a driver killed in between leaves a
+# snapshot whose checkpoint is gone, and --resume cannot restore that trial (seen in the
+# SIGKILL test). With two, that takes two checkpoints with no snapshot between them.
+KEEP_CHECKPOINTS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A study's define-by-run space; a picklable object, since Tune saves the searcher."""
+
+    study: Study
+    overrides: dict[str, Any]
+    schedule: Schedule
+    seed: int
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        space = get_model_class(self.study.model).search_space
+        params = sample_params(trial, space, self.overrides)
+        params.setdefault("epochs", self.schedule.max_epochs)  # ASHA's max_t
+        # constants returned by a define-by-run space become part of the trial's config
+        return {**params, **trial_meta(self.study, self.seed, trial.number, self.schedule)}
+
+    def defaults(self) -> dict[str, Any]:
+        """The model's defaults for its task, as far as the space can take them: the first
+        trial of the study, so that its best is never below `train` with defaults."""
+        space = get_model_class(self.study.model).search_space
+        values = dataclasses.asdict(make_params(self.study.model, self.study.task))
+        return default_point(space, self.overrides, values)
+
+
+def trial_meta(study: Study, seed: int, number: int, schedule: Schedule) -> dict[str, Any]:
+    """What a trial's config carries beside its hyperparameters (trainable.META)."""
+    return {"study": study.name, "model": study.model, "task": study.task, "seed": seed,
+            "metric": study.metric, "number": number, "rungs": list(schedule.rungs)}
+
+
+class SavedSearcher(Searcher):
+    """A searcher whose whole state Tune saves with the experiment (for `--resume`)."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class StudySearch(SavedSearcher):
+    """All studies in one Tune experiment: a seeded Optuna TPE search per study, each with its
+    own metric and direction, taking turns to suggest until each has `trials`.
+
+    One experiment, not one Tuner per study, so that workers are reused across studies and
+    the studies share the cluster and the time budget as they run (Ray runs one Tuner at a
+    time in a driver). Tune saves this object with the experiment, so `--resume` continues
+    every study's search.
+
+    What Optuna is told: each study's first trial is the model's defaults (enqueued); TPE's
+    random start-up follows the budget (`startup_trials`); a trial's intermediate values are
+    reported at its epochs; a trial that ended on its own is complete with its best
+    validation value (the state the sweep would choose), one that diverged or raised has
+    failed, and one stopped from outside (ASHA, Ctrl-C, the time budget) is pruned, so TPE
+    does not take a truncated score for a final one.
+    """
+
+    def __init__(self, studies: list[Study], cfg: SweepConfig, plan: dict[str, Schedule],
+                 storage: Any = None) -> None:
+        super().__init__()
+        self.trials = cfg.trials
+        self.searches = {}
+        for s in studies:
+            space = SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name], cfg.seed)
+            self.searches[s.name] = OptunaSearch(
+                space=space, metric=s.metric, mode=s.mode, points_to_evaluate=[space.defaults()],
+                sampler=TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg)),
+                storage=storage, study_name=s.name)
+        self.owner: dict[str, str] = {}  # trial id -> study name
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        counts = collections.Counter(self.owner.values())
+        open_ = [name for name in self.searches if counts[name] < self.trials]
+        if not open_:
+            return Searcher.FINISHED
+        name = min(open_, key=lambda n: counts[n])  # the study with fewest trials, in order
+        self.owner[trial_id] = name
+        return self.searches[name].suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Optuna's step is the epoch (Tune's training_iteration counts reports, not epochs)
+        self.searches[self.owner[trial_id]].on_trial_result(
+            trial_id, {**result, "training_iteration": result["epoch"]})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        search = self.searches[self.owner[trial_id]]
+        status = (result or {}).get("status")
+        if status in ("epochs", "early_stopped"):
+            result = {**result, search.metric: result["best_value"]}
+        elif status == "diverged":  # failed (Optuna refuses a NaN value and keeps it RUNNING)
+            result, error = None, True
+        else:
+            result = None  # stopped from outside: pruned, with its intermediate values
+        search.on_trial_complete(trial_id, result, error)
+
+
+class StudyASHA(FIFOScheduler):
+    """An ASHA scheduler per study (its metric, direction, max epochs and grace period),
+    routed by the trial's study: trials are compared with the trials of their own study
+    only. A study's defaults trial (number 0) is recorded at the rungs like any other but
+    never stopped: it is what the search must beat."""
+
+    def __init__(self, studies: list[Study], cfg: SweepConfig,
+                 plan: dict[str, Schedule]) -> None:
+        super().__init__()
+        self.ashas = {s.name: ASHAScheduler(
+            metric=s.metric, mode=s.mode, time_attr="epoch", max_t=plan[s.name].max_epochs,
+            grace_period=plan[s.name].grace_period, reduction_factor=cfg.reduction_factor)
+            for s in studies}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any
+                              ) -> bool:
+        return True  # each study's ASHA has its own metric and mode
+
+    def _asha(self, trial: Any) -> ASHAScheduler:
+        return self.ashas[trial.config["study"]]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
+        return self.CONTINUE if trial.config.get("number") == 0 else decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._asha(trial).on_trial_remove(tune_controller, trial)
+
+
+class Configs(SavedSearcher):
+    """The given trial configs, in order (the studies' configs differ in their keys, which
+    Tune's `points_to_evaluate` does not allow)."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs = list(configs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+
+def experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_alg: Any,
+               trials: int, callbacks: list[Any] | None = None, **tune_config: Any
+               ) -> tune.Tuner:
+    """A Tune experiment `name` of `trials` trials in the run directory, at most `slots` at
+    once. Actors are reused (a new worker costs seconds of imports per trial; run_trial frees
+    what a stopped predecessor left on the device); a trial that fails restarts from its last
+    checkpoint, up to `max_failures` times."""
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=trials,
+                                    max_concurrent_trials=min(slots, trials),
+                                    reuse_actors=True, **tune_config),
+        run_config=tune.RunConfig(
+            name=name, storage_path=experiment_root(cfg),
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+            callbacks=callbacks, verbose=0))
+
+
+def records_of(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[TrialRecord]:
+    """One TrialRecord per Tune result, in the grid's order; `stopped`: the sweep was
+    interrupted or ran out of time (a trial stopped then is not ASHA's)."""
+    out = []
+    for res in grid:
+        meta, hparams = split_config(res.config)
+        history = res.metrics_dataframe
+        last = res.metrics or {}
+        best, best_epoch = None, 0
+        if history is not None and meta["metric"] in history:
+            values = history[meta["metric"]]
+            if values.notna().any():
+                at = values.idxmin() if lower_is_better(meta["metric"]) else values.idxmax()
+                best, best_epoch = float(values[at]), int(history["epoch"][at])
+        status, epoch = last.get("status"), int(last.get("epoch", 0) or 0)
+        if res.error:
+            end = "error"
+        elif status in ("epochs", "early_stopped", "diverged"):
+            end = status
+        elif status is None:
+            end = "pending"
+        else:  # stopped from outside while running
+            rungs = plan[meta["study"]].rungs if meta["study"] in plan else ()
+            end = "asha" if epoch in rungs and not stopped else "interrupted"
+        message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
+        out.append(TrialRecord(
+            study=meta["study"], trial_id=last.get("trial_id", os.path.basename(str(res.path))),
+            number=int(meta.get("number", -1)), end=end, message=message, best=best,
+            best_epoch=best_epoch, epochs=epoch,
+            time_s=float(last.get("time_total_s", 0.0) or 0.0), hparams=hparams,
+            seed=int(meta["seed"]), checkpoint=res.checkpoint, path=str(res.path)))
+    return out
+
+
+def history_of(res: Any) -> Any:
+    """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
+    frame = res.metrics_dataframe
+    keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
+            or c in ("epoch", "trial_id", "time_total_s")]
+    return frame[keep].assign(study=res.config["study"])
+
+
+@contextlib.contextmanager
+def ctrl_c_stops_studies() -> Iterator[threading.Event]:
+    """While the sweep runs, a first Ctrl-C sets the event it yields and stops the search
+    the way Tune stops on its own (its SIGUSR1 handler: the running trials end, their
+    results are kept); no further trial starts, and the table, exports and report are still
+    written. A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the search too,
+    but not say so: a stopped trial looks like one that ASHA stopped.)"""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach the main thread only
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("Ctrl-C: stopping the running trials; the table of what finished follows "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's, once the search has started
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if tune_handler is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+
+def fit_experiment(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfig,
+                   deadline: float | None, stop: threading.Event) -> Any:
+    """`tuner.fit()`, then resume the trials that died with their node before Tune could
+    restart them. (Tune 2.60 recovers a RUNNING trial on a lost node, but a trial whose reused
+    actor dies while it is being reset, still PENDING, ends as ERROR: a race seen when a node
+    goes away as one trial ends and the next takes over its actor.)"""
+    grid = tuner.fit()
+    for _ in range(cfg.max_failures):
+        lost = [r for r in grid if isinstance(r.error, ray.exceptions.RayActorError)]
+        if not lost or stop.is_set() or (deadline is not None and time.time() >= deadline):
+            break
+        print(f"search: {len(lost)} trial(s) lost with their node; resuming them", flush=True)
+        grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+    return grid
+
+
+def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, Schedule],
+              cfg: SweepConfig, slots: int, trainable: Any) -> list[TrialRecord]:
+    """Retrain each study's chosen configuration with `final_seeds - 1` more seeds (no
+    search), all studies in one experiment; returns the finished runs."""
+    path = f"{experiment_root(cfg)}/{SEEDS}"
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        by_name = {s.name: s for s in studies}
+        points = [{**t.hparams, **trial_meta(by_name[t.study], cfg.seed + i, t.number,
+                                             plan[t.study])}
+                  for t in chosen for i in range(1, cfg.final_seeds)]
+        tuner = experiment(trainable, SEEDS, cfg, slots, Configs(points), len(points))
+    return [t for t in records_of(tuner.fit(), plan, False) if t.end in ("epochs", "early_stopped")
+            and t.checkpoint is not None]
+
