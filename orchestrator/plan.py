@@ -26,11 +26,7 @@ from orchestrator.space import validate_space
 
 SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
-
-
 SEARCH = "search"  # the Tune experiment of all studies, in the run directory
-
-
 SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
 
 
