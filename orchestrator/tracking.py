@@ -73,7 +73,11 @@ class WandbRuns:
                 self.runs.pop(trial_id).finish(exit_code)
 
     def close(self) -> list[str]:
-        """Finish the runs still open (a search stopped early); the errors met on the way."""
+        """Finish the runs still open (a search stopped early) and wait until W&B has
+        written everything (`run.finish` returns before the last records are on disk, and
+        the sweep kills this actor next); the errors met on the way."""
         for trial_id in list(self.runs):
             self.finish(trial_id, 0)
+        with self._kept("all", "teardown"):
+            self.wandb.teardown()
         return self.errors
