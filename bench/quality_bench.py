@@ -51,7 +51,7 @@ from orchestrator import results  # noqa: E402
 from orchestrator.config import SweepConfig  # noqa: E402
 from orchestrator.finalize import main_metric  # noqa: E402
 from orchestrator.metrics import sampled_ranking_per_row  # noqa: E402
-from orchestrator.plan import load_config, studies_of  # noqa: E402
+from orchestrator.plan import load_config, model_studies  # noqa: E402
 from orchestrator.sweep import run_sweep  # noqa: E402
 from orchestrator.train import fit, seed_everything, val_and_test  # noqa: E402
 
@@ -73,7 +73,7 @@ def defaults_vs_sweep(cfg: SweepConfig, run_dir: Path, data: PreparedData) -> li
     table = results.load(run_dir).set_index("study")
     units = results.load_units(run_dir)
     rows = []
-    for study in studies_of(cfg):
+    for study in model_studies(cfg):
         seed_everything(cfg.seed)
         model = create_model(study.model, DataSpec.from_data(data), study.task)
         tcfg = dataclasses.replace(cfg.train, seed=cfg.seed, metric=study.metric)

@@ -110,9 +110,9 @@ class Progress(tune.Callback):
 
     def _line(self, trials: list[Any], trial: Any, event: str) -> None:
         study = self.studies[trial.config["study"]]
-        mine = [t for t in trials if t.config.get("study") == study.name]
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in mine)
-        running = sum(t.status == "RUNNING" for t in mine)
+        of_study = [t for t in trials if t.config.get("study") == study.name]
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in of_study)
+        running = sum(t.status == "RUNNING" for t in of_study)
         best = self.best.get(study.name)
         left = "" if self.deadline is None else \
             f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from orchestrator.config import DataConfig, from_dict, help_of
+from orchestrator.config import DataConfig, field_help, from_dict
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
@@ -117,7 +117,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
-    from orchestrator.config import SweepConfig, help_of
+    from orchestrator.config import SweepConfig, field_help
 
     p = commands.add_parser("sweep", help="hyperparameter search over the models on Ray Tune")
     p.add_argument("--config", help="sweep YAML file (CLI flags override it)")
@@ -125,9 +125,9 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
              "cpus_per_trial": float}
     for key in SWEEP_FLAGS:
         p.add_argument("--" + key.replace("_", "-"), dest=key, type=types.get(key, str),
-                       default=None, help=help_of(SweepConfig, key))
-    p.add_argument("--dataset", help=help_of(DataConfig, "dataset"))
-    p.add_argument("--split", help=help_of(DataConfig, "split"))
+                       default=None, help=field_help(SweepConfig, key))
+    p.add_argument("--dataset", help=field_help(DataConfig, "dataset"))
+    p.add_argument("--split", help=field_help(DataConfig, "split"))
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
     p.add_argument("--smoke", action="store_true",
                    help="the whole pipeline in seconds: 2 trials, 2 epochs, small synthetic data")
@@ -203,7 +203,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     add_config_args(p, TrainConfig)
     add_config_args(p, DataConfig, skip=("seed",))
     p.add_argument("--data-seed", dest="data_seed", default=None, metavar="SEED",
-                   help=f"data config seed: {help_of(DataConfig, 'seed')}")
+                   help=f"data config seed: {field_help(DataConfig, 'seed')}")
     p.set_defaults(func=cmd_train)
 
 

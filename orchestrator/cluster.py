@@ -3,7 +3,6 @@ request from what the cluster has and what its autoscaler can add."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import socket
@@ -12,15 +11,14 @@ from pathlib import Path
 import ray
 import yaml
 
+from orchestrator import internals
 from orchestrator.config import SweepConfig
-from orchestrator.warm import warm_workers
 
 DEFAULT_GPU_FRACTION = 0.25
 
 
 def connect(cfg: SweepConfig) -> None:
     """Join the cluster at `address` (or start a local one) and fail early if unreachable."""
-    warm_start_trials()
     if ray.is_initialized():
         return
     host, _, port = cfg.address.rpartition(":")
@@ -35,24 +33,9 @@ def connect(cfg: SweepConfig) -> None:
         if cfg.address or os.environ.get("RAY_ADDRESS"):  # as `ray job submit` sets it
             ray.init(address=cfg.address or None, log_to_driver=False)
         else:
-            with warm_workers() as system_config:
-                ray.init(log_to_driver=False, include_dashboard=False,
-                         _system_config=system_config)
+            ray.init(log_to_driver=False, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}") from None
-
-
-def warm_start_trials() -> None:
-    """Let Tune's trial actors start in the idle workers Ray starts with the job (warmed by
-    `orchestrator.warm` on a local Ray): Tune gives its actors the runtime env
-    `{"env_vars": {"PL_DISABLE_FORK": "1"}}`, for PyTorch Lightning, which no trial uses, and
-    Ray starts an actor whose runtime env differs from the job's in a new process, which
-    spawns and imports everything after the trial is scheduled. Without the variable the env
-    is the job's. (If a later Tune moves it, trials start cold: slower, not wrong.)"""
-    with contextlib.suppress(ImportError):
-        from ray.tune.execution import class_cache
-
-        getattr(class_cache, "DEFAULT_ENV_VARS", {}).pop("PL_DISABLE_FORK", None)
 
 
 def quiet_libraries() -> None:
@@ -147,7 +130,7 @@ def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
                          f"the cluster has that much (nodes: {have}; node types the autoscaler "
                          f"may add: {kinds or 'none known'})")
     slots = sum(per_node(n) for n in nodes if per_node(n) >= 1)
-    workers = [n for n in nodes if "node:__internal_head__" not in n]
+    workers = [n for n in nodes if not internals.is_head_node(n)]
     running = dict.fromkeys(types, 0)
     for n in workers:
         kind = next((k for k, t in types.items()

@@ -66,7 +66,7 @@ class TrainConfig:
                       "per task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
 
 
-def help_of(cls: type, name: str) -> str:
+def field_help(cls: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 

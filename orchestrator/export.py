@@ -34,12 +34,10 @@ Example:
 from __future__ import annotations
 
 import copy
-import functools
 import importlib
 import importlib.metadata
 import inspect
 import json
-import logging
 import re
 import sys
 import tempfile
@@ -54,6 +52,7 @@ from torch import Tensor, nn
 
 from data.types import PreparedData
 from models.base import Recommender
+from orchestrator import internals
 from orchestrator.serve import FORMAT, id_form, known_mask, last_items, session, sha256
 
 OPSET = 18
@@ -65,8 +64,7 @@ TIE = 1e-5
 """Scores closer than this count as tied: their order may differ between runtimes."""
 SEED_CHECKPOINT = re.compile(r".+-seed\d+")
 
-# The exporter warns on every export that torchvision's ops are not registered; we use none.
-logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+internals.quiet_onnx_registration()
 
 
 def _ignore_exporter_warnings() -> None:
@@ -162,29 +160,10 @@ def _pair_inputs(model: Recommender) -> list[str]:
     return names
 
 
-def _keep_torchlib_ops() -> None:
-    """Let the exporter list onnxscript's ATen functions once per process, not per graph.
-
-    Every `torch.onnx.export` rebuilds its registry, and onnxscript's `get_torchlib_ops` parses
-    the source of each of its ~500 functions to do it: 0.65 s of each graph's 1.3 s here.
-    The list is the same for the life of the process, so it is cached. This reaches into
-    torch's lazy import of onnxscript (no public way to keep a registry); if that moves in a
-    later torch, exports stay correct, only slower.
-    """
-    try:
-        from torch.onnx._internal._lazy_import import onnxscript_apis
-
-        module = importlib.import_module(onnxscript_apis._name)
-        if not hasattr(module.get_torchlib_ops, "cache_info"):
-            module.get_torchlib_ops = functools.cache(module.get_torchlib_ops)
-    except (ImportError, AttributeError):
-        pass
-
-
 def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str],
             dynamic: dict[str, Any], rename: dict[tuple[str, int], str]) -> onnx.ModelProto:
     """One graph with the dynamo exporter; symbolic dims renamed to readable ones."""
-    _keep_torchlib_ops()
+    internals.cache_torchlib_ops()
     with warnings.catch_warnings():
         _ignore_exporter_warnings()
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET,
@@ -489,20 +468,20 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10,
         raise ValueError(f"-k {k!r}: expected an integer >= 1")
     run_dir = Path(run_dir)
     folder = run_dir / "checkpoints"
-    found = {p.stem: p for p in sorted(folder.glob("*.pt"))
-             if not SEED_CHECKPOINT.fullmatch(p.stem)}
-    if not found:
+    checkpoints = {p.stem: p for p in sorted(folder.glob("*.pt"))
+                   if not SEED_CHECKPOINT.fullmatch(p.stem)}
+    if not checkpoints:
         raise ValueError(f"{run_dir}: no checkpoints ({folder}/<study>.pt): no study of this "
                          "run finished a trial, so there is nothing to export")
     if study is not None:
-        if study not in found:
+        if study not in checkpoints:
             raise ValueError(f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
-                             f"studies with one: {', '.join(found)}")
-        found = {study: found[study]}
+                             f"studies with one: {', '.join(checkpoints)}")
+        checkpoints = {study: checkpoints[study]}
     table = results.load(run_dir) if (run_dir / "results.parquet").exists() else None
     data = data if data is not None else _run_data(run_dir)
     statuses: dict[str, str] = {}
-    for name, path in found.items():
+    for name, path in checkpoints.items():
         try:
             model, meta = load_model(path)
             fingerprint = meta.get("data_fingerprint")

@@ -23,7 +23,7 @@ from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 from orchestrator.train import fit, load_state, monitored_metric, seed_everything, val_and_test
 
 
-def study_of(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
+def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
     """`mf`, `mf:ranking` -> a Study; errors name the entry and what it may be."""
     model, _, task = entry.partition(":")
     if model not in list_models():
@@ -45,7 +45,7 @@ def main_metric(study: Study) -> str:
     return "test/" + study.metric.split("/", 1)[1]
 
 
-def evaluation_of(table: str, data: PreparedData, cfg: TrainConfig, metric: str) -> str:
+def evaluation_name(table: str, data: PreparedData, cfg: TrainConfig, metric: str) -> str:
     """One line saying what every row of a table was scored on."""
     where = f"{data.name}, split {data.split_name}"
     if table == "rating":
@@ -115,7 +115,7 @@ def baseline_result(entry: str, table_metric: dict[str, str], data: PreparedData
                     cfg: TrainConfig, seed: int) -> StudyResult:
     """A non-learned baseline fitted on train and tested, in the table of its task, scored
     on that table's main metric (`table_metric`: table -> validation metric)."""
-    study = study_of(entry, "", cfg.ks, what="baselines")
+    study = parse_study(entry, "", cfg.ks, what="baselines")
     study = dataclasses.replace(study, metric=table_metric.get(study.table, study.metric))
     model = create_model(study.model, DataSpec.from_data(data), study.task)
     tcfg = dataclasses.replace(cfg, seed=seed, metric=study.metric)
@@ -136,13 +136,13 @@ def finalize(studies: list[Study], trials: list[TrialRecord], seed_trials: list[
                         why_empty) for s in studies]
     table_metric = {s.table: s.metric for s in studies}
     for entry in baselines:
-        table = study_of(entry, "", cfg.ks, what="baselines").table
+        table = parse_study(entry, "", cfg.ks, what="baselines").table
         if table not in table_metric:
             print(f"baselines: {entry} not run: no {table} study in this sweep", flush=True)
             continue
         out.append(baseline_result(entry, table_metric, data, cfg, seed))
     for result in out:
-        result.evaluation = evaluation_of(result.study.table, data, cfg, result.main_metric)
+        result.evaluation = evaluation_name(result.study.table, data, cfg, result.main_metric)
     return out
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.base import Recommender
+from orchestrator import internals
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -47,11 +48,11 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 t = float(state["step"])
-                # an embedding's gradient is uncoalesced: one row per lookup, repeats
-                # included (torch's sparse docs name _indices/_values for such tensors)
-                rows, inverse = torch.unique(p.grad._indices()[0], return_inverse=True)
+                # an embedding's gradient is uncoalesced: one row per lookup, repeats included
+                indices, values = internals.coo_entries(p.grad)
+                rows, inverse = torch.unique(indices, return_inverse=True)
                 grad = torch.zeros((len(rows), *p.shape[1:]), dtype=p.dtype, device=p.device)
-                grad.index_add_(0, inverse, p.grad._values())  # [R, d] summed per row
+                grad.index_add_(0, inverse, values)  # [R, d] summed per row
                 m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)
                 v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(
                     grad, grad, value=1 - b2)

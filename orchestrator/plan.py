@@ -2,7 +2,7 @@
 
 `load_config` (YAML + flags) -> `check_config` (everything that can fail before Ray starts:
 models, baselines, search-space types and ranges, resources, W&B) -> `resolved` (TPE's
-start-up trials and each study's ASHA `Schedule`, written to `sweep.yaml`); `run_dir_of` and
+start-up trials and each study's ASHA `Schedule`, written to `sweep.yaml`); `run_directory` and
 `experiment_root` say where the run's files and Tune's experiments go; `load_run_config`
 reads a run's `sweep.yaml` back whole for `--resume`. No Ray here.
 """
@@ -20,7 +20,7 @@ import yaml
 
 from models.registry import get_model_class, make_params, param_types
 from orchestrator.config import SweepConfig, from_dict, parse_duration
-from orchestrator.finalize import study_of
+from orchestrator.finalize import parse_study
 from orchestrator.records import Schedule, Study
 from orchestrator.space import validate_space
 
@@ -30,9 +30,9 @@ SEARCH = "search"  # the Tune experiment of all studies, in the run directory
 SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
 
 
-def studies_of(cfg: SweepConfig) -> list[Study]:
+def model_studies(cfg: SweepConfig) -> list[Study]:
     """`models: [mf, mf:ranking, neumf]` -> studies; errors name the bad entry."""
-    out = [study_of(entry, cfg.metric, cfg.train.ks) for entry in cfg.models]
+    out = [parse_study(entry, cfg.metric, cfg.train.ks) for entry in cfg.models]
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ValueError(f"models: {list(cfg.models)} names a study twice")
@@ -68,9 +68,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool 
 def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
     """Everything that can be checked before Ray starts; returns the studies."""
     try:
-        studies = studies_of(cfg)
+        studies = model_studies(cfg)
         for entry in cfg.baselines:
-            study = study_of(entry, "", cfg.train.ks, what="baselines")
+            study = parse_study(entry, "", cfg.train.ks, what="baselines")
             if get_model_class(study.model).learned:
                 raise ValueError(f"baselines: {entry!r} is a learned model; search it in "
                                  "`models` instead")
@@ -143,7 +143,8 @@ def schedules(cfg: SweepConfig, studies: list[Study]) -> dict[str, Schedule]:
 def resolved(cfg: SweepConfig) -> SweepConfig:
     """The config with the automatic choices written out (what sweep.yaml records)."""
     plan = {name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period,
-                   "rungs": list(s.rungs)} for name, s in schedules(cfg, studies_of(cfg)).items()}
+                   "rungs": list(s.rungs)}
+            for name, s in schedules(cfg, model_studies(cfg)).items()}
     return dataclasses.replace(cfg, startup_trials=startup_trials(cfg), schedule=plan)
 
 
@@ -159,7 +160,7 @@ def has_wandb_key() -> bool:
         return False
 
 
-def run_dir_of(cfg: SweepConfig) -> Path:
+def run_directory(cfg: SweepConfig) -> Path:
     local = "://" not in cfg.storage
     return (Path(cfg.storage) if local else Path("runs")).resolve() / cfg.name
 
@@ -168,7 +169,7 @@ def experiment_root(cfg: SweepConfig) -> str:
     """Where Tune writes the studies: the run directory, or `<uri>/<name>` for cloud storage."""
     if "://" in cfg.storage:
         return cfg.storage.rstrip("/") + "/" + cfg.name
-    return str(run_dir_of(cfg))
+    return str(run_directory(cfg))
 
 
 def load_run_config(run_dir: str | Path) -> SweepConfig:

@@ -2,7 +2,7 @@
 
 `StudySearch` runs a seeded Optuna TPE per study (trial 0 is the model's defaults) and
 tells Optuna the truth about each trial's end; `StudyASHA` runs an ASHA per study that never
-stops trial 0; `records_of` turns Tune's results into `TrialRecord`s once; `seed_runs`
+stops trial 0; `trial_records` turns Tune's results into `TrialRecord`s once; `seed_runs`
 re-runs the chosen configurations with more seeds; `ctrl_c_stops_studies` and
 `fit_experiment` are the experiment's control (Ctrl-C, time budget, trials lost with their
 node).
@@ -178,7 +178,7 @@ class StudyASHA(FIFOScheduler):
         self._asha(trial).on_trial_remove(tune_controller, trial)
 
 
-class Configs(SavedSearcher):
+class FixedConfigs(SavedSearcher):
     """The given trial configs, in order (the studies' configs differ in their keys, which
     Tune's `points_to_evaluate` does not allow)."""
 
@@ -210,10 +210,10 @@ def experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_a
             name=name, storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            callbacks=callbacks, verbose=0))
+            stop=StopOnCtrlC(), callbacks=callbacks, verbose=0))
 
 
-def records_of(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[TrialRecord]:
+def trial_records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[TrialRecord]:
     """One TrialRecord per Tune result, in the grid's order; `stopped`: the sweep was
     interrupted or ran out of time (a trial stopped then is not ASHA's)."""
     out = []
@@ -247,7 +247,7 @@ def records_of(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[Tria
     return out
 
 
-def history_of(res: Any) -> Any:
+def epoch_history(res: Any) -> Any:
     """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
     frame = res.metrics_dataframe
     keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
@@ -255,32 +255,44 @@ def history_of(res: Any) -> Any:
     return frame[keep].assign(study=res.config["study"])
 
 
+STOP = threading.Event()  # set by the sweep's first Ctrl-C (`ctrl_c_stops_studies`)
+
+
+class StopOnCtrlC(tune.Stopper):
+    """Ends an experiment once `STOP` is set: the running trials stop and their results are
+    kept, no further trial starts. Holds no state, so it pickles into Tune's experiment
+    state and works again after `--resume`."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return STOP.is_set()
+
+
 @contextlib.contextmanager
 def ctrl_c_stops_studies() -> Iterator[threading.Event]:
-    """While the sweep runs, a first Ctrl-C sets the event it yields and stops the search
-    the way Tune stops on its own (its SIGUSR1 handler: the running trials end, their
-    results are kept); no further trial starts, and the table, exports and report are still
-    written. A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the search too,
-    but not say so: a stopped trial looks like one that ASHA stopped.)"""
-    stop = threading.Event()
+    """While the sweep runs, a first Ctrl-C sets `STOP` (the event it yields), which ends
+    the experiments through `StopOnCtrlC`; the table, exports and report are still written.
+    A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the search too, but not
+    say so: a stopped trial looks like one that ASHA stopped.)"""
+    STOP.clear()
     if threading.current_thread() is not threading.main_thread():
-        yield stop  # signals reach the main thread only
+        yield STOP  # signals reach the main thread only
         return
 
     def on_ctrl_c(signum: int, frame: Any) -> None:
-        if stop.is_set():
+        if STOP.is_set():
             raise KeyboardInterrupt
-        stop.set()
+        STOP.set()
         print("Ctrl-C: stopping the running trials; the table of what finished follows "
               "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
-        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's, once the search has started
-            os.kill(os.getpid(), signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGINT, on_ctrl_c)
     tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield stop
+        yield STOP
     finally:
         signal.signal(signal.SIGINT, previous)
         if tune_handler is None:
@@ -317,7 +329,7 @@ def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, S
         points = [{**t.hparams, **trial_meta(by_name[t.study], cfg.seed + i, t.number,
                                              plan[t.study])}
                   for t in chosen for i in range(1, cfg.final_seeds)]
-        tuner = experiment(trainable, SEEDS, cfg, slots, Configs(points), len(points))
-    return [t for t in records_of(tuner.fit(), plan, False) if t.end in ("epochs", "early_stopped")
-            and t.checkpoint is not None]
+        tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
+    return [t for t in trial_records(tuner.fit(), plan, False)
+            if t.end in ("epochs", "early_stopped") and t.checkpoint is not None]
 

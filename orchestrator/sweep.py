@@ -40,7 +40,7 @@ from orchestrator.plan import (
     experiment_root,
     load_run_config,
     resolved,
-    run_dir_of,
+    run_directory,
     schedules,
 )
 from orchestrator.report import write_report
@@ -48,11 +48,11 @@ from orchestrator.search import (
     StudyASHA,
     StudySearch,
     ctrl_c_stops_studies,
+    epoch_history,
     experiment,
     fit_experiment,
-    history_of,
-    records_of,
     seed_runs,
+    trial_records,
 )
 from orchestrator.train import check_ks
 from orchestrator.trainable import run_trial
@@ -73,10 +73,10 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
                              f"{experiment_root(cfg)}/{SEARCH}; start a new sweep instead")
     elif not cfg.name:
         cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
-    elif (run_dir_of(cfg) / "sweep.yaml").exists() or \
+    elif (run_directory(cfg) / "sweep.yaml").exists() or \
             tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
-        raise ValueError(f"--name {cfg.name}: {run_dir_of(cfg)} already holds a sweep; "
-                         f"continue it with --resume {run_dir_of(cfg)}, or choose another "
+        raise ValueError(f"--name {cfg.name}: {run_directory(cfg)} already holds a sweep; "
+                         f"continue it with --resume {run_directory(cfg)}, or choose another "
                          "--name")
     studies = check_config(cfg)
     cfg = resolved(cfg)
@@ -90,8 +90,6 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     deadline = None if budget is None else start + budget
 
     quiet_libraries()
-    # Ray first: the workers it starts import the trials' modules (orchestrator.warm) while
-    # the data loads
     connect(cfg)
     request, slots = resources(cfg)
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
@@ -102,7 +100,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     print(f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
           f"split {data.split_name})", flush=True)
-    run_dir = run_dir_of(cfg)
+    run_dir = run_directory(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     write_text(run_dir / "data.json", json.dumps(
@@ -125,8 +123,8 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
                                scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
         grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
         out_of_time = deadline is not None and time.time() >= deadline
-        trials = records_of(grid, plan, stop.is_set() or out_of_time)
-        histories = [history_of(res) for res in grid if res.metrics_dataframe is not None]
+        trials = trial_records(grid, plan, stop.is_set() or out_of_time)
+        histories = [epoch_history(res) for res in grid if res.metrics_dataframe is not None]
         chosen = {s.name: choose([t for t in trials if t.study == s.name], s) for s in studies}
         found = [t for t in chosen.values() if t is not None]
         seed_trials = seed_runs(found, studies, plan, cfg, slots, trainable) \

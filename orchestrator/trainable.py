@@ -115,9 +115,9 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
 
 def use_trial_cpus() -> int:
     """Size torch's thread pool to the trial's CPUs, as Ray sets OMP_NUM_THREADS for the
-    trial: a worker that imported torch before its first trial (orchestrator.warm) sized it
-    for the whole machine, and two trials of 2 threads on 2 cores run 8 times slower.
-    Returns the thread count."""
+    trial: a worker that imported torch before (a reused worker) may have sized it for the
+    whole machine, and two trials of 2 threads on 2 cores run 8 times slower. Returns the
+    thread count."""
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return torch.get_num_threads()

@@ -98,9 +98,14 @@ def test_large_tables_are_sparse_small_ones_dense():
         [id(neumf.gmf_user.weight), id(neumf.mlp_user.weight)]  # the 138k-row tables
 
 
-def test_row_adam_steps_as_sparse_adam_does():
+@pytest.mark.parametrize("fallback", [False, True], ids=["internal", "fallback"])
+def test_row_adam_steps_as_sparse_adam_does(fallback, monkeypatch):
     # repeated rows in a batch, rows a batch skips, rows never touched: torch's SparseAdam
-    # is the reference arithmetic, RowAdam must take the same steps
+    # is the reference arithmetic, RowAdam must take the same steps (with torch's private
+    # uncoalesced reader, and with its public fallback)
+    from orchestrator.internals import FORCE_FALLBACKS
+
+    monkeypatch.setenv(FORCE_FALLBACKS, "1" if fallback else "0")
     torch.manual_seed(0)
     tables = [torch.nn.Embedding(50, 3, sparse=True) for _ in range(2)]
     tables[1].load_state_dict(tables[0].state_dict())

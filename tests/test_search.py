@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from models.registry import make_params
-from orchestrator.plan import load_config, resolved, schedules, studies_of
+from orchestrator.plan import load_config, model_studies, resolved, schedules
 from orchestrator.search import StudySearch
 
 
@@ -18,7 +18,7 @@ from orchestrator.search import StudySearch
 def search() -> tuple[StudySearch, optuna.storages.InMemoryStorage]:
     cfg = resolved(load_config(None, {"models": ["mf", "neumf"], "trials": 8, "epochs": 12,
                                       "search_space": {"mf": {"dim": {"values": [16, 32]}}}}))
-    studies = studies_of(cfg)
+    studies = model_studies(cfg)
     storage = optuna.storages.InMemoryStorage()
     return StudySearch(studies, cfg, schedules(cfg, studies), storage=storage), storage
 

@@ -14,6 +14,7 @@ import yaml
 from wandb_log import wandb_run
 
 from orchestrator import results
+from orchestrator.internals import FORCE_FALLBACKS
 from orchestrator.plan import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +32,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 240
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     storage = tmp_path_factory.mktemp("runs")
     # a key in the environment must never reach the run directory, even offline
+    # and with every fallback of orchestrator.internals forced: the sweep must not need them
     proc = run_cli("sweep", "--smoke", "--name", "smoke", "--storage", str(storage),
-                   env={"WANDB_API_KEY": SECRET})
+                   env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     # no library's Python warning reaches the user (the exporter's once did, in a race)
     assert "Warning:" not in proc.stdout + proc.stderr, proc.stderr[-4000:]

@@ -3,14 +3,11 @@
 - several nodes: `ray.cluster_utils.Cluster` with a head and two workers declaring GPUs (so
   GPU-fraction scheduling is exercised on CPU); one worker is removed mid-sweep;
 - driver loss: a sweep process is killed with SIGKILL mid-way and continued with --resume;
-- warm start: on a local Ray the first trials run in the workers Ray started with it, which
-  imported the trials' modules as they started (orchestrator.warm), even once the search has
-  reserved every CPU; and none of that Ray's processes outlives the driver.
+- trial threads: each trial sizes torch's thread pool to its CPUs, not to the machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -153,96 +150,26 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         trials[["trial_id", "end", "message"]]
 
 
-@pytest.fixture
-def sweep_ray() -> int:
-    """A local Ray started as the sweep starts it (warm workers); returns its CPU count."""
+def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:
+    from ray import tune
+
     from orchestrator.cluster import connect
     from orchestrator.config import SweepConfig
 
-    connect(SweepConfig())
-    return int(ray.cluster_resources()["CPU"])
-
-
-def test_first_trials_start_in_workers_that_imported_their_modules(tmp_path: Path,
-                                                                   sweep_ray: int) -> None:
-    from ray import tune
-
     def probe(config: dict) -> None:  # nested: pickled by value for the workers
+        import torch
+
         from orchestrator.trainable import use_trial_cpus
 
-        warm = sys.modules.get("orchestrator.warm")
-        tune.report({"claimed": bool(warm and warm.CLAIMED), "threads": use_trial_cpus(),
-                     "pid": os.getpid()})
+        torch.set_num_threads(2)  # as a worker that imported torch before the trial
+        tune.report({"threads": use_trial_cpus()})
 
-    cpus = sweep_ray
+    connect(SweepConfig())
+    cpus = int(ray.cluster_resources()["CPU"])
     grid = tune.Tuner(tune.with_resources(probe, {"cpu": 1}),
                       param_space={"i": tune.grid_search(list(range(cpus)))},
                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
-    # one trial per CPU at once, each in a worker that took a token and imported torch...
-    assert [r.metrics["claimed"] for r in grid] == [True] * cpus
-    assert len({r.metrics["pid"] for r in grid}) == cpus
-    # ...with its thread pool sized to the trial's CPU, not to the machine
     assert [r.metrics["threads"] for r in grid] == [1] * cpus
-
-    @ray.remote(num_cpus=0)
-    def later() -> tuple[bool, bool]:  # a process started later, as W&B's actors are
-        warm = sys.modules.get("orchestrator.warm")
-        return bool(warm and warm.CLAIMED), "torch" in sys.modules
-
-    assert ray.get(later.remote()) == (False, False)  # no token left: it stays light
-
-
-def test_warm_workers_outlive_a_search_that_reserves_every_cpu(sweep_ray: int) -> None:
-    """Tune reserves a trial's CPUs (a placement group) before it asks for its actor; Ray's
-    idle-worker killer, which runs every 200 ms, must not take the warm workers meanwhile."""
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    @ray.remote(num_cpus=1)
-    class Probe:
-        def claimed(self) -> tuple[bool, int]:
-            warm = sys.modules.get("orchestrator.warm")
-            return bool(warm and warm.CLAIMED), os.getpid()
-
-    cpus = sweep_ray
-    group = placement_group([{"CPU": 1}] * cpus)
-    ray.get(group.ready())
-    time.sleep(2)  # the workers idle for over a second (Ray's threshold) with no CPU free
-    probes = [Probe.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-        group, placement_group_bundle_index=i)).remote() for i in range(cpus)]
-    found = ray.get([p.claimed.remote() for p in probes])
-    assert [claimed for claimed, _ in found] == [True] * cpus
-    assert len({pid for _, pid in found}) == cpus
-
-
-def test_nothing_of_the_local_ray_outlives_the_driver() -> None:
-    """A Ray worker can hang in its own exit for good (`orchestrator.warm.stop`). Its stand-in
-    here: a process a task leaves behind in a session of its own, out of reach of Ray's
-    process-group kill. The driver's exit kills it."""
-    script = """
-import subprocess, ray
-from orchestrator.config import SweepConfig
-from orchestrator.cluster import connect
-connect(SweepConfig())
-
-@ray.remote(num_cpus=0)
-def leave_behind() -> str:
-    return subprocess.run(["sh", "-c", "setsid sleep 600 >/dev/null 2>&1 & echo $!"],
-                          capture_output=True, text=True).stdout
-
-print(ray.get(leave_behind.remote()), flush=True)
-"""
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    pid = int(done.stdout.split()[-1])
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        # gone, or a zombie that init has yet to collect
-        assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(autouse=True)
