@@ -32,7 +32,8 @@ from data import load_dataset  # noqa: E402
 from models.base import DataSpec  # noqa: E402
 from models.registry import create_model, get_model_class, list_models  # noqa: E402
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
-from orchestrator.train import fit, monitored_metric, pick_device, seed_everything  # noqa: E402
+from orchestrator.evaluation import monitored_metric  # noqa: E402
+from orchestrator.train import fit, pick_device, seed_everything  # noqa: E402
 
 DATA = "synthetic:users=943,items=1682,interactions=100000,seed=0"
 EPOCHS = {"autorec": 20}  # epochs per model in the checks (default 3)

@@ -78,8 +78,9 @@ def measure(path: Path, entries: list[str], threads: int) -> dict:
     from models.base import DataSpec
     from models.registry import create_model
     from orchestrator.config import DataConfig, TrainConfig
+    from orchestrator.evaluation import evaluate, to_device
     from orchestrator.export import export_model
-    from orchestrator.train import evaluate, fit, seed_everything, to_device
+    from orchestrator.train import fit, seed_everything
 
     torch.set_num_threads(threads)
     start = time.perf_counter()

@@ -79,7 +79,7 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
     from orchestrator.cluster import connect
     from orchestrator.config import SweepConfig
     from orchestrator.search import KEEP_CHECKPOINTS
-    from orchestrator.trainable import run_trial
+    from orchestrator.trainable import TRIAL, run_trial
 
     completed: list[float] = []
 
@@ -87,12 +87,12 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
         def on_trial_complete(self, iteration, trials, trial, **info):
             completed.append(time.time())
 
-    # as the sweep: Ray starts (its first workers import the trials' modules) as the data loads
     connect(SweepConfig())
     data = load_dataset(data_cfg)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, train_cfg=cfg), {"cpu": 1})
-    space = {"study": "mf", "model": "mf", "task": "rating", "seed": cfg.seed, "metric": "val/rmse",
+    space = {TRIAL: {"study": "mf", "model": "mf", "task": "rating", "seed": cfg.seed,
+                     "metric": "val/rmse"},
              "epochs": hps[0]["epochs"], "lr": tune.grid_search([h["lr"] for h in hps])}
     tuner = tune.Tuner(trainable, param_space=space,
                        tune_config=tune.TuneConfig(reuse_actors=reuse), run_config=tune.RunConfig(

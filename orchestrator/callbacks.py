@@ -17,6 +17,7 @@ from orchestrator.config import SweepConfig
 from orchestrator.records import Study
 from orchestrator.report import compile_umap_in_background
 from orchestrator.tracking import WandbRuns
+from orchestrator.trainable import TRIAL, split_config
 
 
 class SweepWandb(tune.Callback):
@@ -49,9 +50,9 @@ class SweepWandb(tune.Callback):
             ).remote(self.run_dir, self.mode, self.project)
         if trial.trial_id not in self.started:
             self.started.add(trial.trial_id)
-            study = trial.config["study"]
-            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{study}", study,
-                                    dict(trial.config))
+            meta, hparams = split_config(trial.config)
+            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{meta['study']}",
+                                    meta["study"], {"hparams": hparams, "trial": meta})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -109,8 +110,8 @@ class Progress(tune.Callback):
         self.best: dict[str, float] = {}
 
     def _line(self, trials: list[Any], trial: Any, event: str) -> None:
-        study = self.studies[trial.config["study"]]
-        of_study = [t for t in trials if t.config.get("study") == study.name]
+        study = self.studies[trial.config[TRIAL]["study"]]
+        of_study = [t for t in trials if t.config[TRIAL]["study"] == study.name]
         done = sum(t.status in ("TERMINATED", "ERROR") for t in of_study)
         running = sum(t.status == "RUNNING" for t in of_study)
         best = self.best.get(study.name)
@@ -123,7 +124,7 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        study = self.studies[trial.config["study"]]
+        study = self.studies[trial.config[TRIAL]["study"]]
         value = result.get(study.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             best = self.best.get(study.name, value)

@@ -17,30 +17,73 @@ from collections.abc import Sequence
 from orchestrator.config import DataConfig, field_help, from_dict
 
 
+def flag_fields(cls: type, skip: Sequence[str] = ()) -> list[dataclasses.Field]:
+    """The fields of a config that take a `--flag`: scalars and lists, not nested configs
+    or mappings (those take a dotted `--set`), nor `sweep_only` fields or those in `skip`."""
+    return [f for f in dataclasses.fields(cls) if f.name not in skip
+            and not f.metadata.get("sweep_only")
+            and not dataclasses.is_dataclass(f.default) and not isinstance(f.default, dict)
+            and not (f.default_factory is not dataclasses.MISSING
+                     and isinstance(f.default_factory(), dict))]
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
                     ) -> None:
-    """One `--flag` per config field (but those in `skip`), its help from the field's metadata."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
+    """One `--flag` per field of `flag_fields`, its help from the field's metadata."""
+    for f in flag_fields(cls, skip):
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
                             help=f.metadata.get("help", ""))
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> object:
-    """The config with the flags that were given; strings are parsed as YAML scalars."""
+def flag_value(raw: str, kind: str) -> object:
+    """A flag's text as YAML reads it; a list field also takes `a,b,c`; a text field
+    keeps the text as typed (`--name 2024` is a name, not a number)."""
     import yaml
 
-    given = {}
-    for f in dataclasses.fields(cls):
-        raw = getattr(args, f.name, None)
-        if raw is None:
-            continue
-        value = yaml.safe_load(raw) if isinstance(raw, str) else raw
-        given[f.name] = str(raw) if f.type in ("str", "str | None") and value is not None \
-            else value
-    return from_dict(cls, given, where="--")
+    if kind.startswith("tuple") and not raw.lstrip().startswith("["):
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        return items if kind.startswith("tuple[str") else [yaml.safe_load(i) for i in items]
+    value = yaml.safe_load(raw)
+    return raw if kind in ("str", "str | None") and value is not None else value
+
+
+def flag_values(cls: type, args: argparse.Namespace) -> dict[str, object]:
+    """The config fields given as flags, as a YAML-shaped dict."""
+    return {f.name: flag_value(getattr(args, f.name), str(f.type))
+            for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> object:
+    """The config with the flags that were given."""
+    return from_dict(cls, flag_values(cls, args), where="--")
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+    """`--set key=value` pairs -> {key: value} (the values as typed)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def dotted(sets: dict[str, str]) -> dict[str, object]:
+    """`{"train.ks": "[5, 10]"}` -> `{"train": {"ks": [5, 10]}}`, the values read as YAML."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for key, raw in sets.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part} is set to a value and a mapping")
+        node[last] = yaml.safe_load(raw)
+    return out
 
 
 def cmd_data_describe(args: argparse.Namespace) -> int:
@@ -67,20 +110,15 @@ def describe_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-SWEEP_FLAGS = ("models", "trials", "epochs", "time_budget", "gpus_per_trial", "cpus_per_trial",
-               "address", "storage", "name", "final_seeds", "wandb")
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator.plan import load_config
+    from orchestrator.config import SweepConfig
+    from orchestrator.plan import load_config, merged
     from orchestrator.sweep import run_sweep
 
-    overrides = {k: getattr(args, k) for k in SWEEP_FLAGS if getattr(args, k) is not None}
-    if "models" in overrides:
-        overrides["models"] = [m for m in overrides["models"].split(",") if m]
-    data = {k: getattr(args, k) for k in ("dataset", "split") if getattr(args, k) is not None}
-    if data:
-        overrides["data"] = data
+    overrides = flag_values(SweepConfig, args)
+    shorthands = {k: getattr(args, k) for k in ("dataset", "split") if getattr(args, k)}
+    for layer in ({"data": shorthands} if shorthands else {}, dotted(parse_sets(args.set))):
+        overrides = merged(overrides, layer)
     if args.resume:
         if args.config or overrides or args.smoke:
             raise ValueError("--resume RUN_DIR continues a sweep as it was configured; "
@@ -119,15 +157,20 @@ def cmd_results(args: argparse.Namespace) -> int:
 def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     from orchestrator.config import SweepConfig, field_help
 
-    p = commands.add_parser("sweep", help="hyperparameter search over the models on Ray Tune")
+    p = commands.add_parser(
+        "sweep", help="hyperparameter search over the models on Ray Tune",
+        description="Every key of a sweep file is a flag below or a dotted --set: "
+        "--set train.ks=[5,10], --set data.min_rating=4, "
+        "--set search_space.mf.dim.values=[32,64]. Precedence: the --config file, then "
+        "--smoke, then flags.")
     p.add_argument("--config", help="sweep YAML file (CLI flags override it)")
-    types = {"trials": int, "epochs": int, "final_seeds": int, "gpus_per_trial": float,
-             "cpus_per_trial": float}
-    for key in SWEEP_FLAGS:
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=types.get(key, str),
-                       default=None, help=field_help(SweepConfig, key))
-    p.add_argument("--dataset", help=field_help(DataConfig, "dataset"))
-    p.add_argument("--split", help=field_help(DataConfig, "split"))
+    add_config_args(p, SweepConfig)
+    p.add_argument("--dataset", help=f"shorthand for --set data.dataset=...: "
+                   f"{field_help(DataConfig, 'dataset')}")
+    p.add_argument("--split", help=f"shorthand for --set data.split=...: "
+                   f"{field_help(DataConfig, 'split')}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any key of the sweep file, dotted (train.ks=[5,10]); repeatable")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
     p.add_argument("--smoke", action="store_true",
                    help="the whole pipeline in seconds: 2 trials, 2 epochs, small synthetic data")
@@ -138,17 +181,6 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     r.add_argument("--format", default="md", choices=("md", "csv", "json"))
     r.add_argument("--trials", action="store_true", help="every trial of every study instead")
     r.set_defaults(func=cmd_results)
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, str]:
-    """`--set key=value` pairs -> {key: value}; the model's `Params` convert the values."""
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -208,7 +240,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from orchestrator.export import export_run
+    from orchestrator.publish import export_run
 
     statuses = export_run(args.run_dir, args.study, k=args.k)
     for study, status in statuses.items():

@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str) -> Any:
-    """A config field with its one-line help."""
+def opt(default: Any, help: str, sweep_only: bool = False) -> Any:
+    """A config field with its one-line help; `sweep_only`: a training field that means
+    something only in a sweep's trials (the `train` command does not offer it)."""
+    metadata = {"help": help, "sweep_only": sweep_only}
     if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: default, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,12 @@ class TrainConfig:
     amp: bool = opt(True, "bf16 autocast on CUDA")
     checkpoint_every_s: float = opt(10.0, "in a sweep, seconds between a trial's checkpoints: "
                                     "an epoch younger than that since the last reports without "
-                                    "one (the last epoch always has one); 0: every epoch")
+                                    "one (the last epoch always has one); 0: every epoch",
+                                    sweep_only=True)
     report_every_s: float = opt(1.0, "in a sweep, seconds between a trial's reports to Tune "
                                 "for epochs that neither improve the validation metric nor "
-                                "checkpoint (those always report); 0: every epoch")
+                                "checkpoint (those always report); 0: every epoch",
+                                sweep_only=True)
     refit: bool = opt(False, "test a retrain on train + val, from the same seed, for the epochs "
                       "validation picked (as libraries that train on a whole base file do); "
                       "validation metrics stay those of the first fit")

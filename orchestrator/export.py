@@ -38,8 +38,6 @@ import importlib
 import importlib.metadata
 import inspect
 import json
-import re
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -53,16 +51,11 @@ from torch import Tensor, nn
 from data.types import PreparedData
 from models.base import Recommender
 from orchestrator import internals
-from orchestrator.serve import FORMAT, id_form, known_mask, last_items, session, sha256
+from orchestrator.parity import ParityError, check_parity
+from orchestrator.serve import FORMAT, id_form, sha256
 
 OPSET = 18
-PARITY_ROWS = 256
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this leave the graph (protobuf stops at 2 GiB)
-ATOL = 1e-4
-"""Largest |onnxruntime - PyTorch| allowed on any float32 score."""
-TIE = 1e-5
-"""Scores closer than this count as tied: their order may differ between runtimes."""
-SEED_CHECKPOINT = re.compile(r".+-seed\d+")
 
 internals.quiet_onnx_registration()
 
@@ -237,84 +230,6 @@ def _tag(proto: onnx.ModelProto, meta: dict[str, Any], graph: str,
     proto.doc_string = f"recsweep {meta['model']} ({meta['task']}), {graph} graph"
 
 
-def _rows(data: PreparedData) -> tuple[np.ndarray, np.ndarray]:
-    """Up to PARITY_ROWS real (user, item) rows, spread over the first non-empty split."""
-    split = next((s for s in (data.val, data.test, data.train) if len(s)), None)
-    if split is None:
-        raise ExportError(f"dataset {data.name!r} has no interactions to check the export on")
-    at = np.unique(np.linspace(0, len(split) - 1, min(PARITY_ROWS, len(split))).astype(int))
-    return split.user[at].astype(np.int64), split.item[at].astype(np.int64)
-
-
-def check_topk(reference: np.ndarray, items: np.ndarray, scores: np.ndarray) -> float:
-    """Compare a top-K answer `[B, k]` with full reference scores `[B, n]` (excluded at -inf).
-
-    Positions whose reference score is within TIE of a neighbour's may hold either item;
-    every other position must hold exactly the reference's item. Returns the largest score
-    difference; raises an ExportError on any mismatch.
-    """
-    order = np.argsort(-reference, axis=1, kind="stable")  # [B, n]
-    ranked = np.take_along_axis(reference, order, 1)  # [B, n] descending
-    k = items.shape[1]
-    finite = np.isfinite(ranked[:, :k])  # [B, k] positions that hold a real candidate
-    if not np.array_equal(finite, np.isfinite(scores)):
-        raise ExportError("top-K: onnxruntime returned excluded items (finite scores where "
-                          "PyTorch has -inf) or missed candidates")
-    with np.errstate(invalid="ignore"):
-        diff = float(np.abs(np.where(finite, scores - ranked[:, :k], 0.0)).max(initial=0.0))
-        gap = np.abs(np.diff(ranked, axis=1)) <= TIE  # [B, n - 1]: j ties with j + 1
-    tied = np.zeros_like(finite)  # [B, k]
-    tied[:, 1:] |= gap[:, : k - 1]  # ties with the previous position
-    tied[:, : gap.shape[1]] |= gap[:, :k]  # ties with the next position
-    wrong = finite & ~tied & (items != order[:, :k])
-    if diff > ATOL:
-        raise ExportError(f"top-K: scores differ from PyTorch by {diff:.3g} > {ATOL}")
-    if wrong.any():
-        b, j = map(int, np.argwhere(wrong)[0])
-        raise ExportError(f"top-K: user row {b} position {j}: onnxruntime item "
-                          f"{int(items[b, j])}, PyTorch item {int(order[b, j])}")
-    return diff
-
-
-@torch.no_grad()
-def check_parity(model: Recommender, data: PreparedData, arrays: dict[str, np.ndarray],
-                 pairs: Path, topk: Path, k: int) -> dict[str, Any]:
-    """Both graphs under onnxruntime vs the model under PyTorch on real rows of `data`."""
-    user, item = _rows(data)
-    n_items, L = data.n_items, model.seq_len
-    ptr, known = arrays["known_ptr"], arrays["known_items"]
-    names = _pair_inputs(model)
-    values = {"user": user, "item": item}
-    if L > 0:
-        values["seq"] = last_items(ptr, known, user, L, n_items)  # [N, L] as served
-    expected = model(**{n: torch.from_numpy(values[n]) for n in names}).float().numpy()
-    (got,) = session(pairs).run(["score"], {n: values[n] for n in names})  # [N]
-    diff = float(np.abs(got - expected).max())
-    if not np.isfinite(got).all() or not diff <= ATOL:
-        raise ExportError(f"forward: onnxruntime scores differ from PyTorch by {diff:.3g} "
-                          f"> {ATOL} on {len(user)} rows of {data.name}")
-
-    users = np.unique(user)  # [U]
-    exclude = known_mask(ptr, known, users, n_items)  # [U, n_items]
-    k = min(k, n_items)
-    feeds = {"user": users, "exclude": exclude, "k": np.array(k, dtype=np.int64)}
-    seq = None
-    if L > 0:
-        feeds["seq"] = last_items(ptr, known, users, L, n_items)
-        seq = torch.from_numpy(feeds["seq"])
-    reference = model.score_all(torch.from_numpy(users), seq).float()  # [U, n_items]
-    reference = reference.masked_fill(torch.from_numpy(exclude), float("-inf")).numpy()
-    serving = session(topk)
-    top_items, top_scores = serving.run(["items", "scores"], feeds)  # [U, k] each
-    top_diff = check_topk(reference, top_items, top_scores)
-    # Serving asks for one user at a time: the dynamic batch axis must hold at 1 too.
-    one = serving.run(["items", "scores"], {**{n: v[:1] for n, v in feeds.items() if n != "k"},
-                                            "k": feeds["k"]})
-    check_topk(reference[:1], one[0], one[1])
-    return {"rows": len(user), "max_abs_diff": diff, "users": len(users), "k": k,
-            "topk_max_abs_diff": top_diff, "atol": ATOL, "tie": TIE}
-
-
 def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *,
                  metrics: dict[str, Any] | None = None, extra_meta: dict[str, Any] | None = None,
                  k: int = 10) -> dict[str, Any]:
@@ -380,12 +295,12 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
                 np.savez(f, **arrays)
             meta["arrays"] = {"file": names["arrays"], "sha256": sha256(temp["arrays"]),
                               "keys": sorted(arrays)}
-            meta["parity"] = check_parity(model, data, arrays, temp["forward"], temp["topk"],
-                                          k)
+            meta["parity"] = check_parity(model, data, arrays, _pair_inputs(model),
+                                          temp["forward"], temp["topk"], k)
             meta["extra"] = json.loads(json.dumps(extra_meta or {}, default=str))
             temp["sidecar"].write_text(json.dumps(meta, indent=2) + "\n")
         except Exception as e:
-            if isinstance(e, ExportError):
+            if isinstance(e, (ExportError, ParityError)):
                 raise ExportError(f"{out_path}: {e}") from None
             raise ExportError(f"{out_path}: export of {model.name!r} failed: "
                               f"{type(e).__name__}: "
@@ -419,96 +334,3 @@ def _export_graphs(model: Recommender, data: PreparedData) -> dict[str, onnx.Mod
     topk = _export(wrapper.eval(), args, inputs, ["items", "scores"], dynamic,
                    {("user", 0): "batch", ("items", 1): "k"})
     return {"forward": forward, "topk": topk}
-
-
-def _run_data(run_dir: Path) -> PreparedData:
-    """Rebuild the sweep's prepared data from `sweep.yaml` (deterministic: same fingerprint)."""
-    import yaml
-
-    from data import load_dataset
-    from orchestrator.config import DataConfig, from_dict
-
-    path = run_dir / "sweep.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; is {run_dir} a sweep's run directory?")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping with a `data:` section")
-    return load_dataset(from_dict(DataConfig, values.get("data") or {}, where="data."))
-
-
-def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10,
-               data: PreparedData | None = None) -> dict[str, str]:
-    """Export the best checkpoint of every study of a sweep (or of one) to `models/`.
-
-    Reads `checkpoints/<study>.pt` (seed re-runs are skipped), rebuilds the data from
-    `sweep.yaml`, exports and verifies each, and records the outcome in the `export` column
-    of `results.*` when the table exists. One study failing does not stop the others.
-
-    Args:
-        run_dir: the sweep's run directory.
-        study: export only this study.
-        k: K of the top-K parity check.
-        data: the sweep's prepared data when the caller has it (the sweep does); rebuilt
-            from `sweep.yaml` otherwise.
-
-    Returns:
-        {study: "ok" | "failed: <reason>"}; the caller decides how loud to be (the CLI
-        exits non-zero when any failed).
-
-    Raises:
-        ValueError: no checkpoints at all, or `study` has none.
-        FileNotFoundError: no `sweep.yaml`.
-    """
-    import models  # noqa: F401 - registers every model, so checkpoints can name them
-    from models.registry import load_model
-    from orchestrator import results
-
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"-k {k!r}: expected an integer >= 1")
-    run_dir = Path(run_dir)
-    folder = run_dir / "checkpoints"
-    checkpoints = {p.stem: p for p in sorted(folder.glob("*.pt"))
-                   if not SEED_CHECKPOINT.fullmatch(p.stem)}
-    if not checkpoints:
-        raise ValueError(f"{run_dir}: no checkpoints ({folder}/<study>.pt): no study of this "
-                         "run finished a trial, so there is nothing to export")
-    if study is not None:
-        if study not in checkpoints:
-            raise ValueError(f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
-                             f"studies with one: {', '.join(checkpoints)}")
-        checkpoints = {study: checkpoints[study]}
-    table = results.load(run_dir) if (run_dir / "results.parquet").exists() else None
-    data = data if data is not None else _run_data(run_dir)
-    statuses: dict[str, str] = {}
-    for name, path in checkpoints.items():
-        try:
-            model, meta = load_model(path)
-            fingerprint = meta.get("data_fingerprint")
-            if fingerprint and fingerprint != data.fingerprint:
-                raise ValueError(f"{path}: trained on data {fingerprint[:12]}, but sweep.yaml "
-                                 f"now prepares {data.fingerprint[:12]} (data changed?)")
-            export_model(model, data, run_dir / "models" / f"{name}.onnx",
-                         metrics=_study_metrics(table, name, meta), k=k,
-                         extra_meta={"checkpoint": str(path), **meta})
-            statuses[name] = "ok"
-        except Exception as e:  # noqa: BLE001 - each study's failure is recorded, not fatal
-            # the table says what models/ holds: an earlier valid export stays in place
-            kept = (run_dir / "models" / f"{name}.json").exists()
-            statuses[name] = f"failed: {e}" + ("; models/ keeps the earlier export of this "
-                                               "study" if kept else "")
-            print(f"export: {name}: FAILED: {e}", file=sys.stderr, flush=True)
-    if table is not None:
-        known = set(table["study"])
-        results.add_column(run_dir, "export", {s: v for s, v in statuses.items() if s in known})
-    return statuses
-
-
-def _study_metrics(table: Any, study: str, meta: dict[str, Any]) -> dict[str, float]:
-    """The study's `val/...` and `test/...` from the results table, else from the checkpoint."""
-    if table is not None and study in set(table["study"]):
-        row = table[table["study"] == study].iloc[0]
-        return {c: float(row[c]) for c in table.columns
-                if c.startswith(("val/", "test/")) and isinstance(row[c], (int, float))
-                and np.isfinite(row[c])}
-    return dict(meta.get("metrics") or {})

@@ -19,8 +19,9 @@ from data.types import PreparedData
 from models.base import DataSpec
 from models.registry import create_model, get_model_class, list_models, save_model
 from orchestrator.config import TrainConfig
+from orchestrator.evaluation import monitored_metric
 from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
-from orchestrator.train import fit, load_state, monitored_metric, seed_everything, val_and_test
+from orchestrator.train import fit, load_state, seed_everything, val_and_test
 
 
 def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
@@ -73,19 +74,22 @@ def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
 
 
 def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: TrainConfig,
-               out: Path | None) -> ScoredRun:
+               out: Path, keep_model: bool = False) -> ScoredRun:
     """Load a trial's best state, evaluate val and test (of a refit with `cfg.refit`), and
-    save the model tested to `out` (a `.pt` checkpoint) when given."""
+    save the model tested to `out` (a `.pt` checkpoint); `keep_model`: the run holds the
+    model for the export."""
     with record.checkpoint.as_directory() as directory:
         state = load_state(directory)
     model = create_model(study.model, DataSpec.from_data(data), study.task, **record.hparams)
     model.load_state_dict(state["best_state"])
     tcfg = dataclasses.replace(cfg, seed=record.seed, metric=study.metric)
     scores, model, units = val_and_test(model, data, tcfg, state["best_epoch"])
-    if out is not None:
-        save_model(model, out, data_fingerprint=data.fingerprint, trial_path=record.path,
-                   study=study.name, metric=study.metric)
-    return ScoredRun(record.seed, _metrics_only(scores), units[main_metric(study)])
+    saved = {"data_fingerprint": data.fingerprint, "trial_path": record.path,
+             "study": study.name, "metric": study.metric}
+    save_model(model, out, **saved)
+    return ScoredRun(record.seed, _metrics_only(scores), units[main_metric(study)],
+                     model.cpu().eval() if keep_model else None,  # export and report run on CPU
+                     {"checkpoint": str(out), **saved})
 
 
 def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[TrialRecord],
@@ -105,7 +109,8 @@ def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[Tria
         result.status = "no finished trial"
         return result
     folder = run_dir / "checkpoints"
-    result.runs = [test_trial(result.chosen, study, data, cfg, folder / f"{study.name}.pt")]
+    result.runs = [test_trial(result.chosen, study, data, cfg, folder / f"{study.name}.pt",
+                              keep_model=True)]
     result.runs += [test_trial(t, study, data, cfg, folder / f"{study.name}-seed{t.seed}.pt")
                     for t in seed_trials if t.checkpoint is not None]
     return result

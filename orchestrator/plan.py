@@ -51,11 +51,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool 
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of sweep settings at the top level")
     for layer in ([SMOKE] if smoke else []) + [overrides]:
-        for key, value in layer.items():
-            if isinstance(value, dict) and isinstance(values.get(key), dict):
-                values[key] = {**values[key], **value}
-            else:
-                values[key] = value
+        values = merged(values, layer)
     where = f"{path}: " if path else ""
     try:
         cfg = from_dict(SweepConfig, values)
@@ -63,6 +59,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool 
         raise ValueError(f"{where}{e}") from None
     check_config(cfg, where)
     return cfg
+
+
+def merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `layer` on top; mappings merge key by key at every depth."""
+    out = dict(base)
+    for key, value in layer.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and \
+            isinstance(out.get(key), dict) else value
+    return out
 
 
 def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:

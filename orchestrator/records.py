@@ -137,11 +137,17 @@ class ScoredRun:
         units: the table's main test metric per evaluation unit (per user for rankings,
             per rating for ratings: the squared or absolute error), in the data's order, so
             that runs on the same evaluation pair up.
+        model: the model tested, kept in memory for the export (the chosen run of a study
+            only; None for seed re-runs, baselines, and results read back from disk).
+        saved: what its checkpoint holds beside the weights, with the checkpoint's path
+            (`checkpoint`): the export copies it into the sidecar.
     """
 
     seed: int
     metrics: dict[str, float]
     units: np.ndarray
+    model: Any = None
+    saved: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +165,7 @@ class StudyResult:
             ASHA stopped, and that raised or diverged.
         chosen: the chosen trial, or None.
         runs: the tested runs (the chosen trial first, then its seed re-runs).
+        export: "" before the ONNX export, then "ok" or "failed: <why>".
     """
 
     study: Study
@@ -171,6 +178,7 @@ class StudyResult:
     trials_failed: int = 0
     chosen: TrialRecord | None = None
     runs: list[ScoredRun] = field(default_factory=list)
+    export: str = ""
 
     @property
     def units(self) -> np.ndarray | None:

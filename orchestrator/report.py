@@ -84,8 +84,13 @@ def check_run_dir(run_dir: Path) -> None:
                                 f"(a finished sweep writes {', '.join(NEEDED)})")
 
 
-def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
+def write_report(run_dir: str | Path, *, progress: bool = True, data: Any = None,
+                 models: dict[str, Any] | None = None) -> Path | None:
     """Draw the figures and write `run_dir/report.html`; returns its path.
+
+    The sweep passes its prepared `data` and the chosen `models` (study -> model) it holds
+    in memory; the `report` command leaves them None, and they are rebuilt from
+    `sweep.yaml` and `checkpoints/`.
 
     Without the `viz` extra it prints what to install on stderr and returns None (so the
     sweep that calls it still finishes). A directory that is not a run directory raises a
@@ -107,7 +112,7 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
     # written: until then an earlier report's figures stay, and figures/ never mixes two
     figures = Path(tempfile.mkdtemp(dir=run_dir, prefix=".figures."))
     try:
-        out = _report(run_dir, figures, say)
+        out = _report(run_dir, figures, say, data, models or {})
     except BaseException:
         shutil.rmtree(figures, ignore_errors=True)
         raise
@@ -120,7 +125,8 @@ def write_report(run_dir: str | Path, *, progress: bool = True) -> Path | None:
     return out
 
 
-def _report(run_dir: Path, figures: Path, say: Any) -> Path:
+def _report(run_dir: Path, figures: Path, say: Any, data: Any, models: dict[str, Any]
+            ) -> Path:
     """The report's body: draw into `figures`, write report.html; returns its path."""
     cfg = from_dict(SweepConfig, yaml.safe_load((run_dir / "sweep.yaml").read_text()))
     frame, trials = results.load(run_dir), results.load_trials(run_dir)
@@ -133,13 +139,13 @@ def _report(run_dir: Path, figures: Path, say: Any) -> Path:
 
     from data import load_dataset
 
-    say(f"loading {cfg.data.dataset}")
-    try:
-        data = load_dataset(cfg.data)
-    except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
-        data = None
-        notes.append(f"the dataset of sweep.yaml could not be loaded, so there are no data "
-                     f"statistics or item maps: {e}")
+    if data is None:
+        say(f"loading {cfg.data.dataset}")
+        try:
+            data = load_dataset(cfg.data)
+        except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
+            notes.append(f"the dataset of sweep.yaml could not be loaded, so there are no "
+                         f"data statistics or item maps: {e}")
     parts = [f"<h2>Results</h2>{_table_html(frame)}"]
     popularity = None
     if data is not None:
@@ -154,7 +160,7 @@ def _report(run_dir: Path, figures: Path, say: Any) -> Path:
     for study, group in trials.groupby("study", sort=False):
         say(f"plots of study {study}")
         parts.append(_study_html(run_dir, figures, str(study), group, history, frame, cfg,
-                                 data, popularity, say))
+                                 data, models.get(str(study)), popularity, say))
     if notes:
         parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
                                                        for n in notes) + "</ul>")
@@ -165,9 +171,9 @@ def _report(run_dir: Path, figures: Path, say: Any) -> Path:
 
 def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
                 history: pd.DataFrame | None,
-                frame: pd.DataFrame, cfg: SweepConfig, data: Any,
+                frame: pd.DataFrame, cfg: SweepConfig, data: Any, model: Any,
                 popularity: np.ndarray | None, say: Any) -> str:
-    from orchestrator.train import monitored_metric
+    from orchestrator.evaluation import monitored_metric
 
     metric, mode = monitored_metric(str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]),
                                     tuple(cfg.train.ks))
@@ -194,8 +200,8 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
             out.append(_img(_plot_curves(curves, list(best["trial_id"].head(CURVES)), metric,
                                          figures / f"curves-{study}.png")))
     checkpoint = run_dir / "checkpoints" / f"{study}.pt"
-    if checkpoint.exists() and data is not None:
-        out.append(_umap_html(checkpoint, study, data, popularity, figures, say))
+    if data is not None and (model is not None or checkpoint.exists()):
+        out.append(_umap_html(model or checkpoint, study, data, popularity, figures, say))
     return "".join(out)
 
 
@@ -328,17 +334,21 @@ def _plot_activity(counts: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _umap_html(checkpoint: Path, study: str, data: Any, popularity: np.ndarray, figures: Path,
+def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figures: Path,
                say: Any) -> str:
+    """The map of a study's item vectors: `model` in memory (trained on `data`), or the path
+    of its checkpoint."""
     import models  # noqa: F401 - registers the models load_model rebuilds
     from models.registry import load_model
 
-    model, meta = load_model(checkpoint)
+    fingerprint = data.fingerprint
+    if isinstance(model, Path):
+        model, meta = load_model(model)
+        fingerprint = meta.get("data_fingerprint") or data.fingerprint
     vectors = model.item_embeddings()
     if vectors is None:
         return ""
-    if meta.get("data_fingerprint") not in (None, data.fingerprint) or len(vectors) != \
-            data.n_items:
+    if fingerprint != data.fingerprint or len(vectors) != data.n_items:
         return (f"<p>No map of {html.escape(study)}'s items: its checkpoint was trained on "
                 "other data than sweep.yaml now loads.</p>")
     if data.n_items < 10:

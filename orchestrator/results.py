@@ -26,7 +26,8 @@ from orchestrator.records import StudyResult
 
 FIRST = ["table", "study", "model", "task", "baseline", "status", "metric", "trials_done",
          "trials_pruned", "trials_failed", "epochs", "time_s", "seeds"]
-LAST = ["p_vs_best", "p_vs_baseline", "significance", "main_metric", "evaluation", "hparams"]
+LAST = ["p_vs_best", "p_vs_baseline", "significance", "main_metric", "evaluation", "hparams",
+        "export"]
 ALPHA = 0.05  # the level of the significance markers in results.md
 TABLE_TITLES = {"rating": "Rating prediction", "ranking": "Top-N ranking"}
 
@@ -58,6 +59,8 @@ def table(studies: list[StudyResult]) -> pd.DataFrame:
                        hparams=json.dumps(r.chosen.hparams, sort_keys=True))
         elif r.baseline:
             row.update(epochs=0)
+        if any(s.export for s in studies):  # after the ONNX export: what models/ holds
+            row["export"] = r.export or None
         rows.append(row)
     order = {name: i for i, name in enumerate(dict.fromkeys(r.study.table for r in studies))}
     frame = pd.DataFrame(rows)
@@ -354,6 +357,17 @@ def write_trials(run_dir: Path, rows: list[dict[str, Any]],
     save_frame(frame, run_dir / "trials.csv")
     if histories:
         save_frame(pd.concat(histories, ignore_index=True), run_dir / "history.parquet")
+
+
+def study_metrics(frame: pd.DataFrame | None, study: str) -> dict[str, float] | None:
+    """A study's finite `val/...` and `test/...` cells of a results table (None: no table,
+    or no row for the study)."""
+    if frame is None or study not in set(frame["study"]):
+        return None
+    row = frame[frame["study"] == study].iloc[0]
+    return {c: float(row[c]) for c in frame.columns
+            if c.startswith(("val/", "test/")) and isinstance(row[c], (int, float))
+            and np.isfinite(row[c])}
 
 
 def add_column(run_dir: str | Path, name: str, values: dict[str, Any]) -> pd.DataFrame:

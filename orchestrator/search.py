@@ -35,7 +35,7 @@ from orchestrator.metrics import lower_is_better
 from orchestrator.plan import SEEDS, experiment_root, startup_trials
 from orchestrator.records import Schedule, Study, TrialRecord
 from orchestrator.space import default_point, sample_params
-from orchestrator.trainable import split_config
+from orchestrator.trainable import TRIAL, split_config
 
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
 # next snapshot of the experiment state: with one kept, a driver killed in between leaves a
@@ -58,7 +58,7 @@ class SearchSpace:
         params = sample_params(trial, space, self.overrides)
         params.setdefault("epochs", self.schedule.max_epochs)  # ASHA's max_t
         # constants returned by a define-by-run space become part of the trial's config
-        return {**params, **trial_meta(self.study, self.seed, trial.number, self.schedule)}
+        return {**params, TRIAL: trial_meta(self.study, self.seed, trial.number, self.schedule)}
 
     def defaults(self) -> dict[str, Any]:
         """The model's defaults for its task, as far as the space can take them: the first
@@ -69,7 +69,7 @@ class SearchSpace:
 
 
 def trial_meta(study: Study, seed: int, number: int, schedule: Schedule) -> dict[str, Any]:
-    """What a trial's config carries beside its hyperparameters (trainable.META)."""
+    """What a trial's config carries beside its hyperparameters (under `trainable.TRIAL`)."""
     return {"study": study.name, "model": study.model, "task": study.task, "seed": seed,
             "metric": study.metric, "number": number, "rungs": list(schedule.rungs)}
 
@@ -162,14 +162,14 @@ class StudyASHA(FIFOScheduler):
         return True  # each study's ASHA has its own metric and mode
 
     def _asha(self, trial: Any) -> ASHAScheduler:
-        return self.ashas[trial.config["study"]]
+        return self.ashas[trial.config[TRIAL]["study"]]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
-        return self.CONTINUE if trial.config.get("number") == 0 else decision
+        return self.CONTINUE if trial.config[TRIAL]["number"] == 0 else decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._asha(trial).on_trial_complete(tune_controller, trial, result)
@@ -252,7 +252,7 @@ def epoch_history(res: Any) -> Any:
     frame = res.metrics_dataframe
     keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
             or c in ("epoch", "trial_id", "time_total_s")]
-    return frame[keep].assign(study=res.config["study"])
+    return frame[keep].assign(study=res.config[TRIAL]["study"])
 
 
 STOP = threading.Event()  # set by the sweep's first Ctrl-C (`ctrl_c_stops_studies`)
@@ -326,8 +326,8 @@ def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, S
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         by_name = {s.name: s for s in studies}
-        points = [{**t.hparams, **trial_meta(by_name[t.study], cfg.seed + i, t.number,
-                                             plan[t.study])}
+        points = [{**t.hparams, TRIAL: trial_meta(by_name[t.study], cfg.seed + i, t.number,
+                                                  plan[t.study])}
                   for t in chosen for i in range(1, cfg.final_seeds)]
         tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
     return [t for t in trial_records(tuner.fit(), plan, False)

@@ -32,7 +32,7 @@ from orchestrator import results
 from orchestrator.callbacks import Progress, ReportKernels, wandb_callbacks
 from orchestrator.cluster import connect, quiet_libraries, resources
 from orchestrator.config import SweepConfig, parse_duration, to_dict
-from orchestrator.export import export_run
+from orchestrator.evaluation import check_ks
 from orchestrator.finalize import choose, finalize
 from orchestrator.plan import (
     SEARCH,
@@ -43,6 +43,7 @@ from orchestrator.plan import (
     run_directory,
     schedules,
 )
+from orchestrator.publish import export_results
 from orchestrator.report import write_report
 from orchestrator.search import (
     StudyASHA,
@@ -54,7 +55,6 @@ from orchestrator.search import (
     seed_runs,
     trial_records,
 )
-from orchestrator.train import check_ks
 from orchestrator.trainable import run_trial
 
 
@@ -136,17 +136,20 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         by_name = {s.name: s for s in studies}
         results.write_trials(run_dir, [t.row(by_name[t.study]) for t in trials], histories)
         frame = results.table(studied)
-        results.write(run_dir, frame)
+        results.write(run_dir, frame)  # the night's numbers are on disk before the export
         results.write_units(run_dir, studied)
-        if any((run_dir / "checkpoints").glob("*.pt")):
-            outcome = export_run(run_dir, data=data)
+        outcome = export_results(run_dir, studied, frame, data)
+        if outcome:
             failed = {k: v for k, v in outcome.items() if v != "ok"}
             if failed:
                 print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
-            frame = results.load(run_dir)
+            frame = results.table(studied)  # now with the export column
+            results.write(run_dir, frame)
         print(results.markdown(frame), flush=True)
+        chosen_models = {r.study.name: r.runs[0].model for r in studied
+                         if r.runs and r.runs[0].model is not None}
         try:
-            write_report(run_dir)
+            write_report(run_dir, data=data, models=chosen_models)
         except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
             print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
                   f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)

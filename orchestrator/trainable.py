@@ -32,15 +32,16 @@ from models.registry import create_model
 from orchestrator.config import TrainConfig
 from orchestrator.train import fit, load_state, save_state, seed_everything
 
-# Trial metadata in a Tune config, beside the hyperparameters: `number` is the trial's
-# place in its study (0: the model's defaults), `rungs` the epochs it must report
-META = ("study", "model", "task", "seed", "metric", "number", "rungs")
+# A trial's metadata sits under this key of its Tune config, beside the hyperparameters (no
+# hyperparameter can be called so: they are Python identifiers): study, model, task, seed,
+# metric, `number` (the trial's place in its study, 0: the model's defaults) and `rungs`
+# (the epochs it must report)
+TRIAL = "@trial"
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(meta, hyperparameters) of a trial config."""
-    meta = {k: config[k] for k in META if k in config}
-    return meta, {k: v for k, v in config.items() if k not in META}
+    """(metadata, hyperparameters) of a trial's Tune config."""
+    return config[TRIAL], {k: v for k, v in config.items() if k != TRIAL}
 
 
 def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig) -> None:

@@ -19,7 +19,7 @@ from data import load_dataset
 from data.types import PreparedData
 from models.base import DataSpec, Recommender
 from models.registry import create_model, list_models, save_model
-from orchestrator import export, results, serve
+from orchestrator import export, parity, publish, results, serve
 from orchestrator.cli import main
 from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.records import ScoredRun, Study, StudyResult
@@ -224,20 +224,20 @@ def test_sequence_model_exports_and_serves_its_recent_items(data: PreparedData,
 def test_check_topk_order_up_to_ties() -> None:
     ref = np.array([[3.0, 2.0, 2.0 + 1e-7, 1.0, -np.inf]], dtype=np.float32)  # 4 excluded
     order = np.array([[0, 2, 1, 3]])
-    assert export.check_topk(ref, order, ref[0, order]) == 0.0  # 1 and 2 tie: either order
+    assert parity.check_topk(ref, order, ref[0, order]) == 0.0  # 1 and 2 tie: either order
     near = np.array([[3.0, 2.0, 2.0 - 5e-5, 1.0, -np.inf]], dtype=np.float32)
     swapped = np.array([[0, 2, 1, 3]])  # scores within ATOL, but 5e-5 apart: not a tie
-    with pytest.raises(export.ExportError, match="position 1: onnxruntime item 2"):
-        export.check_topk(near, swapped, near[0, swapped])
-    with pytest.raises(export.ExportError, match="differ"):
-        export.check_topk(ref, np.array([[0, 2, 3, 1]]), ref[0, [0, 2, 3, 1]][None])
-    with pytest.raises(export.ExportError, match="differ"):
-        export.check_topk(ref, order, ref[0, order] + 1e-3)
+    with pytest.raises(parity.ParityError, match="position 1: onnxruntime item 2"):
+        parity.check_topk(near, swapped, near[0, swapped])
+    with pytest.raises(parity.ParityError, match="differ"):
+        parity.check_topk(ref, np.array([[0, 2, 3, 1]]), ref[0, [0, 2, 3, 1]][None])
+    with pytest.raises(parity.ParityError, match="differ"):
+        parity.check_topk(ref, order, ref[0, order] + 1e-3)
     everything = np.array([[0, 2, 1, 3, 4]])  # k = n: the excluded item comes last at -inf
-    assert export.check_topk(ref, everything, ref[0, everything]) == 0.0
+    assert parity.check_topk(ref, everything, ref[0, everything]) == 0.0
     unmasked = np.array([[3.0, 2.0, 2.0, 1.0, 0.5]], dtype=np.float32)
-    with pytest.raises(export.ExportError, match="excluded"):
-        export.check_topk(ref, everything, unmasked)
+    with pytest.raises(parity.ParityError, match="excluded"):
+        parity.check_topk(ref, everything, unmasked)
 
 
 def test_failed_check_keeps_previous_export(exported, data: PreparedData, tmp_path: Path,
@@ -247,7 +247,7 @@ def test_failed_check_keeps_previous_export(exported, data: PreparedData, tmp_pa
         (tmp_path / p.name).write_bytes(p.read_bytes())
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(before) == ["mf.json", "mf.npz", "mf.onnx", "mf.topk.onnx"]
-    monkeypatch.setattr(export, "ATOL", -1.0)  # no graph can pass: the check must fail
+    monkeypatch.setattr(parity, "ATOL", -1.0)  # no graph can pass: the check must fail
     with pytest.raises(export.ExportError, match="differ from PyTorch"):
         export.export_model(train_briefly("mf", data, dim=4), data, tmp_path / "mf.onnx")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing left
@@ -266,7 +266,7 @@ def test_large_weights_go_to_external_data(data: PreparedData, tmp_path: Path,
         proto = onnx.load(tmp_path / meta[part]["file"], load_external_data=False)
         assert all(t.data_location == onnx.TensorProto.EXTERNAL
                    for t in proto.graph.initializer if np.prod(t.dims) * 4 >= 1024)
-    assert meta["parity"]["max_abs_diff"] < export.ATOL  # onnxruntime read the weights
+    assert meta["parity"]["max_abs_diff"] < parity.ATOL  # onnxruntime read the weights
     user = str(data.user_ids[0])
     assert serve.load(tmp_path / "mf.onnx").recommend(user, k=3)["items"]
     copy = tmp_path / "copy"  # a copy with truncated weights is refused
@@ -306,7 +306,7 @@ def test_export_run_writes_models_and_table_column(exported, data: PreparedData,
                                                    capsys: pytest.CaptureFixture) -> None:
     model, _, _ = exported("mf")
     run = make_run(tmp_path, data, model)
-    assert export.export_run(run) == {"mf": "ok"}
+    assert publish.export_run(run) == {"mf": "ok"}
     side = json.loads((run / "models" / "mf.json").read_text())
     assert side["metrics"] == {"test/rmse": 1.2, "val/rmse": 1.1}
     assert side["extra"]["checkpoint"].endswith("mf.pt")
@@ -319,7 +319,7 @@ def test_export_run_writes_models_and_table_column(exported, data: PreparedData,
     # A broken checkpoint fails loudly (the CLI exits 1), the valid export stays in place.
     good = (run / "models" / "mf.onnx").read_bytes()
     (run / "checkpoints" / "mf.pt").write_bytes(b"not a checkpoint")
-    statuses = export.export_run(run, "mf")
+    statuses = publish.export_run(run, "mf")
     assert statuses["mf"].startswith("failed:") and "not a recsweep checkpoint" in statuses["mf"]
     assert (run / "models" / "mf.onnx").read_bytes() == good
     assert pd.read_parquet(run / "results.parquet").set_index("study")["export"]["mf"] \
@@ -336,7 +336,7 @@ def test_checkpoint_weights_not_matching_model(exported, data: PreparedData,
     payload = torch.load(run / "checkpoints" / "mf.pt", weights_only=False)
     payload["hparams"]["dim"] = model.params.dim + 1  # the weights no longer fit the model
     torch.save(payload, run / "checkpoints" / "mf.pt")
-    status = export.export_run(run)["mf"]
+    status = publish.export_run(run)["mf"]
     assert status.startswith("failed:") and "weights do not match model 'mf'" in status
     assert not (run / "models").exists() or not list((run / "models").iterdir())
 
@@ -345,13 +345,13 @@ def test_checkpoint_from_other_data(exported, data: PreparedData, tmp_path: Path
     model, _, _ = exported("mf")
     run = make_run(tmp_path, data, model)
     save_model(model, run / "checkpoints" / "mf.pt", data_fingerprint="0" * 64)
-    assert "data changed" in export.export_run(run)["mf"]
+    assert "data changed" in publish.export_run(run)["mf"]
 
 
 def test_run_without_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ValueError, match="no checkpoints .*nothing to export"):
-        export.export_run(tmp_path)
+        publish.export_run(tmp_path)
     assert main(["export", str(tmp_path)]) == 2
     assert "nothing to export" in capsys.readouterr().err
 
@@ -359,7 +359,7 @@ def test_run_without_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture) 
 def test_unknown_study(exported, data: PreparedData, tmp_path: Path) -> None:
     run = make_run(tmp_path, data, exported("mf")[0])
     with pytest.raises(ValueError, match="--study 'nope'.*studies with one: mf"):
-        export.export_run(run, "nope")
+        publish.export_run(run, "nope")
 
 
 def test_autorec_graph_carries_item_codes_not_a_rating_matrix(exported,

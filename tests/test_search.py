@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from models.registry import make_params
 from orchestrator.plan import load_config, model_studies, resolved, schedules
 from orchestrator.search import StudySearch
+from orchestrator.trainable import split_config
 
 
 @pytest.fixture()
@@ -25,16 +26,17 @@ def search() -> tuple[StudySearch, optuna.storages.InMemoryStorage]:
 
 def test_first_trial_of_each_study_is_the_models_defaults(search) -> None:
     searcher, _ = search
-    mf, neumf = searcher.suggest("a"), searcher.suggest("b")
-    assert (mf["study"], mf["number"], neumf["study"], neumf["number"]) == ("mf", 0, "neumf", 0)
-    for config in (mf, neumf):
-        defaults = dataclasses.asdict(make_params(config["model"], config["task"]))
-        drawn = {k: v for k, v in config.items() if k in defaults and k != "epochs"}
-        if config["model"] == "mf":  # the override [16, 32] excludes the default dim 64
+    first = [split_config(searcher.suggest(t)) for t in ("a", "b")]
+    assert [(meta["study"], meta["number"]) for meta, _ in first] == [("mf", 0), ("neumf", 0)]
+    for meta, params in first:
+        defaults = dataclasses.asdict(make_params(meta["model"], meta["task"]))
+        assert set(params) <= set(defaults)  # the metadata is beside them, not inside
+        drawn = {k: v for k, v in params.items() if k != "epochs"}
+        if meta["model"] == "mf":  # the override [16, 32] excludes the default dim 64
             assert drawn.pop("dim") in (16, 32)
-        assert drawn and drawn == {k: defaults[k] for k in drawn}, config
-        assert config["epochs"] == 12 and config["rungs"] == [3, 6, 12]
-    assert searcher.suggest("c")["number"] == 1  # then the sampler
+        assert drawn and drawn == {k: defaults[k] for k in drawn}, params
+        assert params["epochs"] == 12 and meta["rungs"] == [3, 6, 12]
+    assert split_config(searcher.suggest("c"))[0]["number"] == 1  # then the sampler
 
 
 def test_asha_stopped_trials_are_pruned_finished_ones_complete_with_their_best(search

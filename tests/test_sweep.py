@@ -202,13 +202,14 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
 
     from orchestrator.plan import check_config, schedules
     from orchestrator.search import StudySearch
+    from orchestrator.trainable import TRIAL
 
     cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
     plan = schedules(cfg, check_config(cfg))
     search = StudySearch(check_config(cfg), cfg, plan)
     first = [search.suggest(f"t{i}") for i in range(3)]
-    assert [c["study"] for c in first] == ["mf", "neumf", "mf"]
-    assert [c["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
+    assert [c[TRIAL]["study"] for c in first] == ["mf", "neumf", "mf"]
+    assert [c[TRIAL]["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
     assert "negatives" in first[1] and "negatives" not in first[0]  # each model's own space
     search.on_trial_complete("t0", {"val/rmse": 0.95, "status": "epochs", "best_value": 0.9})
     search.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps for --resume
@@ -269,6 +270,7 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     from ray import tune
 
     from orchestrator.callbacks import SweepWandb
+    from orchestrator.trainable import TRIAL
 
     def fails(config: dict) -> None:  # nested: pickled by value for the workers
         raise RuntimeError("diverged before its first epoch ended")
@@ -276,7 +278,7 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     ray.init(num_cpus=1, include_dashboard=False)
     try:
         # the W&B actor starts with the first result; this trial has none
-        tune.Tuner(fails, param_space={"study": "mf"}, run_config=tune.RunConfig(
+        tune.Tuner(fails, param_space={TRIAL: {"study": "mf"}}, run_config=tune.RunConfig(
             name="failed", storage_path=str(tmp_path), verbose=0,
             callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
         )).fit()

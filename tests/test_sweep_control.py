@@ -27,9 +27,10 @@ from data import load_dataset
 from models.base import DataSpec
 from models.registry import load_model
 from orchestrator import results
+from orchestrator.evaluation import evaluate
 from orchestrator.plan import load_config
 from orchestrator.sweep import run_sweep
-from orchestrator.train import evaluate, fold_val
+from orchestrator.train import fold_val
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:users=200,items=300,interactions=8000,seed=2"

@@ -16,16 +16,13 @@ from data import load_dataset
 from models.base import DataSpec
 from models.registry import create_model, get_model_class, list_models, load_model
 from orchestrator.config import DataConfig, TrainConfig
+from orchestrator.evaluation import evaluate, monitored_metric, task_metric, to_device
 from orchestrator.train import (
     EpochState,
-    evaluate,
     fit,
     fold_val,
-    monitored_metric,
     pick_device,
     seed_everything,
-    task_metric,
-    to_device,
     train_one,
     validate_request,
 )

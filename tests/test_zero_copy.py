@@ -7,7 +7,7 @@ from pathlib import Path
 
 from data import load_dataset
 from orchestrator.config import DataConfig
-from orchestrator.train import to_device
+from orchestrator.evaluation import to_device
 
 
 def test_trials_read_the_object_store_copy_of_the_data(tmp_path: Path) -> None:
