@@ -37,8 +37,12 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     a kill the old file is intact (a leftover `.<name>.*.part` is only a temporary).
 
     Example:
+        >>> frame = pd.DataFrame({"study": ["mf"], "test/rmse": [0.91]})
         >>> with atomic_write("runs/x/results.csv") as f:
         ...     frame.to_csv(f, index=False)
+        >>> print(Path("runs/x/results.csv").read_text(), end="")
+        study,test/rmse
+        mf,0.91
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,16 +10,18 @@ that later loads as data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -266,10 +268,12 @@ def _download(name: str, url: str, zip_path: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
             length = resp.headers.get("Content-Length")
             received = 0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                md5.update(chunk)
-                received += len(chunk)
+            with _progress(f"download {name}", int(length) if length else None) as advance:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
         if length is not None and received != int(length):
             raise OSError(f"interrupted: received {received} of {length} bytes; "
                           f"nothing was kept")
@@ -286,6 +290,31 @@ def _download(name: str, url: str, zip_path: Path) -> None:
                       f"closed; nothing was kept") from e
     finally:
         part.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _progress(what: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Yields `advance(n_bytes)`: a tqdm bar on a terminal; on a log (not a terminal), a
+    plain line at the start and at each quarter of a known size."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=what, unit="B", unit_scale=True, file=sys.stderr) as bar:
+            yield bar.update
+        return
+    size = f"{total / 1e6:.1f} MB" if total else "size unknown"
+    print(f"{what}: {size}", file=sys.stderr, flush=True)
+    done, quarters = 0, 0
+
+    def advance(n: int) -> None:
+        nonlocal done, quarters
+        done += n
+        while total and quarters < 4 and done >= total * (quarters + 1) / 4:
+            quarters += 1
+            print(f"{what}: {25 * quarters}% ({done / 1e6:.1f} MB)", file=sys.stderr,
+                  flush=True)
+
+    yield advance
 
 
 def _published_md5(url: str) -> str:

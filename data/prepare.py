@@ -59,8 +59,10 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         eval_negatives: negatives per val/test row for the sampled protocol (0: none).
 
     Example:
+        >>> from data import load_source
         >>> data = prepare(load_source("ml-100k"), "leave-last", min_rating=4, user_core=5)
-        >>> data.n_users, len(data.train), data.stats["filters"]
+        >>> data.n_users, len(data.train), data.stats["filters"]["min_rating_removed"]
+        (938, 53485, 44625)
     """
     kind, ratios = parse_split(split, raw)
     if dedup not in DEDUP_POLICIES:
@@ -208,7 +210,10 @@ def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray
         what: 'user' or 'item', for the error message.
 
     Example:
-        >>> index_of(data.item_ids, [50, 181])  # raw MovieLens ids -> item indices
+        >>> index_of(data.item_ids, [50, 18])  # raw ids -> item indices
+        array([49, 17])
+        >>> index_of(data.item_ids, "50")  # an id typed on a command line
+        array([49])
     """
     raw = np.atleast_1d(np.asarray(raw_ids))
     if ids.dtype.kind in "iu" and raw.dtype.kind not in "iu":

@@ -31,8 +31,14 @@ class NegativeSampler:
         n_users: number of users (default: largest user index in `positives` + 1).
 
     Example:
-        >>> sampler = NegativeSampler(data.train.to("cuda"), data.n_items)
-        >>> neg = sampler.sample(batch_users, 4)  # [B, 4], never a training positive
+        >>> train = data.train.to("cpu")
+        >>> sampler = NegativeSampler(train, data.n_items)
+        >>> neg = sampler.sample(train.user[:8], 4)  # [B, 4], never a training positive
+        >>> neg.shape
+        torch.Size([8, 4])
+        >>> keys = train.user[:8, None] * data.n_items + neg  # [B, 4] as user * n_items + item
+        >>> bool(torch.isin(keys, train.user * data.n_items + train.item).any())
+        False
     """
 
     BITMAP_MAX_BITS = 2**31

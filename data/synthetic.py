@@ -18,7 +18,7 @@ The generative story, chosen so every model family has something real to learn:
 Example:
     >>> raw = load_synthetic("synthetic:users=100,items=200,interactions=3000,seed=1")
     >>> raw.note
-    'synthetic: best possible RMSE ~0.58 ...'
+    'synthetic: best possible RMSE ~0.55 ...'
 """
 
 from __future__ import annotations

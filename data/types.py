@@ -116,8 +116,11 @@ class PreparedData:
         note: the source's one-line note.
 
     Example:
-        >>> data = prepare(load("ml-100k"), split="leave-last")
-        >>> data.n_users, data.n_items, len(data.train)
+        >>> from data import load_source, prepare
+        >>> raw = load_source("synthetic:users=60,items=80,interactions=1500,seed=1")
+        >>> data = prepare(raw, split="leave-last", eval_negatives=20)
+        >>> data.n_users, data.n_items, len(data.train)  # leave-last: a val and a test per user
+        (60, 80, 1380)
     """
 
     name: str

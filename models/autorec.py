@@ -71,8 +71,9 @@ class AutoRec(Recommender):
         params: `AutoRecParams`.
 
     Example:
-        >>> model = create_model("autorec", DataSpec(943, 1682, global_mean=3.5))
-        >>> ex = model.examples(data.train.to("cpu"))  # {"item": arange(n_items)}
+        >>> model = create_model("autorec", DataSpec.from_data(data))
+        >>> model.examples(data.train.to("cpu"))["item"].shape  # arange(n_items)
+        torch.Size([80])
         >>> model.eval()(torch.tensor([0, 1]), torch.tensor([5, 7])).shape
         torch.Size([2])
     """

@@ -45,7 +45,7 @@ class Bias(Recommender):
         params: `BiasParams`.
 
     Example:
-        >>> model = create_model("bias", DataSpec(943, 1682, global_mean=3.5))
+        >>> model = create_model("bias", DataSpec.from_data(data))
         >>> _ = model.examples(data.train.to("cpu"))  # fits the biases
         >>> model(torch.tensor([0, 1]), torch.tensor([5, 7])).shape
         torch.Size([2])

@@ -49,10 +49,10 @@ class ItemKNN(Recommender):
         params: `ItemKNNParams`.
 
     Example:
-        >>> model = create_model("itemknn", DataSpec(943, 1682), k=50)
+        >>> model = create_model("itemknn", DataSpec.from_data(data), k=50)
         >>> _ = model.examples(data.train.to("cpu"))  # builds the similarities
         >>> model.score_all(torch.tensor([0, 1])).shape
-        torch.Size([2, 1682])
+        torch.Size([2, 80])
     """
 
     name = "itemknn"

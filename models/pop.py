@@ -39,10 +39,10 @@ class Pop(Recommender):
         params: `PopParams`.
 
     Example:
-        >>> model = create_model("pop", DataSpec(943, 1682), task="ranking")
+        >>> model = create_model("pop", DataSpec.from_data(data), task="ranking")
         >>> _ = model.examples(data.train.to("cpu"))  # counts the items
         >>> model.score_all(torch.tensor([0, 1])).shape
-        torch.Size([2, 1682])
+        torch.Size([2, 80])
     """
 
     name = "pop"

@@ -95,6 +95,8 @@ def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: 
 
     Example:
         >>> model = create_model("mf", DataSpec(943, 1682), task="rating", dim=32)
+        >>> model.name, model.task, model.params.dim
+        ('mf', 'rating', 32)
     """
     cls = get_model_class(name)
     task = task or cls.tasks[0]

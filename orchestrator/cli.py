@@ -8,11 +8,12 @@ ONNX `recommend` path never imports torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from orchestrator.config import DataConfig, field_help, from_dict
 
@@ -123,8 +124,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.config or overrides or args.smoke:
             raise ValueError("--resume RUN_DIR continues a sweep as it was configured; "
                              "give no other settings with it")
-        return outcome(run_sweep(None, resume=args.resume))  # type: ignore[arg-type]
-    return outcome(run_sweep(load_config(args.config, overrides, smoke=args.smoke)))
+        return json_result(args, lambda: summary(run_sweep(None, resume=args.resume)))
+    cfg = load_config(args.config, overrides, smoke=args.smoke)
+    return json_result(args, lambda: summary(run_sweep(cfg)))
+
+
+def summary(run_dir: object) -> tuple[int, dict]:
+    """A finished sweep's exit code (`outcome`) and what `--json` prints of it: the run
+    directory, its files, and the results table's rows."""
+    from pathlib import Path
+
+    from orchestrator import results
+    from orchestrator.journal import JOURNAL
+
+    run_dir = Path(str(run_dir))
+    frame = results.load(run_dir)
+    files = {name: str(run_dir / name) for name in (
+        "results.csv", "results.parquet", "results.md", "trials.parquet", "env.json",
+        JOURNAL, "report.html") if (run_dir / name).exists()}
+    exports = dict(zip(frame["study"], frame["export"], strict=True)) \
+        if "export" in frame.columns else {}
+    return outcome(run_dir), {"run_dir": str(run_dir), "files": files,
+                              "exports": {k: v for k, v in exports.items() if v},
+                              "results": json.loads(frame.to_json(orient="records"))}
 
 
 def outcome(run_dir: object) -> int:
@@ -172,6 +194,7 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any key of the sweep file, dotted (train.ks=[5,10]); repeatable")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--smoke", action="store_true",
                    help="the whole pipeline in seconds: 2 trials, 2 epochs, small synthetic data")
     p.set_defaults(func=cmd_sweep)
@@ -242,16 +265,19 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from orchestrator.publish import export_run
 
-    statuses = export_run(args.run_dir, args.study, k=args.k)
-    for study, status in statuses.items():
-        print(f"{study}: {status}")
-    failed = [s for s, v in statuses.items() if v != "ok"]
-    if failed:
-        print(f"error: export failed for {', '.join(failed)} (see above); no valid file was "
-              "overwritten", file=sys.stderr)
-        return 1
-    print(f"wrote {args.run_dir}/models/<study>.onnx, .topk.onnx, .json, .npz")
-    return 0
+    def run() -> tuple[int, dict]:
+        statuses = export_run(args.run_dir, args.study, k=args.k)
+        for study, status in statuses.items():
+            print(f"{study}: {status}")
+        failed = [s for s, v in statuses.items() if v != "ok"]
+        if failed:
+            print(f"error: export failed for {', '.join(failed)} (see above); no valid file "
+                  "was overwritten", file=sys.stderr)
+        else:
+            print(f"wrote {args.run_dir}/models/<study>.onnx, .topk.onnx, .json, .npz")
+        return (1 if failed else 0), {"run_dir": str(args.run_dir), "exports": statuses}
+
+    return json_result(args, run)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
@@ -270,6 +296,7 @@ def add_export_parsers(commands: argparse._SubParsersAction) -> None:
     e.add_argument("run_dir", help="the sweep's run directory")
     e.add_argument("--study", default=None, help="export only this study")
     e.add_argument("-k", type=int, default=10, help="K of the top-K parity check")
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(func=cmd_export)
 
     r = commands.add_parser("recommend", help="top-K items for a user from an exported model "
@@ -286,11 +313,15 @@ def add_export_parsers(commands: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
 
-    path = write_report(args.run_dir, progress=not args.quiet)
-    if path is None:  # the viz extra is missing; write_report said what to install
-        return 2
-    print(f"wrote {path} (figures in {path.parent / 'figures'})")
-    return 0
+    def run() -> tuple[int, dict]:
+        path = write_report(args.run_dir, progress=not args.quiet)
+        if path is None:  # the viz extra is missing; write_report said what to install
+            return 2, {"run_dir": str(args.run_dir), "report": None}
+        print(f"wrote {path} (figures in {path.parent / 'figures'})")
+        return 0, {"run_dir": str(args.run_dir), "report": str(path),
+                   "figures": str(path.parent / "figures")}
+
+    return json_result(args, run)
 
 
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
@@ -300,7 +331,36 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
                             "and the figures as PNG in RUN_DIR/figures/.")
     p.add_argument("run_dir", help="the sweep's run directory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_report)
+
+
+JSON_HELP = ("print one JSON object as the last line of stdout (what was written); the "
+             "progress lines go to stderr")
+
+
+class VersionAction(argparse.Action):
+    """`--version`: asks git only when given (argparse's own takes the text up front)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from orchestrator.provenance import describe_version
+
+        print(describe_version())
+        parser.exit()
+
+
+def json_result(args: argparse.Namespace, run: Callable[[], tuple[int, dict]]) -> int:
+    """Run a command; with `--json` its human lines go to stderr and one JSON object (what
+    it did) is the last line of stdout. Returns the command's exit code."""
+    if not getattr(args, "json", False):
+        return run()[0]
+    with contextlib.redirect_stdout(sys.stderr):
+        code, result = run()
+    print(json.dumps({**result, "exit_code": code}, default=str), flush=True)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export) or a bug; 2 bad input; 130 interrupted")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (or set RECSWEEP_DEBUG=1)")
+    parser.add_argument("--version", action=VersionAction,
+                        help="the version and git commit of recsweep, and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     data_p = commands.add_parser("data", help="look at a dataset")

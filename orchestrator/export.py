@@ -27,15 +27,13 @@ one untouched. A graph with more than `EXTERNAL_DATA_BYTES` of weights keeps the
 `<file>.data` beside it (ONNX external data; the sidecar records its sha256).
 
 Example:
-    >>> export_model(model, data, Path("out/mf.onnx"), metrics={"val/rmse": 0.91})["parity"]
-    {'rows': 256, 'max_abs_diff': 2.4e-07, 'users': 256, 'topk_max_abs_diff': 4.8e-07, ...}
+    >>> export_model(model, data, Path("out/mf.onnx"), metrics={"val/ndcg@10": 0.11})["parity"]
+    {'rows': 60, 'max_abs_diff': ..., 'users': 60, 'k': 10, 'topk_max_abs_diff': ..., ...}
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.metadata
 import inspect
 import json
 import tempfile
@@ -52,6 +50,7 @@ from data.types import PreparedData
 from models.base import Recommender
 from orchestrator import internals
 from orchestrator.parity import ParityError, check_parity
+from orchestrator.provenance import git_state, version, versions
 from orchestrator.serve import FORMAT, id_form, sha256
 
 OPSET = 18
@@ -88,7 +87,11 @@ class TopK(nn.Module):
         model: a trained model (its `score_all` is the scoring).
 
     Example:
-        >>> items, scores = TopK(model)(user, exclude, 10)  # [B, 10], [B, 10]
+        >>> user = torch.tensor([0, 1])
+        >>> exclude = torch.zeros(2, data.n_items, dtype=torch.bool)  # [B, n_items]
+        >>> items, scores = TopK(model)(user, exclude, 10)
+        >>> items.shape, scores.shape
+        (torch.Size([2, 10]), torch.Size([2, 10]))
     """
 
     def __init__(self, model: Recommender) -> None:
@@ -111,13 +114,6 @@ class SeqTopK(TopK):
     def forward(self, user: Tensor, seq: Tensor, exclude: Tensor, k: int
                 ) -> tuple[Tensor, Tensor]:
         return self._top(self.model.score_all(user, seq), exclude, k)  # seq: [B, L]
-
-
-def recsweep_version() -> str:
-    try:
-        return importlib.metadata.version("recsweep")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def serving_arrays(data: PreparedData) -> dict[str, np.ndarray]:
@@ -267,7 +263,8 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
              "arrays": f"{study}.npz", "sidecar": f"{study}.json"}
     meta: dict[str, Any] = {
         "format": FORMAT, "study": study, "model": model.name, "task": model.task,
-        "version": recsweep_version(), "torch": torch.__version__, "opset": OPSET,
+        "version": version("recsweep") or "unknown", "torch": torch.__version__,
+        "opset": OPSET, "environment": {**versions(), "git": git_state()},
         "exporter": "torch.onnx dynamo", "seq_len": model.seq_len,
         "score": "predicted rating" if model.task == "rating" else "ranking score",
         "hparams": model.hparams(), "metrics": dict(metrics or {}),

@@ -153,6 +153,7 @@ def ranking_metrics_from_scores(scores: Tensor, targets: Tensor, ks: Sequence[in
         >>> m = ranking_metrics_from_scores(torch.tensor([[5., 4, 3, 2, 1]]),
         ...                                 torch.tensor([[2]]), ks=[5])
         >>> m["ndcg@5"], m["mrr@5"]   # rank 3: 1/log2(4) = 0.5 and 1/3
+        (tensor([0.5000]), tensor([0.3333]))
     """
     ks = _check_ks(ks)
     if scores.dim() != 2 or targets.dim() != 2 or targets.shape[0] != scores.shape[0]:
@@ -212,9 +213,13 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
     """The means of `full_ranking_per_user`: HR, NDCG, Recall and MRR at each K.
 
     Example:
+        >>> from data.sampling import user_item_csr
+        >>> n_users = data.n_users
+        >>> user_emb, item_emb = torch.randn(n_users, 8), torch.randn(data.n_items, 8)
         >>> full_ranking(lambda u: user_emb[u] @ item_emb.T, torch.arange(n_users),
         ...              user_item_csr(data.test, n_users), user_item_csr(data.train, n_users),
         ...              ks=[10])
+        {'hr@10': ..., 'ndcg@10': ..., 'recall@10': ..., 'mrr@10': ...}
     """
     return means(full_ranking_per_user(score_fn, users, targets, known, ks, batch_users))
 
@@ -313,9 +318,11 @@ def sampled_ranking(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tens
     """The means of `sampled_ranking_per_row` over the rows.
 
     Example:
+        >>> user_emb, item_emb = torch.randn(data.n_users, 8), torch.randn(data.n_items, 8)
         >>> sampled_ranking(lambda u, i: (user_emb[u, None] * item_emb[i]).sum(-1),
         ...                 torch.as_tensor(data.test.user), torch.as_tensor(data.test.item),
         ...                 torch.as_tensor(data.test_negatives), ks=[10])
+        {'hr@10': ..., 'ndcg@10': ..., 'recall@10': ..., 'mrr@10': ...}
     """
     return means(sampled_ranking_per_row(score_pairs, users, items, negatives, ks, batch))
 

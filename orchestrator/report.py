@@ -6,7 +6,8 @@ Reads a run directory (`results.parquet`, `trials.parquet`, `history.parquet`, `
 `viz` extra and are imported inside the functions that draw, so the sweep runs without them.
 
 Example:
-    >>> write_report("runs/dev")   # -> Path("runs/dev/report.html")
+    >>> write_report("runs/dev", progress=False)  # a sweep's run directory
+    PosixPath('runs/dev/report.html')
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import yaml
 from data.files import atomic_write, write_text
 from orchestrator import results
 from orchestrator.config import SweepConfig, from_dict
+from orchestrator.journal import JOURNAL, storage
 
 VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install -e '.[viz]'"
 NEEDED = ("results.parquet", "trials.parquet", "sweep.yaml")
@@ -183,15 +185,21 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
     if len(row) and isinstance(row["hparams"].iloc[0], str):
         out.append(f"<p>Best hyperparameters: <code>{html.escape(row['hparams'].iloc[0])}"
                    "</code></p>")
-    out.append(_img(_plot_history(trials, metric, mode, figures / f"history-{study}.png")))
-    importance, finished = importances(trials), int(_finished(trials).sum())
-    if importance is None:
-        why = f"only {finished} finished, 3 needed" if finished < 3 else \
-            "no hyperparameter varied across the finished trials"
-        out.append(f"<p>Parameter importances: not enough trials ({why}).</p>")
+    searched = _optuna_study(run_dir, study)
+    if searched is None:
+        out.append(f"<p>No optimization history or importances: {JOURNAL} is missing (a "
+                   "sweep from before the Optuna storage).</p>")
     else:
-        out.append(_img(_plot_importance(importance, study, finished,
-                                         figures / f"importance-{study}.png")))
+        out.append(_img(_optuna_figure("history", searched, figures / f"history-{study}.png")))
+        complete = [t for t in searched.trials if t.state.name == "COMPLETE"]
+        varied = len({json.dumps(t.params, sort_keys=True) for t in complete}) > 1
+        if len(complete) < 3 or not varied:
+            why = f"only {len(complete)} complete (pruned trials do not count), 3 needed" \
+                if len(complete) < 3 else "no hyperparameter varied across them"
+            out.append(f"<p>Parameter importances: not enough trials ({why}).</p>")
+        else:
+            out.append(_img(_optuna_figure("importance", searched,
+                                           figures / f"importance-{study}.png")))
     if history is not None:
         best = trials[_finished(trials)].sort_values("best", ascending=mode == "min")
         curves = history[(history["study"] == study)
@@ -218,36 +226,6 @@ def _finished(trials: pd.DataFrame) -> np.ndarray:
     return (trials["best"].notna() & (ended != "error")).to_numpy()
 
 
-def importances(trials: pd.DataFrame) -> pd.Series | None:
-    """How strongly each hyperparameter goes with the trial's best metric, in [0, 1].
-
-    A simple, honest measure for a few dozen trials: |Spearman rank correlation| for numeric
-    hyperparameters, the correlation ratio (eta) of the metric's ranks over the values for
-    the others. Hyperparameters that never changed are left out. None with fewer than 3
-    finished trials or nothing that changed.
-    """
-    done = trials[_finished(trials)]
-    if len(done) < 3:
-        return None
-    params = pd.DataFrame([json.loads(h) for h in done["hparams"]])
-    ranks = done["best"].rank().to_numpy(float)  # [n]
-    out = {}
-    for name in params.columns:
-        values = params[name]
-        if values.nunique(dropna=False) < 2:
-            continue
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric:
-            score = abs(np.corrcoef(values.rank().to_numpy(float), ranks)[0, 1])
-        else:
-            groups = pd.Series(ranks).groupby(values.astype(str).to_numpy())
-            between = (groups.size() * (groups.mean() - ranks.mean()) ** 2).sum()
-            total = ((ranks - ranks.mean()) ** 2).sum()
-            score = np.sqrt(between / total) if total > 0 else np.nan
-        out[name] = 0.0 if np.isnan(score) else float(score)
-    return pd.Series(out).sort_values() if out else None
-
-
 def _figure(width: float = 6.4, height: float = 4.0) -> Any:
     # A bare Figure renders through Agg without pyplot's global state or a display.
     from matplotlib.figure import Figure
@@ -269,29 +247,40 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_history(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> Path:
-    fig = _figure()
-    ax = fig.add_subplot()
-    x = np.arange(1, len(trials) + 1)
-    best = trials["best"].to_numpy(float)  # [n] NaN for trials that reported nothing
-    running = pd.Series(best).cummin() if mode == "min" else pd.Series(best).cummax()
-    ax.scatter(x, best, s=18, label="trial's best epoch")
-    ax.step(x, running.ffill(), where="post", color="C1", label="best so far")
-    ax.set(xlabel="trial (in start order)", ylabel=metric,
-           title=f"{trials['study'].iloc[0]}: optimization history ({mode} {metric})")
-    ax.legend()
-    _whole_x(ax)
-    return _save(fig, path)
+def _optuna_study(run_dir: Path, name: str) -> Any:
+    """The study's trials as the sweep recorded them for Optuna (None: no journal)."""
+    import optuna
+
+    if not (run_dir / JOURNAL).exists():
+        return None
+    return optuna.load_study(study_name=name, storage=storage(run_dir))
 
 
-def _plot_importance(scores: pd.Series, study: str, n: int, path: Path) -> Path:
-    fig = _figure(6.4, 1.2 + 0.35 * len(scores))
-    ax = fig.add_subplot()
-    ax.barh(scores.index, scores.to_numpy(), color="C2")
-    ax.set(xlim=(0, 1), xlabel="|Spearman rho| (numeric) or eta (categorical) vs metric rank",
-           title=f"{study}: parameter importance over {n} finished trials"
-           + (" (too few to trust)" if n < 10 else ""))
-    return _save(fig, path)
+def _optuna_figure(kind: str, study: Any, path: Path) -> Path:
+    """Optuna's own matplotlib figure of a study: its optimization history, or parameter
+    importances by fANOVA (seeded) over the complete trials."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import matplotlib as optuna_plots
+
+    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if kind == "history":
+            ax = optuna_plots.plot_optimization_history(study)
+        else:
+            ax = optuna_plots.plot_param_importances(
+                study, evaluator=FanovaImportanceEvaluator(seed=0))
+    ax.set_title(f"{study.study_name}: {ax.get_title()}")
+    fig = ax.figure
+    fig.set_size_inches(6.4, 4.0)
+    try:
+        fig.tight_layout()
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path) -> Path:

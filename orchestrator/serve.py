@@ -18,7 +18,7 @@ already have, or, for a user the model never saw, the most popular items ("cold 
 Example:
     >>> served = load("runs/sweep/models/mf.onnx")
     >>> served.recommend("42", k=5)["items"][0]
-    {'rank': 1, 'item': '50', 'score': 4.71, 'title': 'Star Wars (1977)'}
+    {'rank': 1, 'item': '...', 'score': ..., 'title': 'Item ...'}
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ class Served:
             `known_items`, optionally `item_titles`).
 
     Example:
-        >>> load("runs/sweep/models/caser.onnx").recommend("7", k=3)["cold_start"]
-        False
+        >>> served = load("runs/sweep/models/mf.onnx")
+        >>> served.recommend("7", k=3)["cold_start"], served.recommend("9999", k=3)["cold_start"]
+        (False, True)
     """
 
     meta: dict[str, Any]

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import ray
 import yaml
 from ray import tune
@@ -34,6 +35,7 @@ from orchestrator.cluster import connect, quiet_libraries, resources
 from orchestrator.config import SweepConfig, parse_duration, to_dict
 from orchestrator.evaluation import check_ks
 from orchestrator.finalize import choose, finalize
+from orchestrator.journal import write_journal
 from orchestrator.plan import (
     SEARCH,
     check_config,
@@ -43,9 +45,11 @@ from orchestrator.plan import (
     run_directory,
     schedules,
 )
+from orchestrator.provenance import environment
 from orchestrator.publish import export_results
 from orchestrator.report import write_report
 from orchestrator.search import (
+    SearchSpace,
     StudyASHA,
     StudySearch,
     ctrl_c_stops_studies,
@@ -55,6 +59,7 @@ from orchestrator.search import (
     seed_runs,
     trial_records,
 )
+from orchestrator.tracking import summary_run
 from orchestrator.trainable import run_trial
 
 
@@ -134,7 +139,17 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         studied = finalize(studies, trials, seed_trials, cfg.baselines, data, cfg.train,
                            cfg.seed, run_dir, why_empty)
         by_name = {s.name: s for s in studies}
-        results.write_trials(run_dir, [t.row(by_name[t.study]) for t in trials], histories)
+        trial_rows = [t.row(by_name[t.study]) for t in trials]
+        results.write_trials(run_dir, trial_rows, histories)
+        nodes = {(r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
+                 for r in grid if r.metrics}
+        write_text(run_dir / "env.json", json.dumps(environment(
+            [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)]),
+            indent=2))
+        write_journal(run_dir, studies, trials,
+                      pd.concat(histories, ignore_index=True) if histories else None,
+                      lambda s: SearchSpace(s, cfg.search_space.get(s.model, {}),
+                                            plan[s.name], cfg.seed))
         frame = results.table(studied)
         results.write(run_dir, frame)  # the night's numbers are on disk before the export
         results.write_units(run_dir, studied)
@@ -146,6 +161,12 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
             frame = results.table(studied)  # now with the export column
             results.write(run_dir, frame)
         print(results.markdown(frame), flush=True)
+        if cfg.wandb != "disabled":
+            error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
+                                {"results": frame, "trials": pd.DataFrame(trial_rows)},
+                                run_dir / "models" if (run_dir / "models").is_dir() else None)
+            if error:
+                print(error, file=sys.stderr, flush=True)
         chosen_models = {r.study.name: r.runs[0].model for r in studied
                          if r.runs and r.runs[0].model is not None}
         try:

@@ -1,4 +1,5 @@
-"""Experiment tracking: Weights & Biases runs, one per trial, several open at once.
+"""Experiment tracking: Weights & Biases runs, one per trial, several open at once
+(`WandbRuns`), and one summary run per sweep with its tables and models (`summary_run`).
 
 No Ray here: the sweep hosts `WandbRuns` in a Ray actor, and Ray imports this module (not
 the sweep's, which imports torch) in that actor's process.
@@ -7,7 +8,9 @@ the sweep's, which imports torch) in that actor's process.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -81,3 +84,30 @@ class WandbRuns:
         with self._kept("all", "teardown"):
             self.wandb.teardown()
         return self.errors
+
+
+def summary_run(run_dir: Path, mode: str, project: str, sweep: str,
+                tables: dict[str, Any], models: Path | None) -> str | None:
+    """One W&B run for the whole sweep (job type `summary`, in the sweep's group): each of
+    `tables` (name -> DataFrame) as a `wandb.Table`, and the exported models (`models/`:
+    ONNX graphs, sidecars, id maps) as a versioned artifact `<sweep>-models` of type
+    `model`. Offline runs land in `<run_dir>/wandb/` beside the trials' (`wandb sync`
+    uploads them together). Returns an error line, or None; it never raises.
+    """
+    import wandb
+
+    try:
+        run = wandb.init(dir=str(run_dir), mode=mode, project=project, group=sweep,
+                         name=f"{sweep} summary", job_type="summary", reinit="create_new",
+                         settings=wandb.Settings(silent=True))
+        run.log({name: wandb.Table(dataframe=frame) for name, frame in tables.items()})
+        if models is not None and any(models.iterdir()):
+            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{sweep}-models"), type="model",
+                                      description=f"the ONNX exports of sweep {sweep}")
+            artifact.add_dir(str(models))
+            run.log_artifact(artifact)
+        run.finish()
+        wandb.teardown()  # written to disk before the driver goes on (see WandbRuns.close)
+    except Exception as e:  # noqa: BLE001 - tracking must not cost the night's results
+        return f"W&B summary run: {type(e).__name__}: {e}"
+    return None

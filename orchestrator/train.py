@@ -14,8 +14,10 @@ in trials), and `on_state` hands the trial what it needs to checkpoint and resum
 Example:
     >>> seed_everything(0)
     >>> model = create_model("mf", DataSpec.from_data(data), task="rating", epochs=5)
-    >>> result = fit(model, data, TrainConfig(), report=print)
-    >>> result.status, result.best["val/rmse"]
+    >>> reports = []
+    >>> result = fit(model, data, TrainConfig(), report=reports.append)  # a dict per epoch
+    >>> result.status, len(reports), result.best["val/rmse"]
+    ('ok', 5, 1.0...)
 """
 
 from __future__ import annotations

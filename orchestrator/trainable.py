@@ -30,7 +30,7 @@ from data.types import PreparedData
 from models.base import DataSpec
 from models.registry import create_model
 from orchestrator.config import TrainConfig
-from orchestrator.train import fit, load_state, save_state, seed_everything
+from orchestrator.train import fit, load_state, pick_device, save_state, seed_everything
 
 # A trial's metadata sits under this key of its Tune config, beside the hyperparameters (no
 # hyperparameter can be called so: they are Python identifiers): study, model, task, seed,
@@ -52,6 +52,8 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     seed_everything(cfg.seed)
     model = create_model(meta["model"], DataSpec.from_data(data), meta["task"], **hparams)
     rungs, epochs = set(meta.get("rungs", ())), model.params.epochs
+    where = pick_device(cfg.device)  # what ran it, for the run's env.json
+    device = torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu"
 
     state = None
     checkpoint = tune.get_checkpoint()
@@ -90,7 +92,8 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         status = "running" if not state.final else \
             "epochs" if metrics["epoch"] == epochs else "early_stopped"
         metrics = {**metrics, "status": status, "best_value": state.best_value,
-                   "first_batch_at": first_step[0] if first_step else math.nan}
+                   "first_batch_at": first_step[0] if first_step else math.nan,
+                   "device": device}
         if not checkpoint:
             tune.report(metrics)
             return

@@ -82,12 +82,16 @@ def _leftovers(home: Path) -> list[str]:
 
 
 def test_download_verifies_unpacks_and_caches(server: Server, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(movielens.ZIP_MD5, "ml-1m", ML1M_MD5)
     server.routes["/movielens/ml-1m.zip"] = ML1M_ZIP
     home = tmp_path / "home"
     assert not available_offline("ml-1m", home)
     ds = load_source("ml-1m", data_dir=home)
+    progress = capsys.readouterr().err.splitlines()  # not a terminal: plain lines, no bar
+    assert progress[0].startswith("download ml-1m: ") and progress[-1].startswith(
+        "download ml-1m: 100% ")
     assert ds.interactions.user.tolist() == [1, 1, 2]
     assert ds.items.loc[11, "title"] == "Sabrina (1995)"
     assert server.requests == ["/movielens/ml-1m.zip"]

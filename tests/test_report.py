@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.report import importances
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = ["mf", "neumf"]
@@ -30,9 +29,11 @@ def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     storage = tmp_path_factory.mktemp("runs")
-    # 3 trials per study: the fewest with parameter importances
+    # 3 complete trials per study, the fewest with parameter importances: ASHA's only rung
+    # is the last epoch, so it prunes none
     proc = run_cli("sweep", "--smoke", "--models", ",".join(STUDIES), "--trials", "3",
-                   "--name", "r", "--storage", str(storage), "--wandb", "disabled")
+                   "--grace-period", "2", "--name", "r", "--storage", str(storage),
+                   "--wandb", "disabled")
     assert proc.returncode == 0, proc.stderr[-4000:]
     proc = run_cli("report", str(storage / "r"))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -144,19 +145,24 @@ def test_umap_coordinates_have_one_row_per_item(run_dir: Path) -> None:
         assert coords[["x", "y"]].notna().all().all() and coords["x"].std() > 0
 
 
-def test_importances_rank_correlation() -> None:
-    trials = pd.DataFrame({
-        "best": [0.1, 0.2, 0.3, 0.4, None],
-        "end": ["epochs", "asha", "epochs", "early_stopped", "error"],
-        "hparams": [json.dumps({"lr": lr, "dim": 8, "loss": loss, "noise": n})
-                    for lr, loss, n in [(1e-3, "bpr", 2), (2e-3, "bpr", 1), (3e-3, "bce", 4),
-                                        (4e-3, "bce", 3), (9.0, "bpr", 0)]]})
-    scores = importances(trials)
-    assert scores is not None and "dim" not in scores  # never changed: left out
-    assert scores["lr"] == pytest.approx(1.0)  # monotone in the metric; the error is ignored
-    assert scores["loss"] == pytest.approx((4 / 5) ** 0.5)  # eta of ranks over 2 groups
-    assert scores["noise"] == pytest.approx(0.6)  # Spearman of (2,1,4,3) with (1,2,3,4)
-    assert importances(trials.iloc[:2]) is None  # fewer than 3 finished trials
+def test_importances_come_from_optuna_over_complete_trials(tmp_path: Path) -> None:
+    import optuna
+
+    from orchestrator.report import _optuna_figure
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(12):
+        trial = study.ask()
+        lr, dim = trial.suggest_float("lr", 1e-4, 1e-1, log=True), trial.suggest_int("dim", 8, 64)
+        if i == 11:  # a pruned trial is not a result: importances leave it out
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        study.tell(trial, lr * 100 + dim * 1e-6)  # lr decides the value
+    scores = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert list(scores)[0] == "lr" and scores["lr"] > 0.9
+    path = _optuna_figure("importance", study, tmp_path / "importance.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_without_viz_says_what_to_install(run_dir: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,7 @@ from data.types import RawDataset
 
 
 def test_ml100k_real(ml100k_dir: Path) -> None:
-    start = time.perf_counter()
-    ds = load_source("ml-100k", data_dir=ml100k_dir.parent)
-    elapsed = time.perf_counter() - start
+    ds = load_source("ml-100k", data_dir=ml100k_dir.parent)  # its speed: bench/data_bench.py
     i = ds.interactions
     assert len(i) == 100_000
     assert len(np.unique(i.user)) == 943 and len(np.unique(i.item)) == 1682
@@ -36,7 +33,6 @@ def test_ml100k_real(ml100k_dir: Path) -> None:
     assert ds.fingerprint == fingerprint([ml100k_dir / f for f in movielens.CONTENT_SHA256[
         "ml-100k"]])
     assert len(ds.files) == 17 and "content sha256 verified" in ds.note
-    assert elapsed < 0.3, f"ml-100k load took {elapsed:.3f} s"
 
 
 def test_ml100k_pinned_content_checksum_matches_local_copy(ml100k_dir: Path) -> None:

@@ -33,11 +33,18 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     storage = tmp_path_factory.mktemp("runs")
     # a key in the environment must never reach the run directory, even offline
     # and with every fallback of orchestrator.internals forced: the sweep must not need them
-    proc = run_cli("sweep", "--smoke", "--name", "smoke", "--storage", str(storage),
+    proc = run_cli("sweep", "--smoke", "--name", "smoke", "--storage", str(storage), "--json",
                    env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     # no library's Python warning reaches the user (the exporter's once did, in a race)
     assert "Warning:" not in proc.stdout + proc.stderr, proc.stderr[-4000:]
+    # --json: stdout is one JSON object, the progress went to stderr
+    (line,) = proc.stdout.splitlines()
+    summary = json.loads(line)
+    assert summary["run_dir"] == str(storage / "smoke") and summary["exit_code"] == 0
+    assert [r["study"] for r in summary["results"]] == STUDIES
+    assert set(summary["exports"].values()) == {"ok"} and "search:" in proc.stderr
+    assert Path(summary["files"]["optuna.journal"]).is_file()
     return storage / "smoke"
 
 
@@ -109,6 +116,50 @@ def test_smoke_run_directory_layout(smoke_run: Path) -> None:
     assert len(trials) == 10 and trials["trial_id"].is_unique
 
 
+def test_optuna_storage_holds_every_trial_once_as_it_ended(smoke_run: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from orchestrator.journal import storage
+
+    trials = pd.read_parquet(smoke_run / "trials.parquet")
+    state = {"epochs": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
+             "asha": TrialState.PRUNED}
+    names = optuna.get_all_study_names(storage(smoke_run))
+    assert sorted(names) == sorted(trials["study"].unique())
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage(smoke_run))
+        group = trials[trials["study"] == name].sort_values("number")
+        assert [t.user_attrs["trial_id"] for t in study.trials] == list(group["trial_id"])
+        assert [t.state for t in study.trials] == [state[e] for e in group["end"]]
+        assert [t.value for t in study.trials if t.value is not None] == \
+            list(group.loc[group["end"] != "asha", "best"])
+        assert all(t.intermediate_values for t in study.trials)  # the curve per epoch
+
+
+def test_env_json_records_versions_commit_and_nodes(smoke_run: Path) -> None:
+    import ray
+    import torch
+
+    env = json.loads((smoke_run / "env.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__
+    assert env["versions"]["ray"] == ray.__version__ and env["versions"]["optuna"]
+    assert env["command"][1:3] == ["sweep", "--smoke"]
+    assert env["nodes"] and all(n["device"] == "cpu" and n["host"] for n in env["nodes"])
+    sidecar = json.loads((smoke_run / "models" / "mf.json").read_text())
+    assert sidecar["environment"]["onnxruntime"] == env["versions"]["onnxruntime"]
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("recsweep ")
+
+
+def test_export_json_is_one_object(smoke_run: Path) -> None:
+    proc = run_cli("export", str(smoke_run), "--study", "mf", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "run_dir": str(smoke_run), "exports": {"mf": "ok"}, "exit_code": 0}
+    assert "mf: ok" in proc.stderr  # the human line, on stderr
+
+
 def test_results_command_prints_the_table(smoke_run: Path) -> None:
     proc = run_cli("results", str(smoke_run), "--format", "json")
     assert proc.returncode == 0, proc.stderr
@@ -120,11 +171,24 @@ def test_results_command_prints_the_table(smoke_run: Path) -> None:
 
 
 def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
-    runs = list((smoke_run / "wandb").glob("offline-run-*"))
+    runs = [wandb_run(folder) for folder in (smoke_run / "wandb").glob("offline-run-*")]
+    summary = [r for r in runs if r["run"].job_type == "summary"]
+    runs = [r for r in runs if r["run"].job_type != "summary"]
     assert len(runs) == 10, runs  # one W&B run per trial
+    # and one for the sweep: its tables and the exported models as a versioned artifact
+    (summary,) = summary
+    assert summary["run"].run_group == "smoke" and summary["exit_code"] == 0
+    (logged,) = summary["history"]
+    assert logged["results/_type"] == logged["trials/_type"] == "table-file"
+    assert logged["results/nrows"] == len(pd.read_csv(smoke_run / "results.csv"))
+    assert logged["trials/nrows"] == 10
+    (artifact,) = [a for a in summary["artifacts"] if a.type == "model"]
+    assert artifact.name == "smoke-models" and "latest" in artifact.aliases
+    files = {entry.path for entry in artifact.manifest.contents}
+    assert {"mf.onnx", "mf.topk.onnx", "mf.json", "mf.npz"} <= files
     trials = pd.read_parquet(smoke_run / "trials.parquet").set_index("trial_id")
-    for folder in runs:
-        run = wandb_run(folder)
+    for run in runs:
+        folder = run["run"].run_id
         trial = trials.loc[run["run"].run_id]  # the run's id is its trial's id
         assert run["run"].run_group == f"smoke/{trial['study']}"
         assert run["exit_code"] == 0

@@ -9,7 +9,7 @@ from typing import Any
 
 def wandb_run(folder: Path) -> dict:
     """What an offline W&B run folder recorded: {"run": the run record, "history": [logged
-    rows], "summary": {key: value}, "exit_code": int or None}.
+    rows], "summary": {key: value}, "exit_code": int or None, "artifacts": [records]}.
 
     The `.wandb` file is a LevelDB-style log (wandb 0.31 has no Python reader): a 7-byte
     header, then 32 KiB blocks of chunks (CRC 4 bytes, length 2, type 1: full, first,
@@ -22,7 +22,8 @@ def wandb_run(folder: Path) -> dict:
 
     data = next(folder.glob("*.wandb")).read_bytes()
     assert data[:4] == b":W&B", folder
-    out: dict = {"run": None, "history": [], "summary": {}, "exit_code": None}
+    out: dict = {"run": None, "history": [], "summary": {}, "exit_code": None,
+                 "artifacts": []}
     pos, block, record = 7, 32768, b""
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
@@ -44,4 +45,6 @@ def wandb_run(folder: Path) -> dict:
             out["summary"].update({key(i): json.loads(i.value_json) for i in rec.summary.update})
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code
+        elif which == "artifact":
+            out["artifacts"].append(rec.artifact)
     return out
