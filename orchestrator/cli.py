@@ -9,82 +9,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-from orchestrator.config import DataConfig, field_help, from_dict
-
-
-def flag_fields(cls: type, skip: Sequence[str] = ()) -> list[dataclasses.Field]:
-    """The fields of a config that take a `--flag`: scalars and lists, not nested configs
-    or mappings (those take a dotted `--set`), nor `sweep_only` fields or those in `skip`."""
-    return [f for f in dataclasses.fields(cls) if f.name not in skip
-            and not f.metadata.get("sweep_only")
-            and not dataclasses.is_dataclass(f.default) and not isinstance(f.default, dict)
-            and not (f.default_factory is not dataclasses.MISSING
-                     and isinstance(f.default_factory(), dict))]
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
-                    ) -> None:
-    """One `--flag` per field of `flag_fields`, its help from the field's metadata."""
-    for f in flag_fields(cls, skip):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                            help=f.metadata.get("help", ""))
-
-
-def flag_value(raw: str, kind: str) -> object:
-    """A flag's text as YAML reads it; a list field also takes `a,b,c`; a text field
-    keeps the text as typed (`--name 2024` is a name, not a number)."""
-    import yaml
-
-    if kind.startswith("tuple") and not raw.lstrip().startswith("["):
-        items = [item.strip() for item in raw.split(",") if item.strip()]
-        return items if kind.startswith("tuple[str") else [yaml.safe_load(i) for i in items]
-    value = yaml.safe_load(raw)
-    return raw if kind in ("str", "str | None") and value is not None else value
-
-
-def flag_values(cls: type, args: argparse.Namespace) -> dict[str, object]:
-    """The config fields given as flags, as a YAML-shaped dict."""
-    return {f.name: flag_value(getattr(args, f.name), str(f.type))
-            for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> object:
-    """The config with the flags that were given."""
-    return from_dict(cls, flag_values(cls, args), where="--")
-
-
-def parse_sets(items: Sequence[str]) -> dict[str, str]:
-    """`--set key=value` pairs -> {key: value} (the values as typed)."""
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def dotted(sets: dict[str, str]) -> dict[str, object]:
-    """`{"train.ks": "[5, 10]"}` -> `{"train": {"ks": [5, 10]}}`, the values read as YAML."""
-    import yaml
-
-    out: dict[str, object] = {}
-    for key, raw in sets.items():
-        *path, last = key.split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})  # type: ignore[assignment]
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {part} is set to a value and a mapping")
-        node[last] = yaml.safe_load(raw)
-    return out
+from orchestrator.config import (
+    DataConfig,
+    add_config_args,
+    config_from_args,
+    dotted,
+    field_help,
+    flag_values,
+    parse_sets,
+)
 
 
 def cmd_data_describe(args: argparse.Namespace) -> int:

@@ -33,6 +33,8 @@ import pandas as pd
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
 HEAD_ID = "f" * 51 + "00000"  # the fake provider's head; its workers are ...00001, ...

@@ -37,6 +37,8 @@ from orchestrator.finalize import main_metric
 from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 from orchestrator.train import fit, seed_everything
 
+pytestmark = pytest.mark.slow  # every docstring example, about 20 s
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("data", "models", "orchestrator")
 SPEC = "synthetic:users=60,items=80,interactions=1500,seed=1"

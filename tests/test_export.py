@@ -63,6 +63,7 @@ def test_registry_has_models() -> None:
     assert "mf" in list_models()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     model, meta, path = exported(name)
@@ -106,6 +107,7 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_topk_graph_agrees_with_pytorch_ranking(name: str, exported, data: PreparedData
                                                 ) -> None:

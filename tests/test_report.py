@@ -16,6 +16,8 @@ import pytest
 
 from orchestrator.cli import main
 
+pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = ["mf", "neumf"]
 

@@ -17,6 +17,8 @@ from orchestrator import results
 from orchestrator.internals import FORCE_FALLBACKS
 from orchestrator.plan import load_config
 
+pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "recsweep-test-secret-key-0123456789abcdef"
 
@@ -280,7 +282,7 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
 
     restored = StudySearch(check_config(cfg), cfg, plan)
     restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.suggest("t3")["study"] == "neumf"  # mf has had its 2 trials
+    assert restored.suggest("t3")[TRIAL]["study"] == "neumf"  # mf has had its 2 trials
     assert restored.suggest("t4") == Searcher.FINISHED
     # the finished trial is part of mf's TPE history, and of mf's only
     told = {name: [t.value for t in s._ot_study.trials if t.value is not None]

@@ -25,6 +25,8 @@ from orchestrator import results
 from orchestrator.plan import load_config
 from orchestrator.sweep import run_sweep
 
+pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = {"dataset": "synthetic:users=300,items=400,interactions=12000,seed=1"}
 
@@ -148,6 +150,17 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert (trials.groupby("study").size() == 4).all()  # each study's 4, none run twice
     assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
         trials[["trial_id", "end", "message"]]
+    # Optuna's storage agrees: every trial once, pruned exactly where ASHA stopped it
+    import optuna
+
+    from orchestrator.journal import storage
+
+    for name, group in trials.groupby("study"):
+        study = optuna.load_study(study_name=str(name), storage=storage(run_dir))
+        assert sorted(t.user_attrs["trial_id"] for t in study.trials) == \
+            sorted(group["trial_id"])
+        assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == \
+            (group["end"] == "asha").sum()
 
 
 def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:

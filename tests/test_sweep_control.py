@@ -32,6 +32,8 @@ from orchestrator.plan import load_config
 from orchestrator.sweep import run_sweep
 from orchestrator.train import fold_val
 
+pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:users=200,items=300,interactions=8000,seed=2"
 # trials that would take minutes each if nothing stopped them

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from data import load_dataset
 from orchestrator.config import DataConfig
 from orchestrator.evaluation import to_device
+
+pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 
 
 def test_trials_read_the_object_store_copy_of_the_data(tmp_path: Path) -> None:
