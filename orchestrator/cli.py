@@ -83,7 +83,8 @@ def summary(run_dir: object) -> tuple[int, dict]:
     exports = dict(zip(frame["study"], frame["export"], strict=True)) \
         if "export" in frame.columns else {}
     return outcome(run_dir), {"run_dir": str(run_dir), "files": files,
-                              "exports": {k: v for k, v in exports.items() if v},
+                              "exports": {k: v for k, v in exports.items()
+                                          if isinstance(v, str) and v},
                               "results": json.loads(frame.to_json(orient="records"))}
 
 

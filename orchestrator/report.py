@@ -273,7 +273,14 @@ def _optuna_figure(kind: str, study: Any, path: Path) -> Path:
         else:
             ax = optuna_plots.plot_param_importances(
                 study, evaluator=FanovaImportanceEvaluator(seed=0))
-    ax.set_title(f"{study.study_name}: {ax.get_title()}")
+    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    title = ax.get_title() or ax.get_title(loc="left")  # optuna puts either one
+    ax.set_title("")
+    ax.set_title(f"{study.study_name}: {title} ({complete} complete trials"
+                 f"{', too few to trust' if kind != 'history' and complete < 10 else ''})",
+                 loc="left")
+    if kind == "history":
+        ax.set_ylabel(study.user_attrs.get("metric", "value"))
     fig = ax.figure
     fig.set_size_inches(6.4, 4.0)
     try:

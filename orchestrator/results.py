@@ -348,15 +348,14 @@ def render(frame: pd.DataFrame, fmt: str = "md") -> str:
     raise ValueError(f"--format {fmt!r}: expected md, csv or json")
 
 
-def write_trials(run_dir: Path, rows: list[dict[str, Any]],
-                 histories: list[pd.DataFrame] | None = None) -> None:
+def write_trials(run_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame | None = None
+                 ) -> None:
     """All trials of all studies as one table (`trials.parquet`, `trials.csv`), and every
     trial's per-epoch metrics (`history.parquet`: the learning curves)."""
-    frame = pd.DataFrame(rows)
-    save_frame(frame, run_dir / "trials.parquet")
-    save_frame(frame, run_dir / "trials.csv")
-    if histories:
-        save_frame(pd.concat(histories, ignore_index=True), run_dir / "history.parquet")
+    save_frame(trials, run_dir / "trials.parquet")
+    save_frame(trials, run_dir / "trials.csv")
+    if curves is not None:
+        save_frame(curves, run_dir / "history.parquet")
 
 
 def study_metrics(frame: pd.DataFrame | None, study: str) -> dict[str, float] | None:

@@ -1,17 +1,19 @@
-"""The sweep: one study per model, Optuna TPE + ASHA per study, resumable, then the table.
+"""The sweep, as its plan: each stage a function, each taking the last one's records.
 
-    SweepConfig (resolved: TPE start-up, ASHA schedule) -> prepared data (once, on the
-    driver) -> one Tune experiment of all studies:
-        Tuner(with_resources(with_parameters(run_trial, data)),
-              StudySearch (an OptunaSearch(TPE) per study), StudyASHA (an ASHA per study))
-    -> TrialRecords -> optional re-runs of the chosen configurations with more seeds
-    -> finalize.py (choose on validation, test the chosen only, baselines) -> StudyResults
-    -> results.py (a table per evaluation, with paired tests) -> export -> report
+    plan_sweep (resolved config, studies, schedules; bad input fails before Ray)
+    -> connect, resources (cluster.py) -> prepare_data (once, on the driver)
+    -> start_run_directory (sweep.yaml, data.json)
+    -> search: one Tune experiment of all studies (search.py), then the seed re-runs
+       -> Searched (TrialRecords, learning curves, nodes)
+    -> finalize (finalize.py: choose on validation, test the chosen only, baselines)
+       -> StudyResults, the chosen models held in memory
+    -> write_search_records (trials.*, history.parquet, optuna.journal, env.json)
+    -> write_tables (results.*; the export of the chosen models; results.* with its column)
+    -> tracking.summary_run (W&B) -> report (report.html)
 
 The run directory (`<storage>/<name>` when storage is a local path, else `runs/<name>`
-beside the remote experiments) holds `sweep.yaml`, `data.json`, the Tune experiment
-`search/` (the `--resume` target), `seeds/` (with `final_seeds`), `wandb/`,
-`trials.parquet`, `checkpoints/`, and `results.*`.
+beside the remote experiments) holds what each stage writes, and the Tune experiment
+`search/` (the `--resume` target), `seeds/` (with `final_seeds`), `wandb/`, `checkpoints/`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import ray
@@ -29,6 +33,7 @@ from ray import tune
 
 from data import describe, load_dataset
 from data.files import write_text
+from data.types import PreparedData
 from orchestrator import results
 from orchestrator.callbacks import Progress, ReportKernels, wandb_callbacks
 from orchestrator.cluster import connect, quiet_libraries, resources
@@ -47,6 +52,7 @@ from orchestrator.plan import (
 )
 from orchestrator.provenance import environment
 from orchestrator.publish import export_results
+from orchestrator.records import Schedule, Study, StudyResult, TrialRecord
 from orchestrator.report import write_report
 from orchestrator.search import (
     SearchSpace,
@@ -66,11 +72,45 @@ from orchestrator.trainable import run_trial
 def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     """Run (or continue) a sweep; returns the run directory holding the results. After a
     Ctrl-C it writes the table, exports and report of what finished, then raises
-    KeyboardInterrupt.
+    KeyboardInterrupt."""
+    cfg, studies, plan = plan_sweep(cfg, resume)
+    start = time.time()
+    budget = parse_duration(cfg.time_budget)
+    deadline = None if budget is None else start + budget
+    quiet_libraries()
+    connect(cfg)
+    request, slots = resources(cfg)
+    print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
+          flush=True)
+    data = prepare_data(cfg, studies)
+    run_dir = start_run_directory(cfg, data)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
+    with ctrl_c_stops_studies() as stop:
+        searched = search(cfg, studies, plan, trainable, slots, run_dir, start, deadline, stop)
+        studied = finalize(studies, searched.trials, searched.seed_trials, cfg.baselines,
+                           data, cfg.train, cfg.seed, run_dir, searched.why_empty)
+        write_search_records(run_dir, cfg, studies, plan, searched)
+        frame = write_tables(run_dir, studied, data)
+        if cfg.wandb != "disabled":
+            error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
+                                {"results": frame, "trials": searched.table(studies)},
+                                run_dir / "models" if (run_dir / "models").is_dir() else None)
+            if error:
+                print(error, file=sys.stderr, flush=True)
+        report(run_dir, studied, data)
+        print(f"run directory: {run_dir}", flush=True)
+        if stop.is_set():
+            print(f"interrupted: the table holds what finished; continue with: "
+                  f"python -m orchestrator sweep --resume {run_dir}", flush=True)
+            raise KeyboardInterrupt  # everything is written; the caller learns it was cut
+    return run_dir
 
-    resolve config -> connect -> prepare data -> search -> finalize (choose, test, seeds,
-    baselines) -> tables -> export -> report.
-    """
+
+def plan_sweep(cfg: SweepConfig, resume: str | Path | None
+               ) -> tuple[SweepConfig, list[Study], dict[str, Schedule]]:
+    """The resolved config (a new run's, or the one `--resume` continues), its studies and
+    their schedules; everything that can fail before Ray starts fails here."""
     if resume is not None:
         cfg = load_run_config(resume)
         if not tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
@@ -85,99 +125,119 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
                          "--name")
     studies = check_config(cfg)
     cfg = resolved(cfg)
-    plan = schedules(cfg, studies)
     if cfg.trials <= cfg.startup_trials:
         print(f"search: {cfg.trials} trials per study, within TPE's {cfg.startup_trials} "
               "random start-up trials: after the defaults trial this is a random search",
               flush=True)
-    start = time.time()
-    budget = parse_duration(cfg.time_budget)
-    deadline = None if budget is None else start + budget
+    return cfg, studies, schedules(cfg, studies)
 
-    quiet_libraries()
-    connect(cfg)
-    request, slots = resources(cfg)
-    print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
-          flush=True)
+
+def prepare_data(cfg: SweepConfig, studies: list[Study]) -> PreparedData:
+    """The sweep's dataset, prepared once on the driver (trials read it from the object
+    store)."""
     data = load_dataset(cfg.data)
     if any(s.task != "rating" for s in studies):
         check_ks(tuple(cfg.train.ks), data)
     print(f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
           f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
           f"split {data.split_name})", flush=True)
+    return data
+
+
+def start_run_directory(cfg: SweepConfig, data: PreparedData) -> Path:
+    """The run directory with `sweep.yaml` (the resolved config) and `data.json`."""
     run_dir = run_directory(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     write_text(run_dir / "data.json", json.dumps(
         {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
-
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
-
-    with ctrl_c_stops_studies() as stop:
-        path = f"{experiment_root(cfg)}/{SEARCH}"
-        if tune.Tuner.can_restore(path):
-            print(f"search: resuming from {path}", flush=True)
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-        else:
-            callbacks = [Progress(studies, cfg.trials, start, deadline), ReportKernels(),
-                         *wandb_callbacks(cfg, run_dir)]
-            left = None if deadline is None else max(1.0, deadline - time.time())
-            tuner = experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg, plan),
-                               cfg.trials * len(studies), callbacks,
-                               scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
-        grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
-        out_of_time = deadline is not None and time.time() >= deadline
-        trials = trial_records(grid, plan, stop.is_set() or out_of_time)
-        histories = [epoch_history(res) for res in grid if res.metrics_dataframe is not None]
-        chosen = {s.name: choose([t for t in trials if t.study == s.name], s) for s in studies}
-        found = [t for t in chosen.values() if t is not None]
-        seed_trials = seed_runs(found, studies, plan, cfg, slots, trainable) \
-            if cfg.final_seeds > 1 and found and not stop.is_set() else []
-        why_empty = "interrupted" if stop.is_set() else \
-            "time budget spent" if out_of_time else "no trial ran"
-        studied = finalize(studies, trials, seed_trials, cfg.baselines, data, cfg.train,
-                           cfg.seed, run_dir, why_empty)
-        by_name = {s.name: s for s in studies}
-        trial_rows = [t.row(by_name[t.study]) for t in trials]
-        results.write_trials(run_dir, trial_rows, histories)
-        nodes = {(r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
-                 for r in grid if r.metrics}
-        write_text(run_dir / "env.json", json.dumps(environment(
-            [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)]),
-            indent=2))
-        write_journal(run_dir, studies, trials,
-                      pd.concat(histories, ignore_index=True) if histories else None,
-                      lambda s: SearchSpace(s, cfg.search_space.get(s.model, {}),
-                                            plan[s.name], cfg.seed))
-        frame = results.table(studied)
-        results.write(run_dir, frame)  # the night's numbers are on disk before the export
-        results.write_units(run_dir, studied)
-        outcome = export_results(run_dir, studied, frame, data)
-        if outcome:
-            failed = {k: v for k, v in outcome.items() if v != "ok"}
-            if failed:
-                print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
-            frame = results.table(studied)  # now with the export column
-            results.write(run_dir, frame)
-        print(results.markdown(frame), flush=True)
-        if cfg.wandb != "disabled":
-            error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
-                                {"results": frame, "trials": pd.DataFrame(trial_rows)},
-                                run_dir / "models" if (run_dir / "models").is_dir() else None)
-            if error:
-                print(error, file=sys.stderr, flush=True)
-        chosen_models = {r.study.name: r.runs[0].model for r in studied
-                         if r.runs and r.runs[0].model is not None}
-        try:
-            write_report(run_dir, data=data, models=chosen_models)
-        except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
-            print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
-                  f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
-        print(f"run directory: {run_dir}", flush=True)
-        if stop.is_set():
-            print(f"interrupted: the table holds what finished; continue with: "
-                  f"python -m orchestrator sweep --resume {run_dir}", flush=True)
-            raise KeyboardInterrupt  # everything is written; the caller learns it was cut
     return run_dir
 
+
+@dataclasses.dataclass
+class Searched:
+    """What the search left: every trial, the learning curves, the seed re-runs of the
+    chosen configurations, the status of a study that ran no trial, and the nodes that ran
+    trials."""
+
+    trials: list[TrialRecord]
+    curves: pd.DataFrame | None
+    seed_trials: list[TrialRecord]
+    why_empty: str
+    nodes: list[dict[str, str]]
+
+    def table(self, studies: list[Study]) -> pd.DataFrame:
+        """The trials table's rows."""
+        by_name = {s.name: s for s in studies}
+        return pd.DataFrame([t.row(by_name[t.study]) for t in self.trials])
+
+
+def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], trainable: Any,
+           slots: int, run_dir: Path, start: float, deadline: float | None,
+           stop: threading.Event) -> Searched:
+    """The Tune experiment of all studies (or its continuation), then the seed re-runs."""
+    path = f"{experiment_root(cfg)}/{SEARCH}"
+    if tune.Tuner.can_restore(path):
+        print(f"search: resuming from {path}", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        callbacks = [Progress(studies, cfg.trials, start, deadline), ReportKernels(),
+                     *wandb_callbacks(cfg, run_dir)]
+        left = None if deadline is None else max(1.0, deadline - time.time())
+        tuner = experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg, plan),
+                           cfg.trials * len(studies), callbacks,
+                           scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
+    grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
+    out_of_time = deadline is not None and time.time() >= deadline
+    trials = trial_records(grid, plan, stop.is_set() or out_of_time)
+    curves = [epoch_history(res) for res in grid if res.metrics_dataframe is not None]
+    chosen = [t for s in studies
+              if (t := choose([t for t in trials if t.study == s.name], s)) is not None]
+    seed_trials = seed_runs(chosen, studies, plan, cfg, slots, trainable) \
+        if cfg.final_seeds > 1 and chosen and not stop.is_set() else []
+    nodes = {(r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
+             for r in grid if r.metrics}
+    return Searched(
+        trials, pd.concat(curves, ignore_index=True) if curves else None, seed_trials,
+        "interrupted" if stop.is_set() else
+        "time budget spent" if out_of_time else "no trial ran",
+        [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)])
+
+
+def write_search_records(run_dir: Path, cfg: SweepConfig, studies: list[Study],
+                         plan: dict[str, Schedule], searched: Searched) -> None:
+    """`trials.*` and `history.parquet`, `optuna.journal` and `env.json`."""
+    results.write_trials(run_dir, searched.table(studies), searched.curves)
+    write_journal(run_dir, studies, searched.trials, searched.curves,
+                  lambda s: SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name],
+                                        cfg.seed))
+    write_text(run_dir / "env.json", json.dumps(environment(searched.nodes), indent=2))
+
+
+def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData
+                 ) -> pd.DataFrame:
+    """The results tables, written before the export (the night's numbers are on disk
+    first), then again with the export column; prints them. Returns the table."""
+    frame = results.table(studied)
+    results.write(run_dir, frame)
+    results.write_units(run_dir, studied)
+    outcome = export_results(run_dir, studied, frame, data)
+    if outcome:
+        failed = {k: v for k, v in outcome.items() if v != "ok"}
+        if failed:
+            print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
+        frame = results.table(studied)
+        results.write(run_dir, frame)
+    print(results.markdown(frame), flush=True)
+    return frame
+
+
+def report(run_dir: Path, studied: list[StudyResult], data: PreparedData) -> None:
+    """`report.html` from the data and chosen models in memory; a failure is one line."""
+    models = {r.study.name: r.runs[0].model for r in studied
+              if r.runs and r.runs[0].model is not None}
+    try:
+        write_report(run_dir, data=data, models=models)
+    except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
+        print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
+              f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
