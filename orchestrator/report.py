@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from data.files import atomic_write, write_text
-from orchestrator import results
+from orchestrator import plots, results
 from orchestrator.config import SweepConfig, from_dict
 from orchestrator.journal import JOURNAL, storage
 
@@ -38,7 +38,6 @@ VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install
 NEEDED = ("results.parquet", "trials.parquet", "sweep.yaml")
 MAX_UMAP_ITEMS = 20_000  # the most popular items are mapped when the catalogue is larger
 CURVES = 3  # learning curves of this many best trials per study
-LABELS = 8  # titles written next to the most popular items on the map
 
 
 def missing_viz() -> list[str]:
@@ -157,8 +156,8 @@ def _report(run_dir: Path, figures: Path, say: Any, data: Any, models: dict[str,
             f"<h2>Data: {html.escape(data.name)}, split {html.escape(data.split_name)}</h2>"
             f"<p>{data.n_users} users, {data.n_items} items, {len(data.train)} / "
             f"{len(data.val)} / {len(data.test)} train / val / test interactions.</p>"
-            + _img(_plot_popularity(popularity, figures / "data-popularity.png"))
-            + _img(_plot_activity(activity, figures / "data-activity.png")))
+            + _img(plots.plot_popularity(popularity, figures / "data-popularity.png"))
+            + _img(plots.plot_activity(activity, figures / "data-activity.png")))
     for study, group in trials.groupby("study", sort=False):
         say(f"plots of study {study}")
         parts.append(_study_html(run_dir, figures, str(study), group, history, frame, cfg,
@@ -190,7 +189,8 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
         out.append(f"<p>No optimization history or importances: {JOURNAL} is missing (a "
                    "sweep from before the Optuna storage).</p>")
     else:
-        out.append(_img(_optuna_figure("history", searched, figures / f"history-{study}.png")))
+        out.append(_img(plots.optuna_figure("history", searched,
+                                            figures / f"history-{study}.png")))
         complete = [t for t in searched.trials if t.state.name == "COMPLETE"]
         varied = len({json.dumps(t.params, sort_keys=True) for t in complete}) > 1
         if len(complete) < 3 or not varied:
@@ -198,15 +198,15 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
                 if len(complete) < 3 else "no hyperparameter varied across them"
             out.append(f"<p>Parameter importances: not enough trials ({why}).</p>")
         else:
-            out.append(_img(_optuna_figure("importance", searched,
+            out.append(_img(plots.optuna_figure("importance", searched,
                                            figures / f"importance-{study}.png")))
     if history is not None:
         best = trials[_finished(trials)].sort_values("best", ascending=mode == "min")
         curves = history[(history["study"] == study)
                          & history["trial_id"].isin(best["trial_id"].head(CURVES))]
         if len(curves):
-            out.append(_img(_plot_curves(curves, list(best["trial_id"].head(CURVES)), metric,
-                                         figures / f"curves-{study}.png")))
+            out.append(_img(plots.plot_curves(curves, list(best["trial_id"].head(CURVES)),
+                                              metric, figures / f"curves-{study}.png")))
     checkpoint = run_dir / "checkpoints" / f"{study}.pt"
     if data is not None and (model is not None or checkpoint.exists()):
         out.append(_umap_html(model or checkpoint, study, data, popularity, figures, say))
@@ -226,27 +226,6 @@ def _finished(trials: pd.DataFrame) -> np.ndarray:
     return (trials["best"].notna() & (ended != "error")).to_numpy()
 
 
-def _figure(width: float = 6.4, height: float = 4.0) -> Any:
-    # A bare Figure renders through Agg without pyplot's global state or a display.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def _whole_x(*axes: Any) -> None:
-    """Ticks at whole numbers only: trials and epochs are counted."""
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _save(fig: Any, path: Path) -> Path:
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
-    return path
-
-
 def _optuna_study(run_dir: Path, name: str) -> Any:
     """The study's trials as the sweep recorded them for Optuna (None: no journal)."""
     import optuna
@@ -254,80 +233,6 @@ def _optuna_study(run_dir: Path, name: str) -> Any:
     if not (run_dir / JOURNAL).exists():
         return None
     return optuna.load_study(study_name=name, storage=storage(run_dir))
-
-
-def _optuna_figure(kind: str, study: Any, path: Path) -> Path:
-    """Optuna's own matplotlib figure of a study: its optimization history, or parameter
-    importances by fANOVA (seeded) over the complete trials."""
-    import warnings
-
-    import matplotlib.pyplot as plt
-    from optuna.exceptions import ExperimentalWarning
-    from optuna.importance import FanovaImportanceEvaluator
-    from optuna.visualization import matplotlib as optuna_plots
-
-    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        if kind == "history":
-            ax = optuna_plots.plot_optimization_history(study)
-        else:
-            ax = optuna_plots.plot_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0))
-    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
-    title = ax.get_title() or ax.get_title(loc="left")  # optuna puts either one
-    ax.set_title("")
-    ax.set_title(f"{study.study_name}: {title} ({complete} complete trials"
-                 f"{', too few to trust' if kind != 'history' and complete < 10 else ''})",
-                 loc="left")
-    if kind == "history":
-        ax.set_ylabel(study.user_attrs.get("metric", "value"))
-    fig = ax.figure
-    fig.set_size_inches(6.4, 4.0)
-    try:
-        fig.tight_layout()
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
-
-
-def _plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path) -> Path:
-    fig = _figure(9.6, 3.6)
-    val, loss = fig.subplots(1, 2)
-    for rank, trial_id in enumerate(order):
-        one = curves[curves["trial_id"] == trial_id].sort_values("epoch")
-        label = f"#{rank + 1} {trial_id}"
-        if metric in one:
-            val.plot(one["epoch"], one[metric], marker="o", label=label)
-        if "train/loss" in one:
-            loss.plot(one["epoch"], one["train/loss"], marker="o", label=label)
-    val.set(xlabel="epoch", ylabel=metric, title=f"{metric} of the best trials")
-    loss.set(xlabel="epoch", ylabel="train/loss", title="training loss")
-    val.legend()
-    _whole_x(val, loss)
-    return _save(fig, path)
-
-
-def _plot_popularity(counts: np.ndarray, path: Path) -> Path:
-    fig = _figure()
-    ax = fig.add_subplot()
-    ranked = np.sort(counts)[::-1]  # [n_items]
-    ax.plot(np.arange(1, len(ranked) + 1), np.maximum(ranked, 0.5))
-    head = ranked.cumsum() / max(ranked.sum(), 1)
-    top = int(np.searchsorted(head, 0.5)) + 1
-    ax.set(xscale="log", yscale="log", xlabel="item rank", ylabel="train interactions",
-           title=f"item popularity: the top {top} of {len(ranked)} items hold half the data")
-    return _save(fig, path)
-
-
-def _plot_activity(counts: np.ndarray, path: Path) -> Path:
-    fig = _figure()
-    ax = fig.add_subplot()
-    low = max(counts.min(), 1)
-    bins = np.unique(np.geomspace(low, max(counts.max(), low + 1), 40).round())
-    ax.hist(np.maximum(counts, 1), bins=bins)
-    ax.set(xscale="log", xlabel="train interactions per user", ylabel="users",
-           title=f"user activity: median {np.median(counts):.0f}, max {counts.max()}")
-    return _save(fig, path)
 
 
 def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figures: Path,
@@ -365,36 +270,9 @@ def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figure
                            "popularity": popularity[keep], "x": xy[:, 0], "y": xy[:, 1]})
     with atomic_write(figures / f"umap-items-{study}.csv") as f:
         results.csv_safe(coords).to_csv(f, index=False)
-    path = _plot_umap(coords, f"{study}: UMAP of item embeddings{note}",
+    path = plots.plot_umap(coords, f"{study}: UMAP of item embeddings{note}",
                       figures / f"umap-items-{study}.png")
     return _img(path)
-
-
-def _plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
-    fig = _figure(8.0, 6.4)
-    ax = fig.add_subplot()
-    size = 3 + 60 * np.sqrt(coords["popularity"] / max(coords["popularity"].max(), 1))
-    if coords["genre"].astype(bool).any():
-        from matplotlib import colormaps
-
-        for i, genre in enumerate(coords["genre"].value_counts().index):
-            one = coords["genre"] == genre  # the 20 commonest genres get colours, others grey
-            ax.scatter(coords.x[one], coords.y[one], s=size[one], alpha=0.6, linewidths=0,
-                       color=colormaps["tab20"](i) if i < 20 else "lightgray",
-                       label=genre or "(none)")
-        ax.legend(title="first genre", fontsize=7, markerscale=0.7, loc="center left",
-                  bbox_to_anchor=(1, 0.5))
-    else:
-        ax.scatter(coords.x, coords.y, s=size, alpha=0.6, linewidths=0)
-    # Label the most popular items, skipping one whose label would overlap an earlier one.
-    span, placed = np.ptp(coords[["x", "y"]].to_numpy(), axis=0) * (0.2, 0.03), []
-    for _, row in coords.nlargest(5 * LABELS, "popularity").iterrows():
-        at = np.array([row["x"], row["y"]])
-        if len(placed) < LABELS and all((abs(at - q) >= span).any() for q in placed):
-            placed.append(at)
-            ax.annotate(str(row["title"] or row["item"])[:40], at, fontsize=7)
-    ax.set(title=title + "; size = popularity", xticks=[], yticks=[])
-    return _save(fig, path)
 
 
 def _table_html(frame: pd.DataFrame) -> str:

@@ -150,7 +150,7 @@ def test_umap_coordinates_have_one_row_per_item(run_dir: Path) -> None:
 def test_importances_come_from_optuna_over_complete_trials(tmp_path: Path) -> None:
     import optuna
 
-    from orchestrator.report import _optuna_figure
+    from orchestrator.plots import optuna_figure
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for i in range(12):
@@ -163,7 +163,7 @@ def test_importances_come_from_optuna_over_complete_trials(tmp_path: Path) -> No
     scores = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     assert list(scores)[0] == "lr" and scores["lr"] > 0.9
-    path = _optuna_figure("importance", study, tmp_path / "importance.png")
+    path = optuna_figure("importance", study, tmp_path / "importance.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -185,7 +185,7 @@ def test_report_of_a_directory_that_is_no_run(tmp_path: Path, capsys: pytest.Cap
 
 def test_a_failed_report_keeps_the_earlier_figures(run_dir: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import report
+    from orchestrator import plots, report
 
     copy = tmp_path / "r"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("search", "wandb"))
@@ -195,7 +195,7 @@ def test_a_failed_report_keeps_the_earlier_figures(run_dir: Path, tmp_path: Path
     def broken(*args: object) -> None:
         raise RuntimeError("a plotting bug")
 
-    monkeypatch.setattr(report, "_plot_activity", broken)
+    monkeypatch.setattr(plots, "plot_activity", broken)
     with pytest.raises(RuntimeError, match="a plotting bug"):
         report.write_report(copy, progress=False)
     kept = {p.name: p.read_bytes() for p in (copy / "figures").iterdir()}
