@@ -48,8 +48,9 @@ def optuna_figure(kind: str, study: Any, path: Path) -> Path:
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization import matplotlib as optuna_plots
 
-    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
-        warnings.simplefilter("ignore", ExperimentalWarning)
+    with warnings.catch_warnings():  # the matplotlib backend is marked experimental, and
+        warnings.simplefilter("ignore", ExperimentalWarning)  # a study with no complete
+        warnings.simplefilter("ignore", UserWarning)  # trial has an empty legend
         if kind == "history":
             ax = optuna_plots.plot_optimization_history(study)
         else:
