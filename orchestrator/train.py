@@ -70,6 +70,32 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+TRIM_EVERY = 500  # batches between two trim_heap calls
+
+
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`; a no-op
+    elsewhere). A training step frees and allocates buffers of changing sizes (the rows a
+    batch touches), and glibc's heap fragments under that: NeuMF on ml-20m's shape grew from
+    2.2 to 5.1 GB of RSS in 10k batches (17.5 GB over an epoch), and ran slower. Trimming
+    every `TRIM_EVERY` batches keeps it flat at no measurable cost (bench/RESULTS.md)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA): call before `create_model`."""
     random.seed(seed)
@@ -225,7 +251,9 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         start = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=generator)  # [N]
         losses = []
-        for begin in range(0, n, p.batch_size):
+        for step, begin in enumerate(range(0, n, p.batch_size), 1):
+            if step % TRIM_EVERY == 0:
+                trim_heap()
             idx = perm[begin:begin + p.batch_size]  # [B]
             batch = {k: v[idx] for k, v in examples.items()}
             if sampler is not None:
