@@ -115,12 +115,12 @@ def cluster_processes(head: int, temp_dir: Path) -> set[int]:
 @pytest.fixture
 def autoscaling_head(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A fake autoscaling cluster's head; yields (GCS address, autoscaler config path)."""
-    import ray._private.services
+    import ray.util
 
     # short: Ray's socket paths live under it and must fit in 107 bytes
     temp_dir = Path(tempfile.mkdtemp(prefix="rsas-", dir="/tmp"))
     port = free_port()
-    address = f"{ray._private.services.get_node_ip_address()}:{port}"
+    address = f"{ray.util.get_node_ip_address()}:{port}"
     config = tmp_path / "autoscaler.yaml"
     config.write_text(yaml.safe_dump(fake_cluster(address, max_workers=3, gpu_max_workers=2)))
     log = tmp_path / "head.log"
