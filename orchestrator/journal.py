@@ -85,6 +85,8 @@ def _write_study(target: JournalStorage, study: Study, trials: list[TrialRecord]
             space(trial)
         if curves is not None and study.metric in curves:
             rows = curves[(curves["trial_id"] == t.trial_id) & curves[study.metric].notna()]
+            # a trial restarted from its checkpoint reports its epochs since then again
+            rows = rows.drop_duplicates("epoch", keep="last")
             for epoch, value in zip(rows["epoch"], rows[study.metric], strict=True):
                 trial.report(float(value), int(epoch))
         for key in ("trial_id", "end", "message", "epochs", "seed"):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from optuna.trial import TrialState
 
 from orchestrator.journal import storage, write_journal
@@ -20,6 +21,7 @@ def record(number: int, end: str, best: float | None, **hparams: object) -> Tria
                        hparams={"epochs": 4, **hparams}, seed=0)
 
 
+@pytest.mark.filterwarnings("error")  # a step reported twice would warn
 def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path) -> None:
     cfg = resolved(load_config(None, {"models": ["mf"], "trials": 4, "epochs": 4}))
     (study,) = model_studies(cfg)
@@ -29,8 +31,9 @@ def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path
     trials = [record(2, "diverged", None, **defaults),  # out of order: sorted by number
               record(0, "epochs", 0.95, **defaults),
               record(1, "asha", 0.99, **{**defaults, "dim": 32})]
-    curves = pd.DataFrame({"trial_id": ["t0", "t0", "t1"], "epoch": [1, 2, 1],
-                           "val/rmse": [1.0, 0.95, 0.99]})
+    # t0 restarted after epoch 1 (a lost node): epoch 2 reported twice, the last one counts
+    curves = pd.DataFrame({"trial_id": ["t0", "t0", "t0", "t1"], "epoch": [1, 2, 2, 1],
+                           "val/rmse": [1.0, 0.97, 0.95, 0.99]})
     for _ in range(2):  # a --resume writes it again: still every trial once
         write_journal(tmp_path, [study], trials, curves, lambda s: space)
     loaded = optuna.load_study(study_name="mf", storage=storage(tmp_path))
