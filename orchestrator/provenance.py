@@ -8,6 +8,7 @@ cuDNN versions only when torch is already imported (the `recommend` path never i
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import platform
 import socket
@@ -29,6 +30,7 @@ def version(package: str) -> str | None:
         return None
 
 
+@functools.cache  # once per process: every export's sidecar asks
 def git_state(root: Path = ROOT) -> dict[str, Any] | None:
     """The project's git commit and whether the working tree differs from it (None when the
     code does not run from a git checkout)."""

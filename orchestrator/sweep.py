@@ -94,7 +94,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         frame = write_tables(run_dir, studied, data)
         if cfg.wandb != "disabled":
             error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
-                                {"results": frame, "trials": searched.table(studies)},
+                                {"results": frame, "trials": searched.table},
                                 run_dir / "models" if (run_dir / "models").is_dir() else None)
             if error:
                 print(error, file=sys.stderr, flush=True)
@@ -161,15 +161,11 @@ class Searched:
     trials."""
 
     trials: list[TrialRecord]
+    table: pd.DataFrame  # the trials table: one row per trial
     curves: pd.DataFrame | None
     seed_trials: list[TrialRecord]
     why_empty: str
     nodes: list[dict[str, str]]
-
-    def table(self, studies: list[Study]) -> pd.DataFrame:
-        """The trials table's rows."""
-        by_name = {s.name: s for s in studies}
-        return pd.DataFrame([t.row(by_name[t.study]) for t in self.trials])
 
 
 def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], trainable: Any,
@@ -197,8 +193,10 @@ def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], tr
         if cfg.final_seeds > 1 and chosen and not stop.is_set() else []
     nodes = {(r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
              for r in grid if r.metrics}
+    by_name = {s.name: s for s in studies}
     return Searched(
-        trials, pd.concat(curves, ignore_index=True) if curves else None, seed_trials,
+        trials, pd.DataFrame([t.row(by_name[t.study]) for t in trials]),
+        pd.concat(curves, ignore_index=True) if curves else None, seed_trials,
         "interrupted" if stop.is_set() else
         "time budget spent" if out_of_time else "no trial ran",
         [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)])
@@ -207,7 +205,7 @@ def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], tr
 def write_search_records(run_dir: Path, cfg: SweepConfig, studies: list[Study],
                          plan: dict[str, Schedule], searched: Searched) -> None:
     """`trials.*` and `history.parquet`, `optuna.journal` and `env.json`."""
-    results.write_trials(run_dir, searched.table(studies), searched.curves)
+    results.write_trials(run_dir, searched.table, searched.curves)
     write_journal(run_dir, studies, searched.trials, searched.curves,
                   lambda s: SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name],
                                         cfg.seed))
