@@ -7,6 +7,8 @@ geometrically).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -16,10 +18,15 @@ from data.types import Split
 class NegativeSampler:
     """Exact negative sampling: items a user never interacted with in `positives`.
 
-    Candidates are drawn for every (user, slot) at once; membership of the key
-    `user * n_items + item` is tested in a packed bitmap of all (user, item) pairs when it is
-    small (ml-1m: 2.8 MB; one cached gather per test), else by `torch.searchsorted` in the
-    sorted keys. Only the collisions are redrawn, until none is left, so the result is
+    Uniform draws with replacement (training) need no rejection: a user's free items are
+    numbered 0..free-1 in item order, and the r-th is `r + #{j: p_j - j <= r}` over the
+    user's sorted positives p_j, one `torch.searchsorted` in an array as long as
+    `positives` (so the cost of a draw does not grow with the user's density, where
+    redrawing collisions took more rounds the more items a user had). Every other draw
+    (popularity mode, or distinct items per row: the sampled evaluation protocol) is drawn
+    for every (user, slot) at once and the collisions redrawn until none is left: the key
+    `user * n_items + item` is tested in a packed bitmap of all (user, item) pairs when it
+    is small (ml-1m: 2.8 MB), else by `torch.searchsorted` in the sorted keys. Both are
     exact, not approximate.
 
     Args:
@@ -60,15 +67,34 @@ class NegativeSampler:
         # Inverse-CDF draws (a binary search in a small table) beat torch.multinomial here;
         # float64 keeps items seen once in 20M rows drawable.
         self.cdf = torch.cumsum(self.weight, 0) / self.weight.sum().clamp(min=1)  # [I]
-        self.bitmap = None
-        if n_users * n_items <= self.BITMAP_MAX_BITS:
-            # Keys are distinct, so summing their bits into int64 words is a bitwise OR
-            # (bit 63 wraps to the sign bit, which is still the right bit).
-            words = torch.zeros((n_users * n_items + 63) // 64, dtype=torch.long,
-                                device=self.device)
-            self.bitmap = words.index_add_(0, self.keys >> 6, 1 << (self.keys & 63))
         # Popularity mode can only draw items seen in `positives`; count them once.
         self.n_drawable = n_items if mode == "uniform" else int((self.weight > 0).sum())
+
+    @functools.cached_property
+    def first(self) -> Tensor:
+        """`[U]` each user's first row in `keys`."""
+        return torch.cumsum(self.degree, 0) - self.degree
+
+    @functools.cached_property
+    def ranks(self) -> Tensor:
+        """`[P]` each key less its rank within its user, `user * n_items + p_j - j`: still
+        sorted, and the count of a user's entries <= `user * n_items + r` is the number of
+        positives below the user's r-th free item (built on the first uniform draw)."""
+        rank = torch.arange(len(self.keys), device=self.device) \
+            - self.first[self.keys // self.n_items]  # [P]
+        return self.keys - rank
+
+    @functools.cached_property
+    def bitmap(self) -> Tensor | None:
+        """The keys as a packed bitmap of all (user, item) pairs, or None when that would
+        exceed `BITMAP_MAX_BITS` (built on the first rejection draw)."""
+        n_bits = len(self.degree) * self.n_items
+        if n_bits > self.BITMAP_MAX_BITS:
+            return None
+        # Keys are distinct, so summing their bits into int64 words is a bitwise OR
+        # (bit 63 wraps to the sign bit, which is still the right bit).
+        words = torch.zeros((n_bits + 63) // 64, dtype=torch.long, device=self.device)
+        return words.index_add_(0, self.keys >> 6, 1 << (self.keys & 63))
 
     def sample(self, users: Tensor, n: int, distinct: bool = False) -> Tensor:
         """`n` negatives per user, `[B] -> [B, n]`.
@@ -91,6 +117,8 @@ class NegativeSampler:
             raise ValueError(f"user index {bad} has only {int(free[users == bad][0])} items "
                              f"it never interacted with ({self.mode} mode), needs {need}: "
                              "lower the number of negatives or filter such users out")
+        if self.mode == "uniform" and not distinct:
+            return self._free_items(users, free, n)
         neg = self._draw((len(users), n))  # [B, n]
         bad = self._collisions(users, neg, distinct)  # [B, n]
         rows = torch.arange(len(users), device=self.device)  # [B]
@@ -103,6 +131,14 @@ class NegativeSampler:
             redo[bad] = self._draw((int(bad.sum()),))
             neg[rows] = redo
             bad = self._collisions(users[rows], redo, distinct)
+
+    def _free_items(self, users: Tensor, free: Tensor, n: int) -> Tensor:
+        """`n` uniform draws among each user's free items, with replacement: `[B, n]`."""
+        u = torch.rand((len(users), n), generator=self.generator, device=self.device,
+                       dtype=torch.float64)
+        r = (u * free[:, None]).long().clamp(max=(free - 1)[:, None])  # [B, n] in [0, free)
+        below = torch.searchsorted(self.ranks, users[:, None] * self.n_items + r, right=True)
+        return r + below - self.first[users, None]  # [B, n] skip the positives below r
 
     def _draw(self, shape: tuple[int, ...]) -> Tensor:
         if self.mode == "uniform":

@@ -43,10 +43,24 @@ def test_negatives_never_positive(train, mode):
 def test_bitmap_and_binary_search_agree(train, monkeypatch):
     split, n_items = train
     a = NegativeSampler(split, n_items, generator=torch.Generator().manual_seed(5))
+    assert a.bitmap is not None  # built on first use, under the limit of that moment
     monkeypatch.setattr(NegativeSampler, "BITMAP_MAX_BITS", 0)
     b = NegativeSampler(split, n_items, generator=torch.Generator().manual_seed(5))
-    assert a.bitmap is not None and b.bitmap is None
-    assert torch.equal(a.sample(split.user, 3), b.sample(split.user, 3))
+    assert b.bitmap is None
+    # the rejection draws (distinct rows) test membership in the bitmap or the sorted keys
+    assert torch.equal(a.sample(split.user, 3, distinct=True),
+                       b.sample(split.user, 3, distinct=True))
+
+
+def test_free_item_draws_match_rejection_by_hand():
+    # user 0 has items 1, 2, 5 of 7 (free: 0, 3, 4, 6); user 1 every item but 3; user 2 none
+    split = split_of([0, 0, 0] + [1] * 6, [5, 1, 2, 0, 1, 2, 4, 5, 6])
+    sampler = NegativeSampler(split, 7, generator=torch.Generator().manual_seed(0), n_users=3)
+    neg = sampler.sample(torch.tensor([0] * 4000 + [1] * 50 + [2] * 7000), 1).flatten()
+    assert set(neg[:4000].tolist()) == {0, 3, 4, 6} and set(neg[4000:4050].tolist()) == {3}
+    assert sorted(set(neg[4050:].tolist())) == list(range(7))
+    counts = np.bincount(neg[:4000].numpy(), minlength=7)[[0, 3, 4, 6]]
+    assert abs(counts / 4000 - 0.25).max() < 0.03  # each free item a quarter of the draws
 
 
 def test_uniform_is_uniform_over_non_positives():
