@@ -52,6 +52,7 @@ from orchestrator.config import SweepConfig  # noqa: E402
 from orchestrator.finalize import main_metric  # noqa: E402
 from orchestrator.metrics import sampled_ranking_per_row  # noqa: E402
 from orchestrator.plan import load_config, model_studies  # noqa: E402
+from orchestrator.rundir import RunDir  # noqa: E402
 from orchestrator.sweep import run_sweep  # noqa: E402
 from orchestrator.train import fit, seed_everything, val_and_test  # noqa: E402
 
@@ -70,8 +71,8 @@ def sweep(name: str, storage: Path, settings: dict) -> tuple[SweepConfig, Path]:
 
 def defaults_vs_sweep(cfg: SweepConfig, run_dir: Path, data: PreparedData) -> list[dict]:
     """Each study's defaults trained and tested as `train` does, next to the sweep's row."""
-    table = results.load(run_dir).set_index("study")
-    units = results.load_units(run_dir)
+    table = RunDir(run_dir).table.set_index("study")
+    units = RunDir(run_dir).units
     rows = []
     for study in model_studies(cfg):
         seed_everything(cfg.seed)
@@ -234,9 +235,9 @@ def main() -> None:
         data = load_dataset(cfg.data)
         rows = defaults_vs_sweep(cfg, run_dir, data)
         hr, per_row, epoch = reference_loop(data)
-        sweep_units = results.load_units(run_dir)["mf-ranking"]
+        sweep_units = RunDir(run_dir).units["mf-ranking"]
         p, why = results.paired_test(sweep_units, per_row)
-        sweep_hr = float(results.load(run_dir).set_index("study").loc["mf-ranking",
+        sweep_hr = float(RunDir(run_dir).table.set_index("study").loc["mf-ranking",
                                                                        "test/hr@10"])
         rows.append({"study": f"reference loop (best epoch {epoch}; in 'test defaults')",
                      "metric": "test/hr@10", "test defaults": hr,

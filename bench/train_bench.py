@@ -45,7 +45,8 @@ from models.registry import create_model, get_model_class, list_models  # noqa: 
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.evaluation import evaluate, to_device  # noqa: E402
 from orchestrator.optim import make_optimizers  # noqa: E402
-from orchestrator.train import fit, pick_device, seed_everything, train_one, val_and_test  # noqa: E402
+from orchestrator.single_run import train_one  # noqa: E402
+from orchestrator.train import fit, pick_device, seed_everything, val_and_test  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASET = "ml-100k"  # --data: a synthetic spec of the same size where ml-100k is not at hand

@@ -9,16 +9,7 @@ Order of operations (each step counts what it removed, in `stats["filters"]`):
    repeated until nothing changes (dropping an item can push a user under the bar);
 4. index the surviving raw ids to contiguous indices (sorted raw ids, so the maps are
    `np.unique`'s and `index_of` is a binary search);
-5. split (all deterministic given `seed`; nothing of test is in train or val):
-   - `random:a,b,c`: a seeded permutation of all rows (in source order) cut in ratios a/b/c;
-   - `leave-last`: per user in time order (ties: source order), test = last, val = the one
-     before; users with fewer than 3 interactions stay entirely in train (counted);
-   - `temporal:a,b,c`: per user in time order, the first a share trains, the next b
-     validates, the rest tests (Caser's 70/10/20); every user keeps >= 1 training row;
-   - `u1`..`u5`, `ua`, `ub` (MovieLens 100K): test = the release's `.test` file; val = a
-     seeded random 10% of the `.base` file (the u-splits themselves are random splits);
-   - `ncf`: train and test exactly as given; val = each user's last training interaction in
-     time (users with >= 2), moved out of train; test negatives = the benchmark's own;
+5. split (`data/splits.py`: random, leave-last, temporal, the u-splits, ncf);
 6. sampled-protocol negatives: `eval_negatives` distinct items per val/test row, drawn once
    (seeded) uniformly from the items the user never interacted with in any split.
 """
@@ -33,13 +24,10 @@ import numpy as np
 import torch
 
 from data.sampling import NegativeSampler
-from data.types import Interactions, PreparedData, RawDataset, Split
+from data.splits import TEST, TRAIN, VAL, Table, assign, gather, parse_split
+from data.types import PreparedData, RawDataset, Split
 
-FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
-SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf"
 DEDUP_POLICIES = ("last", "first", "mean", "error")
-FIXED_VAL_SHARE = 0.1  # of a canonical split's base file, carved out as validation
-TRAIN, VAL, TEST = 0, 1, 2
 
 
 def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | None = None,
@@ -71,7 +59,7 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         raise ValueError(f"user_core={user_core}, item_core={item_core}, "
                          f"eval_negatives={eval_negatives}: expected integers >= 0")
 
-    inter, part, origin = _gather(raw, split, kind)
+    inter, part, origin = gather(raw, split, kind)
     n_raw = len(inter)
     if n_raw == 0:
         raise ValueError(f"dataset {raw.name!r} has no interactions")
@@ -123,7 +111,7 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
 
     # 5. split; each split's rows by user, then time, ties in source order
     order = _time_order(t)
-    where, split_stats = _assign(t, order, kind, ratios, seed)
+    where, split_stats = assign(t, order, kind, ratios, seed)
     splits = {}
     for s in (TRAIN, VAL, TEST):
         rows = order[where[order] == s]
@@ -233,54 +221,7 @@ def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray
     return pos
 
 
-def parse_split(split: str, raw: RawDataset | None = None) -> tuple[str, tuple[float, ...]]:
-    """`(kind, ratios)` of a split spec; raises naming the spec and what was expected."""
-    name, _, rest = split.partition(":")
-    if name in ("random", "temporal"):
-        try:
-            ratios = tuple(float(x) for x in rest.split(","))
-        except ValueError:
-            ratios = ()
-        if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6 or ratios[0] == 0:
-            raise ValueError(f"split {split!r}: expected {name}:TRAIN,VAL,TEST with three "
-                             "shares >= 0 summing to 1 (train > 0), e.g. "
-                             f"{name}:{'0.8,0.1,0.1' if name == 'random' else '0.7,0.1,0.2'}")
-        return name, ratios
-    if split == "leave-last":
-        return split, ()
-    if split in FIXED_SPLITS:
-        if raw is not None and split not in raw.fixed_splits:
-            ships = ", ".join(raw.fixed_splits) or "none"
-            raise ValueError(f"split {split!r}: dataset {raw.name!r} does not ship it "
-                             f"(it ships: {ships}); the u1..ub splits come with ml-100k, "
-                             "ncf with ncf:PREFIX")
-        return ("ncf" if split == "ncf" else "fixed"), ()
-    raise ValueError(f"unknown split {split!r}: expected one of {SPLIT_HELP}")
-
-
 # --- steps -----------------------------------------------------------------------------------
-
-Table = dict[str, np.ndarray]
-
-
-def _gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.ndarray,
-                                                             np.ndarray]:
-    """All interactions to prepare, the part each came from (TRAIN/TEST of a fixed split,
-    else TRAIN), and its row within that part."""
-    if kind not in ("fixed", "ncf"):
-        n = len(raw.interactions)
-        return raw.interactions, np.zeros(n, dtype=np.int64), np.arange(n)
-    base, test = raw.fixed_splits[split]()
-    cols = []
-    for name in ("user", "item", "rating", "timestamp"):
-        a, b = getattr(base, name), getattr(test, name)
-        if (a is None) != (b is None):
-            raise ValueError(f"split {split!r} of {raw.name!r}: '{name}' is given for only one "
-                             "of base and test")
-        cols.append(None if a is None else np.concatenate([a, b]))
-    part = np.r_[np.full(len(base), TRAIN), np.full(len(test), TEST)]
-    return Interactions(*cols), part, np.r_[np.arange(len(base)), np.arange(len(test))]
-
 
 def _take(t: Table, keep: np.ndarray, step: str, name: str) -> Table:
     """Rows where `keep`; an empty result is an error naming the step that emptied it."""
@@ -372,53 +313,6 @@ def _removed(step: str, before: Table, after: Table) -> dict[str, int]:
     return {f"{step}_removed": len(before["u"]) - len(after["u"]),
             f"{step}_users_removed": n(before, "u") - n(after, "u"),
             f"{step}_items_removed": n(before, "i") - n(after, "i")}
-
-
-def _assign(t: Table, order: np.ndarray, kind: str, ratios: tuple[float, ...],
-            seed: int) -> tuple[np.ndarray, dict]:
-    """TRAIN/VAL/TEST per row, and what the split wants to report; `order`: the rows by
-    user, then time, ties in source order (`_time_order`)."""
-    n = len(t["u"])
-    rng = np.random.default_rng(seed)
-    count = np.bincount(t["u"])  # [U]
-    pos = np.empty(n, dtype=np.int64)
-    pos[order] = np.arange(n) - np.repeat(np.cumsum(count) - count, count)  # [N] within user
-    size = count[t["u"]]  # [N] the row's user's interaction count
-    where = np.zeros(n, dtype=np.int64)
-    if kind == "random":
-        perm = rng.permutation(n)
-        n_train, n_val = _round(ratios[0] * n), _round(ratios[1] * n)
-        where[perm[n_train:n_train + n_val]] = VAL
-        where[perm[n_train + n_val:]] = TEST
-        return where, {}
-    if kind == "leave-last":
-        long = size >= 3
-        where[long & (pos == size - 1)] = TEST
-        where[long & (pos == size - 2)] = VAL
-        return where, {"short_users_all_in_train": int((count[count > 0] < 3).sum())}
-    if kind == "temporal":
-        train_end = np.maximum(1, _round(ratios[0] * size))
-        val_end = np.maximum(train_end, _round((ratios[0] + ratios[1]) * size))
-        where[pos >= train_end] = VAL
-        where[pos >= val_end] = TEST
-        return where, {}
-    where[t["part"] == TEST] = TEST
-    base = np.flatnonzero(t["part"] == TRAIN)
-    if kind == "fixed":  # the u-splits are random: carve val the same way
-        where[rng.permutation(base)[:_round(FIXED_VAL_SHARE * len(base))]] = VAL
-        return where, {"val_from": f"seeded random {FIXED_VAL_SHARE:.0%} of base"}
-    # ncf: each user's last training interaction in time, for users with >= 2 of them
-    base = order[t["part"][order] == TRAIN]
-    user = t["u"][base]
-    first, last = np.r_[True, user[1:] != user[:-1]], np.r_[user[1:] != user[:-1], True]
-    where[base[last & ~first]] = VAL
-    return where, {"val_from": "each user's last training interaction"}
-
-
-def _round(x: np.ndarray | float) -> np.ndarray | int:
-    """Half-up rounding (numpy's rint rounds halves to even: 2.5 -> 2)."""
-    out = np.floor(np.asarray(x) + 0.5 + 1e-9).astype(np.int64)
-    return int(out) if out.ndim == 0 else out
 
 
 def _histogram(r: np.ndarray) -> dict[str, int]:

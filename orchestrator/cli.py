@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from orchestrator.config import (
     DataConfig,
@@ -72,29 +73,26 @@ def summary(run_dir: object) -> tuple[int, dict]:
     directory, its files, and the results table's rows."""
     from pathlib import Path
 
-    from orchestrator import results
     from orchestrator.journal import JOURNAL
+    from orchestrator.rundir import RunDir
 
     run_dir = Path(str(run_dir))
-    frame = results.load(run_dir)
+    frame = RunDir(run_dir).table
     files = {name: str(run_dir / name) for name in (
         "results.csv", "results.parquet", "results.md", "trials.parquet", "env.json",
         JOURNAL, "report.html") if (run_dir / name).exists()}
     exports = dict(zip(frame["study"], frame["export"], strict=True)) \
         if "export" in frame.columns else {}
-    return outcome(run_dir), {"run_dir": str(run_dir), "files": files,
+    return outcome(frame), {"run_dir": str(run_dir), "files": files,
                               "exports": {k: v for k, v in exports.items()
                                           if isinstance(v, str) and v},
                               "results": json.loads(frame.to_json(orient="records"))}
 
 
-def outcome(run_dir: object) -> int:
-    """The exit code of a sweep that ran to its end: 0 when every study has a tested model
-    and every export passed, else 1, naming what is missing (an interrupted sweep raised
-    KeyboardInterrupt instead: 130)."""
-    from orchestrator import results
-
-    frame = results.load(run_dir)  # type: ignore[arg-type]
+def outcome(frame: Any) -> int:
+    """The exit code of a sweep that ran to its end, from its results table: 0 when every
+    study has a tested model and every export passed, else 1, naming what is missing (an
+    interrupted sweep raised KeyboardInterrupt instead: 130)."""
     empty = frame.loc[frame["status"] != "ok", "study"].tolist()
     exports = frame["export"] if "export" in frame.columns else None
     failed = [] if exports is None else \
@@ -109,8 +107,10 @@ def outcome(run_dir: object) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator import results
+    from orchestrator.rundir import RunDir
 
-    frame = results.load_trials(args.run_dir) if args.trials else results.load(args.run_dir)
+    run = RunDir(args.run_dir)
+    frame = run.trials if args.trials else run.table
     print(results.render(frame, args.format), end="")
     return 0
 
@@ -147,7 +147,7 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator.config import TrainConfig
-    from orchestrator.train import train_one, validate_request
+    from orchestrator.single_run import train_one, validate_request
 
     hparams: dict[str, object] = parse_sets(args.set)
     if args.epochs is not None:

@@ -9,7 +9,7 @@ the model's device with the lookups an evaluation needs, built once.
 Example:
     >>> tensors = to_device(data, model.device)
     >>> evaluate(model, data, "val", TrainConfig(), tensors)["val/ndcg@10"]
-    0.11...
+    0.10...
 """
 
 from __future__ import annotations

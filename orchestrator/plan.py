@@ -4,7 +4,7 @@
 models, baselines, search-space types and ranges, resources, W&B) -> `resolved` (TPE's
 start-up trials and each study's ASHA `Schedule`, written to `sweep.yaml`); `run_directory` and
 `experiment_root` say where the run's files and Tune's experiments go; `load_run_config`
-reads a run's `sweep.yaml` back whole for `--resume`. No Ray here.
+reads a run's `sweep.yaml` back whole for `--resume` (`rundir.read_config`). No Ray here.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from models.registry import get_model_class, make_params, param_types
 from orchestrator.config import SweepConfig, from_dict, parse_duration
 from orchestrator.finalize import parse_study
 from orchestrator.records import Schedule, Study
+from orchestrator.rundir import read_config
 from orchestrator.space import validate_space
 
 SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
@@ -179,17 +180,10 @@ def experiment_root(cfg: SweepConfig) -> str:
 
 def load_run_config(run_dir: str | Path) -> SweepConfig:
     """The resolved config of an earlier sweep, for `--resume`."""
-    path = Path(run_dir) / "sweep.yaml"
-    if not path.exists():
-        raise ValueError(f"--resume {run_dir}: not a sweep run directory (no sweep.yaml)")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if not isinstance(loaded, dict):
-            raise ValueError("empty, or not a mapping")
-        cfg = from_dict(SweepConfig, loaded, complete=True)
-    except (ValueError, TypeError, yaml.YAMLError) as e:
-        raise ValueError(f"--resume {run_dir}: {path} is not the whole config a sweep wrote "
-                         f"({str(e).splitlines()[0]}); it may be truncated or edited") from None
+        cfg = read_config(run_dir, complete=True)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--resume {run_dir}: {e}") from None
     # a moved run directory resumes where it now is
     storage = cfg.storage if "://" in cfg.storage else str(Path(run_dir).resolve().parent)
     return dataclasses.replace(cfg, storage=storage, name=Path(run_dir).resolve().name)

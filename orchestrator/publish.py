@@ -1,11 +1,10 @@
 """A sweep's chosen models to `models/` as verified ONNX (`export.export_model` for each):
 `export_results` in the sweep, from the models `finalize` tested (in memory);
-`export_run` for the `export` command, from a run directory's checkpoints.
+`export_run` for the `export` command, from a run directory's checkpoints (`RunDir`).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,24 +12,7 @@ from typing import Any
 from data.types import PreparedData
 from models.base import Recommender
 from orchestrator.export import export_model
-
-SEED_CHECKPOINT = re.compile(r".+-seed\d+")  # a seed re-run's checkpoint, not exported
-
-
-def run_data(run_dir: Path) -> PreparedData:
-    """Rebuild the sweep's prepared data from `sweep.yaml` (deterministic: same fingerprint)."""
-    import yaml
-
-    from data import load_dataset
-    from orchestrator.config import DataConfig, from_dict
-
-    path = run_dir / "sweep.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; is {run_dir} a sweep's run directory?")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping with a `data:` section")
-    return load_dataset(from_dict(DataConfig, values.get("data") or {}, where="data."))
+from orchestrator.rundir import RESULTS, RunDir
 
 
 def export_study(model: Recommender | Path, saved: dict[str, Any],
@@ -105,23 +87,21 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10) ->
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"-k {k!r}: expected an integer >= 1")
-    run_dir = Path(run_dir)
-    folder = run_dir / "checkpoints"
-    checkpoints = {p.stem: p for p in sorted(folder.glob("*.pt"))
-                   if not SEED_CHECKPOINT.fullmatch(p.stem)}
+    run = RunDir(run_dir)
+    checkpoints, folder = run.checkpoints, run.path / "checkpoints"
     if not checkpoints:
-        raise ValueError(f"{run_dir}: no checkpoints ({folder}/<study>.pt): no study of this "
+        raise ValueError(f"{run.path}: no checkpoints ({folder}/<study>.pt): no study of this "
                          "run finished a trial, so there is nothing to export")
     if study is not None:
         if study not in checkpoints:
             raise ValueError(f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
                              f"studies with one: {', '.join(checkpoints)}")
         checkpoints = {study: checkpoints[study]}
-    table = results.load(run_dir) if (run_dir / "results.parquet").exists() else None
-    data = run_data(run_dir)
-    statuses = {name: export_study(path, {}, results.study_metrics(table, name), data,
-                                   run_dir, name, k) for name, path in checkpoints.items()}
+    table = run.table if (run.path / RESULTS).exists() else None
+    statuses = {name: export_study(path, {}, results.study_metrics(table, name), run.data,
+                                   run.path, name, k) for name, path in checkpoints.items()}
     if table is not None:
         known = set(table["study"])
-        results.add_column(run_dir, "export", {s: v for s, v in statuses.items() if s in known})
+        results.write(run.path, results.with_column(
+            table, "export", {s: v for s, v in statuses.items() if s in known}))
     return statuses

@@ -1,9 +1,10 @@
 """`report.html`: what a sweep found, in one self-contained file that opens offline.
 
-Reads a run directory (`results.parquet`, `trials.parquet`, `history.parquet`, `sweep.yaml`,
-`checkpoints/`) and writes `figures/*.png` (plus the UMAP coordinates as CSV) and
-`report.html` with every figure embedded as a base64 PNG. The plotting libraries are the
-`viz` extra and are imported inside the functions that draw, so the sweep runs without them.
+Reads a run directory through `rundir.RunDir` (`results.parquet`, `trials.parquet`,
+`history.parquet`, `sweep.yaml`, `checkpoints/`; `optuna.journal`) and writes
+`figures/*.png` (plus the UMAP coordinates as CSV) and `report.html` with every figure
+embedded as a base64 PNG. The plotting libraries are the `viz` extra and are imported
+inside the functions that draw, so the sweep runs without them.
 
 Example:
     >>> write_report("runs/dev", progress=False)  # a sweep's run directory
@@ -27,15 +28,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from data.files import atomic_write, write_text
 from orchestrator import plots, results
-from orchestrator.config import SweepConfig, from_dict
+from orchestrator.config import SweepConfig
 from orchestrator.journal import JOURNAL, storage
+from orchestrator.rundir import CONFIG, HISTORY, RESULTS, TRIALS, RunDir
 
 VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install -e '.[viz]'"
-NEEDED = ("results.parquet", "trials.parquet", "sweep.yaml")
+NEEDED = (RESULTS, TRIALS, CONFIG)
 MAX_UMAP_ITEMS = 20_000  # the most popular items are mapped when the catalogue is larger
 CURVES = 3  # learning curves of this many best trials per study
 
@@ -85,19 +86,19 @@ def check_run_dir(run_dir: Path) -> None:
                                 f"(a finished sweep writes {', '.join(NEEDED)})")
 
 
-def write_report(run_dir: str | Path, *, progress: bool = True, data: Any = None,
-                 models: dict[str, Any] | None = None) -> Path | None:
-    """Draw the figures and write `run_dir/report.html`; returns its path.
+def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | None:
+    """Draw the figures and write `report.html` in a run directory; returns its path.
 
-    The sweep passes its prepared `data` and the chosen `models` (study -> model) it holds
-    in memory; the `report` command leaves them None, and they are rebuilt from
+    The sweep passes a `RunDir` holding the prepared data and chosen models it has in
+    memory; the `report` command passes the directory, and they are rebuilt from
     `sweep.yaml` and `checkpoints/`.
 
     Without the `viz` extra it prints what to install on stderr and returns None (so the
     sweep that calls it still finishes). A directory that is not a run directory raises a
     FileNotFoundError naming the missing file.
     """
-    run_dir = Path(run_dir)
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    run_dir = run.path
     check_run_dir(run_dir)
     missing = missing_viz()
     if missing:
@@ -113,7 +114,7 @@ def write_report(run_dir: str | Path, *, progress: bool = True, data: Any = None
     # written: until then an earlier report's figures stay, and figures/ never mixes two
     figures = Path(tempfile.mkdtemp(dir=run_dir, prefix=".figures."))
     try:
-        out = _report(run_dir, figures, say, data, models or {})
+        out = _report(run, figures, say)
     except BaseException:
         shutil.rmtree(figures, ignore_errors=True)
         raise
@@ -126,27 +127,21 @@ def write_report(run_dir: str | Path, *, progress: bool = True, data: Any = None
     return out
 
 
-def _report(run_dir: Path, figures: Path, say: Any, data: Any, models: dict[str, Any]
-            ) -> Path:
+def _report(run: RunDir, figures: Path, say: Any) -> Path:
     """The report's body: draw into `figures`, write report.html; returns its path."""
-    cfg = from_dict(SweepConfig, yaml.safe_load((run_dir / "sweep.yaml").read_text()))
-    frame, trials = results.load(run_dir), results.load_trials(run_dir)
-    history_path = run_dir / "history.parquet"
-    history = pd.read_parquet(history_path) if history_path.exists() else None
+    run_dir, cfg, frame, history = run.path, run.config, run.table, run.history
     notes: list[str] = []
     if history is None:
-        notes.append(f"{history_path.name} is missing (a sweep from before learning curves "
-                     "were kept): no learning curves.")
-
-    from data import load_dataset
-
-    if data is None:
-        say(f"loading {cfg.data.dataset}")
-        try:
-            data = load_dataset(cfg.data)
-        except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
-            notes.append(f"the dataset of sweep.yaml could not be loaded, so there are no "
-                         f"data statistics or item maps: {e}")
+        notes.append(f"{HISTORY} is missing (a sweep from before learning curves were kept): "
+                     "no learning curves.")
+    try:
+        if not run.holds_data:
+            say(f"loading {cfg.data.dataset}")
+        data = run.data
+    except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
+        data = None
+        notes.append(f"the dataset of sweep.yaml could not be loaded, so there are no "
+                     f"data statistics or item maps: {e}")
     parts = [f"<h2>Results</h2>{_table_html(frame)}"]
     popularity = None
     if data is not None:
@@ -158,10 +153,11 @@ def _report(run_dir: Path, figures: Path, say: Any, data: Any, models: dict[str,
             f"{len(data.val)} / {len(data.test)} train / val / test interactions.</p>"
             + _img(plots.plot_popularity(popularity, figures / "data-popularity.png"))
             + _img(plots.plot_activity(activity, figures / "data-activity.png")))
-    for study, group in trials.groupby("study", sort=False):
+    for study, group in run.trials.groupby("study", sort=False):
         say(f"plots of study {study}")
+        model = run.models.get(str(study)) or run.checkpoints.get(str(study))
         parts.append(_study_html(run_dir, figures, str(study), group, history, frame, cfg,
-                                 data, models.get(str(study)), popularity, say))
+                                 data, model, popularity, say))
     if notes:
         parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
                                                        for n in notes) + "</ul>")
@@ -207,9 +203,8 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
         if len(curves):
             out.append(_img(plots.plot_curves(curves, list(best["trial_id"].head(CURVES)),
                                               metric, figures / f"curves-{study}.png")))
-    checkpoint = run_dir / "checkpoints" / f"{study}.pt"
-    if data is not None and (model is not None or checkpoint.exists()):
-        out.append(_umap_html(model or checkpoint, study, data, popularity, figures, say))
+    if data is not None and model is not None:
+        out.append(_umap_html(model, study, data, popularity, figures, say))
     return "".join(out)
 
 

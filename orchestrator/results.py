@@ -6,7 +6,7 @@ in another, each with its baselines. Every row is tested against its table's bes
 best baseline with a paired test on the table's main metric, Holm-corrected within the
 table. `results.csv`/`.parquet` hold one row per study with a `table` column; `results.md`
 one section per table. All trials of all studies live in `trials.parquet` beside them.
-No Ray here.
+They are read back through `rundir.RunDir`. No Ray here.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import scipy.stats
 from data.files import atomic_write, write_text
 from orchestrator.metrics import lower_is_better
 from orchestrator.records import StudyResult
+from orchestrator.rundir import HISTORY, RESULTS, TRIALS, UNITS
 
 FIRST = ["table", "study", "model", "task", "baseline", "status", "metric", "trials_done",
          "trials_pruned", "trials_failed", "epochs", "time_s", "seeds"]
@@ -168,7 +169,7 @@ def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def write(run_dir: Path, frame: pd.DataFrame) -> None:
     save_frame(frame, run_dir / "results.csv")
-    save_frame(frame, run_dir / "results.parquet")
+    save_frame(frame, run_dir / RESULTS)
     write_text(run_dir / "results.md", markdown(frame))
 
 
@@ -199,40 +200,12 @@ def save_frame(frame: pd.DataFrame, path: Path) -> None:
             frame.to_parquet(f, index=False)
 
 
-UNITS = "test_units.npz"
-
-
 def write_units(run_dir: Path, studies: list[StudyResult]) -> None:
     """Each tested row's main metric per test unit (averaged over its seeds), what its
     p-values were computed from: `test_units.npz`, one array per study, in the data's order
     (per user for rankings, per rating for ratings), to test other pairs later."""
     with atomic_write(run_dir / UNITS, "wb") as f:
         np.savez(f, **{r.study.name: r.units for r in studies if r.runs})
-
-
-def load_units(run_dir: str | Path) -> dict[str, np.ndarray]:
-    path = Path(run_dir) / UNITS
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no per-unit test values; is {run_dir} a finished "
-                                "sweep's run directory?")
-    with np.load(path) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
-def load(run_dir: str | Path) -> pd.DataFrame:
-    path = Path(run_dir) / "results.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no results table; is {run_dir} a finished sweep's run "
-                                "directory?")
-    return pd.read_parquet(path)
-
-
-def load_trials(run_dir: str | Path) -> pd.DataFrame:
-    """Every trial of every study (one row per trial, its last and best metrics)."""
-    path = Path(run_dir) / "trials.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no trials; is {run_dir} a sweep's run directory?")
-    return pd.read_parquet(path)
 
 
 def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:
@@ -352,10 +325,10 @@ def write_trials(run_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame | Non
                  ) -> None:
     """All trials of all studies as one table (`trials.parquet`, `trials.csv`), and every
     trial's per-epoch metrics (`history.parquet`: the learning curves)."""
-    save_frame(trials, run_dir / "trials.parquet")
+    save_frame(trials, run_dir / TRIALS)
     save_frame(trials, run_dir / "trials.csv")
     if curves is not None:
-        save_frame(curves, run_dir / "history.parquet")
+        save_frame(curves, run_dir / HISTORY)
 
 
 def study_metrics(frame: pd.DataFrame | None, study: str) -> dict[str, float] | None:
@@ -369,20 +342,17 @@ def study_metrics(frame: pd.DataFrame | None, study: str) -> dict[str, float] | 
             and np.isfinite(row[c])}
 
 
-def add_column(run_dir: str | Path, name: str, values: dict[str, Any]) -> pd.DataFrame:
-    """Set column `name` of `results.*` for the studies in `values` (others keep their cell,
-    empty when the column is new) and write the table again. Used by the ONNX export.
+def with_column(frame: pd.DataFrame, name: str, values: dict[str, Any]) -> pd.DataFrame:
+    """A copy of a results table with column `name` set for the studies in `values` (the
+    others keep their cell, empty when the column is new). Used by the `export` command.
 
     Raises a ValueError naming a study that is not in the table.
     """
-    frame = load(run_dir)
     unknown = sorted(set(values) - set(frame["study"]))
     if unknown:
-        raise ValueError(f"{Path(run_dir) / 'results.parquet'}: no row for study(ies) {unknown}")
+        raise ValueError(f"the results table has no row for study(ies) {unknown}")
     column = frame[name].astype(object) if name in frame.columns \
         else pd.Series([None] * len(frame), index=frame.index, dtype=object)
     for study, value in values.items():
         column[frame["study"] == study] = value
-    frame[name] = column
-    write(Path(run_dir), frame)
-    return frame
+    return frame.assign(**{name: column})

@@ -54,6 +54,7 @@ from orchestrator.provenance import environment
 from orchestrator.publish import export_results
 from orchestrator.records import Schedule, Study, StudyResult, TrialRecord
 from orchestrator.report import write_report
+from orchestrator.rundir import RunDir
 from orchestrator.search import (
     SearchSpace,
     StudyASHA,
@@ -235,7 +236,7 @@ def report(run_dir: Path, studied: list[StudyResult], data: PreparedData) -> Non
     models = {r.study.name: r.runs[0].model for r in studied
               if r.runs and r.runs[0].model is not None}
     try:
-        write_report(run_dir, data=data, models=models)
+        write_report(RunDir(run_dir, data=data, models=models))
     except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
         print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
               f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from wandb_log import wandb_run
 
-from orchestrator import results
 from orchestrator.internals import FORCE_FALLBACKS
 from orchestrator.plan import load_config
+from orchestrator.rundir import RunDir
 
 pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 
@@ -74,7 +74,7 @@ def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path
         for col, label in (("p_vs_best", "best"), ("p_vs_baseline", "baseline")):
             p = row[col]
             assert 0 <= p <= 1 or f"vs {label}: " in row["significance"], (row["study"], col)
-    units = results.load_units(smoke_run)
+    units = RunDir(smoke_run).units
     assert set(units) == set(STUDIES)
     test_rows = json.loads((smoke_run / "data.json").read_text())["split"]["test"]
     assert {len(u) for u in units.values()} == {test_rows}  # leave-last: one per user

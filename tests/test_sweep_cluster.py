@@ -21,8 +21,8 @@ import pytest
 import ray
 from wandb_log import wandb_run
 
-from orchestrator import results
 from orchestrator.plan import load_config
+from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
 
 pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
@@ -72,12 +72,12 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
     finally:
         ray.shutdown()
         cluster.shutdown()
-    trials = results.load_trials(run_dir)
+    trials = RunDir(run_dir).trials
     assert len(trials) == 6 and trials["trial_id"].is_unique
     assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
         trials[["trial_id", "end", "message"]]
     assert (trials["epochs"] == 4).all()  # grace_period == epochs: ASHA stops nobody
-    table = results.load(run_dir)
+    table = RunDir(run_dir).table
     assert list(table["study"]) == ["mf", "neumf"] and (table["trials_done"] == 3).all()
     assert (trials.groupby("study").size() == 3).all()
     # W&B's actor lives on the driver's node: a trial restarted elsewhere goes on in its run.

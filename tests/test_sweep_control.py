@@ -26,9 +26,9 @@ import yaml
 from data import load_dataset
 from models.base import DataSpec
 from models.registry import load_model
-from orchestrator import results
 from orchestrator.evaluation import evaluate
 from orchestrator.plan import load_config
+from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
 from orchestrator.train import fold_val
 
@@ -45,13 +45,13 @@ def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> No
     cfg = load_config(None, {**LONG, "name": "budget", "storage": str(tmp_path),
                              "models": ["mf", "neumf"], "time_budget": "20s"})
     run_dir = run_sweep(cfg)
-    table = results.load(run_dir)
+    table = RunDir(run_dir).table
     assert list(table["study"]) == ["mf", "neumf"]
     # both studies got their share of the budget, kept their best trial and exported it
     assert (table["status"] == "ok").all(), table[["study", "status"]]
     assert (table["export"] == "ok").all(), table[["study", "export"]]
     assert table["test/rmse"].notna().iloc[0] and table["test/ndcg@10"].notna().iloc[1]
-    trials = results.load_trials(run_dir)
+    trials = RunDir(run_dir).trials
     assert len(trials) < 2 * LONG["trials"]  # the budget, not the trial count, ended it
     assert (trials["epochs"] < LONG["epochs"]).all()
 
@@ -84,7 +84,7 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
     assert status["mf"] == "ok" and table.loc[0, "export"] == "ok"
     assert status["neumf"] == "interrupted"
     assert (status[["bias", "pop", "itemknn"]] == "ok").all()
-    trials = results.load_trials(run_dir)
+    trials = RunDir(run_dir).trials
     assert list(trials["end"]) == ["interrupted"]  # stopped by Ctrl-C, not by ASHA
     assert "--resume" in out
 
@@ -96,7 +96,7 @@ def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path
                              "epochs": 3, "final_seeds": 3, "wandb": "disabled",
                              "data": {"dataset": DATASET}, "train": {"refit": True}})
     run_dir = run_sweep(cfg)
-    table = results.load(run_dir)
+    table = RunDir(run_dir).table
     assert (table["status"] == "ok").all() and (table["seeds"] == 3).all()
     assert table.loc[1, "test/ndcg@10_std"] >= 0  # neumf's seeds were re-run as well
     # the 2 more seeds of both studies ran as one experiment
@@ -140,7 +140,7 @@ def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> Non
     for epoch, value in zip(epochs[:-1], rmse[:-1], strict=True):
         assert value < best or epoch in rungs, (epoch, history)
         best = min(best, value)
-    row = results.load(run_dir).iloc[0]
+    row = RunDir(run_dir).table.iloc[0]
     assert row["epochs"] == 30 and row["val/rmse"] == pytest.approx(min(rmse), abs=1e-6)
 
 

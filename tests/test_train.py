@@ -17,14 +17,13 @@ from models.base import DataSpec
 from models.registry import create_model, get_model_class, list_models, load_model
 from orchestrator.config import DataConfig, TrainConfig
 from orchestrator.evaluation import evaluate, monitored_metric, task_metric, to_device
+from orchestrator.single_run import train_one, validate_request
 from orchestrator.train import (
     EpochState,
     fit,
     fold_val,
     pick_device,
     seed_everything,
-    train_one,
-    validate_request,
 )
 
 CASES = [(name, task) for name in list_models() for task in get_model_class(name).tasks]
