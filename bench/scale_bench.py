@@ -5,7 +5,8 @@ ml-100k's own 943 x 1682 as the reference the training target names), in fresh p
 the synthetic generator writes a CSV of that size (`generate_s`); then a second process
 parses and prepares it through `csv:` (`prepare_s`, `prepare_peak_gb`: no sampled-protocol
 negatives), and for each model trains one epoch of the shared loop (no validation pass;
-`samples/s`), ranks every item for up to 2,000 validation users (the full protocol;
+`samples/s`; with `--epochs N`, the median of N epochs' samples/s, against this machine's
+noise), ranks every item for up to 2,000 validation users (the full protocol;
 `users/s`, a second pass, once the evaluation lookups are built as training keeps them),
 and exports it to ONNX with its parity checks (`export_s`, `onnx_mb`: all its
 files). Then, per column, the growth exponent against the number of ratings between the
@@ -17,7 +18,8 @@ of ml-25m's shape (162,541 users, 59,047 items, 25,000,095 ratings; targets: <= 
 <= 6 GB).
 
 Run: `python bench/scale_bench.py [--sizes 100k,1M,5M,20M] [--models mf:ranking,neumf,caser]
-[--threads 2] [--ml25m] [--work DIR]` (CSV files go to DIR, default a temporary folder).
+[--epochs 1] [--threads 2] [--ml25m] [--work DIR]` (CSV files go to DIR, default a temporary
+folder).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +71,7 @@ def make_csv(users: int, items: int, size: int, path: Path) -> dict:
     return out
 
 
-def measure(path: Path, entries: list[str], threads: int) -> dict:
+def measure(path: Path, entries: list[str], threads: int, epochs: int = 1) -> dict:
     """In this process: prepare the CSV, then per model one epoch, one ranking pass, export."""
     sys.path.insert(0, str(ROOT))
     import torch
@@ -96,9 +99,10 @@ def measure(path: Path, entries: list[str], threads: int) -> dict:
     for entry in entries:
         name, _, task = entry.partition(":")
         seed_everything(0)
-        model = create_model(name, DataSpec.from_data(data), task or None, epochs=1)
+        model = create_model(name, DataSpec.from_data(data), task or None, epochs=epochs)
         result = fit(model, data, cfg, validate=False)
-        out[f"{entry} samples/s"] = result.history[-1]["train_samples_per_s"]
+        out[f"{entry} samples/s"] = statistics.median(h["train_samples_per_s"]
+                                                      for h in result.history)
         tensors = to_device(few, "cpu")  # as in training: the evaluation lookups are built
         evaluate(model, few, "val", cfg, tensors)  # once (O(ratings)), then kept
         out[f"{entry} users/s"] = evaluate(model, few, "val", cfg,
@@ -123,6 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100k,1M,5M,20M")
     ap.add_argument("--models", default="mf:ranking,neumf,caser")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="epochs per model; samples/s is their median")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ml25m", action="store_true", help="also parse + prepare ml-25m's shape")
     ap.add_argument("--work", type=Path, help="folder for the CSV files (default: temporary)")
@@ -135,7 +141,7 @@ def main() -> None:
         return
     if args.one:
         print(json.dumps(measure(args.one, [m for m in args.models.split(",") if m],
-                                 args.threads)), flush=True)
+                                 args.threads, args.epochs)), flush=True)
         return
     print(f"# scale_bench: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{args.threads} threads; command: python bench/scale_bench.py "
@@ -148,7 +154,7 @@ def main() -> None:
         path = work / f"ratings-{size}.csv"
         row = child("--make", str(users), str(items), str(size), str(path))
         row.update(child("--one", str(path), "--models", args.models, "--threads",
-                         str(args.threads)))
+                         str(args.threads), "--epochs", str(args.epochs)))
         path.unlink()
         rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
