@@ -290,7 +290,7 @@ def _rounded_moments(true: np.ndarray, noise: float) -> tuple[np.ndarray, np.nda
     edges = np.array([1.5, 2.5, 3.5, 4.5])  # rating k is taken between edges k-1 and k
     z = (edges[None, :] - true[:, None]) / noise  # [N, 4]
     cdf = torch.special.ndtr(torch.from_numpy(z)).numpy()  # torch, not scipy: a dependency
-    prob = np.diff(np.c_[np.zeros(len(true)), cdf, np.ones(len(true))], axis=1)  # [N, 5]
-    k = np.arange(1.0, 6.0)
-    mean = prob @ k
-    return mean, prob @ k ** 2 - mean ** 2
+    # with c_j = P(rating <= j): E[R] = 1 + sum_j P(R > j) = 5 - sum_j c_j, and
+    # E[R^2] = 1 + sum_j (2j + 1) P(R > j) = 25 - sum_j (2j + 1) c_j (j = 1..4)
+    mean = 5.0 - cdf.sum(axis=1)
+    return mean, 25.0 - cdf @ np.array([3.0, 5.0, 7.0, 9.0]) - mean ** 2

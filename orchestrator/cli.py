@@ -74,19 +74,19 @@ def summary(run_dir: object) -> tuple[int, dict]:
     from pathlib import Path
 
     from orchestrator.journal import JOURNAL
-    from orchestrator.rundir import RunDir
+    from orchestrator.rundir import RESULTS, TRIALS, RunDir
 
     run_dir = Path(str(run_dir))
     frame = RunDir(run_dir).table
     files = {name: str(run_dir / name) for name in (
-        "results.csv", "results.parquet", "results.md", "trials.parquet", "env.json",
-        JOURNAL, "report.html") if (run_dir / name).exists()}
+        "results.csv", RESULTS, "results.md", TRIALS, "env.json", JOURNAL, "report.html")
+        if (run_dir / name).exists()}
     exports = dict(zip(frame["study"], frame["export"], strict=True)) \
         if "export" in frame.columns else {}
     return outcome(frame), {"run_dir": str(run_dir), "files": files,
-                              "exports": {k: v for k, v in exports.items()
-                                          if isinstance(v, str) and v},
-                              "results": json.loads(frame.to_json(orient="records"))}
+                            "exports": {k: v for k, v in exports.items()
+                                        if isinstance(v, str) and v},
+                            "results": json.loads(frame.to_json(orient="records"))}
 
 
 def outcome(frame: Any) -> int:
