@@ -96,6 +96,8 @@ class TrialRecord:
         checkpoint: where its last checkpoint is (anything with `as_directory()`, e.g. a
             `ray.tune.Checkpoint`), or None.
         path: its Tune trial folder.
+        node: the Ray node id it last reported from (a trial restarted after a lost node
+            reports the new one).
     """
 
     study: str
@@ -111,6 +113,7 @@ class TrialRecord:
     seed: int
     checkpoint: Any = None
     path: str = ""
+    node: str = ""
 
     @property
     def finished(self) -> bool:

@@ -243,7 +243,8 @@ def trial_records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[T
             number=int(meta.get("number", -1)), end=end, message=message, best=best,
             best_epoch=best_epoch, epochs=epoch,
             time_s=float(last.get("time_total_s", 0.0) or 0.0), hparams=hparams,
-            seed=int(meta["seed"]), checkpoint=res.checkpoint, path=str(res.path)))
+            seed=int(meta["seed"]), checkpoint=res.checkpoint, path=str(res.path),
+            node=str(last.get("node", ""))))
     return out
 
 

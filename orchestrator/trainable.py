@@ -22,6 +22,7 @@ import tempfile
 import time
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -54,6 +55,7 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     rungs, epochs = set(meta.get("rungs", ())), model.params.epochs
     where = pick_device(cfg.device)  # what ran it, for the run's env.json
     device = torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu"
+    node = ray.get_runtime_context().get_node_id()  # the trials table's `node`
 
     state = None
     checkpoint = tune.get_checkpoint()
@@ -93,7 +95,7 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
             "epochs" if metrics["epoch"] == epochs else "early_stopped"
         metrics = {**metrics, "status": status, "best_value": state.best_value,
                    "first_batch_at": first_step[0] if first_step else math.nan,
-                   "device": device}
+                   "device": device, "node": node}
         if not checkpoint:
             tune.report(metrics)
             return

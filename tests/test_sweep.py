@@ -116,6 +116,8 @@ def test_smoke_run_directory_layout(smoke_run: Path) -> None:
     assert json.loads((smoke_run / "data.json").read_text())["users"] > 0
     trials = pd.read_parquet(smoke_run / "trials.parquet")
     assert len(trials) == 10 and trials["trial_id"].is_unique
+    # the Ray node each trial ran on (one here: a local cluster)
+    assert trials["node"].str.fullmatch("[0-9a-f]{56}").all() and trials["node"].nunique() == 1
 
 
 def test_optuna_storage_holds_every_trial_once_as_it_ended(smoke_run: Path) -> None:
