@@ -168,13 +168,17 @@ class NeuMF(Recommender):
 
     @property
     def eval_batch_users(self) -> int | None:
-        # score_all's [B, n_items, e] MLP activations: on a CPU, past the caches scoring is
-        # memory-bound. Up to 2M floats per call, in a power of two of users (38 users on
-        # ml-100k ran 3x slower than 32), score all users 3-4x faster than one call for all
-        # 943. A GPU wants large batches.
-        if not self.use_mlp or self.device.type == "cuda":
+        # score_all's [B, n_items, e] MLP activations, in a power of two of users. On a CPU,
+        # past the caches scoring is memory-bound: up to 2M floats per call (38 users on
+        # ml-100k ran 3x slower than 32) score all users 3-4x faster than one call for all
+        # 943. An accelerator wants large calls, but bounded: 2^28 floats (1 GiB) per layer
+        # is 128 users at ml-20m's 26,744 items (e = 64), kernels still large enough to fill
+        # it, where the 1,024 users of other models would take 7 GiB per layer and trials
+        # sharing one GPU would run out of memory.
+        if not self.use_mlp:
             return None
-        fit = max(1, 2**21 // (self.spec.n_items * self.mlp_user.embedding_dim))
+        budget = 2**21 if self.device.type == "cpu" else 2**28
+        fit = max(1, budget // (self.spec.n_items * self.mlp_user.embedding_dim))
         return 1 << (fit.bit_length() - 1)
 
     def item_embeddings(self) -> Tensor:

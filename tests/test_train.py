@@ -253,6 +253,10 @@ def test_neumf_scores_in_cache_sized_user_batches_with_the_same_metrics(data):
     e = model.mlp_user.embedding_dim
     limit = model.eval_batch_users
     assert limit & (limit - 1) == 0 and limit * data.n_items * e <= 2**21
+    # on an accelerator (here the meta device, whose tensors hold no data): larger calls,
+    # still bounded at 2^28 floats of activations
+    wide = make("neumf", "ranking", data, dim=16, layers=2).to("meta").eval_batch_users
+    assert wide > limit and wide & (wide - 1) == 0 and wide * data.n_items * e <= 2**28
     timed = {f"test/{k}" for k in ("eval_users_per_s",)}
     small, large = (evaluate(model, data, "test", TrainConfig(device="cpu", eval_batch_users=b))
                     for b in (3, 4096))
