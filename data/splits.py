@@ -23,7 +23,7 @@ FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
 SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf"
 FIXED_VAL_SHARE = 0.1  # of a canonical split's base file, carved out as validation
 TRAIN, VAL, TEST = 0, 1, 2  # a row's part
-Table = dict[str, np.ndarray]  # the prepared columns: u, i, r, t, part, origin
+Table = dict[str, np.ndarray]  # the prepared columns: u, i, r, t, row, part, origin
 
 
 def parse_split(split: str, raw: RawDataset | None = None) -> tuple[str, tuple[float, ...]]:

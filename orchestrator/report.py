@@ -76,16 +76,6 @@ def compile_umap_in_background() -> None:
     threading.Thread(target=compile_kernels, name="umap-compile", daemon=True).start()
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """Raise a FileNotFoundError naming what a sweep run directory lacks."""
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such directory; expected a sweep run directory")
-    lacking = [name for name in NEEDED if not (run_dir / name).exists()]
-    if lacking:
-        raise FileNotFoundError(f"{run_dir}: not a sweep run directory: no {', '.join(lacking)} "
-                                f"(a finished sweep writes {', '.join(NEEDED)})")
-
-
 def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | None:
     """Draw the figures and write `report.html` in a run directory; returns its path.
 
@@ -99,7 +89,7 @@ def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | N
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     run_dir = run.path
-    check_run_dir(run_dir)
+    run.require(*NEEDED)
     missing = missing_viz()
     if missing:
         print(f"report: {', '.join(missing)} not installed; {VIZ_HINT}", file=sys.stderr)
@@ -155,7 +145,9 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
             + _img(plots.plot_activity(activity, figures / "data-activity.png")))
     for study, group in run.trials.groupby("study", sort=False):
         say(f"plots of study {study}")
-        model = run.models.get(str(study)) or run.checkpoints.get(str(study))
+        model = run.models.get(str(study))  # in memory, else its checkpoint's path (or None)
+        if model is None:
+            model = run.checkpoints.get(str(study))
         parts.append(_study_html(run_dir, figures, str(study), group, history, frame, cfg,
                                  data, model, popularity, say))
     if notes:
@@ -195,7 +187,7 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
             out.append(f"<p>Parameter importances: not enough trials ({why}).</p>")
         else:
             out.append(_img(plots.optuna_figure("importance", searched,
-                                           figures / f"importance-{study}.png")))
+                                                figures / f"importance-{study}.png")))
     if history is not None:
         best = trials[_finished(trials)].sort_values("best", ascending=mode == "min")
         curves = history[(history["study"] == study)
@@ -266,7 +258,7 @@ def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figure
     with atomic_write(figures / f"umap-items-{study}.csv") as f:
         results.csv_safe(coords).to_csv(f, index=False)
     path = plots.plot_umap(coords, f"{study}: UMAP of item embeddings{note}",
-                      figures / f"umap-items-{study}.png")
+                           figures / f"umap-items-{study}.png")
     return _img(path)
 
 

@@ -78,6 +78,18 @@ class RunDir:
         self._data = data
         self.models = dict(models or {})
 
+    def require(self, *names: str) -> None:
+        """Raise a FileNotFoundError naming which of `names` the directory lacks (before
+        work that needs them all)."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such directory; expected a sweep run "
+                                    "directory")
+        lacking = [name for name in names if not (self.path / name).exists()]
+        if lacking:
+            raise FileNotFoundError(f"{self.path}: not a sweep run directory: no "
+                                    f"{', '.join(lacking)} (a finished sweep writes "
+                                    f"{', '.join(names)})")
+
     def _file(self, name: str, what: str) -> Path:
         path = self.path / name
         if not path.exists():

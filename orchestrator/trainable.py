@@ -112,7 +112,8 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
     if result.status == "diverged":
         # the search tells Optuna the trial failed; the table shows the status and the reason
         tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,
-                     "epoch": result.epochs, "best_value": math.nan})
+                     "epoch": result.epochs, "best_value": math.nan, "device": device,
+                     "node": node})
     # free the trial's memory now: a reused worker must not carry it into the next trial
     latest.clear()
     del model
