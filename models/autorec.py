@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from data.sampling import csr_entries
 from data.types import Split
-from models.base import CommonParams, DataSpec, Recommender, check, check_common
+from models.base import CommonParams, DataSpec, Recipe, Recommender, check, check_common
 from models.registry import register_model
 
 
@@ -100,12 +100,23 @@ class AutoRec(Recommender):
         self.register_buffer("item_seen", torch.zeros(spec.n_items, dtype=torch.bool))
         self.csr: tuple[Tensor, Tensor, Tensor] | None = None  # indptr, users, ratings
 
+    recipes = (Recipe(
+        name="sedhain2015", task="rating",
+        source="Sedhain, Menon, Sanner & Xie, WWW 2015 (I-AutoRec, 500 hidden units, lambda "
+               "from {0.001, 0.01, 0.1, 1, 100, 1000}); lambda 1, Adam 1e-3, batches of 100 "
+               "items from the TensorFlow reproduction gtshs2/Autorec",
+        tuned_on="MovieLens 1M and 10M, random 90/10 splits, RMSE",
+        hparams={"dim": 500, "reg": 1.0, "lr": 1e-3, "dropout": 0.0, "batch_size": 256},
+        epochs=500,
+        note="Adam for the paper's L-BFGS/RProp; batches of 256 items (the space's "
+             "smallest) for 100"),)
+
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
         return {
             "dim": trial.suggest_categorical("dim", [100, 200, 500, 1000]),
             "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "reg": trial.suggest_float("reg", 1e-2, 100.0, log=True),
+            "reg": trial.suggest_float("reg", 1e-3, 1000.0, log=True),  # the paper's grid
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
             "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 2048, 8192]),
         }

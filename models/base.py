@@ -1,7 +1,8 @@
 """The model contract every registered recommender follows.
 
 A model is a `torch.nn.Module` that declares its `name`, the `tasks` it supports, a
-hyperparameter dataclass `Params` and an Optuna define-by-run `search_space`. The split of
+hyperparameter dataclass `Params`, an Optuna define-by-run `search_space` and its published
+`recipes` (each inside that space, a registry test checks it). The split of
 responsibilities is what makes one training loop and one ONNX exporter serve every model:
 
 - `forward(...)` is pure inference scoring, the exact graph ONNX exports (no
@@ -17,6 +18,7 @@ responsibilities is what makes one training loop and one ONNX exporter serve eve
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +28,32 @@ from torch import Tensor, nn
 from data.types import PreparedData, Split
 
 TASKS = ("rating", "ranking", "sequential")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A configuration its authors (or the best reproduction) published: a sweep tries it
+    right after the model's defaults, and `python -m orchestrator models` lists it.
+
+    Args:
+        name: short and unique within the model (`rendle2020`); the trials table's origin
+            is `recipe:<name>`.
+        task: the task it is for.
+        source: the paper or code it comes from.
+        tuned_on: the data and protocol its authors tuned it on.
+        hparams: its hyperparameters; each one the model searches, inside that space, and
+            unnamed ones take the model's defaults.
+        epochs: the epochs it trains: a study's epoch budget is at least this.
+        note: where it differs from the source, and why.
+    """
+
+    name: str
+    task: str
+    source: str
+    tuned_on: str
+    hparams: dict[str, Any]
+    epochs: int
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,8 +85,12 @@ class CommonParams:
     task_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     """Per-task overrides of the defaults, e.g. `{"ranking": {"reg": 0.003}}`."""
 
+    optimizer: str = "adam"
+    """"adam", or "sgd": plain SGD whose `lr` is per training example (each step moves by
+    `lr` times the batch's summed gradient, the per-example SGD of Koren's and Rendle's
+    recipes taken a batch at a time); both step sparse tables sparsely."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Learning rate (Adam's; with `optimizer="sgd"`, per example)."""
     weight_decay: float = 0.0
     """L2 penalty: by Adam on the dense parameters (coupled, not AdamW's decoupled), and in
     the loss on the rows of sparse embedding tables that a batch uses (`row_penalty`)."""
@@ -107,7 +139,8 @@ def row_penalty(*uses: tuple[list[nn.Module], Tensor]) -> Tensor:
 
 
 def check_common(p: CommonParams) -> None:
-    check(p, "lr", p.lr > 0, "a positive float")
+    check(p, "optimizer", p.optimizer in ("adam", "sgd"), "'adam' or 'sgd'")
+    check(p, "lr", 0 < p.lr < math.inf, "a positive finite float")
     check(p, "weight_decay", p.weight_decay >= 0, "a float >= 0")
     check(p, "batch_size", p.batch_size >= 1, "an int >= 1")
     check(p, "epochs", p.epochs >= 1, "an int >= 1")
@@ -131,14 +164,17 @@ class Recommender(nn.Module):
     Params: ClassVar[type] = CommonParams
     learned: ClassVar[bool] = True
     """False for baselines computed from counts: the loop evaluates them without training."""
+    recipes: ClassVar[tuple[Recipe, ...]] = ()
+    """Published configurations, tried first in a sweep after the defaults."""
 
     def __init__(self, spec: DataSpec, task: str, params: Any) -> None:
         super().__init__()
         self.spec, self.task, self.params = spec, task, params
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
-        """Optuna define-by-run space: `trial.suggest_*` calls only; returns the hparams."""
+    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+        """Optuna define-by-run space of `task`: `trial.suggest_*` calls only; returns the
+        hparams."""
         return {}
 
     @property

@@ -70,7 +70,7 @@ class ItemKNN(Recommender):
         self.register_buffer("weights", torch.zeros(spec.n_items, k))  # [n_items, k]
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
         return {"k": trial.suggest_int("k", 10, 500, log=True)}
 
     @property

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from models.base import (
     CommonParams,
     DataSpec,
+    Recipe,
     Recommender,
     check,
     check_common,
@@ -75,6 +76,17 @@ class NeuMFParams(CommonParams):
         check(self, "alpha", 0 <= self.alpha <= 1, "a float in [0, 1]")
 
 
+NCF = Recipe(
+    name="he2017", task="ranking",
+    source="He, Liao, Zhang, Nie, Hu & Chua, 'Neural Collaborative Filtering', WWW 2017, and "
+           "the authors' README (hexiangnan/neural_collaborative_filtering)",
+    tuned_on="MovieLens-1M and Pinterest, leave-one-out, HR@10 and NDCG@10 over 100 sampled "
+             "candidates",
+    hparams={"dim": 8, "layers": 3, "lr": 1e-3, "batch_size": 256, "negatives": 4,
+             "weight_decay": 0.0, "dropout": 0.0, "pretrain": False},
+    epochs=20, note="MLP layers [64, 32, 16, 8] are `layers=3` here (the 64 is the input)")
+
+
 @register_model
 class NeuMF(Recommender):
     """Neural matrix factorization for implicit-feedback ranking.
@@ -116,8 +128,13 @@ class NeuMF(Recommender):
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.01)
 
+    recipes = (NCF, dataclasses.replace(
+        NCF, name="he2017-pretrain", hparams={**NCF.hparams, "pretrain": True},
+        note="pre-trained GMF and MLP towers (the README's second command); Adam, not the "
+             "paper's SGD, after fusing them"))
+
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
         return {
             "dim": trial.suggest_categorical("dim", [8, 16, 32, 64]),
             "layers": trial.suggest_int("layers", 1, 4),

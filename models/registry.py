@@ -27,8 +27,34 @@ def register_model(cls: type[Recommender]) -> type[Recommender]:
     bad = [t for t in cls.tasks if t not in TASKS]
     if bad:
         raise ValueError(f"model {cls.name!r}: unknown task(s) {bad}; known: {list(TASKS)}")
+    _check_recipes(cls)
     _MODELS[cls.name] = cls
     return cls
+
+
+def _check_recipes(cls: type[Recommender]) -> None:
+    """Each recipe names a task of the model and only its hyperparameters, with values its
+    `Params` accept (that they lie in the search space is checked where spaces are run:
+    the registry's tests and the sweep's config check)."""
+    names = [r.name for r in cls.recipes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model {cls.name!r}: recipe names {names} repeat")
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    for r in cls.recipes:
+        where = f"model {cls.name!r}, recipe {r.name!r}"
+        if r.task not in cls.tasks:
+            raise ValueError(f"{where}: task {r.task!r}; the model's tasks: {cls.tasks}")
+        unknown = sorted(set(r.hparams) - fields)
+        if unknown or "epochs" in r.hparams:
+            raise ValueError(f"{where}: unknown hyperparameter(s) {unknown or ['epochs']} "
+                             f"(a recipe's epochs are its `epochs`); allowed: "
+                             f"{', '.join(sorted(fields - {'epochs'}))}")
+        if r.epochs < 1:
+            raise ValueError(f"{where}: epochs={r.epochs}; expected an int >= 1")
+        try:
+            cls.Params(**{**cls.Params.task_defaults.get(r.task, {}), **r.hparams})
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def list_models() -> list[str]:

@@ -161,6 +161,9 @@ class SweepConfig:
     wandb: str = opt("offline", "Weights & Biases: offline (default), online, disabled")
     wandb_project: str = opt("recsweep", "W&B project")
     seed: int = opt(0, "seed of the TPE samplers and the trials")
+    sampler: dict = opt({}, "the search's sampler: {name: tpe} (default) or {name: random}, and "
+                        "TPE's settings (n_ei_candidates, multivariate, group, constant_liar); "
+                        "sweep.yaml records every setting, seeded")
     search_space: dict = opt({}, "per-model overrides, {model: {param: {distribution, min, max}"
                              " | {values: [...]} | {value: x}}} (W&B sweep syntax accepted)")
     data: DataConfig = opt(DataConfig(), "the dataset")

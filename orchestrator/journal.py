@@ -6,8 +6,8 @@
 its hyperparameters with their distributions, its validation value per reported epoch, its
 final value (the best epoch's, what the sweep chooses by) and its state: complete, pruned
 (stopped by ASHA, Ctrl-C or the time budget) or failed (diverged, raised, never ran), as
-the search told Optuna (`search.StudySearch`); its Tune id, end and message are user
-attributes.
+the search told Optuna (`search.StudySearch`); its Tune id, origin (defaults, a recipe or
+the search), end and message are user attributes.
 
 The file is written whole after the search, from the `TrialRecord`s and learning curves,
 into a temporary file renamed into place, so `--resume` rewrites it with every trial once.
@@ -89,7 +89,7 @@ def _write_study(target: JournalStorage, study: Study, trials: list[TrialRecord]
             rows = rows.drop_duplicates("epoch", keep="last")
             for epoch, value in zip(rows["epoch"], rows[study.metric], strict=True):
                 trial.report(float(value), int(epoch))
-        for key in ("trial_id", "end", "message", "epochs", "seed"):
+        for key in ("trial_id", "origin", "end", "message", "epochs", "seed"):
             trial.set_user_attr(key, getattr(t, key))
         if t.finished and t.best is not None:
             record.tell(trial, t.best)

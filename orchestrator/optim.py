@@ -1,4 +1,5 @@
-"""The shared loop's optimizers: fused Adam for dense parameters, `RowAdam` for large tables.
+"""The shared loop's optimizers: fused Adam for dense parameters, `RowAdam` for large tables,
+or plain SGD for both (the recipes of Koren and Rendle).
 
 Dense Adam updates every row of every embedding table at every step, so an epoch costs
 examples x (users + items) / batch, which grows with the square of the data. The large
@@ -65,7 +66,8 @@ class RowAdam(torch.optim.Optimizer):
 
 def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
     """Adam (fused) with the model's lr for the dense parameters and `RowAdam` with the same
-    lr for the embedding tables built sparse (`models.base.table`: the large ones).
+    lr for the embedding tables built sparse (`models.base.table`: the large ones); or, with
+    `optimizer="sgd"`, one plain SGD for both, its `lr` per example.
 
     No embedding table gets the optimizer's weight decay, sparse or not: the models penalise
     the rows a batch uses in their loss instead (mf: `reg`; neumf, caser: `weight_decay`
@@ -84,6 +86,12 @@ def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
         dense.append({**g, "weight_decay": 0.0, "params": [
             q for q in g["params"] if id(q) in is_table and id(q) not in is_sparse]})
     dense = [g for g in dense if g["params"]]
+    if p.optimizer == "sgd":
+        # torch's SGD steps a sparse gradient's rows only; the loss is a mean over the
+        # batch, so `lr * batch_size` moves each example's parameters by `lr` x its gradient
+        tables = [{"params": sparse, "weight_decay": 0.0}] if sparse else []
+        return [torch.optim.SGD(dense + tables, lr=p.lr * p.batch_size,
+                                weight_decay=p.weight_decay)]
     out: list[torch.optim.Optimizer] = []
     if dense:
         # The fused kernel: on CPU too, an Adam step of BPR-MF on ml-100k took 96 us, not 247.

@@ -1,8 +1,10 @@
 """A sweep's plan before Ray: the config read and checked, resolved, and where it runs.
 
 `load_config` (YAML + flags) -> `check_config` (everything that can fail before Ray starts:
-models, baselines, search-space types and ranges, resources, W&B) -> `resolved` (TPE's
-start-up trials and each study's ASHA `Schedule`, written to `sweep.yaml`); `run_directory` and
+models, baselines, recipes, search-space types and ranges, the sampler, resources, W&B) ->
+`resolved` (the sampler's settings, TPE's start-up trials and each study's ASHA `Schedule`:
+epochs enough for its recipes, written to `sweep.yaml`); `study_points` gives a study's
+first trials (defaults, then recipes); `run_directory` and
 `experiment_root` say where the run's files and Tune's experiments go; `load_run_config`
 reads a run's `sweep.yaml` back whole for `--resume` (`rundir.read_config`). No Ray here.
 """
@@ -10,6 +12,7 @@ reads a run's `sweep.yaml` back whole for `--resume` (`rundir.read_config`). No 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import netrc
 import os
 import urllib.parse
@@ -23,7 +26,7 @@ from orchestrator.config import SweepConfig, from_dict, parse_duration
 from orchestrator.finalize import parse_study
 from orchestrator.records import Schedule, Study
 from orchestrator.rundir import read_config
-from orchestrator.space import validate_space
+from orchestrator.space import start_points, validate_space
 
 SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
@@ -81,6 +84,11 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
                 raise ValueError(f"baselines: {entry!r} is a learned model; search it in "
                                  "`models` instead")
         parse_duration(cfg.time_budget)
+        for study in studies:  # a recipe must lie in its model's own space
+            outside = study_points(study, {})[1]["outside"]
+            if outside:
+                raise ValueError(f"model {study.model!r}, {outside[0]} (a bug in the model's "
+                                 "recipes)")
         validate_space(cfg.search_space, {s.model: param_types(s.model) for s in studies},
                        lambda model, name, value: make_params(model, **{name: value}))
         if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 0 or cfg.startup_trials < 0:
@@ -92,6 +100,7 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
         if not (cfg.gpus_per_trial == -1 or 0 <= cfg.gpus_per_trial):
             raise ValueError(f"gpus_per_trial={cfg.gpus_per_trial}: expected -1 (auto), 0, a "
                              "fraction to share a GPU, or a whole number of GPUs")
+        sampler_settings(cfg)
         if cfg.reduction_factor < 2:
             raise ValueError(f"reduction_factor={cfg.reduction_factor}: expected an int >= 2")
         schedules(cfg, studies)
@@ -106,15 +115,59 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
     return studies
 
 
+# TPE's settings, written out (Optuna 5 changed its defaults: multivariate and the constant
+# liar are now on); a sweep file's `sampler` entries override them
+TPE = {"n_ei_candidates": 24, "multivariate": True, "group": False, "constant_liar": True}
+SAMPLERS = {"tpe": {"name", "seed", "n_startup_trials", *TPE}, "random": {"name", "seed"}}
+
+
+def sampler_settings(cfg: SweepConfig) -> dict[str, Any]:
+    """The sampler of every study, all its settings explicit and seeded (sweep.yaml's
+    `sampler`); raises naming a bad key."""
+    given = dict(cfg.sampler)
+    name = given.get("name", "tpe")
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler.name: {name!r}; expected tpe or random")
+    unknown = sorted(set(given) - SAMPLERS[name])
+    if unknown:
+        raise ValueError(f"sampler: unknown key(s) {unknown} for {name}; allowed: "
+                         f"{', '.join(sorted(SAMPLERS[name]))}")
+    base = {"name": name, "seed": cfg.seed}
+    if name == "tpe":
+        base.update(n_startup_trials=startup_trials(cfg), **TPE)
+    for key, value in given.items():
+        if key != "name" and type(value) is not type(base[key]):
+            raise ValueError(f"sampler.{key}: {value!r}; expected {type(base[key]).__name__}")
+    return {**base, **given}
+
+
 def startup_trials(cfg: SweepConfig) -> int:
     """TPE's random start-up trials per study: the budget's quarter, between 2 and 10
     (Optuna's default of 10 would make a sweep of 8 trials a random search)."""
     return cfg.startup_trials or min(10, max(2, cfg.trials // 4))
 
 
+def study_points(study: Study, overrides: dict[str, Any]
+                 ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
+    """A study's first trials with their origins (the model's defaults, then the recipes of
+    its task that the space with `overrides` holds), and why each other recipe is left out
+    (`space.start_points`)."""
+    cls = get_model_class(study.model)
+    defaults = dataclasses.asdict(make_params(study.model, study.task))
+    recipes = [(r.name, r.hparams) for r in cls.recipes if r.task == study.task]
+    space = functools.partial(cls.search_space, task=study.task)
+    return start_points(space, overrides, defaults, recipes)
+
+
 def max_epochs(study: Study, cfg: SweepConfig) -> int:
-    """The sweep's `epochs`, or the model's own default when the sweep leaves it at 0."""
-    return cfg.epochs or make_params(study.model, study.task).epochs
+    """The sweep's `epochs`, or when the sweep leaves it at 0 the most of the model's default
+    and the epochs of each recipe the study tries (so a recipe trains as published)."""
+    if cfg.epochs:
+        return cfg.epochs
+    tried = {origin for origin, _ in study_points(study, cfg.search_space.get(study.model, {}))[0]}
+    recipes = [r.epochs for r in get_model_class(study.model).recipes
+               if f"recipe:{r.name}" in tried]
+    return max([make_params(study.model, study.task).epochs, *recipes])
 
 
 def schedules(cfg: SweepConfig, studies: list[Study]) -> dict[str, Schedule]:
@@ -151,7 +204,8 @@ def resolved(cfg: SweepConfig) -> SweepConfig:
     plan = {name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period,
                    "rungs": list(s.rungs)}
             for name, s in schedules(cfg, model_studies(cfg)).items()}
-    return dataclasses.replace(cfg, startup_trials=startup_trials(cfg), schedule=plan)
+    return dataclasses.replace(cfg, startup_trials=startup_trials(cfg), schedule=plan,
+                               sampler=sampler_settings(cfg))
 
 
 def has_wandb_key() -> bool:

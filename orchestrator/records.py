@@ -18,7 +18,7 @@ import numpy as np
 #   epochs        ran all its epochs
 #   early_stopped stopped by the loop's patience (no validation improvement)
 #   asha          stopped by ASHA at one of its rungs
-#   interrupted   stopped from outside at another epoch (Ctrl-C, the time budget)
+#   interrupted   stopped with the whole sweep (Ctrl-C, the time budget)
 #   diverged      non-finite loss or validation metric
 #   error         raised
 #   pending       never reported
@@ -98,6 +98,8 @@ class TrialRecord:
         path: its Tune trial folder.
         node: the Ray node id it last reported from (a trial restarted after a lost node
             reports the new one).
+        origin: where its configuration came from: `defaults`, `recipe:<name>` (a
+            published recipe of the model) or `search` (the sampler).
     """
 
     study: str
@@ -114,6 +116,7 @@ class TrialRecord:
     checkpoint: Any = None
     path: str = ""
     node: str = ""
+    origin: str = ""
 
     @property
     def finished(self) -> bool:

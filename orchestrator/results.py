@@ -25,8 +25,8 @@ from orchestrator.metrics import lower_is_better
 from orchestrator.records import StudyResult
 from orchestrator.rundir import HISTORY, RESULTS, TRIALS, UNITS
 
-FIRST = ["table", "study", "model", "task", "baseline", "status", "metric", "trials_done",
-         "trials_pruned", "trials_failed", "epochs", "time_s", "seeds"]
+FIRST = ["table", "study", "model", "task", "baseline", "status", "origin", "metric",
+         "trials_done", "trials_pruned", "trials_failed", "epochs", "time_s", "seeds"]
 LAST = ["p_vs_best", "p_vs_baseline", "significance", "main_metric", "evaluation", "hparams",
         "export"]
 ALPHA = 0.05  # the level of the significance markers in results.md
@@ -56,7 +56,7 @@ def table(studies: list[StudyResult]) -> pd.DataFrame:
                 metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
             row.update(metrics)
         if r.chosen is not None:
-            row.update(epochs=r.chosen.epochs, time_s=r.chosen.time_s,
+            row.update(origin=r.chosen.origin, epochs=r.chosen.epochs, time_s=r.chosen.time_s,
                        hparams=json.dumps(r.chosen.hparams, sort_keys=True))
         elif r.baseline:
             row.update(epochs=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import os
 import pickle
 import signal
@@ -23,18 +24,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
-from optuna.samplers import TPESampler
+from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from models.registry import get_model_class, make_params
+from models.registry import get_model_class
 from orchestrator.config import SweepConfig
 from orchestrator.metrics import lower_is_better
-from orchestrator.plan import SEEDS, experiment_root, startup_trials
+from orchestrator.plan import SEEDS, experiment_root, sampler_settings, study_points
 from orchestrator.records import Schedule, Study, TrialRecord
-from orchestrator.space import default_point, sample_params
+from orchestrator.space import sample_params
 from orchestrator.trainable import TRIAL, split_config
 
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
@@ -55,23 +56,34 @@ class SearchSpace:
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         space = get_model_class(self.study.model).search_space
-        params = sample_params(trial, space, self.overrides)
+        params = sample_params(trial, functools.partial(space, task=self.study.task),
+                               self.overrides)
         params.setdefault("epochs", self.schedule.max_epochs)  # ASHA's max_t
+        origin = self.points[trial.number][0] if trial.number < len(self.points) else "search"
         # constants returned by a define-by-run space become part of the trial's config
-        return {**params, TRIAL: trial_meta(self.study, self.seed, trial.number, self.schedule)}
+        return {**params, TRIAL: trial_meta(self.study, self.seed, trial.number, self.schedule,
+                                            origin)}
 
-    def defaults(self) -> dict[str, Any]:
-        """The model's defaults for its task, as far as the space can take them: the first
-        trial of the study, so that its best is never below `train` with defaults."""
-        space = get_model_class(self.study.model).search_space
-        values = dataclasses.asdict(make_params(self.study.model, self.study.task))
-        return default_point(space, self.overrides, values)
+    @functools.cached_property
+    def points(self) -> list[tuple[str, dict[str, Any]]]:
+        """The study's first trials with their origins: the model's defaults for its task (so
+        that its best is never below `train` with defaults), then its recipes
+        (`plan.study_points`)."""
+        return study_points(self.study, self.overrides)[0]
 
 
-def trial_meta(study: Study, seed: int, number: int, schedule: Schedule) -> dict[str, Any]:
+def sampler(settings: dict[str, Any]) -> TPESampler | RandomSampler:
+    """A study's sampler from the resolved config's `sampler` (`plan.sampler_settings`)."""
+    kwargs = {k: v for k, v in settings.items() if k != "name"}
+    return RandomSampler(**kwargs) if settings["name"] == "random" else TPESampler(**kwargs)
+
+
+def trial_meta(study: Study, seed: int, number: int, schedule: Schedule, origin: str
+               ) -> dict[str, Any]:
     """What a trial's config carries beside its hyperparameters (under `trainable.TRIAL`)."""
     return {"study": study.name, "model": study.model, "task": study.task, "seed": seed,
-            "metric": study.metric, "number": number, "rungs": list(schedule.rungs)}
+            "metric": study.metric, "number": number, "rungs": list(schedule.rungs),
+            "origin": origin}
 
 
 class SavedSearcher(Searcher):
@@ -95,7 +107,8 @@ class StudySearch(SavedSearcher):
     time in a driver). Tune saves this object with the experiment, so `--resume` continues
     every study's search.
 
-    What Optuna is told: each study's first trial is the model's defaults (enqueued); TPE's
+    What Optuna is told: each study's first trials are the model's defaults, then its
+    recipes (enqueued, `SearchSpace.points`); TPE's
     random start-up follows the budget (`startup_trials`); a trial's intermediate values are
     reported at its epochs; a trial that ended on its own is complete with its best
     validation value (the state the sweep would choose), one that diverged or raised has
@@ -111,8 +124,9 @@ class StudySearch(SavedSearcher):
         for s in studies:
             space = SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name], cfg.seed)
             self.searches[s.name] = OptunaSearch(
-                space=space, metric=s.metric, mode=s.mode, points_to_evaluate=[space.defaults()],
-                sampler=TPESampler(seed=cfg.seed, n_startup_trials=startup_trials(cfg)),
+                space=space, metric=s.metric, mode=s.mode,
+                points_to_evaluate=[point for _, point in space.points],
+                sampler=sampler(sampler_settings(cfg)),
                 storage=storage, study_name=s.name)
         self.owner: dict[str, str] = {}  # trial id -> study name
 
@@ -146,8 +160,8 @@ class StudySearch(SavedSearcher):
 class StudyASHA(FIFOScheduler):
     """An ASHA scheduler per study (its metric, direction, max epochs and grace period),
     routed by the trial's study: trials are compared with the trials of their own study
-    only. A study's defaults trial (number 0) is recorded at the rungs like any other but
-    never stopped: it is what the search must beat."""
+    only. A study's defaults and recipe trials are recorded at the rungs like any other but
+    never stopped: they are what the search must beat, and a recipe trains as published."""
 
     def __init__(self, studies: list[Study], cfg: SweepConfig,
                  plan: dict[str, Schedule]) -> None:
@@ -169,7 +183,8 @@ class StudyASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
-        return self.CONTINUE if trial.config[TRIAL]["number"] == 0 else decision
+        return decision if trial.config[TRIAL].get("origin", "search") == "search" \
+            else self.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._asha(trial).on_trial_complete(tune_controller, trial, result)
@@ -213,9 +228,8 @@ def experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_a
             stop=StopOnCtrlC(), callbacks=callbacks, verbose=0))
 
 
-def trial_records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[TrialRecord]:
-    """One TrialRecord per Tune result, in the grid's order; `stopped`: the sweep was
-    interrupted or ran out of time (a trial stopped then is not ASHA's)."""
+def trial_records(grid: Any) -> list[TrialRecord]:
+    """One TrialRecord per Tune result, in the grid's order."""
     out = []
     for res in grid:
         meta, hparams = split_config(res.config)
@@ -234,9 +248,10 @@ def trial_records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[T
             end = status
         elif status is None:
             end = "pending"
-        else:  # stopped from outside while running
-            rungs = plan[meta["study"]].rungs if meta["study"] in plan else ()
-            end = "asha" if epoch in rungs and not stopped else "interrupted"
+        else:  # stopped from outside while running: Tune marks the result its scheduler
+            # stopped `done` (a documented auto-filled key); Ctrl-C and the time budget
+            # end the whole experiment and leave the last result as it was
+            end = "asha" if last.get("done") else "interrupted"
         message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
         out.append(TrialRecord(
             study=meta["study"], trial_id=last.get("trial_id", os.path.basename(str(res.path))),
@@ -244,7 +259,7 @@ def trial_records(grid: Any, plan: dict[str, Schedule], stopped: bool) -> list[T
             best_epoch=best_epoch, epochs=epoch,
             time_s=float(last.get("time_total_s", 0.0) or 0.0), hparams=hparams,
             seed=int(meta["seed"]), checkpoint=res.checkpoint, path=str(res.path),
-            node=str(last.get("node", ""))))
+            node=str(last.get("node", "")), origin=str(meta.get("origin", ""))))
     return out
 
 
@@ -328,9 +343,9 @@ def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, S
     else:
         by_name = {s.name: s for s in studies}
         points = [{**t.hparams, TRIAL: trial_meta(by_name[t.study], cfg.seed + i, t.number,
-                                                  plan[t.study])}
+                                                  plan[t.study], t.origin)}
                   for t in chosen for i in range(1, cfg.final_seeds)]
         tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
-    return [t for t in trial_records(tuner.fit(), plan, False)
+    return [t for t in trial_records(tuner.fit())
             if t.end in ("epochs", "early_stopped") and t.checkpoint is not None]
 

@@ -197,3 +197,37 @@ def default_point(model_space: Any, overrides: dict[str, Any], defaults: dict[st
     trial = _Defaults(defaults)
     sample_params(trial, model_space, overrides)
     return trial.point
+
+
+def start_points(model_space: Any, overrides: dict[str, Any], defaults: dict[str, Any],
+                 recipes: list[tuple[str, dict[str, Any]]]
+                 ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
+    """A study's first trials, each with its origin: `defaults`, then `recipe:<name>` for
+    each recipe (its values over the defaults) that the space with `overrides` can draw
+    whole; and, for each recipe it leaves out, one line saying why: `outside` the space, or
+    `same` as a point already tried (`{"outside": [lines], "same": [lines]}`).
+
+    Example:
+        >>> space = lambda t: {"lr": t.suggest_float("lr", 1e-4, 1e-1, log=True)}
+        >>> points, dropped = start_points(space, {}, {"lr": 1e-3},
+        ...                                [("fast", {"lr": 0.05}), ("slow", {"lr": 1.0})])
+        >>> points
+        [('defaults', {'lr': 0.001}), ('recipe:fast', {'lr': 0.05})]
+        >>> dropped
+        {'outside': ['recipe slow: lr=1.0 is outside the search space; not tried'], 'same': []}
+    """
+    points = [("defaults", default_point(model_space, overrides, defaults))]
+    dropped: dict[str, list[str]] = {"outside": [], "same": []}
+    for name, hparams in recipes:
+        point = default_point(model_space, overrides, {**defaults, **hparams})
+        outside = [f"{k}={v!r}" for k, v in hparams.items() if k not in point or point[k] != v]
+        same = [origin for origin, p in points if p == point]
+        if outside:
+            dropped["outside"].append(f"recipe {name}: {', '.join(outside)} "
+                           f"{'is' if len(outside) == 1 else 'are'} outside the search space; "
+                           "not tried")
+        elif same:
+            dropped["same"].append(f"recipe {name}: the same trial as {same[0]}; tried once")
+        else:
+            points.append((f"recipe:{name}", point))
+    return points, dropped

@@ -49,6 +49,7 @@ from orchestrator.plan import (
     resolved,
     run_directory,
     schedules,
+    study_points,
 )
 from orchestrator.provenance import environment
 from orchestrator.publish import export_results
@@ -126,6 +127,10 @@ def plan_sweep(cfg: SweepConfig, resume: str | Path | None
                          "--name")
     studies = check_config(cfg)
     cfg = resolved(cfg)
+    for study in studies:  # an override that excludes a recipe says so (space.start_points)
+        dropped = study_points(study, cfg.search_space.get(study.model, {}))[1]
+        for line in dropped["outside"] + dropped["same"]:
+            print(f"search: {study.name}: {line}", flush=True)
     if cfg.trials <= cfg.startup_trials:
         print(f"search: {cfg.trials} trials per study, within TPE's {cfg.startup_trials} "
               "random start-up trials: after the defaults trial this is a random search",
@@ -186,7 +191,7 @@ def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], tr
                            scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
     grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
     out_of_time = deadline is not None and time.time() >= deadline
-    trials = trial_records(grid, plan, stop.is_set() or out_of_time)
+    trials = trial_records(grid)
     curves = [epoch_history(res) for res in grid if res.metrics_dataframe is not None]
     chosen = [t for s in studies
               if (t := choose([t for t in trials if t.study == s.name], s)) is not None]

@@ -18,7 +18,8 @@ from orchestrator.search import SearchSpace
 def record(number: int, end: str, best: float | None, **hparams: object) -> TrialRecord:
     return TrialRecord(study="mf", trial_id=f"t{number}", number=number, end=end, message="",
                        best=best, best_epoch=2, epochs=2, time_s=1.0,
-                       hparams={"epochs": 4, **hparams}, seed=0)
+                       hparams={"epochs": 4, **hparams}, seed=0,
+                       origin="defaults" if number == 0 else "search")
 
 
 @pytest.mark.filterwarnings("error")  # a step reported twice would warn
@@ -27,7 +28,7 @@ def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path
     (study,) = model_studies(cfg)
     plan = schedules(cfg, [study])
     space = SearchSpace(study, {}, plan["mf"], cfg.seed)
-    defaults = {k: v for k, v in space.defaults().items() if k != "epochs"}
+    defaults = space.points[0][1]
     trials = [record(2, "diverged", None, **defaults),  # out of order: sorted by number
               record(0, "epochs", 0.95, **defaults),
               record(1, "asha", 0.99, **{**defaults, "dim": 32})]
@@ -47,5 +48,6 @@ def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path
     assert first.params == {k: v for k, v in defaults.items() if k in first.params}
     assert set(first.distributions) == set(first.params) and "lr" in first.distributions
     assert failed.user_attrs["end"] == "diverged" and first.user_attrs["trial_id"] == "t0"
+    assert [t.user_attrs["origin"] for t in loaded.trials] == ["defaults", "search", "search"]
     assert loaded.user_attrs["metric"] == "val/rmse"
     assert not list(tmp_path.glob(".optuna.journal.*"))  # no temporary file left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import optuna
@@ -385,10 +386,79 @@ def test_search_space_holds_the_defaults(name, task):
     # so a sweep's first trial of each study can be exactly the model's defaults
     from orchestrator.space import default_point
 
-    trial = optuna.create_study().ask()
-    drawn = get_model_class(name).search_space(trial)
+    space = functools.partial(get_model_class(name).search_space, task=task)
+    drawn = space(optuna.create_study().ask())
     defaults = dataclasses.asdict(make_params(name, task))
-    assert set(default_point(get_model_class(name).search_space, {}, defaults)) == set(drawn)
+    assert set(default_point(space, {}, defaults)) == set(drawn)
+
+
+RECIPES = [(n, r) for n in list_models() for r in get_model_class(n).recipes]
+
+
+def test_every_searched_model_has_a_recipe_for_each_task():
+    for name in list_models():
+        cls = get_model_class(name)
+        if cls.learned:
+            assert {r.task for r in cls.recipes} == set(cls.tasks), name
+            assert all(r.source and r.tuned_on for r in cls.recipes), name
+
+
+@pytest.mark.parametrize("name,recipe", RECIPES, ids=[f"{n}-{r.name}" for n, r in RECIPES])
+def test_recipes_lie_in_their_space(name, recipe):
+    from orchestrator.space import default_point
+
+    space = functools.partial(get_model_class(name).search_space, task=recipe.task)
+    point = default_point(space, {}, {**dataclasses.asdict(make_params(name, recipe.task)),
+                                      **recipe.hparams})
+    assert {k: point.get(k) for k in recipe.hparams} == recipe.hparams  # every key searched
+    model = create_model(name, DataSpec(N_USERS, N_ITEMS), recipe.task, **point)
+    assert all(getattr(model.params, k) == v for k, v in recipe.hparams.items())
+
+
+def test_a_bad_recipe_names_model_recipe_and_key(monkeypatch):
+    from models.base import Recipe
+    from orchestrator.plan import load_config
+
+    mf = get_model_class("mf")
+    bad = Recipe("odd", "rating", "nowhere", "nothing", {"dimm": 8}, 10)
+
+    class Odd(mf):
+        name = "mf"
+        recipes = (bad,)
+    Odd.__module__ = "models.mf"
+    with pytest.raises(ValueError, match=r"model 'mf', recipe 'odd': unknown hyperparameter\(s\) "
+                                         r"\['dimm'\]"):
+        models.registry._check_recipes(Odd)
+    with pytest.raises(ValueError, match=r"model 'mf', recipe 'odd': hyperparameter dim=0"):
+        models.registry._check_recipes(type("Zero", (mf,), {"recipes": (
+            dataclasses.replace(bad, hparams={"dim": 0}),)}))
+    # a value the model takes but its space does not draw: the sweep refuses to start
+    monkeypatch.setattr(mf, "recipes", (dataclasses.replace(bad, hparams={"dim": 24}),))
+    with pytest.raises(ValueError, match=r"model 'mf', recipe odd: dim=24 is outside the "
+                                         r"search space"):
+        load_config(None, {"models": ["mf"]})
+
+
+def test_sgd_takes_the_hand_computed_step_on_a_sparse_table():
+    # per-example lr: one step of batch B moves a row by lr x its summed example gradients
+    model = create_model("mf", DataSpec(40, 50, global_mean=3.0), "rating", dim=2, reg=0.1,
+                         optimizer="sgd", lr=0.01, batch_size=2)
+    assert model.user_emb.sparse and model.item_emb.sparse  # 40 rows > 16 batches of 2
+    (opt,) = make_optimizers(model)
+    user, item, rating = torch.tensor([3, 3]), torch.tensor([5, 9]), torch.tensor([4.0, 2.0])
+    p, q = model.user_emb.weight.detach().clone(), model.item_emb.weight.detach().clone()
+    bu, bi = model.user_bias.weight.detach().clone(), model.item_bias.weight.detach().clone()
+    err = (p[3] * q[item]).sum(-1) + bi[item, 0] + bu[3, 0] + 3.0 - rating  # [2]
+    opt.zero_grad()
+    model.loss({"user": user, "item": item, "rating": rating}).backward()
+    opt.step()
+    # d/dp_u of (err^2 + reg (|p_u|^2 + |q_i|^2)), summed over the user's two ratings
+    want_p = p[3] - 0.01 * (2 * err[:, None] * q[item] + 2 * 0.1 * p[3]).sum(0)
+    want_q = q[item] - 0.01 * (2 * err[:, None] * p[3] + 2 * 0.1 * q[item])
+    assert torch.allclose(model.user_emb.weight[3], want_p, atol=1e-6)
+    assert torch.allclose(model.item_emb.weight[item], want_q, atol=1e-6)
+    assert torch.allclose(model.user_bias.weight[3, 0], bu[3, 0] - 0.01 * 2 * err.sum())
+    assert torch.equal(model.user_emb.weight[4:], p[4:])  # rows the batch skipped
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -396,14 +466,15 @@ def test_search_space_yields_valid_params(name):
     cls = get_model_class(name)
     fields = {f.name for f in dataclasses.fields(cls.Params)}
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    for _ in range(3):
-        trial = study.ask()
-        hp = cls.search_space(trial)
-        assert set(hp) <= fields and "epochs" not in hp
-        assert hp == trial.params
-        model = create_model(name, DataSpec(N_USERS, N_ITEMS), task=cls.tasks[0], **hp)
-        assert all(getattr(model.params, k) == v for k, v in hp.items())
-        study.tell(trial, 0.0)
+    for task in cls.tasks:
+        for _ in range(3):
+            trial = study.ask()
+            hp = cls.search_space(trial, task)
+            assert set(hp) <= fields and "epochs" not in hp
+            assert hp == trial.params
+            model = create_model(name, DataSpec(N_USERS, N_ITEMS), task=task, **hp)
+            assert all(getattr(model.params, k) == v for k, v in hp.items())
+            study.tell(trial, 0.0)
 
 
 def test_package_reexports():

@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from models.registry import make_params
-from orchestrator.plan import load_config, model_studies, resolved, schedules
+from models.registry import get_model_class, make_params
+from orchestrator.plan import load_config, model_studies, resolved, schedules, study_points
 from orchestrator.search import StudySearch
 from orchestrator.trainable import split_config
 
@@ -39,6 +39,55 @@ def test_first_trial_of_each_study_is_the_models_defaults(search) -> None:
     assert split_config(searcher.suggest("c"))[0]["number"] == 1  # then the sampler
 
 
+def test_first_trials_are_the_defaults_then_the_recipes_then_the_search(capsys) -> None:
+    cfg = resolved(load_config(None, {"models": ["mf:ranking", "neumf", "mf"], "trials": 4,
+                                      "search_space": {"mf": {"dim": {"values": [16, 64]}}}}))
+    studies = model_studies(cfg)
+    searcher = StudySearch(studies, cfg, schedules(cfg, studies),
+                           storage=optuna.storages.InMemoryStorage())
+    metas = [split_config(searcher.suggest(str(i))) for i in range(12)]
+    origins = {s.name: [m["origin"] for m, _ in metas if m["study"] == s.name] for s in studies}
+    # the override dim [16, 64] drops surprise-svd (dim 128) from both mf studies' spaces
+    assert origins == {"mf-ranking": ["defaults", "search", "search", "search"],
+                       "neumf": ["defaults", "recipe:he2017", "recipe:he2017-pretrain",
+                                 "search"],
+                       "mf": ["defaults", "search", "search", "search"]}
+    neumf = [params for meta, params in metas if meta["study"] == "neumf"]
+    for params, recipe in zip(neumf[1:3], get_model_class("neumf").recipes, strict=True):
+        assert {k: params[k] for k in recipe.hparams} == recipe.hparams
+    assert neumf[0]["lr"] == make_params("neumf").lr  # the defaults, not a recipe's
+
+
+def test_a_recipe_sets_its_studys_epoch_budget_and_an_override_can_drop_it() -> None:
+    cfg = resolved(load_config(None, {"models": ["mf:ranking", "mf"]}))
+    assert cfg.schedule["mf-ranking"]["max_epochs"] == 256  # rendle2020 trains 256 epochs
+    assert cfg.schedule["mf"]["max_epochs"] == 20
+    narrow = resolved(load_config(None, {"models": ["mf:ranking"], "search_space": {
+        "mf": {"optimizer": {"value": "adam"}}}}))
+    assert narrow.schedule["mf-ranking"]["max_epochs"] == 20  # rendle2020 not tried
+    (study,) = model_studies(narrow)
+    points, dropped = study_points(study, narrow.search_space["mf"])
+    assert [origin for origin, _ in points] == ["defaults"]
+    assert dropped["outside"] == ["recipe rendle2020: optimizer='sgd' is outside the search "
+                                  "space; not tried"]
+
+
+def test_the_sampler_is_written_out_seeded_and_checked() -> None:
+    cfg = resolved(load_config(None, {"seed": 7, "trials": 20}))
+    assert cfg.sampler == {"name": "tpe", "seed": 7, "n_startup_trials": 5,
+                           "n_ei_candidates": 24, "multivariate": True, "group": False,
+                           "constant_liar": True}
+    assert resolved(load_config(None, {"sampler": cfg.sampler})).sampler == cfg.sampler
+    assert resolved(load_config(None, {"sampler": {"name": "random"}})).sampler == \
+        {"name": "random", "seed": 0}
+    with pytest.raises(ValueError, match=r"sampler: unknown key\(s\) \['gamma'\] for tpe"):
+        load_config(None, {"sampler": {"gamma": 0.1}})
+    with pytest.raises(ValueError, match=r"sampler.multivariate: 'yes'; expected bool"):
+        load_config(None, {"sampler": {"multivariate": "yes"}})
+    with pytest.raises(ValueError, match=r"sampler.name: 'cma'"):
+        load_config(None, {"sampler": {"name": "cma"}})
+
+
 def test_asha_stopped_trials_are_pruned_finished_ones_complete_with_their_best(search
                                                                             ) -> None:
     searcher, storage = search
@@ -61,7 +110,7 @@ def test_asha_stopped_trials_are_pruned_finished_ones_complete_with_their_best(s
     assert mf[0].intermediate_values == {1: 1.10, 3: 0.95}  # steps are epochs
     assert mf[1].value == 0.90  # the best epoch's value, the state the sweep would choose
     neumf = optuna.load_study(study_name="neumf", storage=storage).trials
-    assert [t.state for t in neumf] == [TrialState.FAIL, TrialState.FAIL]
+    assert [t.state for t in neumf[:2]] == [TrialState.FAIL, TrialState.FAIL]
 
 
 def test_startup_trials_follow_the_budget() -> None:

@@ -49,7 +49,7 @@ MISSING = ["--dataset", "csv:/nonexistent/ratings.csv"]
     (["--model", "mf", "--task", "ranking", "--set", "lrr=0.1"], "unknown hyperparameter(s) "
      "['lrr'] for model 'mf'; allowed: "),
     (["--model", "mf", "--set", "dim=abc"], "dim='abc' of model 'mf': expected int"),
-    (["--model", "mf", "--set", "lr=-1"], "lr=-1.0: expected a positive float"),
+    (["--model", "mf", "--set", "lr=-1"], "lr=-1.0: expected a positive finite float"),
     (["--model", "mf", "--epochs", "0"], "epochs=0: expected an int >= 1"),
     (["--model", "mf", "--set", "dim"], "--set 'dim': expected KEY=VALUE"),
     (["--model", "mf", "--patience", "x"], "--patience: expected int"),
