@@ -302,6 +302,62 @@ def json_result(args: argparse.Namespace, run: Callable[[], tuple[int, dict]]) -
     return code
 
 
+def model_cards() -> list[dict[str, Any]]:
+    """Every registered model: its tasks, and per task its defaults, search space and
+    recipes with their sources."""
+    import dataclasses
+    import functools
+
+    from models.registry import get_model_class, list_models, make_params
+    from orchestrator.space import describe_space
+
+    cards = []
+    for name in list_models():
+        cls = get_model_class(name)
+        cards.append({
+            "name": name, "tasks": list(cls.tasks), "learned": cls.learned,
+            "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
+            "defaults": {t: dataclasses.asdict(make_params(name, t)) for t in cls.tasks},
+            "search_space": {t: describe_space(functools.partial(cls.search_space, task=t))
+                             for t in cls.tasks},
+            "recipes": [dataclasses.asdict(r) for r in cls.recipes]})
+    return cards
+
+
+def distribution_text(spec: dict[str, Any]) -> str:
+    if "choices" in spec:
+        return "{" + ", ".join(str(c) for c in spec["choices"]) + "}"
+    text = f"{spec['type']} in [{spec['low']:g}, {spec['high']:g}]"
+    return text + (" log" if spec["log"] else "") + (f" step {spec['step']}" if "step" in spec
+                                                     else "")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    cards = model_cards()
+    if args.json:
+        print(json.dumps({"models": cards}))
+        return 0
+    for card in cards:
+        kind = "" if card["learned"] else "; a baseline, not trained"
+        print(f"{card['name']} ({', '.join(card['tasks'])}{kind}): {card['doc']}")
+        for task in card["tasks"]:
+            values = " ".join(f"{k}={v}" for k, v in card["defaults"][task].items())
+            print(f"  {task} defaults: {values}")
+            space = card["search_space"][task]
+            if space:
+                print(f"  {task} search space: " + "; ".join(
+                    f"{k} {distribution_text(v)}" for k, v in space.items()))
+        for r in card["recipes"]:
+            values = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
+            print(f"  recipe {r['name']} ({r['task']}, {r['epochs']} epochs): {values}")
+            print(f"    source: {r['source']}")
+            print(f"    tuned on: {r['tuned_on']}")
+            if r["note"]:
+                print(f"    adapted: {r['note']}")
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
@@ -321,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(describe_p, DataConfig)
     describe_p.add_argument("--json", action="store_true", help="print one JSON object")
     describe_p.set_defaults(func=cmd_data_describe)
+    models_p = commands.add_parser("models", help="every model: tasks, defaults, search "
+                                   "space, published recipes with their sources")
+    models_p.add_argument("--json", action="store_true", help="print one JSON object")
+    models_p.set_defaults(func=cmd_models)
     add_train_parser(commands)
     add_sweep_parser(commands)
     add_export_parsers(commands)

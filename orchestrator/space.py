@@ -220,7 +220,10 @@ def start_points(model_space: Any, overrides: dict[str, Any], defaults: dict[str
     dropped: dict[str, list[str]] = {"outside": [], "same": []}
     for name, hparams in recipes:
         point = default_point(model_space, overrides, {**defaults, **hparams})
-        outside = [f"{k}={v!r}" for k, v in hparams.items() if k not in point or point[k] != v]
+        # what the trial would get: the point, and the constants it is never asked for
+        got = {**{k: spec["value"] for k, spec in overrides.items()
+                  if _kind(k, spec) == "constant"}, **point}
+        outside = [f"{k}={v!r}" for k, v in hparams.items() if k not in got or got[k] != v]
         same = [origin for origin, p in points if p == point]
         if outside:
             dropped["outside"].append(f"recipe {name}: {', '.join(outside)} "
@@ -231,3 +234,41 @@ def start_points(model_space: Any, overrides: dict[str, Any], defaults: dict[str
         else:
             points.append((f"recipe:{name}", point))
     return points, dropped
+
+
+class _Recorder:
+    """A trial that writes down each distribution asked of it and answers with its first
+    value (the lower bound, the first choice)."""
+
+    def __init__(self) -> None:
+        self.space: dict[str, dict[str, Any]] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        self.space[name] = {"type": "float", "low": low, "high": high, "log": log,
+                            **({"step": step} if step else {})}
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False
+                    ) -> int:
+        self.space[name] = {"type": "int", "low": low, "high": high, "log": log,
+                            **({"step": step} if step != 1 else {})}
+        return low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.space[name] = {"choices": list(choices)}
+        return list(choices)[0]
+
+
+def describe_space(model_space: Any) -> dict[str, dict[str, Any]]:
+    """Each parameter a define-by-run space draws, with its distribution (`models`).
+
+    Example:
+        >>> describe_space(lambda t: {"dim": t.suggest_categorical("dim", [8, 16]),
+        ...                           "lr": t.suggest_float("lr", 1e-4, 1e-2, log=True)})
+        {'dim': {'choices': [8, 16]}, 'lr': {'type': 'float', 'low': 0.0001, 'high': 0.01, \
+'log': True}}
+    """
+    trial = _Recorder()
+    model_space(trial)
+    return trial.space

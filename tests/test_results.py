@@ -10,7 +10,7 @@ import pytest
 import scipy.stats
 
 from orchestrator import results
-from orchestrator.records import ScoredRun, Study, StudyResult
+from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 
 RATING = "ml-100k, split u1; 5 test ratings"
 
@@ -101,3 +101,17 @@ def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
     assert md.index("## Rating prediction") < md.index("## Top-N ranking")
     rating, ranking = md.split("## Top-N ranking")
     assert "test/ndcg@10" not in rating and "test/rmse" not in ranking
+
+
+def test_each_row_says_where_its_chosen_configuration_came_from() -> None:
+    def chosen(origin: str) -> TrialRecord:
+        return TrialRecord(study="s", trial_id="t", number=1, end="epochs", message="",
+                           best=1.0, best_epoch=3, epochs=3, time_s=1.0, hparams={"dim": 8},
+                           seed=0, origin=origin)
+    mf, autorec = rated("mf", [np.ones(3)]), rated("autorec", [np.ones(3) * 0.5])
+    mf.chosen, autorec.chosen = chosen("recipe:surprise-svd"), chosen("search")
+    frame = results.table([mf, autorec, rated("bias", [np.ones(3) * 2], baseline=True)])
+    assert list(frame["origin"].fillna("")) == ["recipe:surprise-svd", "search", ""]
+    header, _, first, second = results.markdown(frame).split("\n")[4:8]
+    assert "| origin |" in header and "| recipe:surprise-svd |" in first
+    assert "| search |" in second

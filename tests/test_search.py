@@ -47,8 +47,8 @@ def test_first_trials_are_the_defaults_then_the_recipes_then_the_search(capsys) 
                            storage=optuna.storages.InMemoryStorage())
     metas = [split_config(searcher.suggest(str(i))) for i in range(12)]
     origins = {s.name: [m["origin"] for m, _ in metas if m["study"] == s.name] for s in studies}
-    # the override dim [16, 64] drops surprise-svd (dim 128) from both mf studies' spaces
-    assert origins == {"mf-ranking": ["defaults", "search", "search", "search"],
+    # the override dim [16, 64] drops surprise-svd (128) and rendle2020 (192), not he2017-gmf
+    assert origins == {"mf-ranking": ["defaults", "recipe:he2017-gmf", "search", "search"],
                        "neumf": ["defaults", "recipe:he2017", "recipe:he2017-pretrain",
                                  "search"],
                        "mf": ["defaults", "search", "search", "search"]}
@@ -67,7 +67,7 @@ def test_a_recipe_sets_its_studys_epoch_budget_and_an_override_can_drop_it() -> 
     assert narrow.schedule["mf-ranking"]["max_epochs"] == 20  # rendle2020 not tried
     (study,) = model_studies(narrow)
     points, dropped = study_points(study, narrow.search_space["mf"])
-    assert [origin for origin, _ in points] == ["defaults"]
+    assert [origin for origin, _ in points] == ["defaults", "recipe:he2017-gmf"]
     assert dropped["outside"] == ["recipe rendle2020: optimizer='sgd' is outside the search "
                                   "space; not tried"]
 
