@@ -1,8 +1,9 @@
 """The search of a sweep on Ray Tune: all studies in one Tune experiment.
 
-`StudySearch` runs a seeded Optuna TPE per study (trial 0 is the model's defaults) and
-tells Optuna the truth about each trial's end; `StudyASHA` runs an ASHA per study that never
-stops trial 0; `trial_records` turns Tune's results into `TrialRecord`s once; `seed_runs`
+`StudySearch` runs a seeded Optuna sampler per study (TPE, or random search; its first
+trials are the model's defaults, then its recipes) and tells Optuna the truth about each
+trial's end; `StudyASHA` runs an ASHA per study that never stops those first trials;
+`trial_records` turns Tune's results into `TrialRecord`s once; `seed_runs`
 re-runs the chosen configurations with more seeds; `ctrl_c_stops_studies` and
 `fit_experiment` are the experiment's control (Ctrl-C, time budget, trials lost with their
 node).

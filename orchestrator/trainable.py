@@ -35,8 +35,8 @@ from orchestrator.train import fit, load_state, pick_device, save_state, seed_ev
 
 # A trial's metadata sits under this key of its Tune config, beside the hyperparameters (no
 # hyperparameter can be called so: they are Python identifiers): study, model, task, seed,
-# metric, `number` (the trial's place in its study, 0: the model's defaults) and `rungs`
-# (the epochs it must report)
+# metric, `number` (the trial's place in its study, 0: the model's defaults), `origin`
+# (defaults, recipe:<name> or search) and `rungs` (the epochs it must report)
 TRIAL = "@trial"
 
 

@@ -61,10 +61,10 @@ def test_first_trials_are_the_defaults_then_the_recipes_then_the_search(capsys) 
 def test_a_recipe_sets_its_studys_epoch_budget_and_an_override_can_drop_it() -> None:
     cfg = resolved(load_config(None, {"models": ["mf:ranking", "mf"]}))
     assert cfg.schedule["mf-ranking"]["max_epochs"] == 256  # rendle2020 trains 256 epochs
-    assert cfg.schedule["mf"]["max_epochs"] == 20
+    assert cfg.schedule["mf"]["max_epochs"] == 100  # mf's own, above surprise-svd's 20
     narrow = resolved(load_config(None, {"models": ["mf:ranking"], "search_space": {
         "mf": {"optimizer": {"value": "adam"}}}}))
-    assert narrow.schedule["mf-ranking"]["max_epochs"] == 20  # rendle2020 not tried
+    assert narrow.schedule["mf-ranking"]["max_epochs"] == 100  # rendle2020 not tried
     (study,) = model_studies(narrow)
     points, dropped = study_points(study, narrow.search_space["mf"])
     assert [origin for origin, _ in points] == ["defaults", "recipe:he2017-gmf"]
@@ -123,11 +123,11 @@ def test_startup_trials_follow_the_budget() -> None:
 def test_schedule_follows_the_epoch_budget_and_is_checked() -> None:
     cfg = resolved(load_config(None, {"models": ["mf", "autorec"], "epochs": 0}))
     mf, autorec = cfg.schedule["mf"], cfg.schedule["autorec"]
-    assert mf == {"max_epochs": 20, "grace_period": 5, "rungs": [5, 10, 20]}
+    assert mf == {"max_epochs": 100, "grace_period": 25, "rungs": [25, 50, 100]}
     assert autorec["grace_period"] == autorec["max_epochs"] // 4
     again = load_config(None, {"models": ["mf", "autorec"], "schedule": cfg.schedule})
     assert resolved(again).schedule == cfg.schedule  # sweep.yaml's own plan reloads as is
-    with pytest.raises(ValueError, match=r"schedule.mf.max_epochs=20, but epochs gives 30"):
+    with pytest.raises(ValueError, match=r"schedule.mf.max_epochs=100, but epochs gives 30"):
         load_config(None, {"models": ["mf"], "epochs": 30, "schedule": {"mf": mf}})
     with pytest.raises(ValueError, match=r"schedule: no study \['nope'\]"):
         load_config(None, {"models": ["mf"], "schedule": {"nope": mf}})

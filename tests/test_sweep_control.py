@@ -18,15 +18,18 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import ray
 import yaml
+from optuna.trial import TrialState
 
 from data import load_dataset
 from models.base import DataSpec
 from models.registry import load_model
 from orchestrator.evaluation import evaluate
+from orchestrator.journal import storage
 from orchestrator.plan import load_config
 from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
@@ -54,6 +57,26 @@ def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> No
     trials = RunDir(run_dir).trials
     assert len(trials) < 2 * LONG["trials"]  # the budget, not the trial count, ended it
     assert (trials["epochs"] < LONG["epochs"]).all()
+
+
+def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path) -> None:
+    # ASHA compares at epochs 1, 2, 4, ...; the studies' first trials (never stopped) and the
+    # trials running when the budget ends are the only ones the budget stops
+    cfg = load_config(None, {**LONG, "name": "rungs", "storage": str(tmp_path),
+                             "models": ["mf"], "grace_period": 1, "cpus_per_trial": 0.5,
+                             "time_budget": "30s", "search_space": {
+                                 "mf": {"optimizer": {"value": "adam"}}}})
+    run_dir = run_sweep(cfg)
+    trials = RunDir(run_dir).trials.sort_values("number")
+    ends = trials["end"].value_counts()
+    assert ends.get("asha", 0) >= 1, ends  # they all read "interrupted" before
+    assert ends.get("interrupted", 0) <= 4, ends  # at most the 4 running at the end
+    assert list(trials["origin"]) == ["defaults"] + ["search"] * (len(trials) - 1)
+    assert trials["origin"].iloc[0] == "defaults" and trials["end"].iloc[0] == "interrupted"
+    assert RunDir(run_dir).table["trials_pruned"].iloc[0] == ends["asha"]
+    pruned = optuna.load_study(study_name="mf", storage=storage(run_dir)).trials
+    cut = ((trials["end"] == "interrupted") & trials["best"].notna()).sum()
+    assert sum(t.state == TrialState.PRUNED for t in pruned) == ends["asha"] + cut
 
 
 def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
