@@ -131,7 +131,7 @@ def plan_sweep(cfg: SweepConfig, resume: str | Path | None
         dropped = study_points(study, cfg.search_space.get(study.model, {}))[1]
         for line in dropped["outside"] + dropped["same"]:
             print(f"search: {study.name}: {line}", flush=True)
-    if cfg.trials <= cfg.startup_trials:
+    if cfg.sampler["name"] == "tpe" and cfg.trials <= cfg.startup_trials:
         print(f"search: {cfg.trials} trials per study, within TPE's {cfg.startup_trials} "
               "random start-up trials: after the defaults trial this is a random search",
               flush=True)
