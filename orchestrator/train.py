@@ -174,7 +174,8 @@ def effective_patience(patience: int, epochs: int) -> int:
 
 def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report: Callable[[dict], object] | None = None, *, state: dict | None = None,
-        on_state: Callable[[dict], None] | None = None, validate: bool = True) -> FitResult:
+        on_state: Callable[[dict], None] | None = None, validate: bool = True,
+        min_epochs: int = 0) -> FitResult:
     """Train `model` on `data.train`, validating once per epoch; leave it in its best state.
 
     Args:
@@ -188,6 +189,10 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
             `full()` is everything needed to resume: CPU copies, safe to `torch.save`).
         validate: False trains all the model's epochs without validation passes (a refit
             on train + val, whose val split is empty) and keeps the last state.
+        min_epochs: early stopping waits for this many epochs (a sweep's trial: its study's
+            grace period, the epochs ASHA waits too), so a slow starter is not judged at its
+            first plateau (NeuMF at lr 1e-3 stays at the popularity level for 5 epochs on
+            ml-100k).
 
     Returns:
         A `FitResult`; a non-finite loss or validation metric ends training with status
@@ -241,8 +246,11 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
 
     patience = effective_patience(cfg.patience, p.epochs) if validate else 0
     status, message = "ok", ""
+    def patience_out(epoch: int) -> bool:  # after `epoch`, early stopping ends the run
+        return 0 < patience <= bad and epoch >= min_epochs
+
     for epoch in range(first, p.epochs + 1):
-        if patience > 0 and bad >= patience:
+        if epoch > 1 and patience_out(epoch - 1):
             break
         model.train()
         start = time.perf_counter()
@@ -290,11 +298,11 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
             facts = {"epoch": epoch, "best_value": best_value, "best_epoch": best_epoch,
                      "best": best, "best_state": best_state, "bad_epochs": bad,
                      "history": list(history)}
-            on_state(EpochState(epoch, epoch == p.epochs or 0 < patience <= bad, best_epoch,
+            on_state(EpochState(epoch, epoch == p.epochs or patience_out(epoch), best_epoch,
                                 best_value, functools.partial(
                                     _resumable, model, optimizers, generator, device, facts)))
         report(metrics)
-    if status == "ok" and patience > 0 and bad >= patience:
+    if status == "ok" and len(history) < p.epochs and patience_out(len(history)):
         status = "early_stopped"
         message = f"no {key} improvement in {bad} epochs (best: epoch {best_epoch})"
 

@@ -105,8 +105,9 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         saved_at = time.time()
 
     try:
-        result = fit(model, data, cfg, report, state=state,
-                     on_state=lambda s: latest.__setitem__("state", s))
+        result = fit(model, data, cfg, report, state=state,  # judged from ASHA's grace on
+                     on_state=lambda s: latest.__setitem__("state", s),
+                     min_epochs=min(rungs, default=0))
     finally:
         hook.remove()
     if result.status == "diverged":

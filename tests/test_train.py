@@ -103,6 +103,17 @@ def test_early_stopping_restores_the_best_state(data):
     assert evaluate(model, data, "val", cfg)["val/rmse"] == best  # ... and was rolled back
 
 
+def test_early_stopping_waits_for_min_epochs(data):
+    # a step too small to move a float32 weight: validation never improves after epoch 1
+    runs = {}
+    for wait in (0, 6):
+        model = make("mf", "rating", data, epochs=30, lr=1e-12)
+        runs[wait] = fit(model, data, TrainConfig(device="cpu", patience=2), min_epochs=wait)
+    assert [r.best_epoch for r in runs.values()] == [1, 1]
+    assert runs[0].epochs == 3 and runs[6].epochs == 6  # patience ran out at 3, judged at 6
+    assert runs[6].status == "early_stopped"
+
+
 def test_divergence_stops_cleanly_without_an_epoch(data):
     model = make("mf", "rating", data, epochs=3, lr=1e20)  # Adam steps of 1e20 overflow
     reports: list[dict] = []
