@@ -139,7 +139,7 @@ class MF(Recommender):
         nn.init.zeros_(self.item_bias.weight)
         self.mu = spec.global_mean if task == "rating" else 0.0
 
-    recipes = (KOREN, GMF, RENDLE)
+    recipes = (KOREN, GMF, RENDLE)  # each inside the space below
 
     @classmethod
     def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
@@ -178,8 +178,8 @@ class MF(Recommender):
         """MSE (rating) or BPR/BCE over sampled negatives (ranking), plus an L2 penalty on the
         factor rows the batch uses, and on its biases with `bias_reg` (0 by default: one
         number per user or item hardly overfits, and on ml-100k penalising them made RMSE
-        no better). Each row is
-        gathered once: the lookups and their scatter-add backward are most of the cost."""
+        no better). Each row is gathered once: the lookups and their scatter-add backward
+        are most of the cost."""
         user, item = batch["user"], batch["item"]  # [B], [B]
         p = self.user_emb(user)  # [B, d]
         if self.task == "rating":
