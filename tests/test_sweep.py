@@ -102,6 +102,18 @@ def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run
         assert rungs == [1, 2]  # grace a quarter of 2 epochs (at least 1), factor 2
     assert set(trials["end"]) <= {"epochs", "early_stopped", "asha"}
     assert (trials.loc[trials["end"] == "asha", "epochs"] == 1).all()  # at the rung
+    # the defaults, then the recipes (2 trials: the first recipe); caser's is its defaults
+    origins = trials.sort_values("number").groupby("study")["origin"].agg(list).to_dict()
+    assert origins == {"mf": ["defaults", "recipe:surprise-svd"],
+                       "autorec": ["defaults", "recipe:sedhain2015"],
+                       "mf-ranking": ["defaults", "recipe:he2017-gmf"],
+                       "neumf": ["defaults", "recipe:he2017"], "caser": ["defaults", "search"]}
+    assert resolved["sampler"] == {"name": "tpe", "seed": 0, "n_startup_trials": 2,
+                                   "n_ei_candidates": 24, "multivariate": True,
+                                   "group": False, "constant_liar": True}
+    table = pd.read_parquet(smoke_run / "results.parquet").set_index("study")
+    for study, group in trials.groupby("study"):  # each row names its chosen trial's origin
+        assert table.loc[study, "origin"] in set(group["origin"]), study
 
 
 def test_smoke_run_directory_layout(smoke_run: Path) -> None:
