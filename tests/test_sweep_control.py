@@ -64,7 +64,7 @@ def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path) -> None:
     # trials running when the budget ends are the only ones the budget stops
     cfg = load_config(None, {**LONG, "name": "rungs", "storage": str(tmp_path),
                              "models": ["mf"], "grace_period": 1, "cpus_per_trial": 0.5,
-                             "time_budget": "30s", "search_space": {
+                             "time_budget": "40s", "search_space": {
                                  "mf": {"optimizer": {"value": "adam"}}}})
     run_dir = run_sweep(cfg)
     trials = RunDir(run_dir).trials.sort_values("number")
