@@ -203,13 +203,14 @@ class MF(Recommender):
                 negs, torch.zeros_like(negs), reduction="none").sum(-1)  # [B]
         l2 = torch.linalg.vector_norm(p).square() + torch.linalg.vector_norm(q).square()
         # the rows' penalty, per example
-        return fit.mean() + self.params.reg * l2 / len(user) + self._bias_penalty(None, items)
+        return fit.mean() + self.params.reg * l2 / len(user) + self._bias_penalty(user, items)
 
-    def _bias_penalty(self, user: Tensor | None, item: Tensor) -> Tensor | float:
-        """`bias_reg` times the squared biases a batch used, per example (0 when off)."""
+    def _bias_penalty(self, user: Tensor, item: Tensor) -> Tensor | float:
+        """`bias_reg` times the squared biases a batch used, per example (0 when off); the
+        user bias only where the score has one (rating)."""
         if self.params.bias_reg == 0:
             return 0.0
         total = self.item_bias(item).square().sum()
-        if user is not None:
+        if self.task == "rating":
             total = total + self.user_bias(user).square().sum()
         return self.params.bias_reg * total / len(item)
