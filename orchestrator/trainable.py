@@ -115,6 +115,12 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,
                      "epoch": result.epochs, "best_value": math.nan, "device": device,
                      "node": node})
+    elif state is not None and "state" not in latest and result.history:
+        # restored from its last checkpoint, which was final: no epoch ran, so say again how
+        # it ended (the driver may have died before Tune recorded that report)
+        status = "epochs" if result.epochs == epochs else "early_stopped"
+        tune.report({**result.history[-1], "status": status, "best_value": state["best_value"],
+                     "first_batch_at": math.nan, "device": device, "node": node})
     # free the trial's memory now: a reused worker must not carry it into the next trial
     latest.clear()
     del model
