@@ -15,6 +15,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import json
 import os
 import pickle
 import signal
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import pandas as pd
 import ray
 from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
@@ -229,12 +231,13 @@ def experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_a
             stop=StopOnCtrlC(), callbacks=callbacks, verbose=0))
 
 
-def trial_records(grid: Any) -> list[TrialRecord]:
-    """One TrialRecord per Tune result, in the grid's order."""
+def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
+    """One TrialRecord per Tune result, in the grid's order. `interrupted`: the experiment
+    was ended from outside (Ctrl-C, the time budget), which stops its running trials."""
     out = []
     for res in grid:
         meta, hparams = split_config(res.config)
-        history = res.metrics_dataframe
+        history = trial_history(res)
         last = res.metrics or {}
         best, best_epoch = None, 0
         if history is not None and meta["metric"] in history:
@@ -249,10 +252,10 @@ def trial_records(grid: Any) -> list[TrialRecord]:
             end = status
         elif status is None:
             end = "pending"
-        else:  # stopped from outside while running: Tune marks the result its scheduler
-            # stopped `done` (a documented auto-filled key); Ctrl-C and the time budget
-            # end the whole experiment and leave the last result as it was
-            end = "asha" if last.get("done") else "interrupted"
+        else:  # stopped from outside while running: by the scheduler, unless the whole
+            # experiment was interrupted; then Tune's `done` (a documented auto-filled key)
+            # marks the results its scheduler stopped before that
+            end = "asha" if last.get("done") or not interrupted else "interrupted"
         message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
         out.append(TrialRecord(
             study=meta["study"], trial_id=last.get("trial_id", os.path.basename(str(res.path))),
@@ -264,9 +267,38 @@ def trial_records(grid: Any) -> list[TrialRecord]:
     return out
 
 
-def epoch_history(res: Any) -> Any:
+def trial_history(res: Any) -> pd.DataFrame | None:
+    """The results a trial reported, in order, as one lineage, from its `result.json` (the
+    log of every result Tune writes in the trial's folder). A trial restored from a
+    checkpoint (a lost node, `--resume`) reports again from the epoch after it: the rows its
+    earlier run reported from that epoch on are dropped, as no checkpoint holds those
+    weights. A line that a crash cut short is skipped and named (Tune's `metrics_dataframe`
+    would drop the trial's whole history)."""
+    path = f"{res.path}/result.json"
+    try:
+        with res.filesystem.open_input_stream(path) as f:
+            lines = f.readall().decode().splitlines()
+    except FileNotFoundError:
+        return None
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"search: {path}, line {number}: not a whole JSON result (a write cut "
+                  "short by a crash): skipped", flush=True)
+            continue
+        if "epoch" in row:
+            rows = [r for r in rows if r.get("epoch", -1) < row["epoch"]]
+        rows.append({k: v for k, v in row.items() if not isinstance(v, dict)})
+    return pd.DataFrame(rows) if rows else None
+
+
+def epoch_history(res: Any) -> pd.DataFrame | None:
     """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
-    frame = res.metrics_dataframe
+    frame = trial_history(res)
+    if frame is None:
+        return None
     keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
             or c in ("epoch", "trial_id", "time_total_s")]
     return frame[keep].assign(study=res.config[TRIAL]["study"])
@@ -347,6 +379,6 @@ def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, S
                                                   plan[t.study], t.origin)}
                   for t in chosen for i in range(1, cfg.final_seeds)]
         tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
-    return [t for t in trial_records(tuner.fit())
+    return [t for t in trial_records(tuner.fit(), STOP.is_set())
             if t.end in ("epochs", "early_stopped") and t.checkpoint is not None]
 

@@ -191,8 +191,8 @@ def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], tr
                            scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
     grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
     out_of_time = deadline is not None and time.time() >= deadline
-    trials = trial_records(grid)
-    curves = [epoch_history(res) for res in grid if res.metrics_dataframe is not None]
+    trials = trial_records(grid, stop.is_set() or out_of_time)
+    curves = [c for res in grid if (c := epoch_history(res)) is not None]
     chosen = [t for s in studies
               if (t := choose([t for t in trials if t.study == s.name], s)) is not None]
     seed_trials = seed_runs(chosen, studies, plan, cfg, slots, trainable) \

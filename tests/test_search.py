@@ -4,14 +4,17 @@ ASHA-stopped trials as pruned with their per-epoch values, finished ones with th
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
 
 import optuna
+import pyarrow.fs
 import pytest
 from optuna.trial import TrialState
 
 from models.registry import get_model_class, make_params
 from orchestrator.plan import load_config, model_studies, resolved, schedules, study_points
-from orchestrator.search import StudySearch
+from orchestrator.search import StudySearch, trial_history
 from orchestrator.trainable import split_config
 
 
@@ -144,3 +147,22 @@ def test_schedule_follows_the_epoch_budget_and_is_checked() -> None:
 def test_a_baseline_must_serve_its_task(baselines: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_config(None, {"baselines": baselines})
+
+
+def test_a_trials_history_is_its_lineage_and_survives_a_line_cut_short(tmp_path, capsys
+                                                                       ) -> None:
+    # a trial that reported epochs 1..3, was killed while its last line was written, then
+    # restored from its epoch-1 checkpoint and ran epoch 2 again
+    rows = [{"epoch": 1, "val/rmse": 0.90, "config": {"lr": 0.1}},
+            {"epoch": 2, "val/rmse": 0.87}, {"epoch": 3, "val/rmse": 0.85}]
+    lines = [json.dumps(r) for r in rows]
+    lines.append(lines[-1][:20])  # cut short
+    lines.append(json.dumps({"epoch": 2, "val/rmse": 0.86}))
+    (tmp_path / "result.json").write_text("\n".join(lines) + "\n")
+    res = types.SimpleNamespace(path=str(tmp_path), filesystem=pyarrow.fs.LocalFileSystem())
+    history = trial_history(res)
+    assert list(history["epoch"]) == [1, 2] and list(history["val/rmse"]) == [0.90, 0.86]
+    assert "config" not in history  # the trial's config is not a metric
+    assert "line 4: not a whole JSON result" in capsys.readouterr().out
+    assert trial_history(types.SimpleNamespace(path=str(tmp_path / "none"),
+                                               filesystem=res.filesystem)) is None

@@ -76,6 +76,9 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
     assert len(trials) == 6 and trials["trial_id"].is_unique
     assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
         trials[["trial_id", "end", "message"]]
+    # a trial restored from an earlier checkpoint keeps no epoch of its lost run
+    assert (trials["best_epoch"] <= trials["epochs"]).all(), \
+        trials[["trial_id", "best_epoch", "epochs"]]
     assert (trials["epochs"] == 4).all()  # grace_period == epochs: ASHA stops nobody
     table = RunDir(run_dir).table
     assert list(table["study"]) == ["mf", "neumf"] and (table["trials_done"] == 3).all()
@@ -151,6 +154,9 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert (trials.groupby("study").size() == 4).all()  # each study's 4, none run twice
     assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
         trials[["trial_id", "end", "message"]]
+    # a trial restored from an earlier checkpoint keeps no epoch of its lost run
+    assert (trials["best_epoch"] <= trials["epochs"]).all(), \
+        trials[["trial_id", "best_epoch", "epochs"]]
     # Optuna's storage agrees: every trial once, pruned exactly where ASHA stopped it
     import optuna
 
