@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import load_source, prepare  # noqa: E402
-from data.sampling import NegativeSampler, sequence_windows  # noqa: E402
-from data.synthetic import load_synthetic  # noqa: E402
-from data.types import Split  # noqa: E402
+from orchestrator.data import load_source, prepare  # noqa: E402
+from orchestrator.data.sampling import NegativeSampler, sequence_windows  # noqa: E402
+from orchestrator.data.synthetic import load_synthetic  # noqa: E402
+from orchestrator.data.types import Split  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

@@ -27,13 +27,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402,F401  (registers every model)
-from data import load_dataset  # noqa: E402
-from models.base import DataSpec  # noqa: E402
-from models.registry import create_model, get_model_class, list_models  # noqa: E402
+import orchestrator.models  # noqa: E402,F401  (registers every model)
+from orchestrator.data import load_dataset  # noqa: E402
+from orchestrator.engine.evaluation import monitored_metric  # noqa: E402
+from orchestrator.engine.train import fit, pick_device, seed_everything  # noqa: E402
+from orchestrator.models.base import DataSpec  # noqa: E402
+from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
+
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
-from orchestrator.evaluation import monitored_metric  # noqa: E402
-from orchestrator.train import fit, pick_device, seed_everything  # noqa: E402
 
 DATA = "synthetic:users=943,items=1682,interactions=100000,seed=0"
 EPOCHS = {"autorec": 20}  # epochs per model in the checks (default 3)

@@ -29,15 +29,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402,F401  (registers every model)
-from data import load_dataset  # noqa: E402
-from data.types import PreparedData  # noqa: E402
-from models.base import DataSpec  # noqa: E402
-from models.registry import create_model, get_model_class, list_models  # noqa: E402
+import orchestrator.models  # noqa: E402,F401  (registers every model)
+from orchestrator.data import load_dataset  # noqa: E402
+from orchestrator.data.types import PreparedData  # noqa: E402
+from orchestrator.engine.train import fit, seed_everything  # noqa: E402
+from orchestrator.models.base import DataSpec  # noqa: E402
+from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
+
 from orchestrator import serve  # noqa: E402
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.export import export_model  # noqa: E402
-from orchestrator.train import fit, seed_everything  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

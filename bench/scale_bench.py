@@ -59,8 +59,7 @@ def make_csv(users: int, items: int, size: int, path: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     import pyarrow as pa
     import pyarrow.csv as pv
-
-    from data.synthetic import generate, parse_spec
+    from orchestrator.data.synthetic import generate, parse_spec
 
     start = time.perf_counter()
     raw = generate(parse_spec(f"synthetic:users={users},items={items},interactions={size}")).raw
@@ -74,16 +73,16 @@ def make_csv(users: int, items: int, size: int, path: Path) -> dict:
 def measure(path: Path, entries: list[str], threads: int, epochs: int = 1) -> dict:
     """In this process: prepare the CSV, then per model one epoch, one ranking pass, export."""
     sys.path.insert(0, str(ROOT))
+    import orchestrator.models  # noqa: F401  (registers every model)
     import torch
+    from orchestrator.data import load_dataset
+    from orchestrator.engine.evaluation import evaluate, to_device
+    from orchestrator.engine.train import fit, seed_everything
+    from orchestrator.models.base import DataSpec
+    from orchestrator.models.registry import create_model
 
-    import models  # noqa: F401  (registers every model)
-    from data import load_dataset
-    from models.base import DataSpec
-    from models.registry import create_model
     from orchestrator.config import DataConfig, TrainConfig
-    from orchestrator.evaluation import evaluate, to_device
     from orchestrator.export import export_model
-    from orchestrator.train import fit, seed_everything
 
     torch.set_num_threads(threads)
     start = time.perf_counter()

@@ -46,11 +46,12 @@ from ray import tune
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402,F401  (registers every model)
-from data.types import PreparedData  # noqa: E402
+import orchestrator.models  # noqa: E402,F401  (registers every model)
+from orchestrator.data.types import PreparedData  # noqa: E402
+from orchestrator.engine.metrics import sampled_ranking_per_row  # noqa: E402
+
 from orchestrator import results  # noqa: E402
 from orchestrator.finalize import main_metric, test_trial  # noqa: E402
-from orchestrator.metrics import sampled_ranking_per_row  # noqa: E402
 from orchestrator.plan import load_config, model_studies  # noqa: E402
 from orchestrator.records import TrialRecord  # noqa: E402
 from orchestrator.rundir import RunDir  # noqa: E402

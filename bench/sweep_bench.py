@@ -37,11 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data import load_dataset  # noqa: E402
-from models.base import DataSpec  # noqa: E402
-from models.registry import create_model  # noqa: E402
+from orchestrator.data import load_dataset  # noqa: E402
+from orchestrator.engine.train import fit, seed_everything  # noqa: E402
+from orchestrator.models.base import DataSpec  # noqa: E402
+from orchestrator.models.registry import create_model  # noqa: E402
+
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
-from orchestrator.train import fit, seed_everything  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -78,8 +79,9 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
 
     from orchestrator.cluster import connect
     from orchestrator.config import SweepConfig
+    from orchestrator.records import Schedule, Study, TrialSpec
     from orchestrator.search import KEEP_CHECKPOINTS
-    from orchestrator.trainable import TRIAL, run_trial
+    from orchestrator.trainable import run_trial
 
     completed: list[float] = []
 
@@ -90,10 +92,11 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
     connect(SweepConfig())
     data = load_dataset(data_cfg)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, train_cfg=cfg), {"cpu": 1})
-    space = {TRIAL: {"study": "mf", "model": "mf", "task": "rating", "seed": cfg.seed,
-                     "metric": "val/rmse"},
-             "epochs": hps[0]["epochs"], "lr": tune.grid_search([h["lr"] for h in hps])}
+        tune.with_parameters(run_trial, data=data), {"cpu": 1})
+    spec = TrialSpec.of(Study("mf", "mf", "rating", "val/rmse", "min"),
+                        Schedule(hps[0]["epochs"], 1, ()), cfg, cfg.seed, 0, "search")
+    space = spec.config({"epochs": hps[0]["epochs"],
+                         "lr": tune.grid_search([h["lr"] for h in hps])})
     tuner = tune.Tuner(trainable, param_space=space,
                        tune_config=tune.TuneConfig(reuse_actors=reuse), run_config=tune.RunConfig(
         name="bench", storage_path=str(storage), callbacks=[Clock()], verbose=0,

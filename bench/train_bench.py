@@ -36,17 +36,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import models  # noqa: E402,F401  (registers every model)
-from data import load_dataset  # noqa: E402
-from data.sampling import NegativeSampler  # noqa: E402
-from data.types import PreparedData  # noqa: E402
-from models.base import DataSpec, Recommender  # noqa: E402
-from models.registry import create_model, get_model_class, list_models  # noqa: E402
+import orchestrator.models  # noqa: E402,F401  (registers every model)
+from orchestrator.data import load_dataset  # noqa: E402
+from orchestrator.data.sampling import NegativeSampler  # noqa: E402
+from orchestrator.data.types import PreparedData  # noqa: E402
+from orchestrator.engine.evaluation import evaluate, to_device  # noqa: E402
+from orchestrator.engine.optim import make_optimizers  # noqa: E402
+from orchestrator.engine.single_run import train_one  # noqa: E402
+from orchestrator.engine.train import fit, pick_device, seed_everything, val_and_test  # noqa: E402
+from orchestrator.models.base import DataSpec, Recommender  # noqa: E402
+from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
+
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
-from orchestrator.evaluation import evaluate, to_device  # noqa: E402
-from orchestrator.optim import make_optimizers  # noqa: E402
-from orchestrator.single_run import train_one  # noqa: E402
-from orchestrator.train import fit, pick_device, seed_everything, val_and_test  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASET = "ml-100k"  # --data: a synthetic spec of the same size where ml-100k is not at hand

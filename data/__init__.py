@@ -1,7 +1,7 @@
 """The data layer: sources -> `RawDataset` -> `prepare` -> `PreparedData`.
 
 Example:
-    >>> from data import load_dataset
+    >>> from orchestrator.data import load_dataset
     >>> from orchestrator.config import DataConfig
     >>> data = load_dataset(DataConfig(dataset="ml-100k", split="leave-last"))
     >>> describe(data)["users"]
@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from data.prepare import describe, index_of, prepare
-from data.sources import available_offline, load_source
-from data.types import Interactions, PreparedData, RawDataset, Split
+from orchestrator.data.prepare import describe, index_of, prepare
+from orchestrator.data.sources import available_offline, load_source
+from orchestrator.data.types import Interactions, PreparedData, RawDataset, Split
 
 if TYPE_CHECKING:
     from orchestrator.config import DataConfig

@@ -21,8 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pv
-
-from data.types import Interactions, RawDataset
+from orchestrator.data.types import Interactions, RawDataset
 
 COLUMN_KEYS = ("user", "item", "rating", "timestamp")
 _INT_RE = r"0|-?[1-9][0-9]*"  # an integer spelled canonically: "007" stays a string id

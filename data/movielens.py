@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from data.files import combine_digests, hash_file, read_table
-from data.types import Interactions, RawDataset
+from orchestrator.data.files import combine_digests, hash_file, read_table
+from orchestrator.data.types import Interactions, RawDataset
 
 DEFAULT_URL = "https://files.grouplens.org/datasets/movielens"
 

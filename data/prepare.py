@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
-
-from data.sampling import NegativeSampler
-from data.splits import TEST, TRAIN, VAL, Table, assign, gather, parse_split
-from data.types import PreparedData, RawDataset, Split
+from orchestrator.data.sampling import NegativeSampler
+from orchestrator.data.splits import TEST, TRAIN, VAL, Table, assign, gather, parse_split
+from orchestrator.data.types import PreparedData, RawDataset, Split
 
 DEDUP_POLICIES = ("last", "first", "mean", "error")
 
@@ -47,7 +46,7 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         eval_negatives: negatives per val/test row for the sampled protocol (0: none).
 
     Example:
-        >>> from data import load_source
+        >>> from orchestrator.data import load_source
         >>> data = prepare(load_source("ml-100k"), "leave-last", min_rating=4, user_core=5)
         >>> data.n_users, len(data.train), data.stats["filters"]["min_rating_removed"]
         (938, 53485, 44625)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import functools
 
 import torch
+from orchestrator.data.types import Split
 from torch import Tensor
-
-from data.types import Split
 
 
 class NegativeSampler:

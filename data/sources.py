@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.files import load_ncf, load_table, parse_file_spec
-from data.movielens import FILES, is_local, load_movielens
-from data.types import RawDataset
+from orchestrator.data.files import load_ncf, load_table, parse_file_spec
+from orchestrator.data.movielens import FILES, is_local, load_movielens
+from orchestrator.data.types import RawDataset
 
 MOVIELENS = tuple(FILES)
 KNOWN_FORMS = (*MOVIELENS, "csv:PATH[?user=COL&item=COL&rating=COL&timestamp=COL&sep=C]",
@@ -54,7 +54,7 @@ def load_source(spec: str, data_dir: str | Path | None = None) -> RawDataset:
         return load_table(spec)
     if kind == "ncf":
         return load_ncf(spec)
-    from data.synthetic import load_synthetic  # lazy: only synthetic runs need it
+    from orchestrator.data.synthetic import load_synthetic  # lazy: only synthetic runs need it
 
     return load_synthetic(spec)
 

@@ -16,8 +16,7 @@ All deterministic given the seed; nothing of test is in train or val:
 from __future__ import annotations
 
 import numpy as np
-
-from data.types import Interactions, RawDataset
+from orchestrator.data.types import Interactions, RawDataset
 
 FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
 SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf"

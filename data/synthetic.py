@@ -30,8 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-
-from data.types import Interactions, RawDataset
+from orchestrator.data.types import Interactions, RawDataset
 
 T0 = 1_577_836_800  # 2020-01-01 UTC: the synthetic log starts here
 STAY_IN_ORDER = 0.85  # share of a user's items placed inside their genre block (rest stray)

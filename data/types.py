@@ -116,7 +116,7 @@ class PreparedData:
         note: the source's one-line note.
 
     Example:
-        >>> from data import load_source, prepare
+        >>> from orchestrator.data import load_source, prepare
         >>> raw = load_source("synthetic:users=60,items=80,interactions=1500,seed=1")
         >>> data = prepare(raw, split="leave-last", eval_negatives=20)
         >>> data.n_users, data.n_items, len(data.train)  # leave-last: a val and a test per user

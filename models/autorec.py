@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from orchestrator.data.sampling import csr_entries
+from orchestrator.data.types import Split
+from orchestrator.models.base import (
+    CommonParams,
+    DataSpec,
+    Recipe,
+    Recommender,
+    check,
+    check_common,
+)
+from orchestrator.models.registry import register_model
 from torch import Tensor, nn
-
-from data.sampling import csr_entries
-from data.types import Split
-from models.base import CommonParams, DataSpec, Recipe, Recommender, check, check_common
-from models.registry import register_model
 
 
 @dataclass

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from orchestrator.data.types import PreparedData, Split
 from torch import Tensor, nn
-
-from data.types import PreparedData, Split
 
 TASKS = ("rating", "ranking", "sequential")
 
@@ -112,7 +111,7 @@ def check(params: Any, key: str, ok: bool, expected: str) -> None:
 SPARSE_ROWS_PER_EXAMPLE = 16
 """A table steps sparsely once it has more rows than this many batches' examples: below,
 a batch touches most rows anyway and dense fused Adam is faster (ml-100k: BPR-MF 2.5x,
-Caser 2x faster dense); above, a sparse step (`orchestrator.optim.RowAdam`) costs what
+Caser 2x faster dense); above, a sparse step (`orchestrator.engine.optim.RowAdam`) costs what
 the batch touches, not the table."""
 
 

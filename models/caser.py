@@ -16,11 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from data.sampling import gather_windows, window_starts
-from data.types import Split
-from models.base import (
+from orchestrator.data.sampling import gather_windows, window_starts
+from orchestrator.data.types import Split
+from orchestrator.models.base import (
     CommonParams,
     DataSpec,
     Recipe,
@@ -30,7 +28,8 @@ from models.base import (
     row_penalty,
     table,
 )
-from models.registry import register_model
+from orchestrator.models.registry import register_model
+from torch import Tensor, nn
 
 
 @dataclass

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from orchestrator.data.types import Split
+from orchestrator.models.base import CommonParams, DataSpec, Recommender, check, check_common
+from orchestrator.models.registry import register_model
 from torch import Tensor
-
-from data.types import Split
-from models.base import CommonParams, DataSpec, Recommender, check, check_common
-from models.registry import register_model
 
 
 @dataclass

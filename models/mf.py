@@ -15,9 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from models.base import (
+from orchestrator.models.base import (
     CommonParams,
     DataSpec,
     Recipe,
@@ -26,7 +24,8 @@ from models.base import (
     check_common,
     table,
 )
-from models.registry import register_model
+from orchestrator.models.registry import register_model
+from torch import Tensor, nn
 
 
 @dataclass

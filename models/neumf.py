@@ -24,9 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from models.base import (
+from orchestrator.models.base import (
     CommonParams,
     DataSpec,
     Recipe,
@@ -36,7 +34,8 @@ from models.base import (
     row_penalty,
     table,
 )
-from models.registry import register_model
+from orchestrator.models.registry import register_model
+from torch import Tensor, nn
 
 
 @dataclass

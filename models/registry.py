@@ -10,8 +10,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from data.files import atomic_write
-from models.base import TASKS, DataSpec, Recommender
+from orchestrator.data.files import atomic_write
+from orchestrator.models.base import TASKS, DataSpec, Recommender
 
 _MODELS: dict[str, type[Recommender]] = {}
 

@@ -14,10 +14,9 @@ from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.config import SweepConfig
-from orchestrator.records import Study
-from orchestrator.report import compile_umap_in_background
+from orchestrator.plots import compile_umap_in_background
+from orchestrator.records import TRIAL, Study, TrialSpec
 from orchestrator.tracking import WandbRuns
-from orchestrator.trainable import TRIAL, split_config
 
 
 class SweepWandb(tune.Callback):
@@ -50,9 +49,10 @@ class SweepWandb(tune.Callback):
             ).remote(self.run_dir, self.mode, self.project)
         if trial.trial_id not in self.started:
             self.started.add(trial.trial_id)
-            meta, hparams = split_config(trial.config)
-            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{meta['study']}",
-                                    meta["study"], {"hparams": hparams, "trial": meta})
+            spec, hparams = TrialSpec.split(trial.config)
+            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{spec.study}",
+                                    spec.study, {"hparams": hparams,
+                                                 "trial": trial.config[TRIAL]})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -110,8 +110,8 @@ class Progress(tune.Callback):
         self.best: dict[str, float] = {}
 
     def _line(self, trials: list[Any], trial: Any, event: str) -> None:
-        study = self.studies[trial.config[TRIAL]["study"]]
-        of_study = [t for t in trials if t.config[TRIAL]["study"] == study.name]
+        study = self.studies[TrialSpec.split(trial.config)[0].study]
+        of_study = [t for t in trials if TrialSpec.split(t.config)[0].study == study.name]
         done = sum(t.status in ("TERMINATED", "ERROR") for t in of_study)
         running = sum(t.status == "RUNNING" for t in of_study)
         best = self.best.get(study.name)
@@ -124,7 +124,7 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        study = self.studies[trial.config[TRIAL]["study"]]
+        study = self.studies[TrialSpec.split(trial.config)[0].study]
         value = result.get(study.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
             best = self.best.get(study.name, value)

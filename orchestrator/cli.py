@@ -27,7 +27,7 @@ from orchestrator.config import (
 
 
 def cmd_data_describe(args: argparse.Namespace) -> int:
-    from data import describe, load_dataset
+    from orchestrator.data import describe, load_dataset
 
     cfg = config_from_args(DataConfig, args)
     data = load_dataset(cfg)
@@ -147,7 +147,7 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator.config import TrainConfig
-    from orchestrator.single_run import train_one, validate_request
+    from orchestrator.engine.single_run import train_one, validate_request
 
     hparams: dict[str, object] = parse_sets(args.set)
     if args.epochs is not None:
@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_cfg = config_from_args(TrainConfig, args)
     data_cfg = config_from_args(DataConfig, argparse.Namespace(**{**vars(args),
                                                                   "seed": args.data_seed}))
-    from data import load_dataset
+    from orchestrator.data import load_dataset
 
     data = load_dataset(data_cfg)
     print(f"train: {args.model} ({task}) on {data.name}, split {data.split_name}: "
@@ -308,7 +308,7 @@ def model_cards() -> list[dict[str, Any]]:
     import dataclasses
     import functools
 
-    from models.registry import get_model_class, list_models, make_params
+    from orchestrator.models.registry import get_model_class, list_models, make_params
     from orchestrator.space import describe_space
 
     cards = []

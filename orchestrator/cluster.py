@@ -39,12 +39,10 @@ def connect(cfg: SweepConfig) -> None:
 
 
 def quiet_libraries() -> None:
-    """Our progress lines say what matters; Tune's and Optuna's chatter drowns them."""
+    """Our progress lines say what matters; Tune's chatter drowns them (Optuna's:
+    `search.quiet_optuna`)."""
     import logging
 
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # Tune snapshots its state every num_to_keep checkpoints of a trial (what --resume

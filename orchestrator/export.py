@@ -46,9 +46,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from data.types import PreparedData
-from models.base import Recommender
 from orchestrator import internals
+from orchestrator.data.types import PreparedData
+from orchestrator.models.base import Recommender
 from orchestrator.parity import ParityError, check_parity
 from orchestrator.provenance import git_state, version, versions
 from orchestrator.serve import FORMAT, id_form, sha256

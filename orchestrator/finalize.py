@@ -12,33 +12,15 @@ No Ray here: trial checkpoints are read through `as_directory()`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
-from data.types import PreparedData
-from models.base import DataSpec
-from models.registry import create_model, get_model_class, list_models, save_model
 from orchestrator.config import TrainConfig
-from orchestrator.evaluation import monitored_metric
-from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
-from orchestrator.train import fit, load_state, seed_everything, val_and_test
-
-
-def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
-    """`mf`, `mf:ranking` -> a Study; errors name the entry and what it may be."""
-    model, _, task = entry.partition(":")
-    if model not in list_models():
-        raise ValueError(f"{what}: unknown model {model!r}; known: {', '.join(list_models())}")
-    cls = get_model_class(model)
-    task = task or cls.tasks[0]
-    if task not in cls.tasks:
-        raise ValueError(f"{what}: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}, "
-                         f"not {task!r}")
-    try:
-        metric, mode = monitored_metric(task, cfg_metric, ks)
-    except ValueError as e:
-        raise ValueError(f"metric: {e} ({what} entry {entry!r})") from None
-    return Study(entry.replace(":", "-"), model, task, metric, mode)
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.train import fit, load_state, seed_everything, val_and_test
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model, save_model
+from orchestrator.plan import parse_study
+from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord, choose
 
 
 def main_metric(study: Study) -> str:
@@ -60,17 +42,6 @@ def evaluation_name(table: str, data: PreparedData, cfg: TrainConfig, metric: st
         protocol = f"sampled: each test item among up to {n} fixed negatives"
     ks = ",".join(map(str, cfg.ks))
     return f"{where}; {protocol}; K={ks}; main metric {metric}"
-
-
-def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
-    """The trial with the best validation value of any epoch that has a checkpoint: any
-    trial, also one ASHA stopped (its best epoch is a real model, judged on validation)."""
-    chosen = [t for t in trials
-              if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None]
-    if not chosen:
-        return None
-    pick = min if study.mode == "min" else max
-    return pick(chosen, key=lambda t: t.best)
 
 
 def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: TrainConfig,

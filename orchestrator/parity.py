@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.types import PreparedData
-from models.base import Recommender
+from orchestrator.data.types import PreparedData
+from orchestrator.models.base import Recommender
 from orchestrator.serve import known_mask, last_items, session
 
 PARITY_ROWS = 256

@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from models.registry import get_model_class, make_params, param_types
 from orchestrator.config import SweepConfig, from_dict, parse_duration
-from orchestrator.finalize import parse_study
+from orchestrator.engine.evaluation import monitored_metric
+from orchestrator.models.registry import get_model_class, list_models, make_params, param_types
 from orchestrator.records import Schedule, Study
 from orchestrator.rundir import read_config
 from orchestrator.space import start_points, validate_space
@@ -32,6 +32,23 @@ SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
          "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
 SEARCH = "search"  # the Tune experiment of all studies, in the run directory
 SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
+
+
+def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
+    """`mf`, `mf:ranking` -> a Study; errors name the entry and what it may be."""
+    model, _, task = entry.partition(":")
+    if model not in list_models():
+        raise ValueError(f"{what}: unknown model {model!r}; known: {', '.join(list_models())}")
+    cls = get_model_class(model)
+    task = task or cls.tasks[0]
+    if task not in cls.tasks:
+        raise ValueError(f"{what}: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}, "
+                         f"not {task!r}")
+    try:
+        metric, mode = monitored_metric(task, cfg_metric, ks)
+    except ValueError as e:
+        raise ValueError(f"metric: {e} ({what} entry {entry!r})") from None
+    return Study(entry.replace(":", "-"), model, task, metric, mode)
 
 
 def model_studies(cfg: SweepConfig) -> list[Study]:

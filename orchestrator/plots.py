@@ -1,20 +1,58 @@
 """The report's figures, each drawn to a PNG: Optuna's own plots of a study (history,
 fANOVA importances), learning curves, the data's popularity and activity, and the UMAP map
 of item embeddings. matplotlib (the `viz` extra) is imported inside: callers check
-`report.missing_viz` first.
+`missing_viz` first.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from data.files import atomic_write
+from orchestrator.data.files import atomic_write
 
 LABELS = 8  # titles written next to the most popular items on the map
+
+
+def missing_viz() -> list[str]:
+    """The `viz` packages that cannot be imported (a `sys.modules` entry of None counts)."""
+    missing = []
+    for module, package in (("matplotlib", "matplotlib"), ("umap", "umap-learn")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ValueError:  # in sys.modules without a spec
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+@functools.cache  # once per process
+def compile_umap_in_background() -> None:
+    """Start compiling UMAP's numba kernels (about 9 s on their first use in a process) in a
+    daemon thread, so that the report at the end of a sweep finds them ready: a sweep's
+    driver mostly waits on its trials. Any failure here is left for the report to meet."""
+    if missing_viz():
+        return
+
+    def compile_kernels() -> None:
+        try:
+            import umap
+
+            points = np.random.default_rng(0).random((32, 4), dtype=np.float32)
+            # the report's settings: exact neighbours (< 4096 points), cosine, seeded layout
+            umap.UMAP(n_neighbors=5, min_dist=0.1, metric="cosine", random_state=0, n_jobs=1,
+                      n_epochs=5).fit_transform(points)
+        except Exception:  # noqa: BLE001, S110 - the report will say what is wrong
+            pass
+
+    threading.Thread(target=compile_kernels, name="umap-compile", daemon=True).start()
 
 
 def figure(width: float = 6.4, height: float = 4.0) -> Any:

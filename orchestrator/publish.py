@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data.types import PreparedData
-from models.base import Recommender
+from orchestrator.data.types import PreparedData
 from orchestrator.export import export_model
+from orchestrator.models.base import Recommender
 from orchestrator.rundir import RESULTS, RunDir
 
 
@@ -22,7 +22,7 @@ def export_study(model: Recommender | Path, saved: dict[str, Any],
     `run_dir/models/<study>.onnx` with `metrics` (None: the checkpoint's own) and `saved`
     (what its checkpoint holds beside the weights) in the sidecar. Returns "ok" or
     "failed: <why>"; an earlier valid export of the study stays in place, and says so."""
-    from models.registry import load_model
+    from orchestrator.models.registry import load_model
 
     try:
         if isinstance(model, Path):
@@ -49,16 +49,14 @@ def export_study(model: Recommender | Path, saved: dict[str, Any],
 def export_results(run_dir: Path, studies: list[Any], frame: Any, data: PreparedData,
                    k: int = 10) -> dict[str, str]:
     """The sweep's export: each study's chosen model as `finalize` tested it (in memory, no
-    checkpoint read back), with its metrics from the results table `frame`; sets each
-    `StudyResult.export`. Returns {study: "ok" | "failed: <reason>"}."""
+    checkpoint read back), with its metrics from the results table `frame`. Returns
+    {study: "ok" | "failed: <reason>"}."""
     from orchestrator.results import study_metrics
 
-    for result in studies:
-        if result.runs and result.runs[0].model is not None:
-            name = result.study.name
-            result.export = export_study(result.runs[0].model, result.runs[0].saved,
-                                         study_metrics(frame, name), data, run_dir, name, k)
-    return {r.study.name: r.export for r in studies if r.export}
+    return {r.study.name: export_study(r.runs[0].model, r.runs[0].saved,
+                                       study_metrics(frame, r.study.name), data, run_dir,
+                                       r.study.name, k)
+            for r in studies if r.runs and r.runs[0].model is not None}
 
 
 def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10) -> dict[str, str]:
@@ -82,7 +80,7 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10) ->
         ValueError: no checkpoints at all, or `study` has none.
         FileNotFoundError: no `sweep.yaml`.
     """
-    import models  # noqa: F401 - registers every model, so checkpoints can name them
+    import orchestrator.models  # noqa: F401 - registers every model, so checkpoints can name them
     from orchestrator import results
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -1,7 +1,8 @@
 """The typed records a sweep's stages hand each other: studies, trials, tested models.
 
-    Study (from the config) -> TrialRecord (one per Tune trial, built once from Tune's
-    results) -> StudyResult (the chosen trial of a study, or a baseline, tested)
+    Study (from the config) -> TrialSpec (who a Tune trial is, in its config) ->
+    TrialRecord (one per Tune trial, built once from Tune's results) -> StudyResult (the
+    chosen trial of a study, or a baseline, tested)
 
 No Ray and no torch here: a notebook can build and read these without a cluster.
 """
@@ -9,10 +10,13 @@ No Ray and no torch here: a notebook can build and read these without a cluster.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from orchestrator.config import TrainConfig, from_dict, to_dict
 
 # How a trial ended (the trials table's `end` column):
 #   epochs        ran all its epochs
@@ -75,6 +79,49 @@ class Schedule:
             rungs.append(rung)
             rung *= reduction_factor
         return cls(max_epochs, grace, tuple(rungs))
+
+
+# The key of a trial's spec in its Tune config, beside the hyperparameters (no
+# hyperparameter can be called so: they are Python identifiers)
+TRIAL = "@trial"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Who a trial is: its study (model, task), its place in the study (`number`, 0: the
+    model's defaults), where its hyperparameters come from (`origin`: defaults,
+    recipe:<name> or search), the epochs it must report (ASHA's `rungs`) and its training
+    settings (the sweep's, with the trial's seed and its study's validation metric).
+
+    Tune's config holds it as a plain dict under `TRIAL` (Tune's files and trial names
+    show it): `config` writes it beside the hyperparameters, `split` reads both back.
+    """
+
+    study: str
+    model: str
+    task: str
+    number: int
+    origin: str
+    rungs: tuple[int, ...]
+    train: TrainConfig
+
+    @classmethod
+    def of(cls, study: Study, schedule: Schedule, train: TrainConfig, seed: int, number: int,
+           origin: str) -> TrialSpec:
+        return cls(study.name, study.model, study.task, number, origin, schedule.rungs,
+                   dataclasses.replace(train, seed=seed, metric=study.metric))
+
+    def config(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        """A Tune config: the hyperparameters and this spec."""
+        return {**hparams, TRIAL: {**to_dict(self), "rungs": list(self.rungs)}}
+
+    @classmethod
+    def split(cls, config: dict[str, Any]) -> tuple[TrialSpec, dict[str, Any]]:
+        """(spec, hyperparameters) of a trial's Tune config."""
+        raw = dict(config[TRIAL])
+        train = from_dict(TrainConfig, raw.pop("train"), f"{TRIAL}.train.")
+        spec = cls(**{**raw, "rungs": tuple(raw["rungs"]), "train": train})
+        return spec, {k: v for k, v in config.items() if k != TRIAL}
 
 
 @dataclass(frozen=True)
@@ -171,7 +218,6 @@ class StudyResult:
             ASHA stopped, and that raised or diverged.
         chosen: the chosen trial, or None.
         runs: the tested runs (the chosen trial first, then its seed re-runs).
-        export: "" before the ONNX export, then "ok" or "failed: <why>".
     """
 
     study: Study
@@ -184,7 +230,6 @@ class StudyResult:
     trials_failed: int = 0
     chosen: TrialRecord | None = None
     runs: list[ScoredRun] = field(default_factory=list)
-    export: str = ""
 
     @property
     def units(self) -> np.ndarray | None:
@@ -192,3 +237,14 @@ class StudyResult:
         if not self.runs:
             return None
         return np.mean([r.units for r in self.runs], axis=0)
+
+
+def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
+    """The trial with the best validation value of any epoch that has a checkpoint: any
+    trial, also one ASHA stopped (its best epoch is a real model, judged on validation)."""
+    chosen = [t for t in trials
+              if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None]
+    if not chosen:
+        return None
+    pick = min if study.mode == "min" else max
+    return pick(chosen, key=lambda t: t.best)

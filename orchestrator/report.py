@@ -14,14 +14,11 @@ Example:
 from __future__ import annotations
 
 import base64
-import functools
 import html
-import importlib.util
 import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data.files import atomic_write, write_text
 from orchestrator import plots, results
 from orchestrator.config import SweepConfig
+from orchestrator.data.files import atomic_write, write_text
 from orchestrator.journal import JOURNAL, storage
 from orchestrator.rundir import CONFIG, HISTORY, RESULTS, TRIALS, RunDir
 
@@ -39,41 +36,6 @@ VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install
 NEEDED = (RESULTS, TRIALS, CONFIG)
 MAX_UMAP_ITEMS = 20_000  # the most popular items are mapped when the catalogue is larger
 CURVES = 3  # learning curves of this many best trials per study
-
-
-def missing_viz() -> list[str]:
-    """The `viz` packages that cannot be imported (a `sys.modules` entry of None counts)."""
-    missing = []
-    for module, package in (("matplotlib", "matplotlib"), ("umap", "umap-learn")):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ValueError:  # in sys.modules without a spec
-            found = False
-        if not found:
-            missing.append(package)
-    return missing
-
-
-@functools.cache  # once per process
-def compile_umap_in_background() -> None:
-    """Start compiling UMAP's numba kernels (about 9 s on their first use in a process) in a
-    daemon thread, so that the report at the end of a sweep finds them ready: a sweep's
-    driver mostly waits on its trials. Any failure here is left for the report to meet."""
-    if missing_viz():
-        return
-
-    def compile_kernels() -> None:
-        try:
-            import umap
-
-            points = np.random.default_rng(0).random((32, 4), dtype=np.float32)
-            # the report's settings: exact neighbours (< 4096 points), cosine, seeded layout
-            umap.UMAP(n_neighbors=5, min_dist=0.1, metric="cosine", random_state=0, n_jobs=1,
-                      n_epochs=5).fit_transform(points)
-        except Exception:  # noqa: BLE001, S110 - the report will say what is wrong
-            pass
-
-    threading.Thread(target=compile_kernels, name="umap-compile", daemon=True).start()
 
 
 def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | None:
@@ -90,7 +52,7 @@ def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | N
     run = run if isinstance(run, RunDir) else RunDir(run)
     run_dir = run.path
     run.require(*NEEDED)
-    missing = missing_viz()
+    missing = plots.missing_viz()
     if missing:
         print(f"report: {', '.join(missing)} not installed; {VIZ_HINT}", file=sys.stderr)
         return None
@@ -162,7 +124,7 @@ def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
                 history: pd.DataFrame | None,
                 frame: pd.DataFrame, cfg: SweepConfig, data: Any, model: Any,
                 popularity: np.ndarray | None, say: Any) -> str:
-    from orchestrator.evaluation import monitored_metric
+    from orchestrator.engine.evaluation import monitored_metric
 
     metric, mode = monitored_metric(str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]),
                                     tuple(cfg.train.ks))
@@ -226,8 +188,8 @@ def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figure
                say: Any) -> str:
     """The map of a study's item vectors: `model` in memory (trained on `data`), or the path
     of its checkpoint."""
-    import models  # noqa: F401 - registers the models load_model rebuilds
-    from models.registry import load_model
+    import orchestrator.models  # noqa: F401 - registers the models load_model rebuilds
+    from orchestrator.models.registry import load_model
 
     fingerprint = data.fingerprint
     if isinstance(model, Path):

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from data.files import atomic_write, write_text
-from orchestrator.metrics import lower_is_better
+from orchestrator.data.files import atomic_write, write_text
+from orchestrator.engine.metrics import lower_is_better
 from orchestrator.records import StudyResult
 from orchestrator.rundir import HISTORY, RESULTS, TRIALS, UNITS
 
@@ -60,8 +60,6 @@ def table(studies: list[StudyResult]) -> pd.DataFrame:
                        hparams=json.dumps(r.chosen.hparams, sort_keys=True))
         elif r.baseline:
             row.update(epochs=0)
-        if any(s.export for s in studies):  # after the ONNX export: what models/ holds
-            row["export"] = r.export or None
         rows.append(row)
     order = {name: i for i, name in enumerate(dict.fromkeys(r.study.table for r in studies))}
     frame = pd.DataFrame(rows)
@@ -344,7 +342,7 @@ def study_metrics(frame: pd.DataFrame | None, study: str) -> dict[str, float] | 
 
 def with_column(frame: pd.DataFrame, name: str, values: dict[str, Any]) -> pd.DataFrame:
     """A copy of a results table with column `name` set for the studies in `values` (the
-    others keep their cell, empty when the column is new). Used by the `export` command.
+    others keep their cell, empty when the column is new): the export's outcome.
 
     Raises a ValueError naming a study that is not in the table.
     """

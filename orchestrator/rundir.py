@@ -134,7 +134,7 @@ class RunDir:
     def data(self) -> Any:
         """The prepared data (a `PreparedData`): the caller's, or rebuilt from the config."""
         if self._data is None:
-            from data import load_dataset
+            from orchestrator.data import load_dataset
 
             self._data = load_dataset(self.config.data)
         return self._data

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import optuna
 import pandas as pd
 import ray
 from optuna.samplers import RandomSampler, TPESampler
@@ -33,13 +34,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from models.registry import get_model_class
-from orchestrator.config import SweepConfig
-from orchestrator.metrics import lower_is_better
+from orchestrator.config import SweepConfig, TrainConfig
+from orchestrator.engine.metrics import lower_is_better
+from orchestrator.models.registry import get_model_class
 from orchestrator.plan import SEEDS, experiment_root, sampler_settings, study_points
-from orchestrator.records import Schedule, Study, TrialRecord
+from orchestrator.records import Schedule, Study, TrialRecord, TrialSpec
 from orchestrator.space import sample_params
-from orchestrator.trainable import TRIAL, split_config
 
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
 # next snapshot of the experiment state: with one kept, a driver killed in between leaves a
@@ -56,6 +56,12 @@ class SearchSpace:
     overrides: dict[str, Any]
     schedule: Schedule
     seed: int
+    train: TrainConfig
+
+    @classmethod
+    def of(cls, study: Study, cfg: SweepConfig, plan: dict[str, Schedule]) -> SearchSpace:
+        return cls(study, cfg.search_space.get(study.model, {}), plan[study.name], cfg.seed,
+                   cfg.train)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         space = get_model_class(self.study.model).search_space
@@ -64,8 +70,8 @@ class SearchSpace:
         params.setdefault("epochs", self.schedule.max_epochs)  # ASHA's max_t
         origin = self.points[trial.number][0] if trial.number < len(self.points) else "search"
         # constants returned by a define-by-run space become part of the trial's config
-        return {**params, TRIAL: trial_meta(self.study, self.seed, trial.number, self.schedule,
-                                            origin)}
+        return TrialSpec.of(self.study, self.schedule, self.train, self.seed, trial.number,
+                            origin).config(params)
 
     @functools.cached_property
     def points(self) -> list[tuple[str, dict[str, Any]]]:
@@ -75,18 +81,15 @@ class SearchSpace:
         return study_points(self.study, self.overrides)[0]
 
 
+def quiet_optuna() -> None:
+    """Optuna logs a line per trial; the sweep's progress lines say what matters."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def sampler(settings: dict[str, Any]) -> TPESampler | RandomSampler:
     """A study's sampler from the resolved config's `sampler` (`plan.sampler_settings`)."""
     kwargs = {k: v for k, v in settings.items() if k != "name"}
     return RandomSampler(**kwargs) if settings["name"] == "random" else TPESampler(**kwargs)
-
-
-def trial_meta(study: Study, seed: int, number: int, schedule: Schedule, origin: str
-               ) -> dict[str, Any]:
-    """What a trial's config carries beside its hyperparameters (under `trainable.TRIAL`)."""
-    return {"study": study.name, "model": study.model, "task": study.task, "seed": seed,
-            "metric": study.metric, "number": number, "rungs": list(schedule.rungs),
-            "origin": origin}
 
 
 class SavedSearcher(Searcher):
@@ -125,7 +128,7 @@ class StudySearch(SavedSearcher):
         self.trials = cfg.trials
         self.searches = {}
         for s in studies:
-            space = SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name], cfg.seed)
+            space = SearchSpace.of(s, cfg, plan)
             self.searches[s.name] = OptunaSearch(
                 space=space, metric=s.metric, mode=s.mode,
                 points_to_evaluate=[point for _, point in space.points],
@@ -179,14 +182,14 @@ class StudyASHA(FIFOScheduler):
         return True  # each study's ASHA has its own metric and mode
 
     def _asha(self, trial: Any) -> ASHAScheduler:
-        return self.ashas[trial.config[TRIAL]["study"]]
+        return self.ashas[TrialSpec.split(trial.config)[0].study]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
-        return decision if trial.config[TRIAL].get("origin", "search") == "search" \
+        return decision if TrialSpec.split(trial.config)[0].origin == "search" \
             else self.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
@@ -236,14 +239,15 @@ def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
     was ended from outside (Ctrl-C, the time budget), which stops its running trials."""
     out = []
     for res in grid:
-        meta, hparams = split_config(res.config)
+        spec, hparams = TrialSpec.split(res.config)
+        metric = spec.train.metric
         history = trial_history(res)
         last = res.metrics or {}
         best, best_epoch = None, 0
-        if history is not None and meta["metric"] in history:
-            values = history[meta["metric"]]
+        if history is not None and metric in history:
+            values = history[metric]
             if values.notna().any():
-                at = values.idxmin() if lower_is_better(meta["metric"]) else values.idxmax()
+                at = values.idxmin() if lower_is_better(metric) else values.idxmax()
                 best, best_epoch = float(values[at]), int(history["epoch"][at])
         status, epoch = last.get("status"), int(last.get("epoch", 0) or 0)
         if res.error:
@@ -258,12 +262,12 @@ def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
             end = "asha" if last.get("done") or not interrupted else "interrupted"
         message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
         out.append(TrialRecord(
-            study=meta["study"], trial_id=last.get("trial_id", os.path.basename(str(res.path))),
-            number=int(meta.get("number", -1)), end=end, message=message, best=best,
+            study=spec.study, trial_id=last.get("trial_id", os.path.basename(str(res.path))),
+            number=spec.number, end=end, message=message, best=best,
             best_epoch=best_epoch, epochs=epoch,
             time_s=float(last.get("time_total_s", 0.0) or 0.0), hparams=hparams,
-            seed=int(meta["seed"]), checkpoint=res.checkpoint, path=str(res.path),
-            node=str(last.get("node", "")), origin=str(meta.get("origin", ""))))
+            seed=spec.train.seed, checkpoint=res.checkpoint, path=str(res.path),
+            node=str(last.get("node", "")), origin=spec.origin))
     return out
 
 
@@ -301,7 +305,7 @@ def epoch_history(res: Any) -> pd.DataFrame | None:
         return None
     keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
             or c in ("epoch", "trial_id", "time_total_s")]
-    return frame[keep].assign(study=res.config[TRIAL]["study"])
+    return frame[keep].assign(study=TrialSpec.split(res.config)[0].study)
 
 
 STOP = threading.Event()  # set by the sweep's first Ctrl-C (`ctrl_c_stops_studies`)
@@ -375,8 +379,8 @@ def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, S
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         by_name = {s.name: s for s in studies}
-        points = [{**t.hparams, TRIAL: trial_meta(by_name[t.study], cfg.seed + i, t.number,
-                                                  plan[t.study], t.origin)}
+        points = [TrialSpec.of(by_name[t.study], plan[t.study], cfg.train, cfg.seed + i,
+                               t.number, t.origin).config(t.hparams)
                   for t in chosen for i in range(1, cfg.final_seeds)]
         tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
     return [t for t in trial_records(tuner.fit(), STOP.is_set())

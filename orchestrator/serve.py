@@ -11,7 +11,7 @@ and, for a graph with more than 1 GiB of weights, `<graph file>.data` beside it 
 external data, named inside the graph, its sha256 in the sidecar).
 
 This module reads them with numpy, json and onnxruntime only (it must not import torch,
-`models`, `data` or `orchestrator.train`, not even indirectly), so a serving process stays
+`models`, `data` or `orchestrator.engine.train`, not even indirectly), so a serving process stays
 small and starts fast. `recommend` answers one user: the top-K items the user does not
 already have, or, for a user the model never saw, the most popular items ("cold start").
 

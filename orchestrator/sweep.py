@@ -31,15 +31,15 @@ import ray
 import yaml
 from ray import tune
 
-from data import describe, load_dataset
-from data.files import write_text
-from data.types import PreparedData
 from orchestrator import results
 from orchestrator.callbacks import Progress, ReportKernels, wandb_callbacks
 from orchestrator.cluster import connect, quiet_libraries, resources
 from orchestrator.config import SweepConfig, parse_duration, to_dict
-from orchestrator.evaluation import check_ks
-from orchestrator.finalize import choose, finalize
+from orchestrator.data import describe, load_dataset
+from orchestrator.data.files import write_text
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.evaluation import check_ks
+from orchestrator.finalize import finalize
 from orchestrator.journal import write_journal
 from orchestrator.plan import (
     SEARCH,
@@ -53,7 +53,7 @@ from orchestrator.plan import (
 )
 from orchestrator.provenance import environment
 from orchestrator.publish import export_results
-from orchestrator.records import Schedule, Study, StudyResult, TrialRecord
+from orchestrator.records import Schedule, Study, StudyResult, TrialRecord, choose
 from orchestrator.report import write_report
 from orchestrator.rundir import RunDir
 from orchestrator.search import (
@@ -64,6 +64,7 @@ from orchestrator.search import (
     epoch_history,
     experiment,
     fit_experiment,
+    quiet_optuna,
     seed_runs,
     trial_records,
 )
@@ -80,6 +81,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     budget = parse_duration(cfg.time_budget)
     deadline = None if budget is None else start + budget
     quiet_libraries()
+    quiet_optuna()
     connect(cfg)
     request, slots = resources(cfg)
     print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
@@ -87,7 +89,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     data = prepare_data(cfg, studies)
     run_dir = start_run_directory(cfg, data)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, train_cfg=cfg.train), request)
+        tune.with_parameters(run_trial, data=data), request)
     with ctrl_c_stops_studies() as stop:
         searched = search(cfg, studies, plan, trainable, slots, run_dir, start, deadline, stop)
         studied = finalize(studies, searched.trials, searched.seed_trials, cfg.baselines,
@@ -213,25 +215,24 @@ def write_search_records(run_dir: Path, cfg: SweepConfig, studies: list[Study],
     """`trials.*` and `history.parquet`, `optuna.journal` and `env.json`."""
     results.write_trials(run_dir, searched.table, searched.curves)
     write_journal(run_dir, studies, searched.trials, searched.curves,
-                  lambda s: SearchSpace(s, cfg.search_space.get(s.model, {}), plan[s.name],
-                                        cfg.seed))
+                  lambda s: SearchSpace.of(s, cfg, plan))
     write_text(run_dir / "env.json", json.dumps(environment(searched.nodes), indent=2))
 
 
 def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData
                  ) -> pd.DataFrame:
-    """The results tables, written before the export (the night's numbers are on disk
-    first), then again with the export column; prints them. Returns the table."""
-    frame = results.table(studied)
-    results.write(run_dir, frame)
+    """Exports each study's chosen model, then writes the results tables once, with the
+    export's outcome (a failed export is a cell, never a lost table); prints them. Returns
+    the table."""
     results.write_units(run_dir, studied)
+    frame = results.table(studied)
     outcome = export_results(run_dir, studied, frame, data)
     if outcome:
         failed = {k: v for k, v in outcome.items() if v != "ok"}
         if failed:
             print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
-        frame = results.table(studied)
-        results.write(run_dir, frame)
+        frame = results.with_column(frame, "export", outcome)
+    results.write(run_dir, frame)
     print(results.markdown(frame), flush=True)
     return frame
 

@@ -14,7 +14,6 @@ whose last status is "running" was stopped from outside (ASHA, Ctrl-C, the time 
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import math
 import os
@@ -27,32 +26,21 @@ import torch
 from ray import tune
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from data.types import PreparedData
-from models.base import DataSpec
-from models.registry import create_model
-from orchestrator.config import TrainConfig
-from orchestrator.train import fit, load_state, pick_device, save_state, seed_everything
-
-# A trial's metadata sits under this key of its Tune config, beside the hyperparameters (no
-# hyperparameter can be called so: they are Python identifiers): study, model, task, seed,
-# metric, `number` (the trial's place in its study, 0: the model's defaults), `origin`
-# (defaults, recipe:<name> or search) and `rungs` (the epochs it must report)
-TRIAL = "@trial"
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.train import fit, load_state, pick_device, save_state, seed_everything
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model
+from orchestrator.records import TrialSpec
 
 
-def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metadata, hyperparameters) of a trial's Tune config."""
-    return config[TRIAL], {k: v for k, v in config.items() if k != TRIAL}
-
-
-def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig) -> None:
+def run_trial(config: dict[str, Any], data: PreparedData) -> None:
     release_memory()  # a reused worker may still hold a stopped trial's GPU memory
     use_trial_cpus()
-    meta, hparams = split_config(config)
-    cfg = dataclasses.replace(train_cfg, seed=int(meta["seed"]), metric=meta["metric"])
+    spec, hparams = TrialSpec.split(config)
+    cfg = spec.train
     seed_everything(cfg.seed)
-    model = create_model(meta["model"], DataSpec.from_data(data), meta["task"], **hparams)
-    rungs, epochs = set(meta.get("rungs", ())), model.params.epochs
+    model = create_model(spec.model, DataSpec.from_data(data), spec.task, **hparams)
+    rungs, epochs = set(spec.rungs), model.params.epochs
     where = pick_device(cfg.device)  # what ran it, for the run's env.json
     device = torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu"
     node = ray.get_runtime_context().get_node_id()  # the trials table's `node`
@@ -112,7 +100,7 @@ def run_trial(config: dict[str, Any], data: PreparedData, train_cfg: TrainConfig
         hook.remove()
     if result.status == "diverged":
         # the search tells Optuna the trial failed; the table shows the status and the reason
-        tune.report({meta["metric"]: math.nan, "status": "diverged", "message": result.message,
+        tune.report({cfg.metric: math.nan, "status": "diverged", "message": result.message,
                      "epoch": result.epochs, "best_value": math.nan, "device": device,
                      "node": node})
     elif state is not None and "state" not in latest and result.history:

@@ -17,15 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import orchestrator.models  # noqa: F401  (registers every model)
 import pandas as pd
 import pytest
 import torch
 import yaml
+from orchestrator.data import load_dataset
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model
 
-import models  # noqa: F401  (registers every model)
-from data import load_dataset
-from models.base import DataSpec
-from models.registry import create_model
 from orchestrator import results, serve
 from orchestrator.cli import main
 from orchestrator.config import DataConfig, SweepConfig, to_dict

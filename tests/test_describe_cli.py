@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data import load_dataset
+from orchestrator.data import load_dataset
+
 from orchestrator.cli import main
 from orchestrator.config import DataConfig
 

@@ -20,27 +20,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orchestrator.models  # noqa: F401 - registers the models
 import pandas as pd
 import pytest
 import torch
 import yaml
+from orchestrator.data import load_dataset
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.train import fit, seed_everything
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model
 
-import models  # noqa: F401 - registers the models
-from data import load_dataset
-from data.types import PreparedData
-from models.base import DataSpec
-from models.registry import create_model
 from orchestrator import results
 from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict
 from orchestrator.export import export_model
 from orchestrator.finalize import main_metric
 from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
-from orchestrator.train import fit, seed_everything
 
 pytestmark = pytest.mark.slow  # every docstring example, about 20 s
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("data", "models", "orchestrator")
+PACKAGES = {"data": "orchestrator.data", "models": "orchestrator.models",
+            "engine": "orchestrator.engine", "orchestrator": "orchestrator"}  # folder: package
 SPEC = "synthetic:users=60,items=80,interactions=1500,seed=1"
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -48,8 +49,8 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 def modules_with_examples() -> list[str]:
     """Dotted names of the modules of PACKAGES whose source holds a `>>>` example."""
     names = []
-    for package in PACKAGES:
-        for path in sorted((REPO / package).glob("*.py")):
+    for folder, package in PACKAGES.items():
+        for path in sorted((REPO / folder).glob("*.py")):
             if ">>>" in path.read_text(encoding="utf-8"):
                 names.append(package if path.stem == "__init__" else f"{package}.{path.stem}")
     return names

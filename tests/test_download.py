@@ -12,9 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-from data import movielens
-from data.sources import available_offline, load_source
+from orchestrator.data import movielens
+from orchestrator.data.sources import available_offline, load_source
 
 RATINGS = "1::10::5::978300760\n1::11::3::978302109\n2::10::4::978298413\n"
 MOVIES = "10::Heat (1995)::Action|Crime|Thriller\n11::Sabrina (1995)::Comedy|Romance\n"

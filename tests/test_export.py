@@ -9,21 +9,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import orchestrator.models  # noqa: F401 - registers every model
 import pandas as pd
 import pytest
 import torch
 import yaml
+from orchestrator.data import load_dataset
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.train import fit, seed_everything
+from orchestrator.models.base import DataSpec, Recommender
+from orchestrator.models.registry import create_model, list_models, save_model
 
-import models  # noqa: F401 - registers every model
-from data import load_dataset
-from data.types import PreparedData
-from models.base import DataSpec, Recommender
-from models.registry import create_model, list_models, save_model
 from orchestrator import export, parity, publish, results, serve
 from orchestrator.cli import main
 from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.records import ScoredRun, Study, StudyResult
-from orchestrator.train import fit, seed_everything
 
 DATA_CFG = DataConfig(dataset="synthetic:users=60,items=50,interactions=1500", eval_negatives=0)
 

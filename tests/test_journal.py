@@ -27,7 +27,7 @@ def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path
     cfg = resolved(load_config(None, {"models": ["mf"], "trials": 4, "epochs": 4}))
     (study,) = model_studies(cfg)
     plan = schedules(cfg, [study])
-    space = SearchSpace(study, {}, plan["mf"], cfg.seed)
+    space = SearchSpace.of(study, cfg, plan)
     defaults = space.points[0][1]
     trials = [record(2, "diverged", None, **defaults),  # out of order: sorted by number
               record(0, "epochs", 0.95, **defaults),

@@ -7,11 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from data.sampling import user_item_csr
-from data.types import Split
-from orchestrator import metrics
-from orchestrator.metrics import (
+from orchestrator.data.sampling import user_item_csr
+from orchestrator.data.types import Split
+from orchestrator.engine import metrics
+from orchestrator.engine.metrics import (
     full_ranking,
     ranking_metrics_from_scores,
     rating_metrics,

@@ -7,16 +7,15 @@ import functools
 
 import numpy as np
 import optuna
+import orchestrator.models as models
 import pytest
 import torch
-
-import models
-from data.sampling import NegativeSampler, last_items
-from data.types import Split
-from models import DataSpec, create_model, list_models, register_model
-from models.base import Recommender
-from models.registry import get_model_class, make_params
-from orchestrator.optim import RowAdam, make_optimizers
+from orchestrator.data.sampling import NegativeSampler, last_items
+from orchestrator.data.types import Split
+from orchestrator.engine.optim import RowAdam, make_optimizers
+from orchestrator.models import DataSpec, create_model, list_models, register_model
+from orchestrator.models.base import Recommender
+from orchestrator.models.registry import get_model_class, make_params
 
 N_USERS, N_ITEMS, PER_USER = 12, 20, 8
 CASES = [(n, t) for n in list_models() for t in get_model_class(n).tasks]
@@ -349,7 +348,7 @@ def test_registry_errors():
 
     class Dup(get_model_class("mf")):
         name = "mf"
-    Dup.__module__ = "models.mf"
+    Dup.__module__ = "orchestrator.models.mf"
     with pytest.raises(ValueError, match="already registered"):
         register_model(Dup)
 
@@ -416,7 +415,8 @@ def test_recipes_lie_in_their_space(name, recipe):
 
 
 def test_a_bad_recipe_names_model_recipe_and_key(monkeypatch):
-    from models.base import Recipe
+    from orchestrator.models.base import Recipe
+
     from orchestrator.plan import load_config
 
     mf = get_model_class("mf")
@@ -425,7 +425,7 @@ def test_a_bad_recipe_names_model_recipe_and_key(monkeypatch):
     class Odd(mf):
         name = "mf"
         recipes = (bad,)
-    Odd.__module__ = "models.mf"
+    Odd.__module__ = "orchestrator.models.mf"
     with pytest.raises(ValueError, match=r"model 'mf', recipe 'odd': unknown hyperparameter\(s\) "
                                          r"\['dimm'\]"):
         models.registry._check_recipes(Odd)

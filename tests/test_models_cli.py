@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from models.registry import get_model_class, list_models
+from orchestrator.models.registry import get_model_class, list_models
+
 from orchestrator.cli import main
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from data import describe, index_of, load_source, prepare
-from data.types import Interactions, PreparedData, RawDataset, Split
+from orchestrator.data import describe, index_of, load_source, prepare
+from orchestrator.data.types import Interactions, PreparedData, RawDataset, Split
 
 SPLITS = ["leave-last", "random:0.8,0.1,0.1", "temporal:0.7,0.1,0.2", "u1", "ua"]
 

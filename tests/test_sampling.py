@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from data import prepare
-from data.sampling import NegativeSampler, last_items, sequence_windows, user_item_csr
-from data.synthetic import load_synthetic
-from data.types import Split
+from orchestrator.data import prepare
+from orchestrator.data.sampling import NegativeSampler, last_items, sequence_windows, user_item_csr
+from orchestrator.data.synthetic import load_synthetic
+from orchestrator.data.types import Split
 
 
 def split_of(user, item, timestamp=None) -> Split:

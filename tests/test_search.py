@@ -11,11 +11,11 @@ import optuna
 import pyarrow.fs
 import pytest
 from optuna.trial import TrialState
+from orchestrator.models.registry import get_model_class, make_params
 
-from models.registry import get_model_class, make_params
 from orchestrator.plan import load_config, model_studies, resolved, schedules, study_points
+from orchestrator.records import TrialSpec
 from orchestrator.search import StudySearch, trial_history
-from orchestrator.trainable import split_config
 
 
 @pytest.fixture()
@@ -29,17 +29,17 @@ def search() -> tuple[StudySearch, optuna.storages.InMemoryStorage]:
 
 def test_first_trial_of_each_study_is_the_models_defaults(search) -> None:
     searcher, _ = search
-    first = [split_config(searcher.suggest(t)) for t in ("a", "b")]
-    assert [(meta["study"], meta["number"]) for meta, _ in first] == [("mf", 0), ("neumf", 0)]
+    first = [TrialSpec.split(searcher.suggest(t)) for t in ("a", "b")]
+    assert [(meta.study, meta.number) for meta, _ in first] == [("mf", 0), ("neumf", 0)]
     for meta, params in first:
-        defaults = dataclasses.asdict(make_params(meta["model"], meta["task"]))
+        defaults = dataclasses.asdict(make_params(meta.model, meta.task))
         assert set(params) <= set(defaults)  # the metadata is beside them, not inside
         drawn = {k: v for k, v in params.items() if k != "epochs"}
-        if meta["model"] == "mf":  # the override [16, 32] excludes the default dim 64
+        if meta.model == "mf":  # the override [16, 32] excludes the default dim 64
             assert drawn.pop("dim") in (16, 32)
         assert drawn and drawn == {k: defaults[k] for k in drawn}, params
-        assert params["epochs"] == 12 and meta["rungs"] == [3, 6, 12]
-    assert split_config(searcher.suggest("c"))[0]["number"] == 1  # then the sampler
+        assert params["epochs"] == 12 and meta.rungs == (3, 6, 12)
+    assert TrialSpec.split(searcher.suggest("c"))[0].number == 1  # then the sampler
 
 
 def test_first_trials_are_the_defaults_then_the_recipes_then_the_search(capsys) -> None:
@@ -48,14 +48,14 @@ def test_first_trials_are_the_defaults_then_the_recipes_then_the_search(capsys) 
     studies = model_studies(cfg)
     searcher = StudySearch(studies, cfg, schedules(cfg, studies),
                            storage=optuna.storages.InMemoryStorage())
-    metas = [split_config(searcher.suggest(str(i))) for i in range(12)]
-    origins = {s.name: [m["origin"] for m, _ in metas if m["study"] == s.name] for s in studies}
+    metas = [TrialSpec.split(searcher.suggest(str(i))) for i in range(12)]
+    origins = {s.name: [m.origin for m, _ in metas if m.study == s.name] for s in studies}
     # the override dim [16, 64] drops surprise-svd (128) and rendle2020 (192), not he2017-gmf
     assert origins == {"mf-ranking": ["defaults", "recipe:he2017-gmf", "search", "search"],
                        "neumf": ["defaults", "recipe:he2017", "recipe:he2017-pretrain",
                                  "search"],
                        "mf": ["defaults", "search", "search", "search"]}
-    neumf = [params for meta, params in metas if meta["study"] == "neumf"]
+    neumf = [params for meta, params in metas if meta.study == "neumf"]
     for params, recipe in zip(neumf[1:3], get_model_class("neumf").recipes, strict=True):
         assert {k: params[k] for k in recipe.hparams} == recipe.hparams
     assert neumf[0]["lr"] == make_params("neumf").lr  # the defaults, not a recipe's

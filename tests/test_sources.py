@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from data import movielens
-from data.files import fingerprint, hash_file
-from data.sources import available_offline, data_home, load_source
-from data.types import RawDataset
+from orchestrator.data import movielens
+from orchestrator.data.files import fingerprint, hash_file
+from orchestrator.data.sources import available_offline, data_home, load_source
+from orchestrator.data.types import RawDataset
 
 # --- the real MovieLens 100K -----------------------------------------------------------------
 

@@ -23,20 +23,34 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "recsweep-test-secret-key-0123456789abcdef"
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 240
+def run_cli(*args: str, env: dict | None = None, timeout: int = 240, cwd: Path = REPO,
+            command: tuple[str, ...] = (sys.executable, "-m", "orchestrator")
             ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's ML project folder, with packages of its own named `data` and `models`
+    (the commonest folder names there): no command may import them."""
+    folder = tmp_path_factory.mktemp("project")
+    for name in ("data", "models"):
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text(
+            f"raise ImportError('the project\\'s own {name} package was imported')\n")
+    (folder / "data" / "ratings.csv").write_text("user,item,rating\n1,2,5\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
     storage = tmp_path_factory.mktemp("runs")
     # a key in the environment must never reach the run directory, even offline
-    # and with every fallback of orchestrator.internals forced: the sweep must not need them
+    # and with every fallback of orchestrator.internals forced: the sweep must not need them;
+    # run from a project folder holding data/ and models/ packages of its own
     proc = run_cli("sweep", "--smoke", "--name", "smoke", "--storage", str(storage), "--json",
-                   env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"})
+                   env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"}, cwd=project)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # no library's Python warning reaches the user (the exporter's once did, in a race)
     assert "Warning:" not in proc.stdout + proc.stderr, proc.stderr[-4000:]
@@ -85,7 +99,7 @@ def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path
 
 def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run: Path
                                                                          ) -> None:
-    from models.registry import make_params
+    from orchestrator.models.registry import make_params
 
     trials = pd.read_parquet(smoke_run / "trials.parquet")
     resolved = yaml.safe_load((smoke_run / "sweep.yaml").read_text())
@@ -174,6 +188,28 @@ def test_export_json_is_one_object(smoke_run: Path) -> None:
     assert json.loads(proc.stdout.splitlines()[-1]) == {
         "run_dir": str(smoke_run), "exports": {"mf": "ok"}, "exit_code": 0}
     assert "mf: ok" in proc.stderr  # the human line, on stderr
+
+
+def test_every_command_runs_from_a_project_folder_holding_data_and_models(
+        smoke_run: Path, project: Path, tmp_path: Path) -> None:
+    recsweep = (str(Path(sys.executable).with_name("recsweep")),)  # the console script
+    spec = "synthetic:users=60,items=300,interactions=1500,seed=1"
+    runs = {
+        "models": run_cli("models", "--json", cwd=project, command=recsweep),
+        "data": run_cli("data", "describe", "--dataset", spec, cwd=project),
+        "train": run_cli("train", "--model", "mf", "--dataset", spec, "--epochs", "1",
+                         "--out", str(tmp_path / "train"), cwd=project),
+        "results": run_cli("results", str(smoke_run), cwd=project, command=recsweep),
+        "export": run_cli("export", str(smoke_run), "--study", "mf", cwd=project),
+        "recommend": run_cli("recommend", str(smoke_run / "models" / "mf.onnx"), "--user",
+                             "1", cwd=project),
+        "report": run_cli("report", str(smoke_run), cwd=project),
+    }
+    for name, proc in runs.items():  # `sweep` ran from there too: the smoke_run fixture
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+        assert "the project's own" not in proc.stderr
+    assert "mf" in {m["name"] for m in json.loads(runs["models"].stdout)["models"]}
+    assert "60" in runs["data"].stdout and "## Rating prediction" in runs["results"].stdout
 
 
 def test_results_command_prints_the_table(smoke_run: Path) -> None:
@@ -281,15 +317,16 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
     from ray.tune.search import Searcher
 
     from orchestrator.plan import check_config, schedules
+    from orchestrator.records import TRIAL
     from orchestrator.search import StudySearch
-    from orchestrator.trainable import TRIAL
 
     cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
     plan = schedules(cfg, check_config(cfg))
     search = StudySearch(check_config(cfg), cfg, plan)
     first = [search.suggest(f"t{i}") for i in range(3)]
     assert [c[TRIAL]["study"] for c in first] == ["mf", "neumf", "mf"]
-    assert [c[TRIAL]["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
+    assert [c[TRIAL]["train"]["metric"] for c in first] == ["val/rmse", "val/ndcg@10",
+                                                             "val/rmse"]
     assert "negatives" in first[1] and "negatives" not in first[0]  # each model's own space
     search.on_trial_complete("t0", {"val/rmse": 0.95, "status": "epochs", "best_value": 0.9})
     search.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps for --resume
@@ -350,7 +387,8 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     from ray import tune
 
     from orchestrator.callbacks import SweepWandb
-    from orchestrator.trainable import TRIAL
+    from orchestrator.config import TrainConfig
+    from orchestrator.records import Schedule, Study, TrialSpec
 
     def fails(config: dict) -> None:  # nested: pickled by value for the workers
         raise RuntimeError("diverged before its first epoch ended")
@@ -358,7 +396,9 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     ray.init(num_cpus=1, include_dashboard=False)
     try:
         # the W&B actor starts with the first result; this trial has none
-        tune.Tuner(fails, param_space={TRIAL: {"study": "mf"}}, run_config=tune.RunConfig(
+        spec = TrialSpec.of(Study("mf", "mf", "rating", "val/rmse", "min"), Schedule(1, 1, ()),
+                            TrainConfig(), 0, 0, "defaults")
+        tune.Tuner(fails, param_space=spec.config({}), run_config=tune.RunConfig(
             name="failed", storage_path=str(tmp_path), verbose=0,
             callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
         )).fit()

@@ -24,16 +24,16 @@ import pytest
 import ray
 import yaml
 from optuna.trial import TrialState
+from orchestrator.data import load_dataset
+from orchestrator.engine.evaluation import evaluate
+from orchestrator.engine.train import fold_val
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import load_model
 
-from data import load_dataset
-from models.base import DataSpec
-from models.registry import load_model
-from orchestrator.evaluation import evaluate
 from orchestrator.journal import storage
 from orchestrator.plan import load_config
 from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
-from orchestrator.train import fold_val
 
 pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 

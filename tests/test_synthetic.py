@@ -6,9 +6,8 @@ import re
 
 import numpy as np
 import pytest
-
-from data import load_source, prepare
-from data.synthetic import SyntheticParams, generate, parse_spec
+from orchestrator.data import load_source, prepare
+from orchestrator.data.synthetic import SyntheticParams, generate, parse_spec
 
 
 @pytest.fixture(scope="module")

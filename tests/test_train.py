@@ -8,23 +8,23 @@ import json
 import math
 
 import numpy as np
+import orchestrator.models  # noqa: F401  (registers every model)
 import pytest
 import torch
-
-import models  # noqa: F401  (registers every model)
-from data import load_dataset
-from models.base import DataSpec
-from models.registry import create_model, get_model_class, list_models, load_model
-from orchestrator.config import DataConfig, TrainConfig
-from orchestrator.evaluation import evaluate, monitored_metric, task_metric, to_device
-from orchestrator.single_run import train_one, validate_request
-from orchestrator.train import (
+from orchestrator.data import load_dataset
+from orchestrator.engine.evaluation import evaluate, monitored_metric, task_metric, to_device
+from orchestrator.engine.single_run import train_one, validate_request
+from orchestrator.engine.train import (
     EpochState,
     fit,
     fold_val,
     pick_device,
     seed_everything,
 )
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model, get_model_class, list_models, load_model
+
+from orchestrator.config import DataConfig, TrainConfig
 
 CASES = [(name, task) for name in list_models() for task in get_model_class(name).tasks]
 CPU = TrainConfig(device="cpu", patience=10, ks=(5, 10))

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from orchestrator.data import load_dataset
+from orchestrator.engine.evaluation import to_device
 
-from data import load_dataset
 from orchestrator.config import DataConfig
-from orchestrator.evaluation import to_device
 
 pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 

@@ -35,14 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
-from data.sampling import NegativeSampler
-from data.types import PreparedData, Split
-from models.base import DataSpec, Recommender
-from models.registry import create_model
-from orchestrator.config import TrainConfig
-from orchestrator.evaluation import (
+from orchestrator.data.sampling import NegativeSampler
+from orchestrator.data.types import PreparedData, Split
+from orchestrator.engine.evaluation import (
     check_ks,
     concat_splits,
     evaluate,
@@ -50,7 +45,12 @@ from orchestrator.evaluation import (
     monitored_metric,
     to_device,
 )
-from orchestrator.optim import make_optimizers
+from orchestrator.engine.optim import make_optimizers
+from orchestrator.models.base import DataSpec, Recommender
+from orchestrator.models.registry import create_model
+from torch import Tensor
+
+from orchestrator.config import TrainConfig
 
 
 def pick_device(name: str = "auto") -> torch.device:

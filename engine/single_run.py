@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from data.files import write_text
-from data.types import PreparedData
-from models.base import DataSpec
-from models.registry import create_model, save_model
+from orchestrator.data.files import write_text
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.train import fit, seed_everything, val_and_test
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model, save_model
+
 from orchestrator.config import DataConfig, TrainConfig, to_dict
-from orchestrator.train import fit, seed_everything, val_and_test
 
 
 def validate_request(model_name: str, task: str | None, hparams: dict[str, Any]) -> str:

@@ -40,9 +40,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from orchestrator.data.sampling import csr_entries
 from torch import Tensor
-
-from data.sampling import csr_entries
 
 RANKING_NAMES = ("hr", "ndcg", "recall", "mrr")
 ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
@@ -213,7 +212,7 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
     """The means of `full_ranking_per_user`: HR, NDCG, Recall and MRR at each K.
 
     Example:
-        >>> from data.sampling import user_item_csr
+        >>> from orchestrator.data.sampling import user_item_csr
         >>> n_users = data.n_users
         >>> user_emb, item_emb = torch.randn(n_users, 8), torch.randn(data.n_items, 8)
         >>> full_ranking(lambda u: user_emb[u] @ item_emb.T, torch.arange(n_users),

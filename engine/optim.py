@@ -10,9 +10,9 @@ gradients instead, and `RowAdam` steps only the rows a batch touched.
 from __future__ import annotations
 
 import torch
+from orchestrator.models.base import Recommender
 from torch import nn
 
-from models.base import Recommender
 from orchestrator import internals
 
 

@@ -21,13 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
-
-from data.sampling import last_items, user_item_csr
-from data.types import PreparedData, Split
-from models.base import Recommender
-from orchestrator.config import TrainConfig
-from orchestrator.metrics import (
+from orchestrator.data.sampling import last_items, user_item_csr
+from orchestrator.data.types import PreparedData, Split
+from orchestrator.engine.metrics import (
     full_ranking_per_user,
     lower_is_better,
     means,
@@ -35,6 +31,10 @@ from orchestrator.metrics import (
     rating_summary,
     sampled_ranking_per_row,
 )
+from orchestrator.models.base import Recommender
+from torch import Tensor
+
+from orchestrator.config import TrainConfig
 
 SPLITS = ("val", "test")
 EVAL_CELLS = 2**25  # scores per full-ranking call: 128 MB of float32 (ml-25m: 567 users)
