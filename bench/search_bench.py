@@ -114,7 +114,7 @@ def compare(name: str, tpe: RunDir, rand: RunDir) -> list[dict]:
                                  run.metrics[test], run.units, defaults, row["epochs"],
                                  row["end"]))
         for label, rd in (("TPE", tpe), ("random", rand)):
-            table = rd.table.set_index("study")
+            table = rd.results.set_index("study")
             if study.name not in table.index or study.name not in rd.units:
                 rows.append({"study": study.name, "run": label, "note": "no tested model"})
                 continue
@@ -123,7 +123,7 @@ def compare(name: str, tpe: RunDir, rand: RunDir) -> list[dict]:
                              got[study.metric], got[test], rd.units[study.name], defaults,
                              got["epochs"], f"{got['trials_done']} done, "
                              f"{got['trials_pruned']} asha"))
-    table = tpe.table.set_index("study")
+    table = tpe.results.set_index("study")
     for base in cfg.baselines:
         if base in table.index and table.loc[base, "main_metric"] in table.columns:
             rows.append({"study": base, "run": "baseline",

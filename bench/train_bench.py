@@ -75,7 +75,7 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads; GPU: {gpu}; python {platform.python_version()}")
 
 
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+def show(title: str, header: list[str], rows: list[list[object]]) -> None:
     cells = [[f"{c:,.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
     print(f"\n{title}")
@@ -103,7 +103,7 @@ def quality(cfg: TrainConfig) -> None:
         rows.append([name, result.epochs, f"{seconds:.0f}s", f"{first['val/rmse']:.4f}",
                      f"{first['test/rmse']:.4f}", result.best_epoch, f"{rmse:.4f}",
                      f"{again['test/mae']:.4f}", f"<= {goal}", "PASS" if rmse <= goal else "FAIL"])
-    table("Quality, rating (ml-100k u1, default hyperparameters; early stopping on val RMSE, "
+    show("Quality, rating (ml-100k u1, default hyperparameters; early stopping on val RMSE, "
           "val a seeded 10% of u1.base; then the refit on all of u1.base for the epochs val "
           "picked, as `--refit true`, tested; the goal is on the refit, the protocol of "
           "libraries that train on the whole base file)",
@@ -128,7 +128,7 @@ def quality(cfg: TrainConfig) -> None:
             and m["test/ndcg@10"] > pop["test/ndcg@10"] else "FAIL")
         rows.append([name, task, m["epochs"], f"{seconds:.0f}s", f"{m['test/hr@10']:.4f}",
                      f"{m['test/ndcg@10']:.4f}", f"{m['val/ndcg@10']:.4f}", beats])
-    table("Quality, ranking (ml-100k leave-last, full ranking over all items, train+val items "
+    show("Quality, ranking (ml-100k leave-last, full ranking over all items, train+val items "
           "masked; default hyperparameters)", ["model", "task", "epochs", "time", "test HR@10",
                                                "test NDCG@10", "val NDCG@10", "beats pop"], rows)
 
@@ -240,7 +240,7 @@ def speed(cfg: TrainConfig, epochs: int) -> dict[str, dict]:
                      f"{best_shared / best_hand:.0%}",
                      "PASS" if best_shared >= 0.8 * best_hand else "FAIL",
                      f"{min(epoch_s):.2f}", f"{users_s:,.0f}", f"{n_users / users_s:.4f}"])
-    table(f"Speed ({device}; examples/s: best epoch of {epochs} per loop, each loop run twice "
+    show(f"Speed ({device}; examples/s: best epoch of {epochs} per loop, each loop run twice "
           "alternately; eval: best of 3 test passes, full ranking)",
           ["case", "batch", "shared ex/s", "hand ex/s", "shared/hand", ">= 80%", "epoch s",
            "eval users/s", "eval pass s"], rows)
@@ -264,7 +264,7 @@ def reference(measured: dict[str, dict]) -> None:
         ok = value >= goal if kind == "min" else value <= goal
         rows.append([label, what, f"{value:,.4g}", f"{ref:,}",
                      f"{'>=' if kind == 'min' else '<='} {goal:,.4g}", "PASS" if ok else "FAIL"])
-    table("Reference comparison (same data, configuration and run)",
+    show("Reference comparison (same data, configuration and run)",
           ["case", "measure", "ours", "reference", "goal", ""], rows)
 
 

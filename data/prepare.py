@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 from orchestrator.data.sampling import NegativeSampler
-from orchestrator.data.splits import TEST, TRAIN, VAL, Table, assign, gather, parse_split
+from orchestrator.data.splits import TEST, TRAIN, VAL, Columns, assign, gather, parse_split
 from orchestrator.data.types import PreparedData, RawDataset, Split
 
 DEDUP_POLICIES = ("last", "first", "mean", "error")
@@ -222,7 +222,7 @@ def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray
 
 # --- steps -----------------------------------------------------------------------------------
 
-def _take(t: Table, keep: np.ndarray, step: str, name: str) -> Table:
+def _take(t: Columns, keep: np.ndarray, step: str, name: str) -> Columns:
     """Rows where `keep`; an empty result is an error naming the step that emptied it."""
     if not keep.any():
         raise ValueError(f"dataset {name!r}: no interactions left after {step} "
@@ -240,7 +240,7 @@ def _codes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inverse.astype(np.int64)
 
 
-def _time_order(t: Table) -> np.ndarray:
+def _time_order(t: Columns) -> np.ndarray:
     """Rows by user, then time, ties in source order: `np.lexsort((row, t, u))` of a table
     in source order, as one stable sort of a (user, time) code where that fits in int64
     (2-3x faster)."""
@@ -250,8 +250,8 @@ def _time_order(t: Table) -> np.ndarray:
     return np.argsort(t["u"] * span + (t["t"] - lo), kind="stable")  # t is in source order
 
 
-def _dedup(t: Table, policy: str, name: str, user_raw: np.ndarray,
-           item_raw: np.ndarray) -> tuple[Table, int]:
+def _dedup(t: Columns, policy: str, name: str, user_raw: np.ndarray,
+           item_raw: np.ndarray) -> tuple[Columns, int]:
     """Resolve repeated (user, item) pairs within a part; returns (table, rows removed), the
     rows kept in source order."""
     pair = (t["part"] * (int(t["u"].max()) + 1) + t["u"]) * (int(t["i"].max()) + 1) + t["i"]
@@ -278,7 +278,7 @@ def _dedup(t: Table, policy: str, name: str, user_raw: np.ndarray,
     return {k: v[keep] for k, v in t.items()}, n_dup
 
 
-def _check_disjoint(t: Table, split: str, name: str, user_raw: np.ndarray,
+def _check_disjoint(t: Columns, split: str, name: str, user_raw: np.ndarray,
                     item_raw: np.ndarray) -> None:
     """A fixed split whose base and test share a (user, item) pair would leak test."""
     width = int(t["i"].max()) + 1
@@ -292,7 +292,7 @@ def _check_disjoint(t: Table, split: str, name: str, user_raw: np.ndarray,
                          "a test interaction must not be trained on")
 
 
-def _k_core(t: Table, user_core: int, item_core: int, name: str) -> tuple[Table, dict]:
+def _k_core(t: Columns, user_core: int, item_core: int, name: str) -> tuple[Columns, dict]:
     """Drop users/items under their thresholds until none is (a fixpoint)."""
     before, rounds = t, 0
     while user_core > 1 or item_core > 1:
@@ -305,9 +305,9 @@ def _k_core(t: Table, user_core: int, item_core: int, name: str) -> tuple[Table,
     return t, {**_removed("k_core", before, t), "k_core_rounds": rounds}
 
 
-def _removed(step: str, before: Table, after: Table) -> dict[str, int]:
+def _removed(step: str, before: Columns, after: Columns) -> dict[str, int]:
     """What a filter removed: rows, and users and items left with no row at all."""
-    def n(t: Table, col: str) -> int:  # distinct codes, by counting
+    def n(t: Columns, col: str) -> int:  # distinct codes, by counting
         return int(np.count_nonzero(np.bincount(t[col])))
     return {f"{step}_removed": len(before["u"]) - len(after["u"]),
             f"{step}_users_removed": n(before, "u") - n(after, "u"),

@@ -22,7 +22,7 @@ FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
 SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf"
 FIXED_VAL_SHARE = 0.1  # of a canonical split's base file, carved out as validation
 TRAIN, VAL, TEST = 0, 1, 2  # a row's part
-Table = dict[str, np.ndarray]  # the prepared columns: u, i, r, t, row, part, origin
+Columns = dict[str, np.ndarray]  # the prepared columns: u, i, r, t, row, part, origin
 
 
 def parse_split(split: str, raw: RawDataset | None = None) -> tuple[str, tuple[float, ...]]:
@@ -69,7 +69,7 @@ def gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.nda
     return Interactions(*cols), part, np.r_[np.arange(len(base)), np.arange(len(test))]
 
 
-def assign(t: Table, order: np.ndarray, kind: str, ratios: tuple[float, ...],
+def assign(t: Columns, order: np.ndarray, kind: str, ratios: tuple[float, ...],
             seed: int) -> tuple[np.ndarray, dict]:
     """TRAIN/VAL/TEST per row, and what the split wants to report; `order`: the rows by
     user, then time, ties in source order (`prepare._time_order`)."""

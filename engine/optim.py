@@ -3,7 +3,7 @@ or plain SGD for both (the recipes of Koren and Rendle).
 
 Dense Adam updates every row of every embedding table at every step, so an epoch costs
 examples x (users + items) / batch, which grows with the square of the data. The large
-tables (`models.base.table`: more rows than 16 batches' examples) are built with sparse
+tables (`models.base.embedding`: more rows than 16 batches' examples) are built with sparse
 gradients instead, and `RowAdam` steps only the rows a batch touched.
 """
 
@@ -66,7 +66,7 @@ class RowAdam(torch.optim.Optimizer):
 
 def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
     """Adam (fused) with the model's lr for the dense parameters and `RowAdam` with the same
-    lr for the embedding tables built sparse (`models.base.table`: the large ones); or, with
+    lr for the embedding tables built sparse (`models.base.embedding`: the large ones); or, with
     `optimizer="sgd"`, one plain SGD for both, its `lr` per example.
 
     No embedding table gets the optimizer's weight decay, sparse or not: the models penalise

@@ -115,9 +115,9 @@ Caser 2x faster dense); above, a sparse step (`orchestrator.engine.optim.RowAdam
 the batch touches, not the table."""
 
 
-def table(rows: int, dim: int, batch_size: int, **kwargs: Any) -> nn.Embedding:
+def embedding(rows: int, dim: int, batch_size: int, **kwargs: Any) -> nn.Embedding:
     """An embedding table, with sparse gradients when it is large for the batch
-    (`SPARSE_ROWS_PER_EXAMPLE`); look rows up (`table(index)`) in `loss`, never read the
+    (`SPARSE_ROWS_PER_EXAMPLE`); look rows up (`embedding(index)`) in `loss`, never read the
     whole weight there, so its gradient stays sparse."""
     return nn.Embedding(rows, dim, sparse=rows > SPARSE_ROWS_PER_EXAMPLE * batch_size, **kwargs)
 
@@ -130,8 +130,8 @@ def row_penalty(*uses: tuple[list[nn.Module], Tensor]) -> Tensor:
     total = None
     for tables, index in uses:
         rows = torch.unique(index)
-        for table in tables:
-            term = table(rows).pow(2).sum()
+        for emb in tables:
+            term = emb(rows).pow(2).sum()
             total = term if total is None else total + term
     assert total is not None, "row_penalty: no tables"
     return total

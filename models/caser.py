@@ -25,8 +25,8 @@ from orchestrator.models.base import (
     Recommender,
     check,
     check_common,
+    embedding,
     row_penalty,
-    table,
 )
 from orchestrator.models.registry import register_model
 from torch import Tensor, nn
@@ -91,8 +91,8 @@ class Caser(Recommender):
         d, L = params.dim, params.L
         # large tables step sparsely: only the rows a batch used (RowAdam in the loop)
         b = params.batch_size
-        self.user_emb = table(spec.n_users, d, b)
-        self.item_emb = table(spec.n_items + 1, d, b, padding_idx=spec.n_items)
+        self.user_emb = embedding(spec.n_users, d, b)
+        self.item_emb = embedding(spec.n_items + 1, d, b, padding_idx=spec.n_items)
         # A vertical filter spanning all L rows is a weighted sum of the L embeddings.
         self.vertical = nn.Linear(L, params.n_v)
         # One conv per height over [B, d, L] (channels = embedding), each a single batched op.
@@ -100,8 +100,8 @@ class Caser(Recommender):
             nn.Conv1d(d, params.n_h, kernel_size=h) for h in range(1, L + 1))
         self.dropout = nn.Dropout(params.dropout)
         self.fc = nn.Linear(params.n_v * d + params.n_h * L, d)
-        self.W2 = table(spec.n_items + 1, 2 * d, b)
-        self.b2 = table(spec.n_items + 1, 1, b)
+        self.W2 = embedding(spec.n_items + 1, 2 * d, b)
+        self.b2 = embedding(spec.n_items + 1, 1, b)
         # The paper's code: N(0, 1/d) embeddings, N(0, 1/2d) output weights, zero output bias.
         nn.init.normal_(self.user_emb.weight, std=1.0 / d)
         nn.init.normal_(self.item_emb.weight, std=1.0 / d)

@@ -22,7 +22,7 @@ from orchestrator.models.base import (
     Recommender,
     check,
     check_common,
-    table,
+    embedding,
 )
 from orchestrator.models.registry import register_model
 from torch import Tensor, nn
@@ -127,10 +127,10 @@ class MF(Recommender):
         super().__init__(spec, task, params)
         # large tables step sparsely: only the rows a batch used (RowAdam in the loop)
         b = params.batch_size
-        self.user_emb = table(spec.n_users, params.dim, b)
-        self.item_emb = table(spec.n_items, params.dim, b)
-        self.user_bias = table(spec.n_users, 1, b)
-        self.item_bias = table(spec.n_items, 1, b)
+        self.user_emb = embedding(spec.n_users, params.dim, b)
+        self.item_emb = embedding(spec.n_items, params.dim, b)
+        self.user_bias = embedding(spec.n_users, 1, b)
+        self.item_bias = embedding(spec.n_items, 1, b)
         # Small factors so the initial prediction is about the global mean (rating) or 0.
         nn.init.normal_(self.user_emb.weight, std=0.1)
         nn.init.normal_(self.item_emb.weight, std=0.1)

@@ -31,8 +31,8 @@ from orchestrator.models.base import (
     Recommender,
     check,
     check_common,
+    embedding,
     row_penalty,
-    table,
 )
 from orchestrator.models.registry import register_model
 from torch import Tensor, nn
@@ -110,12 +110,12 @@ class NeuMF(Recommender):
         d, tower = params.dim, params.tower
         self.use_gmf, self.use_mlp = tower in ("neumf", "gmf"), tower in ("neumf", "mlp")
         if self.use_gmf:
-            self.gmf_user = table(spec.n_users, d, params.batch_size)
-            self.gmf_item = table(spec.n_items, d, params.batch_size)
+            self.gmf_user = embedding(spec.n_users, d, params.batch_size)
+            self.gmf_item = embedding(spec.n_items, d, params.batch_size)
         if self.use_mlp:
             e = d * 2 ** (params.layers - 1)
-            self.mlp_user = table(spec.n_users, e, params.batch_size)
-            self.mlp_item = table(spec.n_items, e, params.batch_size)
+            self.mlp_user = embedding(spec.n_users, e, params.batch_size)
+            self.mlp_item = embedding(spec.n_items, e, params.batch_size)
             # first: [user half | item half] of the input; split apart in score_all.
             self.first = nn.Linear(2 * e, e)
             rest: list[nn.Module] = [nn.Dropout(params.dropout)]

@@ -77,7 +77,7 @@ def summary(run_dir: object) -> tuple[int, dict]:
     from orchestrator.rundir import RESULTS, TRIALS, RunDir
 
     run_dir = Path(str(run_dir))
-    frame = RunDir(run_dir).table
+    frame = RunDir(run_dir).results
     files = {name: str(run_dir / name) for name in (
         "results.csv", RESULTS, "results.md", TRIALS, "env.json", JOURNAL, "report.html")
         if (run_dir / name).exists()}
@@ -110,7 +110,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator.rundir import RunDir
 
     run = RunDir(args.run_dir)
-    frame = run.trials if args.trials else run.table
+    frame = run.trials if args.trials else run.results
     print(results.render(frame, args.format), end="")
     return 0
 

@@ -95,7 +95,7 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10) ->
             raise ValueError(f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
                              f"studies with one: {', '.join(checkpoints)}")
         checkpoints = {study: checkpoints[study]}
-    table = run.table if (run.path / RESULTS).exists() else None
+    table = run.results if (run.path / RESULTS).exists() else None
     statuses = {name: export_study(path, {}, results.study_metrics(table, name), run.data,
                                    run.path, name, k) for name, path in checkpoints.items()}
     if table is not None:

@@ -81,7 +81,7 @@ def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | N
 
 def _report(run: RunDir, figures: Path, say: Any) -> Path:
     """The report's body: draw into `figures`, write report.html; returns its path."""
-    run_dir, cfg, frame, history = run.path, run.config, run.table, run.history
+    run_dir, cfg, frame, history = run.path, run.config, run.results, run.history
     notes: list[str] = []
     if history is None:
         notes.append(f"{HISTORY} is missing (a sweep from before learning curves were kept): "

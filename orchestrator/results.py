@@ -33,7 +33,7 @@ ALPHA = 0.05  # the level of the significance markers in results.md
 TABLE_TITLES = {"rating": "Rating prediction", "ranking": "Top-N ranking"}
 
 
-def table(studies: list[StudyResult]) -> pd.DataFrame:
+def build(studies: list[StudyResult]) -> pd.DataFrame:
     """One row per study and baseline, grouped by table (`rating`, `ranking`); metric columns
     (`val/...`, `test/...`) sorted after FIRST, then the significance columns.
 

@@ -7,7 +7,7 @@ and what was expected. The sweep's own report gets a RunDir that holds the prepa
 the tested models the sweep has in memory, so nothing is loaded twice.
 
     sweep.yaml        config       the resolved SweepConfig
-    results.parquet   table        one row per study and baseline (`results.table`)
+    results.parquet   table        one row per study and baseline (`results.build`)
     trials.parquet    trials       one row per trial (`TrialRecord.row`)
     history.parquet   history      per-epoch metrics (None: a run from before them)
     test_units.npz    units        each study's main test metric per unit
@@ -20,7 +20,7 @@ Nothing heavy at import: `results` and the summary read tables only.
 
 Example:
     >>> run = RunDir("runs/dev")  # a sweep's run directory
-    >>> list(run.table["study"]), len(run.trials), run.config.name
+    >>> list(run.results["study"]), len(run.trials), run.config.name
     (['mf-ranking'], 3, 'dev')
     >>> run.checkpoints  # this one kept no model
     {}
@@ -102,7 +102,7 @@ class RunDir:
         return read_config(self.path)
 
     @functools.cached_property
-    def table(self) -> pd.DataFrame:
+    def results(self) -> pd.DataFrame:
         return pd.read_parquet(self._file(RESULTS, "results table"))
 
     @functools.cached_property

@@ -98,7 +98,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
         frame = write_tables(run_dir, studied, data)
         if cfg.wandb != "disabled":
             error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
-                                {"results": frame, "trials": searched.table},
+                                {"results": frame, "trials": searched.trials_frame},
                                 run_dir / "models" if (run_dir / "models").is_dir() else None)
             if error:
                 print(error, file=sys.stderr, flush=True)
@@ -169,7 +169,7 @@ class Searched:
     trials."""
 
     trials: list[TrialRecord]
-    table: pd.DataFrame  # the trials table: one row per trial
+    trials_frame: pd.DataFrame  # the trials table: one row per trial
     curves: pd.DataFrame | None
     seed_trials: list[TrialRecord]
     why_empty: str
@@ -213,7 +213,7 @@ def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], tr
 def write_search_records(run_dir: Path, cfg: SweepConfig, studies: list[Study],
                          plan: dict[str, Schedule], searched: Searched) -> None:
     """`trials.*` and `history.parquet`, `optuna.journal` and `env.json`."""
-    results.write_trials(run_dir, searched.table, searched.curves)
+    results.write_trials(run_dir, searched.trials_frame, searched.curves)
     write_journal(run_dir, studies, searched.trials, searched.curves,
                   lambda s: SearchSpace.of(s, cfg, plan))
     write_text(run_dir / "env.json", json.dumps(environment(searched.nodes), indent=2))
@@ -225,7 +225,7 @@ def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData
     export's outcome (a failed export is a cell, never a lost table); prints them. Returns
     the table."""
     results.write_units(run_dir, studied)
-    frame = results.table(studied)
+    frame = results.build(studied)
     outcome = export_results(run_dir, studied, frame, data)
     if outcome:
         failed = {k: v for k, v in outcome.items() if v != "ok"}

@@ -70,7 +70,7 @@ def write_run_dir(run_dir: Path, data: PreparedData, cfg: DataConfig) -> None:
     result = StudyResult(study, evaluation="synthetic, split leave-last; full ranking",
                          main_metric=main_metric(study), trials_done=3, chosen=trials[-1],
                          runs=[run])
-    results.write(run_dir, results.table([result]))
+    results.write(run_dir, results.build([result]))
     results.write_trials(run_dir, pd.DataFrame([t.row(study) for t in trials]))
 
 

@@ -114,9 +114,9 @@ def test_row_adam_steps_as_sparse_adam_does(fallback, monkeypatch):
     target = torch.randn(50, 3)
     for step in range(6):
         rows = torch.tensor([1, 1, 7, 20 + step, 3, 7, 7])
-        for table, opt in zip(tables, opts, strict=True):
+        for emb, opt in zip(tables, opts, strict=True):
             opt.zero_grad()
-            (table(rows) - target[rows]).pow(2).sum().backward()
+            (emb(rows) - target[rows]).pow(2).sum().backward()
             opt.step()
         assert torch.allclose(tables[0].weight, tables[1].weight, atol=1e-6), step
     assert torch.equal(tables[1].weight[40:], tables[0].weight[40:])  # never touched

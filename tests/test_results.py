@@ -40,7 +40,7 @@ def test_paired_tests_are_scipys_holm_corrected_within_the_table() -> None:
     rows = {"best": base * 0.8, "close": base * 0.97 + rng.normal(0, 0.05, 400),
             "mid": base * 0.9 + rng.normal(0, 0.05, 400), "bias": base, "pop": base * 1.1}
     studies = [rated(n, [u], baseline=n in ("bias", "pop")) for n, u in rows.items()]
-    frame = results.table(studies).set_index("study")
+    frame = results.build(studies).set_index("study")
     raw = {n: scipy.stats.ttest_rel(rows[n], rows["best"]).pvalue
            for n in ("close", "mid", "bias", "pop")}
     for name, p in zip(raw, holm(list(raw.values())), strict=True):
@@ -52,13 +52,13 @@ def test_paired_tests_are_scipys_holm_corrected_within_the_table() -> None:
     assert math.isnan(frame.loc["best", "p_vs_best"])
     assert "vs best: is the best" in frame.loc["best", "significance"]
     assert "vs baseline: is the baseline" in frame.loc["bias", "significance"]
-    md = results.markdown(results.table(studies))
+    md = results.markdown(results.build(studies))
     assert "(best)" in md and "(baseline)" in md and "(+)" in md and "(-)" in md
 
 
 def test_seed_runs_are_averaged_per_unit_before_the_test() -> None:
     a1, a2, b = np.array([1.0, 2, 3, 4]), np.array([2.0, 2, 5, 4]), np.array([3.0, 1, 2, 9])
-    frame = results.table([rated("a", [a1, a2]), rated("b", [b], baseline=True)])
+    frame = results.build([rated("a", [a1, a2]), rated("b", [b], baseline=True)])
     want = scipy.stats.ttest_rel((a1 + a2) / 2, b).pvalue
     assert frame.loc[0, "p_vs_baseline"] == pytest.approx(want)
     assert frame.loc[0, "seeds"] == 2 and frame.loc[0, "test/rmse_std"] > 0
@@ -71,7 +71,7 @@ def test_seed_runs_are_averaged_per_unit_before_the_test() -> None:
     ([1.0, 1.0], [1.0, 1.0], "all paired differences equal"),
 ])
 def test_a_test_that_cannot_run_is_na_with_its_reason(a, b, why) -> None:
-    frame = results.table([rated("a", [np.array(a)]), rated("b", [np.array(b)],
+    frame = results.build([rated("a", [np.array(a)]), rated("b", [np.array(b)],
                                                               baseline=True)])
     assert frame["p_vs_baseline"].isna().all()
     assert f"n/a ({why})" in " ".join(frame["significance"])
@@ -82,7 +82,7 @@ def test_a_table_that_would_mix_evaluations_is_an_error() -> None:
     other = "ml-100k, split u2; 5 test ratings"
     with pytest.raises(ValueError, match=r"table 'rating' would mix evaluations \(a: .*u1.*; "
                                          r"b: .*u2"):
-        results.table([rated("a", [np.ones(5)]), rated("b", [np.ones(5)], evaluation=other)])
+        results.build([rated("a", [np.ones(5)]), rated("b", [np.ones(5)], evaluation=other)])
 
 
 def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
@@ -94,7 +94,7 @@ def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
     studies = [rated("mf", [np.ones(3)]), ranked("neumf", "ranking"),
                ranked("caser", "sequential"), rated("bias", [np.ones(3) * 2], baseline=True),
                ranked("pop", "ranking", baseline=True)]
-    frame = results.table(studies)
+    frame = results.build(studies)
     assert list(frame["study"]) == ["mf", "bias", "neumf", "caser", "pop"]
     assert list(frame["table"]) == ["rating", "rating", "ranking", "ranking", "ranking"]
     md = results.markdown(frame)
@@ -110,7 +110,7 @@ def test_each_row_says_where_its_chosen_configuration_came_from() -> None:
                            seed=0, origin=origin)
     mf, autorec = rated("mf", [np.ones(3)]), rated("autorec", [np.ones(3) * 0.5])
     mf.chosen, autorec.chosen = chosen("recipe:surprise-svd"), chosen("search")
-    frame = results.table([mf, autorec, rated("bias", [np.ones(3) * 2], baseline=True)])
+    frame = results.build([mf, autorec, rated("bias", [np.ones(3) * 2], baseline=True)])
     assert list(frame["origin"].fillna("")) == ["recipe:surprise-svd", "search", ""]
     header, _, first, second = results.markdown(frame).split("\n")[4:8]
     assert "| origin |" in header and "| recipe:surprise-svd |" in first

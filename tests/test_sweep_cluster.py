@@ -80,7 +80,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
     assert (trials["best_epoch"] <= trials["epochs"]).all(), \
         trials[["trial_id", "best_epoch", "epochs"]]
     assert (trials["epochs"] == 4).all()  # grace_period == epochs: ASHA stops nobody
-    table = RunDir(run_dir).table
+    table = RunDir(run_dir).results
     assert list(table["study"]) == ["mf", "neumf"] and (table["trials_done"] == 3).all()
     assert (trials.groupby("study").size() == 3).all()
     # W&B's actor lives on the driver's node: a trial restarted elsewhere goes on in its run.

@@ -48,7 +48,7 @@ def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> No
     cfg = load_config(None, {**LONG, "name": "budget", "storage": str(tmp_path),
                              "models": ["mf", "neumf"], "time_budget": "20s"})
     run_dir = run_sweep(cfg)
-    table = RunDir(run_dir).table
+    table = RunDir(run_dir).results
     assert list(table["study"]) == ["mf", "neumf"]
     # both studies got their share of the budget, kept their best trial and exported it
     assert (table["status"] == "ok").all(), table[["study", "status"]]
@@ -73,7 +73,7 @@ def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path) -> None:
     assert ends.get("interrupted", 0) <= 4, ends  # at most the 4 running at the end
     assert list(trials["origin"]) == ["defaults"] + ["search"] * (len(trials) - 1)
     assert trials["origin"].iloc[0] == "defaults" and trials["end"].iloc[0] == "interrupted"
-    assert RunDir(run_dir).table["trials_pruned"].iloc[0] == ends["asha"]
+    assert RunDir(run_dir).results["trials_pruned"].iloc[0] == ends["asha"]
     pruned = optuna.load_study(study_name="mf", storage=storage(run_dir)).trials
     cut = ((trials["end"] == "interrupted") & trials["best"].notna()).sum()
     assert sum(t.state == TrialState.PRUNED for t in pruned) == ends["asha"] + cut
@@ -119,7 +119,7 @@ def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path
                              "epochs": 3, "final_seeds": 3, "wandb": "disabled",
                              "data": {"dataset": DATASET}, "train": {"refit": True}})
     run_dir = run_sweep(cfg)
-    table = RunDir(run_dir).table
+    table = RunDir(run_dir).results
     assert (table["status"] == "ok").all() and (table["seeds"] == 3).all()
     assert table.loc[1, "test/ndcg@10_std"] >= 0  # neumf's seeds were re-run as well
     # the 2 more seeds of both studies ran as one experiment
@@ -163,7 +163,7 @@ def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> Non
     for epoch, value in zip(epochs[:-1], rmse[:-1], strict=True):
         assert value < best or epoch in rungs, (epoch, history)
         best = min(best, value)
-    row = RunDir(run_dir).table.iloc[0]
+    row = RunDir(run_dir).results.iloc[0]
     assert row["epochs"] == 30 and row["val/rmse"] == pytest.approx(min(rmse), abs=1e-6)
 
 
