@@ -172,9 +172,102 @@ def effective_patience(patience: int, epochs: int) -> int:
     return max(3, epochs // 10) if patience < 0 else patience
 
 
+@dataclass
+class _Loop:
+    """What the training loop carries from epoch to epoch: the optimizers, the seeded
+    generator of batch orders and negatives, and the best validated epoch so far."""
+
+    optimizers: list[torch.optim.Optimizer]
+    generator: torch.Generator
+    sampler: NegativeSampler | None
+    first: int = 1  # the first epoch to train (after a resumed state's)
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    best_value: float = math.nan
+    best_epoch: int = 0
+    best: dict[str, float] = dataclasses.field(default_factory=dict)
+    best_state: dict[str, Any] | None = None
+    bad: int = 0  # validated epochs since the best
+
+    def keep(self, model: Recommender, epoch: int, metrics: dict[str, float], value: float,
+             mode: str) -> None:
+        """Record a validated epoch; a new best keeps a CPU copy of the weights."""
+        if math.isnan(self.best_value) or \
+                (value < self.best_value if mode == "min" else value > self.best_value):
+            self.best_value, self.best_epoch, self.best, self.bad = value, epoch, metrics, 0
+            self.best_state = _cpu_copy(model.state_dict())
+        else:
+            self.bad += 1
+        self.history.append(metrics)
+
+    def facts(self, epoch: int) -> dict[str, Any]:
+        """What a resumed run needs beside the weights, optimizers and random states."""
+        return {"epoch": epoch, "best_value": self.best_value, "best_epoch": self.best_epoch,
+                "best": self.best, "best_state": self.best_state, "bad_epochs": self.bad,
+                "history": list(self.history)}
+
+
+def _start(model: Recommender, data: PreparedData, tensors: Any, examples: dict[str, Tensor],
+           cfg: TrainConfig, device: torch.device, state: dict | None) -> _Loop:
+    """Set-up: the model's pre-trained parts, the optimizers, the seeded generator and
+    negative sampler; with `state`, everything an earlier run saved after its epoch."""
+    if state is None:  # a resumed trial's state holds the pre-trained weights already
+        # parts train their epochs without validation passes: a part is never the model
+        # chosen, and its validation (NeuMF's MLP over all items) costs more than training
+        model.pretrain(lambda part: fit(part, data, cfg, validate=False))
+    if len(next(iter(examples.values()))) == 0:
+        raise ValueError(f"model {model.name!r}: the training split of {data.name!r} gives no "
+                         "training examples")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    sampler = None
+    if model.n_negatives > 0:
+        sampler = NegativeSampler(tensors.train, data.n_items, generator=generator,
+                                  n_users=data.n_users)
+    loop = _Loop(make_optimizers(model), generator, sampler)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for optimizer, saved in zip(loop.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        loop.best_value, loop.best_epoch = state["best_value"], state["best_epoch"]
+        loop.best, loop.best_state, loop.bad = state["best"], state["best_state"], \
+            state["bad_epochs"]
+        loop.history, loop.first = list(state["history"]), state["epoch"] + 1
+    return loop
+
+
+def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, amp: bool
+                 ) -> float:
+    """One pass over the training examples in a seeded random order; the mean loss."""
+    n = len(next(iter(examples.values())))
+    batch_size = model.params.batch_size
+    model.train()
+    perm = torch.randperm(n, device=loop.generator.device, generator=loop.generator)  # [N]
+    losses = []
+    for step, begin in enumerate(range(0, n, batch_size), 1):
+        if step % TRIM_EVERY == 0:
+            trim_heap()
+        idx = perm[begin:begin + batch_size]  # [B]
+        batch = {k: v[idx] for k, v in examples.items()}
+        if loop.sampler is not None:
+            batch["neg_item"] = loop.sampler.sample(batch["user"], model.n_negatives)  # [B, n]
+        with torch.autocast("cuda", torch.bfloat16) if amp else contextlib.nullcontext():
+            loss = model.loss(batch)
+        for optimizer in loop.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in loop.optimizers:
+            optimizer.step()
+        losses.append(loss.detach())  # summed once per epoch: no per-batch sync
+    return torch.stack(losses).float().mean().item()  # the epoch's only sync
+
+
 def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report: Callable[[dict], object] | None = None, *, state: dict | None = None,
-        on_state: Callable[[dict], None] | None = None, validate: bool = True,
+        on_state: Callable[[EpochState], None] | None = None, validate: bool = True,
         min_epochs: int = 0) -> FitResult:
     """Train `model` on `data.train`, validating once per epoch; leave it in its best state.
 
@@ -190,9 +283,8 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         validate: False trains all the model's epochs without validation passes (a refit
             on train + val, whose val split is empty) and keeps the last state.
         min_epochs: early stopping waits for this many epochs (a sweep's trial: its study's
-            grace period, the epochs ASHA waits too), so a slow starter is not judged at its
-            first plateau (NeuMF at lr 1e-3 stays at the popularity level for 5 epochs on
-            ml-100k).
+            grace period, the epochs ASHA waits too): a slow starter is not judged at its
+            first plateau.
 
     Returns:
         A `FitResult`; a non-finite loss or validation metric ends training with status
@@ -206,115 +298,65 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
     tensors = to_device(data, device)
     examples = model.examples(tensors.train)  # may register buffers, so before any restore
     report = report or (lambda metrics: None)
-
     if not model.learned:
         metrics = {"epoch": 0, **(evaluate(model, data, "val", cfg, tensors) if validate else {})}
         report(metrics)
         return FitResult("ok", 0, 0, metrics, [metrics], "not learned: evaluated only")
-
-    if state is None:  # a resumed trial's state holds the pre-trained weights already
-        # parts train their epochs without validation passes: a part is never the model
-        # chosen, and its validation (NeuMF's MLP over all items) costs more than training
-        model.pretrain(lambda part: fit(part, data, cfg, validate=False))
-    p = model.params
+    loop = _start(model, data, tensors, examples, cfg, device, state)
     n = len(next(iter(examples.values())))
-    if n == 0:
-        raise ValueError(f"model {model.name!r}: the training split of {data.name!r} gives no "
-                         "training examples")
-    optimizers = make_optimizers(model)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
-    sampler = None
-    if model.n_negatives > 0:
-        sampler = NegativeSampler(tensors.train, data.n_items, generator=generator,
-                                  n_users=data.n_users)
-    amp = cfg.amp and device.type == "cuda"
+    epochs, amp = model.params.epochs, cfg.amp and device.type == "cuda"
+    patience = effective_patience(cfg.patience, epochs) if validate else 0
 
-    history: list[dict[str, float]] = []
-    best_value, best_epoch, best, best_state, bad, first = math.nan, 0, {}, None, 0, 1
-    if state is not None:
-        model.load_state_dict(state["model"])
-        for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
-            optimizer.load_state_dict(saved)
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        best_value, best_epoch, best = state["best_value"], state["best_epoch"], state["best"]
-        best_state = state["best_state"]
-        bad, history, first = state["bad_epochs"], list(state["history"]), state["epoch"] + 1
-
-    patience = effective_patience(cfg.patience, p.epochs) if validate else 0
-    status, message = "ok", ""
     def patience_out(epoch: int) -> bool:  # after `epoch`, early stopping ends the run
-        return 0 < patience <= bad and epoch >= min_epochs
+        return 0 < patience <= loop.bad and epoch >= min_epochs
 
-    for epoch in range(first, p.epochs + 1):
+    status, message = "ok", ""
+    for epoch in range(loop.first, epochs + 1):
         if epoch > 1 and patience_out(epoch - 1):
             break
-        model.train()
         start = time.perf_counter()
-        perm = torch.randperm(n, device=device, generator=generator)  # [N]
-        losses = []
-        for step, begin in enumerate(range(0, n, p.batch_size), 1):
-            if step % TRIM_EVERY == 0:
-                trim_heap()
-            idx = perm[begin:begin + p.batch_size]  # [B]
-            batch = {k: v[idx] for k, v in examples.items()}
-            if sampler is not None:
-                batch["neg_item"] = sampler.sample(batch["user"], model.n_negatives)  # [B, n]
-            with torch.autocast("cuda", torch.bfloat16) if amp else contextlib.nullcontext():
-                loss = model.loss(batch)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            losses.append(loss.detach())  # summed once per epoch: no per-batch sync
-        train_loss = torch.stack(losses).float().mean().item()  # the epoch's only sync
+        train_loss = _train_epoch(model, examples, loop, amp)
         train_time = time.perf_counter() - start
         if not math.isfinite(train_loss):
             status, message = "diverged", f"epoch {epoch}: training loss is {train_loss}"
             break
         metrics = {"epoch": epoch, "train/loss": train_loss, "epoch_time_s": train_time,
                    "train_samples_per_s": n / max(train_time, 1e-9)}
-        if not validate:
-            best_epoch, best = epoch, metrics
-            history.append(metrics)
+        if not validate:  # the last epoch is the model
+            loop.best_epoch, loop.best = epoch, metrics
+            loop.history.append(metrics)
             report(metrics)
             continue
         metrics.update(evaluate(model, data, "val", cfg, tensors))
-        value = metrics[key]
-        if not math.isfinite(value):
-            status, message = "diverged", f"epoch {epoch}: {key} is {value}"
+        if not math.isfinite(metrics[key]):
+            status, message = "diverged", f"epoch {epoch}: {key} is {metrics[key]}"
             break
-        if math.isnan(best_value) or (value < best_value if mode == "min" else value > best_value):
-            best_value, best_epoch, best, bad = value, epoch, metrics, 0
-            best_state = _cpu_copy(model.state_dict())
-        else:
-            bad += 1
-        history.append(metrics)
+        loop.keep(model, epoch, metrics, metrics[key], mode)
         if on_state is not None:
-            facts = {"epoch": epoch, "best_value": best_value, "best_epoch": best_epoch,
-                     "best": best, "best_state": best_state, "bad_epochs": bad,
-                     "history": list(history)}
-            on_state(EpochState(epoch, epoch == p.epochs or patience_out(epoch), best_epoch,
-                                best_value, functools.partial(
-                                    _resumable, model, optimizers, generator, device, facts)))
+            on_state(EpochState(epoch, epoch == epochs or patience_out(epoch), loop.best_epoch,
+                                loop.best_value, functools.partial(
+                                    _resumable, model, loop.optimizers, loop.generator, device,
+                                    loop.facts(epoch))))
         report(metrics)
-    if status == "ok" and len(history) < p.epochs and patience_out(len(history)):
+    if status == "ok" and len(loop.history) < epochs and patience_out(len(loop.history)):
         status = "early_stopped"
-        message = f"no {key} improvement in {bad} epochs (best: epoch {best_epoch})"
+        message = f"no {key} improvement in {loop.bad} epochs (best: epoch {loop.best_epoch})"
+    return _finish(model, loop, status, message, key, validate)
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+
+def _finish(model: Recommender, loop: _Loop, status: str, message: str, key: str,
+            validate: bool) -> FitResult:
+    """The model back in its best state, and how the run went."""
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    trained = len(loop.history)
     if status == "diverged":
-        message += ("; model restored to epoch " + str(best_epoch) if best_state is not None
-                    else "; no epoch finished")
+        message += ("; model restored to epoch " + str(loop.best_epoch)
+                    if loop.best_state is not None else "; no epoch finished")
     elif not message:
-        message = (f"trained {len(history)} epochs, best {key} at epoch {best_epoch}" if validate
-                   else f"trained {len(history)} epochs without validation")
-    return FitResult(status, len(history), best_epoch, best, history, message)
+        message = (f"trained {trained} epochs, best {key} at epoch {loop.best_epoch}"
+                   if validate else f"trained {trained} epochs without validation")
+    return FitResult(status, trained, loop.best_epoch, loop.best, loop.history, message)
 
 
 def fold_val(data: PreparedData) -> PreparedData:
