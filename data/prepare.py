@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +59,64 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     if user_core < 0 or item_core < 0 or eval_negatives < 0:
         raise ValueError(f"user_core={user_core}, item_core={item_core}, "
                          f"eval_negatives={eval_negatives}: expected integers >= 0")
+    t, codes = _columns(raw, split, kind)
+    t, filters = _filter(t, codes, raw.name, split, kind, dedup, min_rating, user_core,
+                         item_core)
+    user_ids, item_ids, neg_codes = _index(t, codes)
+    splits, test_rows, split_stats = _split(t, kind, ratios, seed)
+    # ncf: the benchmark's own test negatives, in the order of the test rows
+    own = None if neg_codes is None else neg_codes[t["origin"][test_rows]]
+    val_neg, test_neg = _eval_negatives(t, splits, own, len(item_ids), len(user_ids),
+                                        eval_negatives, seed)
+    stats = {
+        "raw_interactions": codes.n_raw,
+        "users": len(user_ids),
+        "items": len(item_ids),
+        "interactions": len(t["u"]),
+        "density": float(f"{len(t['u']) / (len(user_ids) * len(item_ids)):.4g}"),
+        "ratings": _histogram(t["r"]) if codes.has_ratings else None,
+        "time_span": _time_span(t["t"]) if codes.has_time else None,
+        "split": {"name": split, "train": len(splits[TRAIN]), "val": len(splits[VAL]),
+                  "test": len(splits[TEST]), **split_stats},
+        "filters": filters,
+        "settings": {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
+                     "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives},
+    }
+    titles, genres, missing = _side_info(raw, item_ids)
+    if missing:
+        stats["items_without_side_info"] = missing
+    if test_neg is not None and neg_codes is not None:
+        stats["test_negatives"] = _negative_counts(test_neg, splits[TEST].item)
+    settings = json.dumps({"source": raw.fingerprint, "split": split, **stats["settings"]},
+                          sort_keys=True)
+    return PreparedData(
+        name=raw.name, split_name=split,
+        fingerprint=hashlib.sha256(settings.encode()).hexdigest(),
+        user_ids=user_ids, item_ids=item_ids,
+        train=splits[TRAIN], val=splits[VAL], test=splits[TEST],
+        has_ratings=codes.has_ratings,
+        rating_range=((float(t["r"].min()), float(t["r"].max())) if codes.has_ratings
+                      else (0.0, 1.0)),
+        val_negatives=val_neg, test_negatives=test_neg,
+        item_titles=titles, item_genres=genres, stats=stats, note=raw.note,
+    )
 
+
+@dataclass
+class _Codes:
+    """The raw ids behind the columns' codes, and the benchmark's own test negatives."""
+
+    n_raw: int
+    has_ratings: bool
+    has_time: bool
+    user_raw: np.ndarray
+    item_raw: np.ndarray
+    neg_codes: np.ndarray | None  # ncf: [n_test file rows, N] item codes, -1 padded
+
+
+def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:
+    """The interactions as coded columns (users and items numbered in order of first
+    appearance, the fixed negatives' items among them)."""
     inter, part, origin = gather(raw, split, kind)
     n_raw = len(inter)
     if n_raw == 0:
@@ -72,101 +131,90 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     neg_used = None if neg_raw is None else neg_raw >= 0
     all_items = inter.item if neg_raw is None else np.concatenate([inter.item, neg_raw[neg_used]])
     item_raw, i = _codes(all_items)
+    neg_codes = None
+    if neg_raw is not None:
+        neg_codes = np.full(neg_raw.shape, -1, dtype=np.int64)
+        neg_codes[neg_used] = i[n_raw:]
     t = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
          "r": (inter.rating.astype(np.float32) if has_ratings
                else np.ones(n_raw, dtype=np.float32)),
          "t": inter.timestamp.astype(np.int64) if has_time else np.arange(n_raw, dtype=np.int64),
          "row": np.arange(n_raw), "part": part, "origin": origin}
-    filters: dict[str, int] = {}
+    return t, _Codes(n_raw, has_ratings, has_time, user_raw, item_raw, neg_codes)
 
-    # 1. de-duplication, per part of a fixed split (a pair in both parts is an error below)
-    t, filters["dedup_removed"] = _dedup(t, dedup, raw.name, user_raw, item_raw)
+
+def _filter(t: Columns, codes: _Codes, name: str, split: str, kind: str, dedup: str,
+            min_rating: float | None, user_core: int, item_core: int
+            ) -> tuple[Columns, dict[str, int]]:
+    """Steps 1-3: de-duplication (per part of a fixed split: a pair in both parts is an
+    error), the minimum rating, the k-core to a fixpoint; with what each removed."""
+    filters: dict[str, int] = {}
+    t, filters["dedup_removed"] = _dedup(t, dedup, name, codes.user_raw, codes.item_raw)
     if kind == "fixed" or kind == "ncf":
-        _check_disjoint(t, split, raw.name, user_raw, item_raw)
-    # 2. minimum rating
+        _check_disjoint(t, split, name, codes.user_raw, codes.item_raw)
     if min_rating is not None:
-        if not has_ratings:
-            raise ValueError(f"min_rating={min_rating}: dataset {raw.name!r} has no ratings")
+        if not codes.has_ratings:
+            raise ValueError(f"min_rating={min_rating}: dataset {name!r} has no ratings")
         before = t
-        t = _take(t, t["r"] >= min_rating, f"min_rating={min_rating}", raw.name)
+        t = _take(t, t["r"] >= min_rating, f"min_rating={min_rating}", name)
         filters.update(_removed("min_rating", before, t))
     else:
         filters.update(_removed("min_rating", t, t))
-    # 3. k-core to a fixpoint
-    t, core = _k_core(t, user_core, item_core, raw.name)
+    t, core = _k_core(t, user_core, item_core, name)
     filters.update(core)
+    return t, filters
 
-    # 4. index: users that survived; items that survived plus the fixed negatives' items
-    neg_codes = None  # ncf: the fixed negatives' item codes, by row of the test file
-    if neg_raw is not None:
-        neg_codes = np.full(neg_raw.shape, -1, dtype=np.int64)
-        neg_codes[neg_used] = i[n_raw:]
-    kept_negs = None if neg_codes is None else neg_codes[t["origin"][t["part"] == TEST]]
+
+def _index(t: Columns, codes: _Codes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Step 4, in place: number the users that survived, and the items that survived plus
+    the fixed negatives' items. Returns the raw user and item ids by index, and the fixed
+    negatives' item indices by row of the benchmark's test file (-1 padded)."""
+    kept_negs = None if codes.neg_codes is None \
+        else codes.neg_codes[t["origin"][t["part"] == TEST]]
     used_users, t["u"] = _codes(t["u"])
     used_items, item_code = _codes(t["i"] if kept_negs is None
                                    else np.r_[t["i"], kept_negs[kept_negs >= 0]])
-    user_ids, item_ids = user_raw[used_users], item_raw[used_items]
     t["i"] = item_code[:len(t["u"])]
+    neg_index = None
+    if codes.neg_codes is not None:
+        neg_index = np.where(codes.neg_codes >= 0,
+                             np.searchsorted(used_items, codes.neg_codes), -1)
+    return codes.user_raw[used_users], codes.item_raw[used_items], neg_index
 
-    # 5. split; each split's rows by user, then time, ties in source order
+
+def _split(t: Columns, kind: str, ratios: tuple[float, ...], seed: int
+           ) -> tuple[dict[int, Split], np.ndarray, dict[str, Any]]:
+    """Step 5: each split's rows, by user, then time, ties in source order; the test rows'
+    places in the columns; the split's own statistics."""
     order = _time_order(t)
     where, split_stats = assign(t, order, kind, ratios, seed)
-    splits = {}
+    splits, rows = {}, {}
     for s in (TRAIN, VAL, TEST):
-        rows = order[where[order] == s]
-        splits[s] = (rows, Split(t["u"][rows], t["i"][rows], t["r"][rows], t["t"][rows]))
+        rows[s] = order[where[order] == s]
+        splits[s] = Split(t["u"][rows[s]], t["i"][rows[s]], t["r"][rows[s]], t["t"][rows[s]])
+    return splits, rows[TEST], split_stats
 
-    # 6. evaluation negatives
-    val_neg = test_neg = None
-    if neg_codes is not None:  # ncf: the benchmark's own, in the order of the test rows
-        codes = neg_codes[t["origin"][splits[TEST][0]]]  # [n_test, N]
-        test_neg = np.where(codes >= 0, np.searchsorted(used_items, codes), -1)
+
+def _eval_negatives(t: Columns, splits: dict[int, Split], own: np.ndarray | None,
+                    n_items: int, n_users: int, eval_negatives: int, seed: int
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Step 6: the sampled protocol's negatives of the val and test rows: `eval_negatives`
+    items each user never interacted with, seeded; for the test rows, a benchmark's `own`
+    where it ships them (ncf)."""
+    val_neg, test_neg = None, own
     if eval_negatives:
         gen = torch.Generator().manual_seed(seed)
         everything = Split(t["u"], t["i"], t["r"], t["t"]).to("cpu")
-        sampler = NegativeSampler(everything, len(item_ids), generator=gen,
-                                  n_users=len(user_ids))
+        sampler = NegativeSampler(everything, n_items, generator=gen, n_users=n_users)
         try:
-            val_neg = sampler.sample(torch.as_tensor(splits[VAL][1].user), eval_negatives,
+            val_neg = sampler.sample(torch.as_tensor(splits[VAL].user), eval_negatives,
                                      distinct=True).numpy()
             if test_neg is None:
-                test_neg = sampler.sample(torch.as_tensor(splits[TEST][1].user),
+                test_neg = sampler.sample(torch.as_tensor(splits[TEST].user),
                                           eval_negatives, distinct=True).numpy()
         except ValueError as e:
             raise ValueError(f"eval_negatives={eval_negatives}: {e}") from None
-
-    titles, genres, missing = _side_info(raw, item_ids)
-    n = len(t["u"])
-    stats = {
-        "raw_interactions": n_raw,
-        "users": len(user_ids),
-        "items": len(item_ids),
-        "interactions": n,
-        "density": float(f"{n / (len(user_ids) * len(item_ids)):.4g}"),
-        "ratings": _histogram(t["r"]) if has_ratings else None,
-        "time_span": _time_span(t["t"]) if has_time else None,
-        "split": {"name": split, "train": len(splits[TRAIN][1]), "val": len(splits[VAL][1]),
-                  "test": len(splits[TEST][1]), **split_stats},
-        "filters": filters,
-        "settings": {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
-                     "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives},
-    }
-    if missing:
-        stats["items_without_side_info"] = missing
-    if test_neg is not None and neg_codes is not None:
-        stats["test_negatives"] = _negative_counts(test_neg, splits[TEST][1].item)
-    settings = json.dumps({"source": raw.fingerprint, "split": split, **stats["settings"]},
-                          sort_keys=True)
-    return PreparedData(
-        name=raw.name, split_name=split,
-        fingerprint=hashlib.sha256(settings.encode()).hexdigest(),
-        user_ids=user_ids, item_ids=item_ids,
-        train=splits[TRAIN][1], val=splits[VAL][1], test=splits[TEST][1],
-        has_ratings=has_ratings,
-        rating_range=((float(t["r"].min()), float(t["r"].max())) if has_ratings else (0.0, 1.0)),
-        val_negatives=val_neg, test_negatives=test_neg,
-        item_titles=titles, item_genres=genres, stats=stats, note=raw.note,
-    )
+    return val_neg, test_neg
 
 
 def _negative_counts(negatives: np.ndarray, targets: np.ndarray) -> dict[str, int]:
