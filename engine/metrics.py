@@ -224,30 +224,12 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
 
 
 @torch.no_grad()
-def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
-                          targets: Csr | Tensor, known: Csr | None, ks: Sequence[int],
-                          batch_users: int = 1024) -> dict[str, Tensor]:
-    """Rank every item for each user, the user's known items masked, batched over users.
-
-    Args:
-        score_fn: maps user indices `[b]` to scores of all items `[b, n_items]`.
-        users: user indices `[U]` to evaluate; users without a target are skipped.
-        targets: held-out items, either a CSR indexed by user index, or a padded
-            `[U, T]` tensor aligned with `users` (-1 = padding).
-        known: CSR of the items to mask per user (train items, plus val items when testing),
-            or None to mask nothing.
-        ks: cut-offs K.
-        batch_users: users per `score_fn` call.
-
-    Returns:
-        `{"hr@K": Tensor[U'], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`: one float32
-        value per user with at least one target, in the order of `users`, on the CPU.
-    """
-    ks = _check_ks(ks)
+def _users_with_targets(users: Tensor, targets: Csr | Tensor, known: Csr | None
+                        ) -> tuple[Tensor, Csr | Tensor]:
+    """`full_ranking_per_user`'s inputs checked, and the users (and padded targets) of users
+    with at least one target."""
     if users.dim() != 1:
         raise ValueError(f"users: expected a 1-D tensor of user indices, got {tuple(users.shape)}")
-    if batch_users < 1:
-        raise ValueError(f"batch_users: expected an int >= 1, got {batch_users}")
     csrs = {"targets": targets} if isinstance(targets, tuple) else {}
     if known is not None:
         csrs["known"] = known
@@ -270,6 +252,32 @@ def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
     users = users[has_target]
     if len(users) == 0:
         raise ValueError("full_ranking: none of the users has a target item")
+    return users, targets
+
+
+def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
+                          targets: Csr | Tensor, known: Csr | None, ks: Sequence[int],
+                          batch_users: int = 1024) -> dict[str, Tensor]:
+    """Rank every item for each user, the user's known items masked, batched over users.
+
+    Args:
+        score_fn: maps user indices `[b]` to scores of all items `[b, n_items]`.
+        users: user indices `[U]` to evaluate; users without a target are skipped.
+        targets: held-out items, either a CSR indexed by user index, or a padded
+            `[U, T]` tensor aligned with `users` (-1 = padding).
+        known: CSR of the items to mask per user (train items, plus val items when testing),
+            or None to mask nothing.
+        ks: cut-offs K.
+        batch_users: users per `score_fn` call.
+
+    Returns:
+        `{"hr@K": Tensor[U'], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`: one float32
+        value per user with at least one target, in the order of `users`, on the CPU.
+    """
+    ks = _check_ks(ks)
+    if batch_users < 1:
+        raise ValueError(f"batch_users: expected an int >= 1, got {batch_users}")
+    users, targets = _users_with_targets(users, targets, known)
 
     parts: dict[str, list[Tensor]] = {}
     device = None
