@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from orchestrator.config import TrainConfig
+from orchestrator.config import SweepConfig, TrainConfig
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.train import fit, load_state, seed_everything, val_and_test
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, save_model
 from orchestrator.plan import parse_study
-from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord, choose
+from orchestrator.records import ScoredRun, Searched, Study, StudyResult, TrialRecord, choose
 
 
 def main_metric(study: Study) -> str:
@@ -102,21 +102,21 @@ def baseline_result(entry: str, table_metric: dict[str, str], data: PreparedData
                        runs=[ScoredRun(seed, _metrics_only(scores), units[main_metric(study)])])
 
 
-def finalize(studies: list[Study], trials: list[TrialRecord], seed_trials: list[TrialRecord],
-             baselines: tuple[str, ...], data: PreparedData, cfg: TrainConfig, seed: int,
-             run_dir: Path, why_empty: str) -> list[StudyResult]:
+def finalize(studies: list[Study], searched: Searched, data: PreparedData,
+             sweep_cfg: SweepConfig, run_dir: Path) -> list[StudyResult]:
     """Every study's result, then the baselines of the tables that hold a study (a baseline
     for a table with no study is not run, and says so), each with its table's evaluation."""
-    out = [study_result(s, [t for t in trials if t.study == s.name],
-                        [t for t in seed_trials if t.study == s.name], data, cfg, run_dir,
-                        why_empty) for s in studies]
+    cfg = sweep_cfg.train
+    out = [study_result(s, [t for t in searched.trials if t.study == s.name],
+                        [t for t in searched.seed_trials if t.study == s.name], data, cfg,
+                        run_dir, searched.why_empty) for s in studies]
     table_metric = {s.table: s.metric for s in studies}
-    for entry in baselines:
+    for entry in sweep_cfg.baselines:
         table = parse_study(entry, "", cfg.ks, what="baselines").table
         if table not in table_metric:
             print(f"baselines: {entry} not run: no {table} study in this sweep", flush=True)
             continue
-        out.append(baseline_result(entry, table_metric, data, cfg, seed))
+        out.append(baseline_result(entry, table_metric, data, cfg, sweep_cfg.seed))
     for result in out:
         result.evaluation = evaluation_name(result.study.table, data, cfg, result.main_metric)
     return out

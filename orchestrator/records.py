@@ -1,8 +1,9 @@
 """The typed records a sweep's stages hand each other: studies, trials, tested models.
 
     Study (from the config) -> TrialSpec (who a Tune trial is, in its config) ->
-    TrialRecord (one per Tune trial, built once from Tune's results) -> StudyResult (the
-    chosen trial of a study, or a baseline, tested)
+    TrialRecord (one per Tune trial, built once from Tune's results), gathered in Searched
+    (what the search left) -> StudyResult (the chosen trial of a study, or a baseline,
+    tested)
 
 No Ray and no torch here: a notebook can build and read these without a cluster.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from orchestrator.config import TrainConfig, from_dict, to_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # How a trial ended (the trials table's `end` column):
 #   epochs        ran all its epochs
@@ -237,6 +241,20 @@ class StudyResult:
         if not self.runs:
             return None
         return np.mean([r.units for r in self.runs], axis=0)
+
+
+@dataclass
+class Searched:
+    """What the search left: every trial, the learning curves, the seed re-runs of the
+    chosen configurations, the status of a study that ran no trial, and the nodes that ran
+    trials."""
+
+    trials: list[TrialRecord]
+    trials_frame: pd.DataFrame  # the trials table: one row per trial
+    curves: pd.DataFrame | None
+    seed_trials: list[TrialRecord]
+    why_empty: str
+    nodes: list[dict[str, str]]
 
 
 def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:

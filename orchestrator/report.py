@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import plots, results
-from orchestrator.config import SweepConfig
 from orchestrator.data.files import atomic_write, write_text
 from orchestrator.journal import JOURNAL, storage
 from orchestrator.rundir import CONFIG, HISTORY, RESULTS, TRIALS, RunDir
@@ -110,8 +109,8 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
         model = run.models.get(str(study))  # in memory, else its checkpoint's path (or None)
         if model is None:
             model = run.checkpoints.get(str(study))
-        parts.append(_study_html(run_dir, figures, str(study), group, history, frame, cfg,
-                                 data, model, popularity, say))
+        parts.append(_study_html(run, figures, str(study), group, data, model, popularity,
+                                 say))
     if notes:
         parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
                                                        for n in notes) + "</ul>")
@@ -120,21 +119,22 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
     return out
 
 
-def _study_html(run_dir: Path, figures: Path, study: str, trials: pd.DataFrame,
-                history: pd.DataFrame | None,
-                frame: pd.DataFrame, cfg: SweepConfig, data: Any, model: Any,
-                popularity: np.ndarray | None, say: Any) -> str:
+def _study_html(run: RunDir, figures: Path, study: str, trials: pd.DataFrame, data: Any,
+                model: Any, popularity: np.ndarray | None, say: Any) -> str:
+    """A study's section: its best hyperparameters, Optuna's history and importances, the
+    learning curves of its best trials, the UMAP of its items (with the data and model)."""
     from orchestrator.engine.evaluation import monitored_metric
 
+    frame, history = run.results, run.history
     metric, mode = monitored_metric(str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]),
-                                    tuple(cfg.train.ks))
+                                    tuple(run.config.train.ks))
     trials = _in_order(trials)
     out = [f"<h2>Study {html.escape(study)}</h2>"]
     row = frame[frame["study"] == study]
     if len(row) and isinstance(row["hparams"].iloc[0], str):
         out.append(f"<p>Best hyperparameters: <code>{html.escape(row['hparams'].iloc[0])}"
                    "</code></p>")
-    searched = _optuna_study(run_dir, study)
+    searched = _optuna_study(run.path, study)
     if searched is None:
         out.append(f"<p>No optimization history or importances: {JOURNAL} is missing (a "
                    "sweep from before the Optuna storage).</p>")

@@ -53,7 +53,7 @@ from orchestrator.plan import (
 )
 from orchestrator.provenance import environment
 from orchestrator.publish import export_results
-from orchestrator.records import Schedule, Study, StudyResult, TrialRecord, choose
+from orchestrator.records import Schedule, Searched, Study, StudyResult, choose
 from orchestrator.report import write_report
 from orchestrator.rundir import RunDir
 from orchestrator.search import (
@@ -90,11 +90,11 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     run_dir = start_run_directory(cfg, data)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data), request)
+    sweep = Sweep(cfg, studies, plan, run_dir, start, deadline)
     with ctrl_c_stops_studies() as stop:
-        searched = search(cfg, studies, plan, trainable, slots, run_dir, start, deadline, stop)
-        studied = finalize(studies, searched.trials, searched.seed_trials, cfg.baselines,
-                           data, cfg.train, cfg.seed, run_dir, searched.why_empty)
-        write_search_records(run_dir, cfg, studies, plan, searched)
+        searched = search(sweep, trainable, slots, stop)
+        studied = finalize(studies, searched, data, cfg, run_dir)
+        write_search_records(sweep, searched)
         frame = write_tables(run_dir, studied, data)
         if cfg.wandb != "disabled":
             error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
@@ -162,31 +162,29 @@ def start_run_directory(cfg: SweepConfig, data: PreparedData) -> Path:
     return run_dir
 
 
-@dataclasses.dataclass
-class Searched:
-    """What the search left: every trial, the learning curves, the seed re-runs of the
-    chosen configurations, the status of a study that ran no trial, and the nodes that ran
-    trials."""
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """What the stages of one sweep share: the resolved config, its studies and their
+    schedules, the run directory, the start and the deadline (the time budget's end)."""
 
-    trials: list[TrialRecord]
-    trials_frame: pd.DataFrame  # the trials table: one row per trial
-    curves: pd.DataFrame | None
-    seed_trials: list[TrialRecord]
-    why_empty: str
-    nodes: list[dict[str, str]]
+    cfg: SweepConfig
+    studies: list[Study]
+    plan: dict[str, Schedule]
+    run_dir: Path
+    start: float
+    deadline: float | None
 
 
-def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], trainable: Any,
-           slots: int, run_dir: Path, start: float, deadline: float | None,
-           stop: threading.Event) -> Searched:
+def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> Searched:
     """The Tune experiment of all studies (or its continuation), then the seed re-runs."""
+    cfg, studies, plan, deadline = sweep.cfg, sweep.studies, sweep.plan, sweep.deadline
     path = f"{experiment_root(cfg)}/{SEARCH}"
     if tune.Tuner.can_restore(path):
         print(f"search: resuming from {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        callbacks = [Progress(studies, cfg.trials, start, deadline), ReportKernels(),
-                     *wandb_callbacks(cfg, run_dir)]
+        callbacks = [Progress(studies, cfg.trials, sweep.start, deadline), ReportKernels(),
+                     *wandb_callbacks(cfg, sweep.run_dir)]
         left = None if deadline is None else max(1.0, deadline - time.time())
         tuner = experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg, plan),
                            cfg.trials * len(studies), callbacks,
@@ -210,12 +208,12 @@ def search(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule], tr
         [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)])
 
 
-def write_search_records(run_dir: Path, cfg: SweepConfig, studies: list[Study],
-                         plan: dict[str, Schedule], searched: Searched) -> None:
+def write_search_records(sweep: Sweep, searched: Searched) -> None:
     """`trials.*` and `history.parquet`, `optuna.journal` and `env.json`."""
+    run_dir = sweep.run_dir
     results.write_trials(run_dir, searched.trials_frame, searched.curves)
-    write_journal(run_dir, studies, searched.trials, searched.curves,
-                  lambda s: SearchSpace.of(s, cfg, plan))
+    write_journal(run_dir, sweep.studies, searched.trials, searched.curves,
+                  lambda s: SearchSpace.of(s, sweep.cfg, sweep.plan))
     write_text(run_dir / "env.json", json.dumps(environment(searched.nodes), indent=2))
 
 
