@@ -27,11 +27,8 @@ NCF papers do.
 Performance: ranks are counted with one comparison pass over the [B, C] scores per target
 column when a row has few targets (leave-last: one), else against the top max(ks) + 1 scores
 of each row (ranks beyond max(ks) are misses at every cut-off, so they need not be exact);
-the mask is scattered from a CSR in one shot. Measured once (not a test): ml-100k-sized full
-ranking (943 users x 1682 items, one target, 100 masked items each, batches of 1024, d=64
-dot-product scores) takes 10-15 ms per pass on one CPU thread and 3 ms on an H200; 138k users
-x 27k items takes 73 ms on the H200 with batch_users=8192 (295 ms with 1024: small batches are
-latency-bound on a GPU). On a loaded 2-core machine, 2 torch threads can be 10x slower than 1.
+the mask is scattered from a CSR in one shot. Small user batches are latency-bound on a
+GPU, hence `batch_users` (timings in bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from orchestrator import internals
 class RowAdam(torch.optim.Optimizer):
     """Adam on the rows a sparse gradient touches: the arithmetic of `torch.optim.SparseAdam`
     (moments and bias correction per step; rows a batch skips keep their moments), in five
-    row-indexed ops. At ml-20m's shape a BPR-MF step ran 1.5x faster than with SparseAdam,
-    whose coalescing and sparse masks cost more than the update itself.
+    row-indexed ops, faster than SparseAdam, whose coalescing and sparse masks cost more
+    than the update itself (bench/RESULTS.md).
 
     Args:
         params: the tables (gradients must be sparse COO: `nn.Embedding(sparse=True)`).

@@ -32,13 +32,10 @@ from torch import Tensor, nn
 class AutoRecParams(CommonParams):
     """Hyperparameters of `autorec` (paper: 500 hidden units, lambda tuned per dataset).
 
-    The defaults reach test RMSE 0.898 on ml-100k u1 when refit on all of u1.base for the
-    epochs validation picked (`refit`), 0.905 trained on the 90% of it left beside the
-    validation carve-out (tuned there, with Adam instead of the paper's L-BFGS/RProp).
-    Full-batch steps (`batch_size` >= items) overfit far less late in training than
-    mini-batches (64-512 items: best ~0.90 near epoch 50, then 0.93+), hence many cheap
-    epochs. Stronger `reg` (300+) underfits: the model has no item bias, so
-    item effects must pass through the penalised weights.
+    Adam instead of the paper's L-BFGS/RProp. Full-batch steps (`batch_size` >= items)
+    overfit far less late in training than mini-batches, hence many cheap epochs; a much
+    stronger `reg` underfits (the model has no item bias, so item effects pass through the
+    penalised weights). Measurements: bench/RESULTS.md.
     """
 
     lr: float = 3e-3
@@ -89,7 +86,7 @@ class AutoRec(Recommender):
     Params = AutoRecParams
     # The loss decodes a batch densely (one GEMM, then the observed entries) when at least
     # 1 in DENSE_DECODE of its cells is observed, else entry by entry: the same values, the
-    # cheaper way (ml-100k u1: 5% observed, dense 2x faster; ml-20m: 0.5%, entries).
+    # cheaper way for the batch's density.
     DENSE_DECODE = 50
 
     def __init__(self, spec: DataSpec, task: str, params: AutoRecParams) -> None:

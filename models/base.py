@@ -110,9 +110,8 @@ def check(params: Any, key: str, ok: bool, expected: str) -> None:
 
 SPARSE_ROWS_PER_EXAMPLE = 16
 """A table steps sparsely once it has more rows than this many batches' examples: below,
-a batch touches most rows anyway and dense fused Adam is faster (ml-100k: BPR-MF 2.5x,
-Caser 2x faster dense); above, a sparse step (`orchestrator.engine.optim.RowAdam`) costs what
-the batch touches, not the table."""
+a batch touches most rows anyway and dense fused Adam is faster; above, a sparse step
+(`orchestrator.engine.optim.RowAdam`) costs what the batch touches, not the table."""
 
 
 def embedding(rows: int, dim: int, batch_size: int, **kwargs: Any) -> nn.Embedding:

@@ -185,12 +185,11 @@ class NeuMF(Recommender):
     @property
     def eval_batch_users(self) -> int | None:
         # score_all's [B, n_items, e] MLP activations, in a power of two of users. On a CPU,
-        # past the caches scoring is memory-bound: up to 2M floats per call (38 users on
-        # ml-100k ran 3x slower than 32) score all users 3-4x faster than one call for all
-        # 943. An accelerator wants large calls, but bounded: 2^28 floats (1 GiB) per layer
-        # is 128 users at ml-20m's 26,744 items (e = 64), kernels still large enough to fill
-        # it, where the 1,024 users of other models would take 7 GiB per layer and trials
-        # sharing one GPU would run out of memory.
+        # past the caches scoring is memory-bound: calls of up to 2M floats score all users
+        # faster than one call for all. An accelerator wants large calls, but bounded: 2^28
+        # floats (1 GiB) per layer is 128 users at ml-20m's 26,744 items (e = 64), where
+        # other models' 1,024 users would take 7 GiB per layer and trials sharing one GPU
+        # would run out of memory.
         if not self.use_mlp:
             return None
         budget = 2**21 if self.device.type == "cpu" else 2**28

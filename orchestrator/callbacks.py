@@ -21,10 +21,10 @@ from orchestrator.tracking import WandbRuns
 
 class SweepWandb(tune.Callback):
     """One W&B run per trial, grouped by `<sweep>/<study>`, its id the trial's id, fed from
-    Tune's events to one `WandbRuns` actor (Ray's `WandbLoggerCallback` starts a logging
-    actor, a queue actor and a W&B service for every trial: about 2 s of CPU each, 17 of the
-    50 s of `--smoke` on 2 cores). Every call to the actor is sent without waiting, in
-    order; the actor starts with the first result, once the trials have their workers."""
+    Tune's events to one `WandbRuns` actor (Ray's `WandbLoggerCallback` starts three
+    processes per trial, a third of a smoke sweep's time: bench/RESULTS.md). Every call to
+    the actor is sent without waiting, in order; the actor starts with the first result,
+    once the trials have their workers."""
 
     # Tune's bookkeeping: W&B records time and host itself
     SKIP = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
@@ -92,7 +92,7 @@ def wandb_callbacks(cfg: SweepConfig, run_dir: Path) -> list[Any]:
 
 class ReportKernels(tune.Callback):
     """Compiles the report's UMAP kernels in the background from the first trial result on;
-    any earlier, their 9 s of CPU would slow the first trials' start on the same cores."""
+    any earlier, their CPU would slow the first trials' start on the same cores."""
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:

@@ -52,9 +52,10 @@ def coo_entries(grad: Any) -> tuple[Any, Any]:
 def cache_torchlib_ops() -> None:
     """Let torch's ONNX exporter list onnxscript's ATen functions once per process, not per
     graph: every `torch.onnx.export` rebuilds its registry, and onnxscript's
-    `get_torchlib_ops` parses the source of each of its ~500 functions to do it (0.65 s of a
-    graph's 1.3 s here). torch has no public way to keep a registry; it is reached through
-    torch's lazy import of onnxscript. Fallback: each export lists them again (slower)."""
+    `get_torchlib_ops` parses the source of each of its functions to do it (half a graph's
+    export time: bench/RESULTS.md). torch has no public way to keep a registry; it is
+    reached through torch's lazy import of onnxscript. Fallback: each export lists them
+    again (slower)."""
     if forced():
         return
     try:

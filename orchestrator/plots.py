@@ -35,7 +35,7 @@ def missing_viz() -> list[str]:
 
 @functools.cache  # once per process
 def compile_umap_in_background() -> None:
-    """Start compiling UMAP's numba kernels (about 9 s on their first use in a process) in a
+    """Start compiling UMAP's numba kernels (seconds, on their first use in a process) in a
     daemon thread, so that the report at the end of a sweep finds them ready: a sweep's
     driver mostly waits on its trials. Any failure here is left for the report to meet."""
     if missing_viz():

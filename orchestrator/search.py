@@ -43,8 +43,8 @@ from orchestrator.space import sample_params
 
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
 # next snapshot of the experiment state: with one kept, a driver killed in between leaves a
-# snapshot whose checkpoint is gone, and --resume cannot restore that trial (seen in the
-# SIGKILL test). With two, that takes two checkpoints with no snapshot between them.
+# snapshot whose checkpoint is gone, which --resume cannot restore; with two, it takes two
+# checkpoints with no snapshot between them.
 KEEP_CHECKPOINTS = 2
 
 

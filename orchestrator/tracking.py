@@ -15,8 +15,8 @@ from typing import Any
 
 
 class WandbRuns:
-    """Many W&B runs open at once in one process, sharing its W&B service: starting one
-    takes about 0.1 s. The sweep runs this as one Ray actor on the driver's node (see
+    """Many W&B runs open at once in one process, sharing its W&B service (starting one is
+    cheap there, not a new process). The sweep runs this as one Ray actor on the driver's node (see
     `callbacks.SweepWandb`), one run per trial.
 
     Args:

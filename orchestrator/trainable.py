@@ -65,7 +65,7 @@ def run_trial(config: dict[str, Any], data: PreparedData) -> None:
         # of a second they would dominate a trial, so they are spaced in time; a restarted
         # trial loses at most `checkpoint_every_s` of work, and the last epoch always saves
         # (the sweep reads the chosen trials' best weights from it).
-        # A report costs the trial ~4 ms of Tune's bookkeeping, 4% of a 100 ms epoch: an
+        # A report costs the trial Tune's bookkeeping (a few percent of a short epoch): an
         # epoch that neither improves nor checkpoints reports only after `report_every_s`.
         # ASHA counts epochs (`epoch`, not Tune's report count) and every best value
         # reaches Tune, so the choice of the best trial is the same.
@@ -118,8 +118,8 @@ def run_trial(config: dict[str, Any], data: PreparedData) -> None:
 def use_trial_cpus() -> int:
     """Size torch's thread pool to the trial's CPUs, as Ray sets OMP_NUM_THREADS for the
     trial: a worker that imported torch before (a reused worker) may have sized it for the
-    whole machine, and two trials of 2 threads on 2 cores run 8 times slower. Returns the
-    thread count."""
+    whole machine, and oversubscribed cores slow every trial several times over. Returns
+    the thread count."""
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return torch.get_num_threads()
@@ -128,7 +128,7 @@ def use_trial_cpus() -> int:
 def release_memory() -> None:
     """Hand a trial's GPU memory back (a stopped trial's, at the start of the next one).
     Only for a GPU, the scarce memory: on a CPU a trial's tensors die with its frames, and a
-    full collection with torch and Ray loaded costs about 0.2 s, 2% of a 10 s trial."""
+    full collection with torch and Ray loaded costs a noticeable part of a short trial."""
     if torch.cuda.is_available():
         gc.collect()
         torch.cuda.empty_cache()
