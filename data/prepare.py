@@ -72,11 +72,12 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     neg_used = None if neg_raw is None else neg_raw >= 0
     all_items = inter.item if neg_raw is None else np.concatenate([inter.item, neg_raw[neg_used]])
     item_raw, i = _codes(all_items)
-    t = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
-         "r": (inter.rating.astype(np.float32) if has_ratings
-               else np.ones(n_raw, dtype=np.float32)),
-         "t": inter.timestamp.astype(np.int64) if has_time else np.arange(n_raw, dtype=np.int64),
-         "row": np.arange(n_raw), "part": part, "origin": origin}
+    t: Table = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
+                "r": (inter.rating.astype(np.float32) if inter.rating is not None
+                      else np.ones(n_raw, dtype=np.float32)),
+                "t": (inter.timestamp.astype(np.int64) if inter.timestamp is not None
+                      else np.arange(n_raw, dtype=np.int64)),
+                "row": np.arange(n_raw), "part": part, "origin": origin}
     filters: dict[str, int] = {}
 
     # 1. de-duplication, per part of a fixed split (a pair in both parts is an error below)
@@ -137,6 +138,8 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
 
     titles, genres, missing = _side_info(raw, item_ids)
     n = len(t["u"])
+    chosen = {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
+              "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives}
     stats = {
         "raw_interactions": n_raw,
         "users": len(user_ids),
@@ -148,15 +151,13 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         "split": {"name": split, "train": len(splits[TRAIN][1]), "val": len(splits[VAL][1]),
                   "test": len(splits[TEST][1]), **split_stats},
         "filters": filters,
-        "settings": {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
-                     "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives},
+        "settings": chosen,
     }
     if missing:
         stats["items_without_side_info"] = missing
     if test_neg is not None and neg_codes is not None:
         stats["test_negatives"] = _negative_counts(test_neg, splits[TEST][1].item)
-    settings = json.dumps({"source": raw.fingerprint, "split": split, **stats["settings"]},
-                          sort_keys=True)
+    settings = json.dumps({"source": raw.fingerprint, "split": split, **chosen}, sort_keys=True)
     return PreparedData(
         name=raw.name, split_name=split,
         fingerprint=hashlib.sha256(settings.encode()).hexdigest(),

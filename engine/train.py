@@ -38,6 +38,7 @@ import torch
 from orchestrator.data.sampling import NegativeSampler
 from orchestrator.data.types import PreparedData, Split
 from orchestrator.engine.evaluation import (
+    DeviceData,
     check_ks,
     concat_splits,
     evaluate,
@@ -174,7 +175,7 @@ def effective_patience(patience: int, epochs: int) -> int:
 
 def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         report: Callable[[dict], object] | None = None, *, state: dict | None = None,
-        on_state: Callable[[dict], None] | None = None, validate: bool = True,
+        on_state: Callable[[EpochState], None] | None = None, validate: bool = True,
         min_epochs: int = 0) -> FitResult:
     """Train `model` on `data.train`, validating once per epoch; leave it in its best state.
 
@@ -345,7 +346,7 @@ def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig, best_
     """Validation metrics of a trained model and test metrics of it or, with `cfg.refit`, of
     its refit for `best_epoch` epochs; returns them, the model tested and its test values
     per evaluation unit (`evaluate_units`)."""
-    tensors = to_device(data, model.device)
+    tensors: DeviceData | None = to_device(data, model.device)
     scores = evaluate(model, data, "val", cfg, tensors)
     if cfg.refit:
         model, data = refit(model.name, data, model.task, model.hparams(), cfg, best_epoch)
