@@ -46,9 +46,9 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    encoding, newline = (None, None) if "b" in mode else ("utf-8", "")
     try:
-        with open(temp, mode.replace("w", "x"), **({} if "b" in mode else
-                                                     {"encoding": "utf-8", "newline": ""})) as f:
+        with open(temp, mode.replace("w", "x"), encoding=encoding, newline=newline) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -214,6 +214,9 @@ def load_table(spec: str) -> RawDataset:
     def at(i: int) -> str:
         return where.format(i + offset)
 
+    def bad_value(key: str, col: str) -> BadValue:
+        return lambda i, v: ValueError(f"{path}, {at(i)}: bad {key} {v!r} in column {col!r}")
+
     out: dict[str, np.ndarray | None] = {}
     for key in COLUMN_KEYS:
         col = wanted.get(key)
@@ -225,8 +228,7 @@ def load_table(spec: str) -> RawDataset:
         if len(bad):
             raise ValueError(f"{path}, {at(bad[0])}: missing {key} (column {col!r})")
         convert = {"user": _ids, "item": _ids, "rating": _ratings, "timestamp": _seconds}[key]
-        out[key] = convert(s, lambda i, v, k=key, c=col: ValueError(
-            f"{path}, {at(i)}: bad {k} {v!r} in column {c!r}"))
+        out[key] = convert(s, bad_value(key, col))
     if len(df) == 0:
         raise ValueError(f"{path}: no rows")
     notes = [f"{kind}: {path}"]
@@ -234,9 +236,11 @@ def load_table(spec: str) -> RawDataset:
                  else "no rating column: implicit feedback")
     if out["timestamp"] is None:
         notes.append("no timestamp column")
+    user, item = out["user"], out["item"]
+    assert user is not None and item is not None  # required: a missing one raised above
     return RawDataset(
         name=spec,
-        interactions=Interactions(out["user"], out["item"], out["rating"], out["timestamp"]),
+        interactions=Interactions(user, item, out["rating"], out["timestamp"]),
         fingerprint=fingerprint([path]),
         files=[str(path)],
         note="; ".join(notes),

@@ -68,7 +68,9 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     own = None if neg_codes is None else neg_codes[t["origin"][test_rows]]
     val_neg, test_neg = _eval_negatives(t, splits, own, len(item_ids), len(user_ids),
                                         eval_negatives, seed)
-    stats = {
+    chosen = {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
+              "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives}
+    stats: dict[str, Any] = {
         "raw_interactions": codes.n_raw,
         "users": len(user_ids),
         "items": len(item_ids),
@@ -79,16 +81,14 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         "split": {"name": split, "train": len(splits[TRAIN]), "val": len(splits[VAL]),
                   "test": len(splits[TEST]), **split_stats},
         "filters": filters,
-        "settings": {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
-                     "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives},
+        "settings": chosen,
     }
     titles, genres, missing = _side_info(raw, item_ids)
     if missing:
         stats["items_without_side_info"] = missing
     if test_neg is not None and neg_codes is not None:
         stats["test_negatives"] = _negative_counts(test_neg, splits[TEST].item)
-    settings = json.dumps({"source": raw.fingerprint, "split": split, **stats["settings"]},
-                          sort_keys=True)
+    settings = json.dumps({"source": raw.fingerprint, "split": split, **chosen}, sort_keys=True)
     return PreparedData(
         name=raw.name, split_name=split,
         fingerprint=hashlib.sha256(settings.encode()).hexdigest(),
@@ -135,11 +135,12 @@ def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:
     if neg_raw is not None:
         neg_codes = np.full(neg_raw.shape, -1, dtype=np.int64)
         neg_codes[neg_used] = i[n_raw:]
-    t = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
-         "r": (inter.rating.astype(np.float32) if has_ratings
-               else np.ones(n_raw, dtype=np.float32)),
-         "t": inter.timestamp.astype(np.int64) if has_time else np.arange(n_raw, dtype=np.int64),
-         "row": np.arange(n_raw), "part": part, "origin": origin}
+    t: Columns = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
+                  "r": (inter.rating.astype(np.float32) if inter.rating is not None
+                        else np.ones(n_raw, dtype=np.float32)),
+                  "t": (inter.timestamp.astype(np.int64) if inter.timestamp is not None
+                        else np.arange(n_raw, dtype=np.int64)),
+                  "row": np.arange(n_raw), "part": part, "origin": origin}
     return t, _Codes(n_raw, has_ratings, has_time, user_raw, item_raw, neg_codes)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from orchestrator.data.types import Split
+from orchestrator.data.types import Array, Split
 from torch import Tensor
 
 
@@ -50,7 +50,7 @@ class NegativeSampler:
     BITMAP_MAX_BITS = 2**31
     """Largest n_users * n_items held as a bitmap (256 MB); beyond, binary search."""
 
-    def __init__(self, positives: Split, n_items: int, mode: str = "uniform",
+    def __init__(self, positives: Split[Array], n_items: int, mode: str = "uniform",
                  generator: torch.Generator | None = None, n_users: int | None = None) -> None:
         if mode not in ("uniform", "popularity"):
             raise ValueError(f"negative sampling mode {mode!r}: expected 'uniform' or "
@@ -112,8 +112,8 @@ class NegativeSampler:
         free = self.n_drawable - self.degree[users]  # [B] items each user can still be given
         need = n if distinct else 1
         if bool((free < need).any()):
-            bad = int(users[free < need][0])
-            raise ValueError(f"user index {bad} has only {int(free[users == bad][0])} items "
+            short = int(users[free < need][0])
+            raise ValueError(f"user index {short} has only {int(free[users == short][0])} items "
                              f"it never interacted with ({self.mode} mode), needs {need}: "
                              "lower the number of negatives or filter such users out")
         if self.mode == "uniform" and not distinct:
@@ -166,7 +166,7 @@ class NegativeSampler:
         return hit
 
 
-def _time_order(split: Split) -> tuple[Tensor, Tensor]:
+def _time_order(split: Split[Array]) -> tuple[Tensor, Tensor]:
     """(user, item) sorted by user, then timestamp, stable (so concatenations are fine)."""
     user, item, ts = (torch.as_tensor(a) for a in (split.user, split.item, split.timestamp))
     order = torch.sort(ts, stable=True).indices
@@ -174,7 +174,7 @@ def _time_order(split: Split) -> tuple[Tensor, Tensor]:
     return user[order], item[order]
 
 
-def sequence_windows(train: Split, L: int, T: int, pad: int) -> dict[str, Tensor]:
+def sequence_windows(train: Split[Array], L: int, T: int, pad: int) -> dict[str, Tensor]:
     """Caser's training windows: (user, L previous items, T next items) at every position.
 
     A window is made for each position t of a user's time-ordered sequence with at least one
@@ -196,7 +196,7 @@ def sequence_windows(train: Split, L: int, T: int, pad: int) -> dict[str, Tensor
     return {"user": user, "seq": seq, "target": target}
 
 
-def window_starts(train: Split, T: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def window_starts(train: Split[Array], T: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Where Caser's windows start: `user [W]` and `at [W]` (the row of each window's first
     target), with the time-ordered `item [N]` and each row's position in its user's
     sequence `pos [N]` that `gather_windows` reads."""
@@ -222,7 +222,7 @@ def gather_windows(item: Tensor, pos: Tensor, at: Tensor, L: int, T: int, pad: i
     return seq, target
 
 
-def last_items(split: Split, n_users: int, L: int, pad: int) -> Tensor:
+def last_items(split: Split[Array], n_users: int, L: int, pad: int) -> Tensor:
     """Each user's last `L` items in time order, left-padded with `pad`: `[n_users, L]`.
 
     The split need not be sorted (the order is rebuilt from the timestamps): for the test
@@ -256,7 +256,7 @@ def csr_entries(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, T
     return pos, within, start[pos] + within, count
 
 
-def user_item_csr(split: Split, n_users: int) -> tuple[Tensor, Tensor]:
+def user_item_csr(split: Split[Array], n_users: int) -> tuple[Tensor, Tensor]:
     """The distinct items of each user as CSR: `indptr [n_users + 1]`, `indices [nnz]`.
 
     `indices[indptr[u]:indptr[u + 1]]` are user u's items, sorted ascending (e.g. to mask

@@ -58,15 +58,17 @@ def gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.nda
         n = len(raw.interactions)
         return raw.interactions, np.zeros(n, dtype=np.int64), np.arange(n)
     base, test = raw.fixed_splits[split]()
-    cols = []
-    for name in ("user", "item", "rating", "timestamp"):
+    optional = []  # user and item are always there
+    for name in ("rating", "timestamp"):
         a, b = getattr(base, name), getattr(test, name)
         if (a is None) != (b is None):
             raise ValueError(f"split {split!r} of {raw.name!r}: '{name}' is given for only one "
                              "of base and test")
-        cols.append(None if a is None else np.concatenate([a, b]))
+        optional.append(None if a is None else np.concatenate([a, b]))
     part = np.r_[np.full(len(base), TRAIN), np.full(len(test), TEST)]
-    return Interactions(*cols), part, np.r_[np.arange(len(base)), np.arange(len(test))]
+    both = Interactions(np.concatenate([base.user, test.user]),
+                        np.concatenate([base.item, test.item]), *optional)
+    return both, part, np.r_[np.arange(len(base)), np.arange(len(test))]
 
 
 def assign(t: Columns, order: np.ndarray, kind: str, ratios: tuple[float, ...],

@@ -82,7 +82,8 @@ def parse_spec(spec: str) -> SyntheticParams:
     if name != "synthetic":
         raise ValueError(f"dataset spec {spec!r}: expected 'synthetic' or 'synthetic:k=v,...'")
     fields = {f.name: f for f in dataclasses.fields(SyntheticParams)}
-    values: dict[str, int | float] = {}
+    counts: dict[str, int] = {}  # every key but noise, the one float
+    noise = SyntheticParams.noise
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         key = key.strip()
@@ -91,16 +92,17 @@ def parse_spec(spec: str) -> SyntheticParams:
         if key not in fields:
             raise ValueError(f"dataset spec {spec!r}: unknown key {key!r}; "
                              f"allowed: {', '.join(fields)}")
-        kind = float if key == "noise" else int
         try:
-            values[key] = kind(value)
+            if key == "noise":
+                noise = float(value)
+            else:
+                counts[key] = int(value)
         except ValueError:
             raise ValueError(f"dataset spec {spec!r}: {key}={value!r} is not "
-                             f"{'a number' if kind is float else 'an integer'}") from None
-    if "genres" not in values:  # the default must not exceed a small catalogue
-        values["genres"] = min(SyntheticParams.genres, int(values.get("items",
-                                                                      SyntheticParams.items)))
-    p = SyntheticParams(**values)
+                             f"{'a number' if key == 'noise' else 'an integer'}") from None
+    if "genres" not in counts:  # the default must not exceed a small catalogue
+        counts["genres"] = min(SyntheticParams.genres, counts.get("items", SyntheticParams.items))
+    p = SyntheticParams(**counts, noise=noise)
     checks = [(p.users >= 1, "users >= 1"), (p.items >= 2, "items >= 2"),
               (p.rank >= 1, "rank >= 1"), (1 <= p.genres <= p.items, "1 <= genres <= items"),
               (p.noise >= 0, "noise >= 0"),

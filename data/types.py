@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+"""What a `Split` holds: NumPy arrays as prepared, torch tensors once moved to a device."""
 
 
 @dataclass
@@ -70,8 +74,9 @@ class RawDataset:
 
 
 @dataclass
-class Split:
+class Split(Generic[Array]):
     """One part of a split in index space, sorted by (user, timestamp), ties in source order.
+    Prepared as NumPy arrays (`Split[np.ndarray]`); `to` gives tensors (`Split[Tensor]`).
 
     Args:
         user: user indices in `[0, n_users)`, int64 `[N]`.
@@ -80,15 +85,15 @@ class Split:
         timestamp: int64 `[N]`; the row's position in the source when it has no timestamps.
     """
 
-    user: np.ndarray
-    item: np.ndarray
-    rating: np.ndarray
-    timestamp: np.ndarray
+    user: Array
+    item: Array
+    rating: Array
+    timestamp: Array
 
     def __len__(self) -> int:
         return len(self.user)
 
-    def to(self, device: str | torch.device) -> Split:
+    def to(self, device: str | torch.device) -> Split[torch.Tensor]:
         """The same split as torch tensors on `device` (int64 ids, float32 ratings)."""
         return Split(*(torch.as_tensor(a).to(device) for a in
                        (self.user, self.item, self.rating, self.timestamp)))
@@ -128,9 +133,9 @@ class PreparedData:
     fingerprint: str
     user_ids: np.ndarray
     item_ids: np.ndarray
-    train: Split
-    val: Split
-    test: Split
+    train: Split[np.ndarray]
+    val: Split[np.ndarray]
+    test: Split[np.ndarray]
     has_ratings: bool
     rating_range: tuple[float, float]
     val_negatives: np.ndarray | None = None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from orchestrator.data.sampling import last_items, user_item_csr
-from orchestrator.data.types import PreparedData, Split
+from orchestrator.data.types import Array, PreparedData, Split
 from orchestrator.engine.metrics import (
     full_ranking_per_user,
     lower_is_better,
@@ -78,7 +78,7 @@ def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)
     return metric, "min" if lower_is_better(metric) else "max"
 
 
-def concat_splits(a: Split, b: Split) -> Split:
+def concat_splits(a: Split[Array], b: Split[Array]) -> Split[Array]:
     """The rows of `a`, then those of `b` (tensors or NumPy arrays alike)."""
     cat = torch.cat if isinstance(a.user, Tensor) else np.concatenate
     return Split(*(cat(p) for p in zip((a.user, a.item, a.rating, a.timestamp),
@@ -104,9 +104,9 @@ class DeviceData:
 
     data: PreparedData
     device: torch.device
-    train: Split = field(init=False)
-    val: Split = field(init=False)
-    test: Split = field(init=False)
+    train: Split[Tensor] = field(init=False)
+    val: Split[Tensor] = field(init=False)
+    test: Split[Tensor] = field(init=False)
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +118,7 @@ class DeviceData:
             self._cache[key] = build()
         return self._cache[key]
 
-    def history(self, split: str) -> Split:
+    def history(self, split: str) -> Split[Tensor]:
         """What is known when evaluating `split`: train for val, train + val for test."""
         _check_split(split)
         if split == "val":

@@ -111,11 +111,11 @@ def _target_ranks(scores: Tensor, targets: Tensor, mask: Tensor | None,
         usable &= ~mask.gather(1, safe)
     if targets.shape[1] <= _COMPARE_MAX_TARGETS:
         keep = None if mask is None else ~mask  # [B, C]
-        ge = []
+        counts = []
         for j in range(targets.shape[1]):
             beats = scores >= target_scores[:, j:j + 1]  # [B, C]
-            ge.append((beats if keep is None else beats & keep).sum(1))
-        return torch.stack(ge, 1).clamp(max=max_k + 1), usable  # [B, T]
+            counts.append((beats if keep is None else beats & keep).sum(1))
+        return torch.stack(counts, 1).clamp(max=max_k + 1), usable  # [B, T]
     if mask is not None:
         scores = scores.masked_fill(mask, -math.inf)  # [B, C] masked items sink to the bottom
     # Only ranks up to max_k matter, and a target has rank m <= max_k + 1 exactly when m of

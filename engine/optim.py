@@ -78,8 +78,7 @@ def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     sparse = [m.weight for m in tables if m.sparse]
     is_table, is_sparse = {id(m.weight) for m in tables}, {id(t) for t in sparse}
-    groups = model.param_groups() if hasattr(model, "param_groups") else \
-        [{"params": list(model.parameters())}]
+    groups = model.param_groups()
     dense = []
     for g in groups:
         dense.append({**g, "params": [q for q in g["params"] if id(q) not in is_table]})
@@ -89,8 +88,8 @@ def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
     if p.optimizer == "sgd":
         # torch's SGD steps a sparse gradient's rows only; the loss is a mean over the
         # batch, so `lr * batch_size` moves each example's parameters by `lr` x its gradient
-        tables = [{"params": sparse, "weight_decay": 0.0}] if sparse else []
-        return [torch.optim.SGD(dense + tables, lr=p.lr * p.batch_size,
+        sparse_group = [{"params": sparse, "weight_decay": 0.0}] if sparse else []
+        return [torch.optim.SGD(dense + sparse_group, lr=p.lr * p.batch_size,
                                 weight_decay=p.weight_decay)]
     out: list[torch.optim.Optimizer] = []
     if dense:

@@ -38,6 +38,7 @@ import torch
 from orchestrator.data.sampling import NegativeSampler
 from orchestrator.data.types import PreparedData, Split
 from orchestrator.engine.evaluation import (
+    DeviceData,
     check_ks,
     concat_splits,
     evaluate,
@@ -387,7 +388,7 @@ def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig, best_
     """Validation metrics of a trained model and test metrics of it or, with `cfg.refit`, of
     its refit for `best_epoch` epochs; returns them, the model tested and its test values
     per evaluation unit (`evaluate_units`)."""
-    tensors = to_device(data, model.device)
+    tensors: DeviceData | None = to_device(data, model.device)
     scores = evaluate(model, data, "val", cfg, tensors)
     if cfg.refit:
         model, data = refit(model.name, data, model.task, model.hparams(), cfg, best_epoch)

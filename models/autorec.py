@@ -88,6 +88,8 @@ class AutoRec(Recommender):
     # 1 in DENSE_DECODE of its cells is observed, else entry by entry: the same values, the
     # cheaper way for the batch's density.
     DENSE_DECODE = 50
+    codes: Tensor  # buffer [n_items, dim]: the items' hidden codes, set on entering eval
+    item_seen: Tensor  # buffer [n_items] bool: the items with a training rating
 
     def __init__(self, spec: DataSpec, task: str, params: AutoRecParams) -> None:
         super().__init__(spec, task, params)
@@ -124,7 +126,7 @@ class AutoRec(Recommender):
             "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 2048, 8192]),
         }
 
-    def examples(self, train: Split) -> dict[str, Tensor]:
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Keep `train` as a CSR by item (repeats of a pair: the last one counts, as the
         dense matrix had it); the examples are the item indices."""
         dev = self.codes.device

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,7 +75,8 @@ class DataSpec:
     @classmethod
     def from_data(cls, data: PreparedData) -> DataSpec:
         mean = float(data.train.rating.mean()) if len(data.train) else 0.0
-        return cls(data.n_users, data.n_items, tuple(data.rating_range), mean)
+        lo, hi = data.rating_range
+        return cls(data.n_users, data.n_items, (lo, hi), mean)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def embedding(rows: int, dim: int, batch_size: int, **kwargs: Any) -> nn.Embeddi
     return nn.Embedding(rows, dim, sparse=rows > SPARSE_ROWS_PER_EXAMPLE * batch_size, **kwargs)
 
 
-def row_penalty(*uses: tuple[list[nn.Module], Tensor]) -> Tensor:
+def row_penalty(*uses: tuple[Sequence[nn.Module], Tensor]) -> Tensor:
     """The squared norm of the embedding rows a batch used, each row once: for each
     (tables, indices), the rows `indices` of every table. With sparse embedding tables (no
     optimizer weight decay: RowAdam has none) this is the `weight_decay` of dense Adam
@@ -159,7 +161,7 @@ class Recommender(nn.Module):
 
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]]
-    Params: ClassVar[type] = CommonParams
+    Params: ClassVar[type[CommonParams]] = CommonParams
     learned: ClassVar[bool] = True
     """False for baselines computed from counts: the loop evaluates them without training."""
     recipes: ClassVar[tuple[Recipe, ...]] = ()
@@ -190,7 +192,7 @@ class Recommender(nn.Module):
         """Negatives the loop samples per example into `batch["neg_item"]`, `[B, n]`."""
         return 0 if self.task == "rating" else self.params.negatives
 
-    def examples(self, train: Split) -> dict[str, Tensor]:
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Aligned training example tensors on the model's device; default (user, item, rating)."""
         return {"user": train.user, "item": train.item, "rating": train.rating}
 
@@ -205,6 +207,11 @@ class Recommender(nn.Module):
         """Scores of every item for a batch of users: `[B] (, [B, L]) -> [B, n_items]`."""
         raise NotImplementedError
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (`engine.optim.make_optimizers` splits off the
+        embedding tables); one group of every parameter unless a model says otherwise."""
+        return [{"params": list(self.parameters())}]
+
     def hparams(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params)
 
@@ -215,8 +222,8 @@ class Recommender(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")

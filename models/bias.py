@@ -54,6 +54,8 @@ class Bias(Recommender):
     tasks = ("rating",)
     Params = BiasParams
     learned = False
+    user_bias: Tensor  # buffer [n_users]
+    item_bias: Tensor  # buffer [n_items]
 
     def __init__(self, spec: DataSpec, task: str, params: BiasParams) -> None:
         super().__init__(spec, task, params)
@@ -61,7 +63,7 @@ class Bias(Recommender):
         self.register_buffer("item_bias", torch.zeros(spec.n_items))  # [n_items]
         self.mu = spec.global_mean
 
-    def examples(self, train: Split) -> dict[str, Tensor]:
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Fit the biases on `train`: each sweep solves the items' biases given the users',
         then the users' given the items' (each a damped mean of the residuals)."""
         dev = self.user_bias.device

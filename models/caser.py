@@ -142,7 +142,7 @@ class Caser(Recommender):
             "batch_size": trial.suggest_categorical("batch_size", [256, 512, 2048, 8192]),
         }
 
-    def examples(self, train: Split) -> dict[str, Tensor]:
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Sliding windows, as `user [W]` and the row `at [W]` of each window's first target:
         the loss gathers a batch's `seq [B, L]` and `target [B, T]` from the time-ordered
         items kept beside the model (O(interactions) memory, not O(interactions x L))."""

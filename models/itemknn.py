@@ -59,6 +59,9 @@ class ItemKNN(Recommender):
     Params = ItemKNNParams
     learned = False
     BLOCK_CELLS = 2**26  # co-occurrence counts computed at once (float32: 256 MB)
+    interactions: Tensor  # buffer [n_users, n_items] bool
+    neighbours: Tensor  # buffer [n_items, k]
+    weights: Tensor  # buffer [n_items, k]
 
     def __init__(self, spec: DataSpec, task: str, params: ItemKNNParams) -> None:
         super().__init__(spec, task, params)
@@ -77,7 +80,7 @@ class ItemKNN(Recommender):
         """Users per `score_all` call: it gathers `[users, n_items, k]` weights at once."""
         return max(1, self.BLOCK_CELLS // (self.spec.n_items * self.neighbours.shape[1]))
 
-    def examples(self, train: Split) -> dict[str, Tensor]:
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Build the interactions and each item's `k` most similar items from `train`."""
         import numpy as np
         import scipy.sparse as sp

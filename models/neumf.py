@@ -230,7 +230,8 @@ class NeuMF(Recommender):
             self.params, tower=tower, pretrain=False)).to(self.device) for tower in ("gmf", "mlp")]
         for tower in towers:
             train(tower)
-        self.load_pretrained(*towers, alpha=self.params.alpha)
+        gmf, mlp = towers
+        self.load_pretrained(gmf, mlp, alpha=self.params.alpha)
 
     @torch.no_grad()
     def load_pretrained(self, gmf: NeuMF, mlp: NeuMF, alpha: float = 0.5) -> None:

@@ -48,12 +48,13 @@ class Pop(Recommender):
     tasks = ("ranking", "sequential", "rating")
     Params = PopParams
     learned = False
+    item_score: Tensor  # buffer [n_items]
 
     def __init__(self, spec: DataSpec, task: str, params: PopParams) -> None:
         super().__init__(spec, task, params)
         self.register_buffer("item_score", torch.zeros(spec.n_items))  # [n_items]
 
-    def examples(self, train: Split) -> dict[str, Tensor]:
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Compute the item scores from `train`."""
         dev = self.item_score.device
         item = train.item.to(dev)

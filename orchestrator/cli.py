@@ -149,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from orchestrator.config import TrainConfig
     from orchestrator.engine.single_run import train_one, validate_request
 
-    hparams: dict[str, object] = parse_sets(args.set)
+    hparams: dict[str, object] = dict(parse_sets(args.set))  # strings as typed, then epochs
     if args.epochs is not None:
         hparams["epochs"] = args.epochs
     # Everything the user typed is checked before any data is loaded or model trained.

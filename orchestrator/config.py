@@ -16,9 +16,12 @@ import dataclasses
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def opt(default: Any, help: str, sweep_only: bool = False) -> Any:
@@ -97,7 +100,7 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "", *,
     out = {}
     for key, value in values.items():
         kind = hints[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             out[key] = from_dict(kind, value, f"{where}{key}.", complete=complete)
             continue
         out[key] = _check_type(f"{where}{key}", value, kind)
@@ -235,7 +238,7 @@ def flag_values(cls: type, args: argparse.Namespace) -> dict[str, object]:
             for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> object:
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """The config with the flags that were given."""
     return from_dict(cls, flag_values(cls, args), where="--")
 

@@ -80,7 +80,22 @@ class ExportError(ValueError):
     """An export that could not be written or did not reproduce PyTorch."""
 
 
-class TopK(nn.Module):
+class _Ranking(nn.Module):
+    """The top-K graphs' common part: the model, and the top `k` of scores with the excluded
+    items at -inf. (`TopK` and `SeqTopK` take different inputs, so neither extends the other.)"""
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__()
+        self.model = model
+
+    @staticmethod
+    def _top(scores: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        scores = scores.float().masked_fill(exclude, float("-inf"))  # [B, n_items]
+        top = torch.topk(scores, k, dim=1)  # [B, k]
+        return top.indices, top.values
+
+
+class TopK(_Ranking):
     """Serving graph: every item's score, the excluded ones at -inf, then the top `k`.
 
     Args:
@@ -94,21 +109,11 @@ class TopK(nn.Module):
         (torch.Size([2, 10]), torch.Size([2, 10]))
     """
 
-    def __init__(self, model: Recommender) -> None:
-        super().__init__()
-        self.model = model
-
     def forward(self, user: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return self._top(self.model.score_all(user), exclude, k)
 
-    @staticmethod
-    def _top(scores: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        scores = scores.float().masked_fill(exclude, float("-inf"))  # [B, n_items]
-        top = torch.topk(scores, k, dim=1)  # [B, k]
-        return top.indices, top.values
 
-
-class SeqTopK(TopK):
+class SeqTopK(_Ranking):
     """`TopK` for sequence models: scores come from the user and their last L items."""
 
     def forward(self, user: Tensor, seq: Tensor, exclude: Tensor, k: int
@@ -159,6 +164,7 @@ def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str]
                                     input_names=names, output_names=outputs,
                                     dynamic_shapes=dynamic, verbose=False,
                                     external_data=False)
+    assert program is not None  # None only from the legacy (dynamo=False) exporter
     proto = program.model_proto
     graph = proto.graph
     ends = {v.name: v for v in [*graph.input, *graph.output]}
@@ -289,7 +295,7 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
                 written += [temp[part].with_name(meta[part]["data"]["file"])] \
                     if "data" in meta[part] else []
             with open(temp["arrays"], "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, allow_pickle=True, **arrays)  # the default, named: no key can be it
             meta["arrays"] = {"file": names["arrays"], "sha256": sha256(temp["arrays"]),
                               "keys": sorted(arrays)}
             meta["parity"] = check_parity(model, data, arrays, _pair_inputs(model),

@@ -61,9 +61,12 @@ def cache_torchlib_ops() -> None:
     try:
         from torch.onnx._internal._lazy_import import onnxscript_apis
 
-        module = importlib.import_module(onnxscript_apis._name)
+        # torch types onnxscript_apis as the module it names; at run time a _LazyModule
+        module = importlib.import_module(onnxscript_apis._name)  # type: ignore[attr-defined]
         if not hasattr(module.get_torchlib_ops, "cache_info"):
-            module.get_torchlib_ops = functools.cache(module.get_torchlib_ops)
+            # typeshed's ModuleType lets any attribute be read, none be set
+            module.get_torchlib_ops = functools.cache(  # type: ignore[attr-defined]
+                module.get_torchlib_ops)
     except (ImportError, AttributeError):
         pass
 

@@ -91,8 +91,8 @@ def check_parity(model: Recommender, data: PreparedData, arrays: dict[str, np.nd
     if L > 0:
         feeds["seq"] = last_items(ptr, known, users, L, n_items)
         seq = torch.from_numpy(feeds["seq"])
-    reference = model.score_all(torch.from_numpy(users), seq).float()  # [U, n_items]
-    reference = reference.masked_fill(torch.from_numpy(exclude), float("-inf")).numpy()
+    scores = model.score_all(torch.from_numpy(users), seq).float()  # [U, n_items]
+    reference = scores.masked_fill(torch.from_numpy(exclude), float("-inf")).numpy()
     serving = session(topk)
     top_items, top_scores = serving.run(["items", "scores"], feeds)  # [U, k] each
     top_diff = check_topk(reference, top_items, top_scores)

@@ -232,7 +232,9 @@ def has_wandb_key() -> bool:
         return True
     host = urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host.hostname) is not None
+        # no hostname (a URL without a scheme): "" matches no machine, as None did
+        found = netrc.netrc(os.environ.get("NETRC")).authenticators(host.hostname or "")
+        return found is not None
     except (OSError, netrc.NetrcParseError):
         return False
 

@@ -82,6 +82,7 @@ def optuna_figure(kind: str, study: Any, path: Path) -> Path:
     import warnings
 
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from optuna.exceptions import ExperimentalWarning
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization import matplotlib as optuna_plots
@@ -103,6 +104,7 @@ def optuna_figure(kind: str, study: Any, path: Path) -> Path:
     if kind == "history":
         ax.set_ylabel(study.user_attrs.get("metric", "value"))
     fig = ax.figure
+    assert isinstance(fig, Figure)  # optuna draws on a pyplot figure's axes, no subfigure
     fig.set_size_inches(6.4, 4.0)
     try:
         fig.tight_layout()
@@ -168,7 +170,8 @@ def plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
     else:
         ax.scatter(coords.x, coords.y, s=size, alpha=0.6, linewidths=0)
     # Label the most popular items, skipping one whose label would overlap an earlier one.
-    span, placed = np.ptp(coords[["x", "y"]].to_numpy(), axis=0) * (0.2, 0.03), []
+    span = np.ptp(coords[["x", "y"]].to_numpy(), axis=0) * (0.2, 0.03)
+    placed: list[np.ndarray] = []
     for _, row in coords.nlargest(5 * LABELS, "popularity").iterrows():
         at = np.array([row["x"], row["y"]])
         if len(placed) < LABELS and all((abs(at - q) >= span).any() for q in placed):

@@ -260,9 +260,9 @@ class Searched:
 def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
     """The trial with the best validation value of any epoch that has a checkpoint: any
     trial, also one ASHA stopped (its best epoch is a real model, judged on validation)."""
-    chosen = [t for t in trials
+    chosen = [(t.best, t) for t in trials
               if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None]
     if not chosen:
         return None
     pick = min if study.mode == "min" else max
-    return pick(chosen, key=lambda t: t.best)
+    return pick(chosen, key=lambda best_trial: best_trial[0])[1]

@@ -157,7 +157,7 @@ def _study_html(run: RunDir, figures: Path, study: str, trials: pd.DataFrame, da
         if len(curves):
             out.append(_img(plots.plot_curves(curves, list(best["trial_id"].head(CURVES)),
                                               metric, figures / f"curves-{study}.png")))
-    if data is not None and model is not None:
+    if data is not None and popularity is not None and model is not None:  # data: popularity
         out.append(_umap_html(model, study, data, popularity, figures, say))
     return "".join(out)
 

@@ -66,9 +66,9 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
     _check_evaluations(frame)
     frame = frame.assign(**significance(studies)) if len(frame) else frame
     frame = frame.iloc[sorted(range(len(frame)), key=lambda i: order[frame["table"].iloc[i]])]
-    metrics = sorted(c for c in frame.columns if c.startswith(("val/", "test/")))
-    rest = [c for c in frame.columns if c not in FIRST + LAST and c not in metrics]
-    cols = [c for c in FIRST if c in frame.columns] + metrics + rest \
+    metric_cols = sorted(c for c in frame.columns if c.startswith(("val/", "test/")))
+    rest = [c for c in frame.columns if c not in FIRST + LAST and c not in metric_cols]
+    cols = [c for c in FIRST if c in frame.columns] + metric_cols + rest \
         + [c for c in LAST if c in frame.columns]
     return frame[cols].reset_index(drop=True)
 
@@ -138,7 +138,9 @@ def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
                 elif not studies[i].runs:
                     notes[i].append(f"vs {label}: not tested")
                 else:
-                    p, why = paired_test(studies[i].units, studies[ref].units)
+                    units, ref_units = studies[i].units, studies[ref].units
+                    assert units is not None and ref_units is not None  # both have runs
+                    p, why = paired_test(units, ref_units)
                     if why:
                         notes[i].append(f"vs {label}: n/a ({why})")
                     else:
@@ -203,7 +205,8 @@ def write_units(run_dir: Path, studies: list[StudyResult]) -> None:
     p-values were computed from: `test_units.npz`, one array per study, in the data's order
     (per user for rankings, per rating for ratings), to test other pairs later."""
     with atomic_write(run_dir / UNITS, "wb") as f:
-        np.savez(f, **{r.study.name: r.units for r in studies if r.runs})
+        tested = {r.study.name: u for r in studies if (u := r.units) is not None}  # runs
+        np.savez(f, allow_pickle=True, **tested)  # the default, named: no key can be it
 
 
 def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:

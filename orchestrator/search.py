@@ -140,7 +140,7 @@ class StudySearch(SavedSearcher):
         counts = collections.Counter(self.owner.values())
         open_ = [name for name in self.searches if counts[name] < self.trials]
         if not open_:
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own sentinel, a str
         name = min(open_, key=lambda n: counts[n])  # the study with fewest trials, in order
         self.owner[trial_id] = name
         return self.searches[name].suggest(trial_id)
@@ -154,7 +154,7 @@ class StudySearch(SavedSearcher):
                           error: bool = False) -> None:
         search = self.searches[self.owner[trial_id]]
         status = (result or {}).get("status")
-        if status in ("epochs", "early_stopped"):
+        if result is not None and status in ("epochs", "early_stopped"):
             result = {**result, search.metric: result["best_value"]}
         elif status == "diverged":  # failed (Optuna refuses a NaN value and keeps it RUNNING)
             result, error = None, True
@@ -208,7 +208,9 @@ class FixedConfigs(SavedSearcher):
         self.configs = list(configs)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+        if not self.configs:
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own sentinel, a str
+        return self.configs.pop(0)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
@@ -362,7 +364,8 @@ def fit_experiment(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfi
     goes away as one trial ends and the next takes over its actor.)"""
     grid = tuner.fit()
     for _ in range(cfg.max_failures):
-        lost = [r for r in grid if isinstance(r.error, ray.exceptions.RayActorError)]
+        lost = [r for r in grid  # type: ignore[attr-defined]  # iterates by __getitem__
+                if isinstance(r.error, ray.exceptions.RayActorError)]
         if not lost or stop.is_set() or (deadline is not None and time.time() >= deadline):
             break
         print(f"search: {len(lost)} trial(s) lost with their node; resuming them", flush=True)

@@ -16,7 +16,7 @@ suggests are drawn afterwards. No Optuna import here: only the trial's `suggest_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform",
                  "log_uniform_values", "q_log_uniform_values")
@@ -67,6 +67,11 @@ def validate_space(overrides: dict[str, Any], known_params: dict[str, dict[str, 
                         raise ValueError(f"{where}: {e}") from None
 
 
+def _is_number(v: object) -> TypeGuard[int | float]:
+    """An int or a float, not a bool (YAML's `true` is no bound)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _kind(where: str, spec: Any) -> str:
     """The distribution of one entry (inferred as W&B does when not given); raises if bad."""
     if not isinstance(spec, dict):
@@ -94,7 +99,7 @@ def _kind(where: str, spec: Any) -> str:
         raise ValueError(f"{where}: distribution categorical needs a non-empty list 'values'")
     if kind not in ("constant", "categorical"):
         lo, hi = spec.get("min"), spec.get("max")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+        if not (_is_number(lo) and _is_number(hi)):
             raise ValueError(f"{where}: distribution {kind} needs numeric 'min' and 'max', "
                              f"got min={lo!r} max={hi!r}")
         if lo > hi:
@@ -128,7 +133,8 @@ class _Overriding:
     """A trial whose `suggest_*(name, ...)` answers from the overrides when it has `name`."""
 
     def __init__(self, trial: Any, overrides: dict[str, Any]) -> None:
-        self._trial, self._overrides, self.drawn = trial, overrides, {}
+        self._trial, self._overrides = trial, overrides
+        self.drawn: dict[str, Any] = {}
 
     def _answer(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
         if name in self._overrides:
@@ -165,7 +171,8 @@ class _Defaults:
     that lie in the distribution asked for (the ones Optuna can enqueue as fixed values)."""
 
     def __init__(self, defaults: dict[str, Any]) -> None:
-        self.defaults, self.point = defaults, {}
+        self.defaults = defaults
+        self.point: dict[str, Any] = {}
 
     def _take(self, name: str, inside: bool) -> Any:
         if inside:
@@ -175,10 +182,8 @@ class _Defaults:
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> Any:
         v = self.defaults.get(name)
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        on_grid = step is None or (number and abs((v - low) / step - round((v - low) / step))
-                                   < 1e-9)
-        return self._take(name, number and low <= v <= high and on_grid)
+        return self._take(name, _is_number(v) and low <= v <= high and (
+            step is None or abs((v - low) / step - round((v - low) / step)) < 1e-9))
 
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False
                     ) -> Any:

@@ -72,10 +72,10 @@ from orchestrator.tracking import summary_run
 from orchestrator.trainable import run_trial
 
 
-def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
-    """Run (or continue) a sweep; returns the run directory holding the results. After a
-    Ctrl-C it writes the table, exports and report of what finished, then raises
-    KeyboardInterrupt."""
+def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path:
+    """Run (or continue: `cfg` None, the run directory `resume`) a sweep; returns the run
+    directory holding the results. After a Ctrl-C it writes the table, exports and report
+    of what finished, then raises KeyboardInterrupt."""
     cfg, studies, plan = plan_sweep(cfg, resume)
     start = time.time()
     budget = parse_duration(cfg.time_budget)
@@ -111,7 +111,7 @@ def run_sweep(cfg: SweepConfig, resume: str | Path | None = None) -> Path:
     return run_dir
 
 
-def plan_sweep(cfg: SweepConfig, resume: str | Path | None
+def plan_sweep(cfg: SweepConfig | None, resume: str | Path | None
                ) -> tuple[SweepConfig, list[Study], dict[str, Schedule]]:
     """The resolved config (a new run's, or the one `--resume` continues), its studies and
     their schedules; everything that can fail before Ray starts fails here."""
@@ -120,6 +120,8 @@ def plan_sweep(cfg: SweepConfig, resume: str | Path | None
         if not tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
             raise ValueError(f"--resume {resume}: no experiment to continue in "
                              f"{experiment_root(cfg)}/{SEARCH}; start a new sweep instead")
+    elif cfg is None:
+        raise TypeError("plan_sweep: a config to run, or a run directory to resume")
     elif not cfg.name:
         cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
     elif (run_directory(cfg) / "sweep.yaml").exists() or \

@@ -56,9 +56,10 @@ class WandbRuns:
     def start(self, trial_id: str, name: str, group: str, study: str, config: dict) -> None:
         with self._kept(trial_id, "start"):
             run = self.wandb.init(
-                dir=self.directory, mode=self.mode, project=self.project, id=trial_id,
-                name=name, group=group, job_type=study, config=config, resume="allow",
-                reinit="create_new", settings=self.wandb.Settings(silent=True))
+                dir=self.directory, mode=self.mode,  # type: ignore[arg-type]  # W&B checks it
+                project=self.project, id=trial_id, name=name, group=group, job_type=study,
+                config=config, resume="allow", reinit="create_new",
+                settings=self.wandb.Settings(silent=True))
             run.define_metric("*", step_metric="epoch")  # charts over epochs, not reports
             self.runs[trial_id] = run
         if trial_id not in self.runs:
@@ -97,8 +98,9 @@ def summary_run(run_dir: Path, mode: str, project: str, sweep: str,
     import wandb
 
     try:
-        run = wandb.init(dir=str(run_dir), mode=mode, project=project, group=sweep,
-                         name=f"{sweep} summary", job_type="summary", reinit="create_new",
+        run = wandb.init(dir=str(run_dir), mode=mode,  # type: ignore[arg-type]  # W&B checks it
+                         project=project, group=sweep, name=f"{sweep} summary",
+                         job_type="summary", reinit="create_new",
                          settings=wandb.Settings(silent=True))
         run.log({name: wandb.Table(dataframe=frame) for name, frame in tables.items()})
         if models is not None and any(models.iterdir()):
