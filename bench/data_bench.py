@@ -61,35 +61,63 @@ def main() -> None:
 
     raw = load_source("ml-100k", SHARED)
     data = prepare(raw, "leave-last")
-    every = Split(*(torch.cat([torch.as_tensor(getattr(s, f)) for s in
-                               (data.train, data.val, data.test)]).to(args.device)
-                    for f in ("user", "item", "rating", "timestamp")))  # all 100k positives
+    every = Split(
+        *(
+            torch.cat(
+                [torch.as_tensor(getattr(s, f)) for s in (data.train, data.val, data.test)]
+            ).to(args.device)
+            for f in ("user", "item", "rating", "timestamp")
+        )
+    )  # all 100k positives
     gen = torch.Generator(device=args.device).manual_seed(0)
     uniform = NegativeSampler(every, data.n_items, "uniform", gen)
     popular = NegativeSampler(every, data.n_items, "popularity", gen)
     train = data.train.to(args.device)
 
     rows = [  # (what, seconds, goal in seconds or None)
-        ("parse ml-100k (u.data, u.item)", timed(lambda: load_source("ml-100k", SHARED), r,
-                                                 False), None),
-        ("prepare: index + leave-last + 100 eval negatives",
-         timed(lambda: prepare(raw, "leave-last"), r, False), None),
-        ("load + prepare ml-100k (leave-last)",
-         timed(lambda: prepare(load_source("ml-100k", SHARED), "leave-last"), r, False), 1.0),
-        (f"4 negatives x 100k positives, uniform ({args.device})",
-         timed(lambda: uniform.sample(every.user, 4), r, sync), 0.05),
-        (f"4 negatives x 100k positives, popularity ({args.device})",
-         timed(lambda: popular.sample(every.user, 4), r, sync), None),
-        (f"sequence windows L=5 T=3 of the train split ({args.device})",
-         timed(lambda: sequence_windows(train, 5, 3, data.n_items), r, sync), None),
-        ("synthetic, ml-100k size (943 x 1682, 100k)",
-         timed(lambda: load_synthetic("synthetic"), r, False), 1.0),
+        (
+            "parse ml-100k (u.data, u.item)",
+            timed(lambda: load_source("ml-100k", SHARED), r, False),
+            None,
+        ),
+        (
+            "prepare: index + leave-last + 100 eval negatives",
+            timed(lambda: prepare(raw, "leave-last"), r, False),
+            None,
+        ),
+        (
+            "load + prepare ml-100k (leave-last)",
+            timed(lambda: prepare(load_source("ml-100k", SHARED), "leave-last"), r, False),
+            1.0,
+        ),
+        (
+            f"4 negatives x 100k positives, uniform ({args.device})",
+            timed(lambda: uniform.sample(every.user, 4), r, sync),
+            0.05,
+        ),
+        (
+            f"4 negatives x 100k positives, popularity ({args.device})",
+            timed(lambda: popular.sample(every.user, 4), r, sync),
+            None,
+        ),
+        (
+            f"sequence windows L=5 T=3 of the train split ({args.device})",
+            timed(lambda: sequence_windows(train, 5, 3, data.n_items), r, sync),
+            None,
+        ),
+        (
+            "synthetic, ml-100k size (943 x 1682, 100k)",
+            timed(lambda: load_synthetic("synthetic"), r, False),
+            1.0,
+        ),
     ]
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
-          f"threads, load average {load:.1f}")
+    print(
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"threads, load average {load:.1f}"
+    )
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print()
     print(f"| {'step':<58} | {'median ms':>9} | {'best ms':>8} | {'goal ms':>7} | ok  |")

@@ -28,13 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orchestrator.models  # noqa: E402,F401  (registers every model)
+from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.data import load_dataset  # noqa: E402
 from orchestrator.engine.evaluation import monitored_metric  # noqa: E402
 from orchestrator.engine.train import fit, pick_device, seed_everything  # noqa: E402
 from orchestrator.models.base import DataSpec  # noqa: E402
 from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
-
-from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 
 DATA = "synthetic:users=943,items=1682,interactions=100000,seed=0"
 EPOCHS = {"autorec": 20}  # epochs per model in the checks (default 3)
@@ -49,8 +48,13 @@ def train(name: str, task: str, data, device: str, amp: bool, epochs: int) -> tu
     result = fit(model, data, cfg)
     metric, _ = monitored_metric(model.task, cfg.metric)
     speeds = [h["train_samples_per_s"] for h in result.history if "train_samples_per_s" in h]
-    return model, result.best.get(metric, float("nan")), metric, \
-        max(speeds, default=float("nan")), time.perf_counter() - start
+    return (
+        model,
+        result.best.get(metric, float("nan")),
+        metric,
+        max(speeds, default=float("nan")),
+        time.perf_counter() - start,
+    )
 
 
 def placement_and_autocast(device: str) -> None:
@@ -64,12 +68,17 @@ def placement_and_autocast(device: str) -> None:
         epochs = EPOCHS.get(name, 3)
         off = train(name, task, data, device, False, epochs)
         on = train(name, task, data, device, device.startswith("cuda"), epochs)
-        where = {p.device.type for p in on[0].parameters()} | \
-            {b.device.type for b in on[0].buffers()}
+        where = {p.device.type for p in on[0].parameters()} | {
+            b.device.type for b in on[0].buffers()
+        }
         ok = where <= {torch.device(device).type} and all(
-            x == x and abs(x) != float("inf") for x in (off[1], on[1]))
-        print(f"| {name} | {task} | {','.join(sorted(where)) or '-'} | {off[2]} {off[1]:.4f} | "
-              f"{on[1]:.4f} | {on[3]:,.0f} |{'' if ok else ' FAIL'}", flush=True)
+            x == x and abs(x) != float("inf") for x in (off[1], on[1])
+        )
+        print(
+            f"| {name} | {task} | {','.join(sorted(where)) or '-'} | {off[2]} {off[1]:.4f} | "
+            f"{on[1]:.4f} | {on[3]:,.0f} |{'' if ok else ' FAIL'}",
+            flush=True,
+        )
 
 
 def _share_worker(device: str, epochs: int, queue: mp.Queue) -> None:
@@ -88,8 +97,7 @@ def sharing(device: str, k: int, epochs: int = 20) -> None:
     print("|---|---|---|---|---|")
     for n in (1, k):
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_share_worker, args=(device, epochs, queue))
-                 for _ in range(n)]
+        procs = [ctx.Process(target=_share_worker, args=(device, epochs, queue)) for _ in range(n)]
         start = time.perf_counter()
         for p in procs:
             p.start()
@@ -98,8 +106,11 @@ def sharing(device: str, k: int, epochs: int = 20) -> None:
             p.join()
         wall = time.perf_counter() - start
         total = sum(o[0] for o in out)
-        print(f"| {n} | {total:,.0f} | {total / n:,.0f} | {wall:.1f} | "
-              f"{max(o[2] for o in out):.0f} |", flush=True)
+        print(
+            f"| {n} | {total:,.0f} | {total / n:,.0f} | {wall:.1f} | "
+            f"{max(o[2] for o in out):.0f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -108,8 +119,10 @@ def main() -> None:
     parser.add_argument("--share", type=int, default=4, help="processes sharing the device")
     args = parser.parse_args()
     pick_device(args.device)  # a clear error when the device is missing
-    print(f"torch {torch.__version__}; command: python bench/gpu_check.py --device "
-          f"{args.device} --share {args.share}")
+    print(
+        f"torch {torch.__version__}; command: python bench/gpu_check.py --device "
+        f"{args.device} --share {args.share}"
+    )
     placement_and_autocast(args.device)
     sharing(args.device, args.share)
 

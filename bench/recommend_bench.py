@@ -30,15 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orchestrator.models  # noqa: E402,F401  (registers every model)
+from orchestrator import serve  # noqa: E402
+from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.data import load_dataset  # noqa: E402
 from orchestrator.data.types import PreparedData  # noqa: E402
 from orchestrator.engine.train import fit, seed_everything  # noqa: E402
+from orchestrator.export import export_model  # noqa: E402
 from orchestrator.models.base import DataSpec  # noqa: E402
 from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
-
-from orchestrator import serve  # noqa: E402
-from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
-from orchestrator.export import export_model  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -47,8 +46,11 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     return f"{cpu}, {os.cpu_count()} CPUs, onnxruntime {serve.ort.__version__}"
 
@@ -65,8 +67,9 @@ def timed(fn, calls: int) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
 
-def bench(name: str, task: str, data: PreparedData, folder: Path, calls: int, epochs: int
-          ) -> list[str]:
+def bench(
+    name: str, task: str, data: PreparedData, folder: Path, calls: int, epochs: int
+) -> list[str]:
     seed_everything(0)
     model = create_model(name, DataSpec.from_data(data), task, epochs=epochs)
     fit(model, data, TrainConfig(device="cpu", amp=False, patience=1, ks=(10,)))
@@ -81,8 +84,17 @@ def bench(name: str, task: str, data: PreparedData, folder: Path, calls: int, ep
     users = [str(u) for u in rng.choice(data.user_ids, size=calls + 20)]
     p50, p95 = timed(lambda i: served.recommend(users[i], 10), calls)
     c50, c95 = timed(lambda i: served.recommend("999999999", 10), calls)
-    return [name, task, f"{p50:.3f}", f"{p95:.3f}", f"{c50:.3f}", f"{c95:.3f}",
-            f"{load_ms:.0f}", f"{export_s:.1f}", "yes" if p95 < 5 else "NO"]
+    return [
+        name,
+        task,
+        f"{p50:.3f}",
+        f"{p95:.3f}",
+        f"{c50:.3f}",
+        f"{c95:.3f}",
+        f"{load_ms:.0f}",
+        f"{export_s:.1f}",
+        "yes" if p95 < 5 else "NO",
+    ]
 
 
 def main() -> None:
@@ -99,15 +111,26 @@ def main() -> None:
         cfg = DataConfig(dataset="synthetic", eval_negatives=0)  # ml-100k's size
     data = load_dataset(cfg)
     names = [m for m in args.models.split(",") if m] or list_models()
-    head = ["model", "task", "p50 ms", "p95 ms", "cold p50 ms", "cold p95 ms", "load ms",
-            "export s", "p95 < 5 ms"]
+    head = [
+        "model",
+        "task",
+        "p50 ms",
+        "p95 ms",
+        "cold p50 ms",
+        "cold p95 ms",
+        "load ms",
+        "export s",
+        "p95 < 5 ms",
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for task in get_model_class(name).tasks:
                 rows.append(bench(name, task, data, Path(tmp), args.calls, args.epochs))
-    print(f"\nrecommend latency, one user, k=10, {args.calls} calls per model, "
-          f"{data.name} ({data.n_users} users, {data.n_items} items)")
+    print(
+        f"\nrecommend latency, one user, k=10, {args.calls} calls per model, "
+        f"{data.name} ({data.n_users} users, {data.n_items} items)"
+    )
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in rows:
         print("| " + " | ".join(row) + " |")

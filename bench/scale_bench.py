@@ -59,53 +59,67 @@ def make_csv(users: int, items: int, size: int, path: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     import pyarrow as pa
     import pyarrow.csv as pv
+
     from orchestrator.data.synthetic import generate, parse_spec
 
     start = time.perf_counter()
     raw = generate(parse_spec(f"synthetic:users={users},items={items},interactions={size}")).raw
     out = {"generate_s": time.perf_counter() - start, "generate_peak_gb": peak_gb()}
     i = raw.interactions
-    pv.write_csv(pa.table({"userId": i.user, "movieId": i.item, "rating": i.rating,
-                           "timestamp": i.timestamp}), path)
+    pv.write_csv(
+        pa.table(
+            {"userId": i.user, "movieId": i.item, "rating": i.rating, "timestamp": i.timestamp}
+        ),
+        path,
+    )
     return out
 
 
 def measure(path: Path, entries: list[str], threads: int, epochs: int = 1) -> dict:
     """In this process: prepare the CSV, then per model one epoch, one ranking pass, export."""
     sys.path.insert(0, str(ROOT))
-    import orchestrator.models  # noqa: F401  (registers every model)
     import torch
+
+    import orchestrator.models  # noqa: F401  (registers every model)
+    from orchestrator.config import DataConfig, TrainConfig
     from orchestrator.data import load_dataset
     from orchestrator.engine.evaluation import evaluate, to_device
     from orchestrator.engine.train import fit, seed_everything
+    from orchestrator.export import export_model
     from orchestrator.models.base import DataSpec
     from orchestrator.models.registry import create_model
 
-    from orchestrator.config import DataConfig, TrainConfig
-    from orchestrator.export import export_model
-
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    data = load_dataset(DataConfig(dataset=f"csv:{path}?user=userId&item=movieId",
-                                   eval_negatives=0))
-    out = {"ratings": len(data.train) + len(data.val) + len(data.test),
-           "users": data.n_users, "items": data.n_items,
-           "prepare_s": time.perf_counter() - start, "prepare_peak_gb": peak_gb()}
+    data = load_dataset(
+        DataConfig(dataset=f"csv:{path}?user=userId&item=movieId", eval_negatives=0)
+    )
+    out = {
+        "ratings": len(data.train) + len(data.val) + len(data.test),
+        "users": data.n_users,
+        "items": data.n_items,
+        "prepare_s": time.perf_counter() - start,
+        "prepare_peak_gb": peak_gb(),
+    }
     val = data.val  # ranking speed on the first EVAL_USERS users' validation rows
-    few = dataclasses.replace(data, val=type(val)(*(a[val.user < EVAL_USERS] for a in (
-        val.user, val.item, val.rating, val.timestamp))))
+    few = dataclasses.replace(
+        data,
+        val=type(val)(
+            *(a[val.user < EVAL_USERS] for a in (val.user, val.item, val.rating, val.timestamp))
+        ),
+    )
     cfg = TrainConfig(device="cpu", amp=False, protocol="full")
     for entry in entries:
         name, _, task = entry.partition(":")
         seed_everything(0)
         model = create_model(name, DataSpec.from_data(data), task or None, epochs=epochs)
         result = fit(model, data, cfg, validate=False)
-        out[f"{entry} samples/s"] = statistics.median(h["train_samples_per_s"]
-                                                      for h in result.history)
+        out[f"{entry} samples/s"] = statistics.median(
+            h["train_samples_per_s"] for h in result.history
+        )
         tensors = to_device(few, "cpu")  # as in training: the evaluation lookups are built
         evaluate(model, few, "val", cfg, tensors)  # once (O(ratings)), then kept
-        out[f"{entry} users/s"] = evaluate(model, few, "val", cfg,
-                                           tensors)["val/eval_users_per_s"]
+        out[f"{entry} users/s"] = evaluate(model, few, "val", cfg, tensors)["val/eval_users_per_s"]
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
             export_model(model, data, Path(folder, f"{name}.onnx"))
@@ -126,8 +140,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="100k,1M,5M,20M")
     ap.add_argument("--models", default="mf:ranking,neumf,caser")
-    ap.add_argument("--epochs", type=int, default=1,
-                    help="epochs per model; samples/s is their median")
+    ap.add_argument(
+        "--epochs", type=int, default=1, help="epochs per model; samples/s is their median"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ml25m", action="store_true", help="also parse + prepare ml-25m's shape")
     ap.add_argument("--work", type=Path, help="folder for the CSV files (default: temporary)")
@@ -139,12 +154,21 @@ def main() -> None:
         print(json.dumps(make_csv(int(users), int(items), int(size), Path(path))), flush=True)
         return
     if args.one:
-        print(json.dumps(measure(args.one, [m for m in args.models.split(",") if m],
-                                 args.threads, args.epochs)), flush=True)
+        print(
+            json.dumps(
+                measure(
+                    args.one, [m for m in args.models.split(",") if m], args.threads, args.epochs
+                )
+            ),
+            flush=True,
+        )
         return
-    print(f"# scale_bench: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{args.threads} threads; command: python bench/scale_bench.py "
-          f"{' '.join(sys.argv[1:])}", flush=True)
+    print(
+        f"# scale_bench: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} threads; command: python bench/scale_bench.py "
+        f"{' '.join(sys.argv[1:])}",
+        flush=True,
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_bench."))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -152,8 +176,18 @@ def main() -> None:
         users, items = (943, 1682) if size <= 100_000 else ML20M
         path = work / f"ratings-{size}.csv"
         row = child("--make", str(users), str(items), str(size), str(path))
-        row.update(child("--one", str(path), "--models", args.models, "--threads",
-                         str(args.threads), "--epochs", str(args.epochs)))
+        row.update(
+            child(
+                "--one",
+                str(path),
+                "--models",
+                args.models,
+                "--threads",
+                str(args.threads),
+                "--epochs",
+                str(args.epochs),
+            )
+        )
         path.unlink()
         rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
@@ -161,28 +195,38 @@ def main() -> None:
     cols.insert(0, cols.pop(cols.index("ratings")))
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:,.3g}" if isinstance(r[c], float) else f"{r[c]:,}"
-                                for c in cols) + " |")
-    same = [r for r in rows if (r["users"], r["items"]) == (rows[-1]["users"],
-                                                           rows[-1]["items"])]
+        print(
+            "| "
+            + " | ".join(f"{r[c]:,.3g}" if isinstance(r[c], float) else f"{r[c]:,}" for c in cols)
+            + " |"
+        )
+    same = [r for r in rows if (r["users"], r["items"]) == (rows[-1]["users"], rows[-1]["items"])]
     if len(same) > 1:  # growth between sizes of one shape: a ranking pass costs n_items
         a, b = same[0], same[-1]
         grow = math.log(b["ratings"] / a["ratings"])
-        print(f"| growth exponent, {a['ratings']:,} to {b['ratings']:,} | " + " | ".join(
-            f"{math.log(b[c] / a[c]) / grow:.2f}" for c in cols[1:]) + " |")
+        print(
+            f"| growth exponent, {a['ratings']:,} to {b['ratings']:,} | "
+            + " | ".join(f"{math.log(b[c] / a[c]) / grow:.2f}" for c in cols[1:])
+            + " |"
+        )
     if len(rows) > 1:
-        print("| last / first | " + " | ".join(f"{rows[-1][c] / rows[0][c]:.2f}"
-                                               for c in cols[1:]) + " |")
+        print(
+            "| last / first | "
+            + " | ".join(f"{rows[-1][c] / rows[0][c]:.2f}" for c in cols[1:])
+            + " |"
+        )
     if args.ml25m:
         users, items, size = ML25M
         path = work / "ratings-ml25m.csv"
         made = child("--make", str(users), str(items), str(size), str(path))
         row = child("--one", str(path), "--models", "", "--threads", str(args.threads))
         path.unlink()
-        print(f"\nml-25m shape ({row['users']:,} users, {row['items']:,} items, "
-              f"{row['ratings']:,} ratings): generate {made['generate_s']:.1f} s; parse + "
-              f"prepare {row['prepare_s']:.1f} s (target <= 60), peak "
-              f"{row['prepare_peak_gb']:.2f} GB (target <= 6)")
+        print(
+            f"\nml-25m shape ({row['users']:,} users, {row['items']:,} items, "
+            f"{row['ratings']:,} ratings): generate {made['generate_s']:.1f} s; parse + "
+            f"prepare {row['prepare_s']:.1f} s (target <= 60), peak "
+            f"{row['prepare_peak_gb']:.2f} GB (target <= 6)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,14 @@ COMMAND = ["-m", "orchestrator", "sweep", "--trials", "2", "--epochs", "2"]
 
 def one_run(storage: Path, slots: int) -> dict[str, float]:
     start = time.time()
-    proc = subprocess.Popen([sys.executable, *COMMAND, "--storage", str(storage), "--name", "r"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "RECSWEEP_DATA": str(SHARED)})
+    proc = subprocess.Popen(
+        [sys.executable, *COMMAND, "--storage", str(storage), "--name", "r"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "RECSWEEP_DATA": str(SHARED)},
+    )
     loaded = None
     lines = []
     for line in proc.stdout:  # the sweep flushes each line
@@ -45,10 +50,17 @@ def one_run(storage: Path, slots: int) -> dict[str, float]:
     if proc.wait() != 0 or loaded is None:
         raise SystemExit("the sweep failed:\n" + "".join(lines[-30:]))
     ended = time.time()
-    first = sorted(json.loads(path.read_text().splitlines()[0])["first_batch_at"]
-                   for path in storage.glob("r/search/*/result.json"))[:slots]
-    return {"first": first[0] - start, "last": first[-1] - start,
-            "from_data": first[-1] - loaded, "gap": first[-1] - first[0], "end": ended - start}
+    first = sorted(
+        json.loads(path.read_text().splitlines()[0])["first_batch_at"]
+        for path in storage.glob("r/search/*/result.json")
+    )[:slots]
+    return {
+        "first": first[0] - start,
+        "last": first[-1] - start,
+        "from_data": first[-1] - loaded,
+        "gap": first[-1] - first[0],
+        "end": ended - start,
+    }
 
 
 def main() -> None:
@@ -56,23 +68,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     slots = os.cpu_count() or 1
-    print(f"# first-wave start-up ({platform.processor() or platform.machine()}, {slots} CPUs); "
-          f"command: python bench/startup_bench.py --runs {args.runs}")
+    print(
+        f"# first-wave start-up ({platform.processor() or platform.machine()}, {slots} CPUs); "
+        f"command: python bench/startup_bench.py --runs {args.runs}"
+    )
     print(f"# each run: python {' '.join(COMMAND)} (MovieLens 100K, W&B offline)")
-    print("| run | 1st trial's first batch | last first-wave trial's | after the data loaded "
-          "| gap | process ended |\n|---|---|---|---|---|---|")
+    print(
+        "| run | 1st trial's first batch | last first-wave trial's | after the data loaded "
+        "| gap | process ended |\n|---|---|---|---|---|---|"
+    )
     rows = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             r = one_run(Path(tmp), slots)
         rows.append(r)
-        print(f"| {i + 1} | {r['first']:.2f} s | {r['last']:.2f} s | {r['from_data']:.2f} s "
-              f"| {r['gap']:.2f} s | {r['end']:.1f} s |", flush=True)
+        print(
+            f"| {i + 1} | {r['first']:.2f} s | {r['last']:.2f} s | {r['from_data']:.2f} s "
+            f"| {r['gap']:.2f} s | {r['end']:.1f} s |",
+            flush=True,
+        )
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print(f"| median | {med['first']:.2f} s | {med['last']:.2f} s | {med['from_data']:.2f} s "
-          f"| {med['gap']:.2f} s | {med['end']:.1f} s |")
-    print(f"# late first-wave trials (gap > 3 s): {sum(r['gap'] > 3 for r in rows)} of "
-          f"{len(rows)} runs")
+    print(
+        f"| median | {med['first']:.2f} s | {med['last']:.2f} s | {med['from_data']:.2f} s "
+        f"| {med['gap']:.2f} s | {med['end']:.1f} s |"
+    )
+    print(
+        f"# late first-wave trials (gap > 3 s): {sum(r['gap'] > 3 for r in rows)} of "
+        f"{len(rows)} runs"
+    )
 
 
 if __name__ == "__main__":

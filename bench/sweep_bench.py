@@ -37,12 +37,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.data import load_dataset  # noqa: E402
 from orchestrator.engine.train import fit, seed_everything  # noqa: E402
 from orchestrator.models.base import DataSpec  # noqa: E402
 from orchestrator.models.registry import create_model  # noqa: E402
-
-from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 
 SHARED = Path(os.environ.get("RECSWEEP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -67,13 +66,15 @@ def side_by_side(data, cfg: TrainConfig, hps: list[dict], slots: int) -> list[fl
     """The trials in `slots` processes at once (one thread each), as Ray runs them. Spawned:
     after a sweep this process has Ray's threads, and forking a threaded process can hang."""
     with multiprocessing.get_context("spawn").Pool(
-            slots, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        slots, initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         chunks = pool.starmap(in_process, [(data, cfg, hps[i::slots]) for i in range(slots)])
     return [t for chunk in chunks for t in chunk]
 
 
-def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: Path,
-              reuse: bool) -> tuple[float, list]:
+def with_tune(
+    data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: Path, reuse: bool
+) -> tuple[float, list]:
     import ray
     from ray import tune
 
@@ -91,16 +92,30 @@ def with_tune(data_cfg: DataConfig, cfg: TrainConfig, hps: list[dict], storage: 
 
     connect(SweepConfig())
     data = load_dataset(data_cfg)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data), {"cpu": 1})
-    spec = TrialSpec.of(Study("mf", "mf", "rating", "val/rmse", "min"),
-                        Schedule(hps[0]["epochs"], 1, ()), cfg, cfg.seed, 0, "search")
-    space = spec.config({"epochs": hps[0]["epochs"],
-                         "lr": tune.grid_search([h["lr"] for h in hps])})
-    tuner = tune.Tuner(trainable, param_space=space,
-                       tune_config=tune.TuneConfig(reuse_actors=reuse), run_config=tune.RunConfig(
-        name="bench", storage_path=str(storage), callbacks=[Clock()], verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), {"cpu": 1})
+    spec = TrialSpec.of(
+        Study("mf", "mf", "rating", "val/rmse", "min"),
+        Schedule(hps[0]["epochs"], 1, ()),
+        cfg,
+        cfg.seed,
+        0,
+        "search",
+    )
+    space = spec.config(
+        {"epochs": hps[0]["epochs"], "lr": tune.grid_search([h["lr"] for h in hps])}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=reuse),
+        run_config=tune.RunConfig(
+            name="bench",
+            storage_path=str(storage),
+            callbacks=[Clock()],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+        ),
+    )
     t0, start = time.time(), time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - start
@@ -118,8 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0, help="training per trial")
-    parser.add_argument("--reuse", choices=("both", "true", "false"), default="both",
-                        help="actor reuse settings to measure")
+    parser.add_argument(
+        "--reuse",
+        choices=("both", "true", "false"),
+        default="both",
+        help="actor reuse settings to measure",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # what each 1-CPU trial gets from Ray (OMP_NUM_THREADS=1)
     data_cfg = DataConfig(dataset="ml-100k", split="u1", data_dir=str(SHARED))
@@ -143,22 +162,33 @@ def main() -> None:
             walls[reuse] = with_tune(data_cfg, cfg, hps, Path(tmp), reuse)
     after = baselines()
     serial, parallel = (statistics.mean(pair) for pair in zip(before, after, strict=True))
-    print(f"# sweep orchestration overhead ({platform.processor() or platform.machine()}, "
-          f"{slots} CPUs, torch {torch.__version__}); command: python "
-          f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds} "
-          f"--reuse {args.reuse}")
-    print(f"# {args.trials} trials x {epochs} epochs; in-process training, sum: "
-          f"{before[0]:.1f} s before the sweeps and {after[0]:.1f} s after, one after another; "
-          f"{before[1]:.1f} s and {after[1]:.1f} s in {slots} processes at once")
-    print(f"| actor reuse | sweep wall x slots | overhead (goal <= 15%) | vs {slots} processes "
-          "| trial start-up median | max (goal < 2 s) |\n|---|---|---|---|---|---|")
+    print(
+        f"# sweep orchestration overhead ({platform.processor() or platform.machine()}, "
+        f"{slots} CPUs, torch {torch.__version__}); command: python "
+        f"bench/sweep_bench.py --trials {args.trials} --seconds {args.seconds} "
+        f"--reuse {args.reuse}"
+    )
+    print(
+        f"# {args.trials} trials x {epochs} epochs; in-process training, sum: "
+        f"{before[0]:.1f} s before the sweeps and {after[0]:.1f} s after, one after another; "
+        f"{before[1]:.1f} s and {after[1]:.1f} s in {slots} processes at once"
+    )
+    print(
+        f"| actor reuse | sweep wall x slots | overhead (goal <= 15%) | vs {slots} processes "
+        "| trial start-up median | max (goal < 2 s) |\n|---|---|---|---|---|---|"
+    )
     for reuse, (wall, starts) in walls.items():
         print("# start-ups (s): " + " ".join(f"{s:.2f}" for s in starts))
-        spread = " to ".join(f"{o:+.1%}" for o in sorted(wall * slots / b - 1 for b in
-                                                        (before[0], after[0])))
-        print(f"| {reuse} | {wall * slots:.1f} s | {wall * slots / serial - 1:+.1%} "
-              f"({spread}) | {wall * slots / parallel - 1:+.1%} | "
-              f"{statistics.median(starts):.2f} s | {max(starts):.2f} s |", flush=True)
+        spread = " to ".join(
+            f"{o:+.1%}" for o in sorted(wall * slots / b - 1 for b in (before[0], after[0]))
+        )
+        print(
+            f"| {reuse} | {wall * slots:.1f} s | {wall * slots / serial - 1:+.1%} "
+            f"({spread}) | {wall * slots / parallel - 1:+.1%} | "
+            f"{statistics.median(starts):.2f} s | {max(starts):.2f} s |",
+            flush=True,
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -20,8 +20,18 @@ from orchestrator.data.types import Interactions, PreparedData, RawDataset, Spli
 if TYPE_CHECKING:
     from orchestrator.config import DataConfig
 
-__all__ = ["Interactions", "PreparedData", "RawDataset", "Split", "available_offline",
-           "describe", "index_of", "load_dataset", "load_source", "prepare"]
+__all__ = [
+    "Interactions",
+    "PreparedData",
+    "RawDataset",
+    "Split",
+    "available_offline",
+    "describe",
+    "index_of",
+    "load_dataset",
+    "load_source",
+    "prepare",
+]
 
 
 def load_dataset(cfg: DataConfig) -> PreparedData:
@@ -37,10 +47,19 @@ def load_dataset(cfg: DataConfig) -> PreparedData:
             print("data: default dataset -> ml-100k (found offline)", file=sys.stderr)
         else:
             spec = "synthetic"
-            print("data: default dataset -> synthetic (ml-100k is not in the data dir; "
-                  "pass --dataset ml-100k to download it, or --data-dir to point at a copy)",
-                  file=sys.stderr)
+            print(
+                "data: default dataset -> synthetic (ml-100k is not in the data dir; "
+                "pass --dataset ml-100k to download it, or --data-dir to point at a copy)",
+                file=sys.stderr,
+            )
     raw = load_source(spec, cfg.data_dir)
-    return prepare(raw, cfg.split, min_rating=cfg.min_rating, user_core=cfg.user_core,
-                   item_core=cfg.item_core, dedup=cfg.dedup, seed=cfg.seed,
-                   eval_negatives=cfg.eval_negatives)
+    return prepare(
+        raw,
+        cfg.split,
+        min_rating=cfg.min_rating,
+        user_core=cfg.user_core,
+        item_core=cfg.item_core,
+        dedup=cfg.dedup,
+        seed=cfg.seed,
+        eval_negatives=cfg.eval_negatives,
+    )

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pv
+
 from orchestrator.data.types import Interactions, RawDataset
 
 COLUMN_KEYS = ("user", "item", "rating", "timestamp")
@@ -88,8 +89,14 @@ def combine_digests(digests: list[str]) -> str:
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def read_table(path: Path, sep: str, names: tuple[str, ...], kinds: str,
-               encoding: str = "utf-8", header: tuple[str, ...] | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path,
+    sep: str,
+    names: tuple[str, ...],
+    kinds: str,
+    encoding: str = "utf-8",
+    header: tuple[str, ...] | None = None,
+) -> pd.DataFrame:
     """Read a numeric table fast; on bad input, raise naming the first bad line.
 
     Args:
@@ -104,18 +111,28 @@ def read_table(path: Path, sep: str, names: tuple[str, ...], kinds: str,
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     dtypes = {n: ("int64" if k == "i" else "float32") for n, k in zip(names, kinds, strict=True)}
-    source = BytesIO(path.read_bytes().replace(sep.encode(encoding), b"\t")) \
-        if len(sep) > 1 else path
+    source = (
+        BytesIO(path.read_bytes().replace(sep.encode(encoding), b"\t")) if len(sep) > 1 else path
+    )
     if header is not None:
         with open(path, encoding=encoding) as f:
             first = f.readline().rstrip("\r\n").split(sep)
         if tuple(first) != header:
-            raise ValueError(f"{path}, line 1: expected the header {sep.join(header)}, got "
-                             f"{sep.join(first)!r}")
+            raise ValueError(
+                f"{path}, line 1: expected the header {sep.join(header)}, got {sep.join(first)!r}"
+            )
     try:
-        df = pd.read_csv(source, sep="\t" if len(sep) > 1 else sep, header=None,
-                         names=list(names), dtype=dtypes, encoding=encoding, engine="c",
-                         skip_blank_lines=False, skiprows=0 if header is None else 1)
+        df = pd.read_csv(
+            source,
+            sep="\t" if len(sep) > 1 else sep,
+            header=None,
+            names=list(names),
+            dtype=dtypes,
+            encoding=encoding,
+            engine="c",
+            skip_blank_lines=False,
+            skiprows=0 if header is None else 1,
+        )
     except (ValueError, OverflowError, pd.errors.ParserError) as e:
         _raise_first_bad_line(path, sep, names, kinds, encoding, e, header is not None)
     if df.isna().any().any():  # a short row: pandas pads it with NaN
@@ -126,11 +143,20 @@ def read_table(path: Path, sep: str, names: tuple[str, ...], kinds: str,
     return df
 
 
-def _raise_first_bad_line(path: Path, sep: str, names: tuple[str, ...], kinds: str,
-                          encoding: str, cause: Exception | None, header: bool) -> None:
+def _raise_first_bad_line(
+    path: Path,
+    sep: str,
+    names: tuple[str, ...],
+    kinds: str,
+    encoding: str,
+    cause: Exception | None,
+    header: bool,
+) -> None:
     """Slow path, only on error: scan the file for the first line that does not parse."""
-    expected = (f"{len(names)} {sep!r}-separated fields ({' '.join(names)}: integers within "
-                "int64, finite numbers)")
+    expected = (
+        f"{len(names)} {sep!r}-separated fields ({' '.join(names)}: integers within "
+        "int64, finite numbers)"
+    )
     with open(path, encoding=encoding) as f:
         for lineno, line in enumerate(f, 1):
             if header and lineno == 1:
@@ -140,8 +166,9 @@ def _raise_first_bad_line(path: Path, sep: str, names: tuple[str, ...], kinds: s
             for field, kind in zip(fields, kinds, strict=False):
                 try:
                     value = int(field) if kind == "i" else float(field)
-                    ok = ok and (INT64_MIN <= value <= INT64_MAX if kind == "i"
-                                 else math.isfinite(value))
+                    ok = ok and (
+                        INT64_MIN <= value <= INT64_MAX if kind == "i" else math.isfinite(value)
+                    )
                 except ValueError:
                     ok = False
             if not ok:
@@ -150,6 +177,7 @@ def _raise_first_bad_line(path: Path, sep: str, names: tuple[str, ...], kinds: s
 
 
 # --- csv: and parquet: -----------------------------------------------------------------------
+
 
 def parse_file_spec(spec: str) -> tuple[str, Path, dict[str, str], str]:
     """Split `csv:PATH?user=uid&item=iid&sep=;` into (kind, path, column mapping, sep).
@@ -168,8 +196,10 @@ def parse_file_spec(spec: str) -> tuple[str, Path, dict[str, str], str]:
     for part in filter(None, query.split("&")):
         key, eq, value = part.partition("=")
         if key not in allowed or not eq or not value:
-            raise ValueError(f"dataset spec {spec!r}: bad option {part!r}; expected KEY=VALUE "
-                             f"with KEY one of {', '.join(allowed)}")
+            raise ValueError(
+                f"dataset spec {spec!r}: bad option {part!r}; expected KEY=VALUE "
+                f"with KEY one of {', '.join(allowed)}"
+            )
         if key == "sep":
             sep = "\t" if value in ("tab", "\\t") else value
         else:
@@ -203,13 +233,14 @@ def load_table(spec: str) -> RawDataset:
         offset = 0
     found = [str(c) for c in df.columns]
     # rating/timestamp under their default names are optional; anything named explicitly isn't
-    required = [k for k in COLUMN_KEYS
-                if k in wanted and (k in ("user", "item") or wanted[k] != k)]
+    required = [k for k in COLUMN_KEYS if k in wanted and (k in ("user", "item") or wanted[k] != k)]
     missing = [wanted[k] for k in required if wanted[k] not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found {found}; expected "
-                         f"{[wanted[k] for k in required]} (map yours with "
-                         f"{kind}:PATH?user=COL&item=COL&rating=COL&timestamp=COL)")
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; found {found}; expected "
+            f"{[wanted[k] for k in required]} (map yours with "
+            f"{kind}:PATH?user=COL&item=COL&rating=COL&timestamp=COL)"
+        )
 
     def at(i: int) -> str:
         return where.format(i + offset)
@@ -232,8 +263,11 @@ def load_table(spec: str) -> RawDataset:
     if len(df) == 0:
         raise ValueError(f"{path}: no rows")
     notes = [f"{kind}: {path}"]
-    notes.append(f"ratings from {wanted['rating']!r}" if out["rating"] is not None
-                 else "no rating column: implicit feedback")
+    notes.append(
+        f"ratings from {wanted['rating']!r}"
+        if out["rating"] is not None
+        else "no rating column: implicit feedback"
+    )
     if out["timestamp"] is None:
         notes.append("no timestamp column")
     user, item = out["user"], out["item"]
@@ -254,19 +288,29 @@ def _read_csv(path: Path, sep: str, id_columns: tuple[str, str]) -> pd.DataFrame
     reads the file again to name the line (pyarrow's message gives no line number)."""
     text = pd.ArrowDtype(pa.string())
     try:
-        table = pv.read_csv(path, parse_options=pv.ParseOptions(
-            delimiter=sep, ignore_empty_lines=False), convert_options=pv.ConvertOptions(
-            column_types={c: pa.string() for c in id_columns}, null_values=[""],
-            strings_can_be_null=True))
+        table = pv.read_csv(
+            path,
+            parse_options=pv.ParseOptions(delimiter=sep, ignore_empty_lines=False),
+            convert_options=pv.ConvertOptions(
+                column_types={c: pa.string() for c in id_columns},
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        )
     except pa.ArrowInvalid as e:
         try:
             pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
         except (pd.errors.ParserError, ValueError) as found:  # "Expected 4 fields in line 7"
             raise ValueError(f"{path}: malformed CSV: {' '.join(str(found).split())}") from None
         raise ValueError(f"{path}: malformed CSV: {' '.join(str(e).split())}") from None
-    return pd.DataFrame({name: column.to_pandas(types_mapper={pa.string(): text}.get
-                                                if name in id_columns else None)
-                         for name, column in zip(table.column_names, table.columns, strict=True)})
+    return pd.DataFrame(
+        {
+            name: column.to_pandas(
+                types_mapper={pa.string(): text}.get if name in id_columns else None
+            )
+            for name, column in zip(table.column_names, table.columns, strict=True)
+        }
+    )
 
 
 BadValue = Callable[[int, object], ValueError]
@@ -321,6 +365,7 @@ def _seconds(s: pd.Series, bad: BadValue) -> np.ndarray:
 
 # --- ncf: ------------------------------------------------------------------------------------
 
+
 def load_ncf(spec: str) -> RawDataset:
     """Load `ncf:PREFIX`: PREFIX.train.rating, PREFIX.test.rating and PREFIX.test.negative.
 
@@ -336,14 +381,23 @@ def load_ncf(spec: str) -> RawDataset:
     paths = [Path(prefix + s) for s in (".train.rating", ".test.rating", ".test.negative")]
     for p in paths:
         if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file (ncf:PREFIX needs {paths[0].name}, "
-                                    f"{paths[1].name} and {paths[2].name})")
+            raise FileNotFoundError(
+                f"{p}: no such file (ncf:PREFIX needs {paths[0].name}, "
+                f"{paths[1].name} and {paths[2].name})"
+            )
     names, kinds = ("user", "item", "rating", "timestamp"), "iifi"
     train, test = (_interactions(read_table(p, "\t", names, kinds)) for p in paths[:2])
     negatives = _read_negatives(paths[2], test, train)
-    both = Interactions(*(np.concatenate([a, b]) for a, b in
-                          zip((train.user, train.item, train.rating, train.timestamp),
-                              (test.user, test.item, test.rating, test.timestamp), strict=True)))
+    both = Interactions(
+        *(
+            np.concatenate([a, b])
+            for a, b in zip(
+                (train.user, train.item, train.rating, train.timestamp),
+                (test.user, test.item, test.rating, test.timestamp),
+                strict=True,
+            )
+        )
+    )
     return RawDataset(
         name=spec,
         interactions=both,
@@ -352,13 +406,17 @@ def load_ncf(spec: str) -> RawDataset:
         fingerprint=fingerprint(paths),
         files=[str(p) for p in paths],
         note=f"ncf: {prefix} ({len(train)} train, {len(test)} test rows, "
-             f"up to {negatives.shape[1]} fixed negatives each)",
+        f"up to {negatives.shape[1]} fixed negatives each)",
     )
 
 
 def _interactions(df: pd.DataFrame) -> Interactions:
-    return Interactions(df["user"].to_numpy(np.int64), df["item"].to_numpy(np.int64),
-                        df["rating"].to_numpy(np.float32), df["timestamp"].to_numpy(np.int64))
+    return Interactions(
+        df["user"].to_numpy(np.int64),
+        df["item"].to_numpy(np.int64),
+        df["rating"].to_numpy(np.float32),
+        df["timestamp"].to_numpy(np.int64),
+    )
 
 
 def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.ndarray:
@@ -376,26 +434,33 @@ def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.n
                 if not negs or min(negs) < 0:
                     raise ValueError
             except (ValueError, IndexError):
-                raise ValueError(f"{path}, line {lineno}: expected '(user,item)' then "
-                                 f"tab-separated negative item ids (>= 0), got {line!r}") from None
+                raise ValueError(
+                    f"{path}, line {lineno}: expected '(user,item)' then "
+                    f"tab-separated negative item ids (>= 0), got {line!r}"
+                ) from None
             k = lineno - 1
             if k >= len(test) or (u, i) != (test.user[k], test.item[k]):
-                want = (f"({test.user[k]},{test.item[k]}), the test row on line {lineno} of the "
-                        f"test.rating file" if k < len(test) else
-                        f"no line: the test.rating file has only {len(test)} rows")
-                raise ValueError(f"{path}, line {lineno}: ({u},{i}) does not match; "
-                                 f"expected {want}")
+                want = (
+                    f"({test.user[k]},{test.item[k]}), the test row on line {lineno} of the "
+                    f"test.rating file"
+                    if k < len(test)
+                    else f"no line: the test.rating file has only {len(test)} rows"
+                )
+                raise ValueError(
+                    f"{path}, line {lineno}: ({u},{i}) does not match; expected {want}"
+                )
             if len(set(negs)) != len(negs):
                 twice = next(n for n in negs if negs.count(n) > 1)
-                raise ValueError(f"{path}, line {lineno}: negative item {twice} is listed "
-                                 "more than once")
+                raise ValueError(
+                    f"{path}, line {lineno}: negative item {twice} is listed more than once"
+                )
             rows.append(negs)
     if len(rows) != len(test):
         raise ValueError(f"{path}: {len(rows)} lines, expected one per test row ({len(test)})")
     width = max(map(len, rows), default=0)
     neg = np.full((len(test), width), -1, dtype=np.int64)  # [n_test, N]
     for k, negs in enumerate(rows):
-        neg[k, :len(negs)] = negs
+        neg[k, : len(negs)] = negs
     # a pair as one int64 code so membership is one vectorized isin
     top = int(max(train.item.max(initial=0), test.item.max(initial=0), neg.max(initial=0))) + 1
     train_codes = train.user * top + train.item  # [n_train]
@@ -403,7 +468,9 @@ def _read_negatives(path: Path, test: Interactions, train: Interactions) -> np.n
     bad = np.argwhere(in_train)
     if len(bad):
         k, j = bad[0]
-        raise ValueError(f"{path}, line {k + 1}: negative item {neg[k, j]} is a training item "
-                         f"of user {test.user[k]}; negatives must be items the user never "
-                         "rated in training")
+        raise ValueError(
+            f"{path}, line {k + 1}: negative item {neg[k, j]} is a training item "
+            f"of user {test.user[k]}; negatives must be items the user never "
+            "rated in training"
+        )
     return neg

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from orchestrator.data.files import combine_digests, hash_file, read_table
 from orchestrator.data.types import Interactions, RawDataset
 
@@ -108,8 +109,9 @@ def load_movielens(name: str, home: Path) -> RawDataset:
     ratings_path, items_path = folder / ratings_name, folder / items_name
     read = [ratings_path, items_path]
     if name == "ml-100k":
-        read += [folder / "u.genre"] + [folder / f"{s}.{part}" for s in ML100K_SPLITS
-                                        for part in ("base", "test")]
+        read += [folder / "u.genre"] + [
+            folder / f"{s}.{part}" for s in ML100K_SPLITS for part in ("base", "test")
+        ]
     digests, checked = _verify(name, folder, read)
     if name == "ml-100k":
         interactions = _read_100k(ratings_path)
@@ -131,8 +133,12 @@ def load_movielens(name: str, home: Path) -> RawDataset:
         fingerprint=combine_digests(list(digests.values())),
         files=[str(p) for p in read],
         note=f"{name}: GroupLens MovieLens release from {folder} ("
-             + ("content sha256 verified" if checked else
-                "unverified: unpacked by hand, no checksum to compare with") + ")",
+        + (
+            "content sha256 verified"
+            if checked
+            else "unverified: unpacked by hand, no checksum to compare with"
+        )
+        + ")",
     )
 
 
@@ -145,8 +151,9 @@ def _verify(name: str, folder: Path, paths: list[Path]) -> tuple[dict[str, str],
         try:
             expected = json.loads(manifest.read_text())
         except json.JSONDecodeError:
-            raise ValueError(f"{manifest}: not valid JSON; remove {folder} to unpack the "
-                             "release again") from None
+            raise ValueError(
+                f"{manifest}: not valid JSON; remove {folder} to unpack the release again"
+            ) from None
     digests = {}
     for path in paths:
         if not path.is_file():
@@ -156,15 +163,21 @@ def _verify(name: str, folder: Path, paths: list[Path]) -> tuple[dict[str, str],
             raise ValueError(
                 f"{path}: not the official {name} release (sha256 expected "
                 f"{expected.get(path.name)}, got {digests[path.name]}). Remove {folder} to "
-                "download it again, or load your own file with csv:PATH.")
+                "download it again, or load your own file with csv:PATH."
+            )
     return digests, expected is not None
 
 
 # --- parsing ---------------------------------------------------------------------------------
 
+
 def _to_interactions(df: pd.DataFrame) -> Interactions:
-    return Interactions(df["user"].to_numpy(np.int64), df["item"].to_numpy(np.int64),
-                        df["rating"].to_numpy(np.float32), df["timestamp"].to_numpy(np.int64))
+    return Interactions(
+        df["user"].to_numpy(np.int64),
+        df["item"].to_numpy(np.int64),
+        df["rating"].to_numpy(np.float32),
+        df["timestamp"].to_numpy(np.int64),
+    )
 
 
 def _read_100k(path: Path) -> Interactions:
@@ -174,6 +187,7 @@ def _read_100k(path: Path) -> Interactions:
 def _split_loader(folder: Path, split: str) -> Callable[[], tuple[Interactions, Interactions]]:
     def load() -> tuple[Interactions, Interactions]:
         return _read_100k(folder / f"{split}.base"), _read_100k(folder / f"{split}.test")
+
     return load
 
 
@@ -187,15 +201,25 @@ def _read_100k_items(path: Path, genre_path: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path}: no such file (ml-100k's movie titles and genres)")
     names = ["item", "title", "release", "video", "url"] + genres
     try:
-        df = pd.read_csv(path, sep="|", header=None, names=names, encoding="latin-1",
-                         dtype={"item": "int64", "title": str, **{g: "int8" for g in genres}})
+        df = pd.read_csv(
+            path,
+            sep="|",
+            header=None,
+            names=names,
+            encoding="latin-1",
+            dtype={"item": "int64", "title": str, **{g: "int8" for g in genres}},
+        )
     except (ValueError, pd.errors.ParserError) as e:
-        raise ValueError(f"{path}: expected {len(names)} '|'-separated fields per line "
-                         f"(id, title, dates, URL and {len(genres)} genre flags): {e}") from None
+        raise ValueError(
+            f"{path}: expected {len(names)} '|'-separated fields per line "
+            f"(id, title, dates, URL and {len(genres)} genre flags): {e}"
+        ) from None
     flags = df[genres].to_numpy(bool)  # [n_items, 19]
     joined = ["|".join(g for g, on in zip(genres, row, strict=True) if on) for row in flags]
-    return pd.DataFrame({"title": df["title"].to_numpy(), "genres": joined},
-                        index=pd.Index(df["item"].to_numpy(np.int64), name="item"))
+    return pd.DataFrame(
+        {"title": df["title"].to_numpy(), "genres": joined},
+        index=pd.Index(df["item"].to_numpy(np.int64), name="item"),
+    )
 
 
 def _read_dat(path: Path) -> BytesIO:
@@ -211,31 +235,42 @@ def _read_dat_ratings(path: Path) -> Interactions:
 
 def _read_dat_movies(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(_read_dat(path), sep="\t", header=None, names=["item", "title", "genres"],
-                         dtype={"item": "int64", "title": str, "genres": str},
-                         encoding="latin-1", keep_default_na=False, quoting=3)
+        df = pd.read_csv(
+            _read_dat(path),
+            sep="\t",
+            header=None,
+            names=["item", "title", "genres"],
+            dtype={"item": "int64", "title": str, "genres": str},
+            encoding="latin-1",
+            keep_default_na=False,
+            quoting=3,
+        )
     except (ValueError, pd.errors.ParserError) as e:
         raise ValueError(f"{path}: expected MovieID::Title::Genres on every line: {e}") from None
     return df.set_index("item")[["title", "genres"]]
 
 
 def _read_csv_ratings(path: Path) -> Interactions:
-    return _to_interactions(read_table(path, ",", RATING_COLUMNS, "iifi",
-                                       header=("userId", "movieId", "rating", "timestamp")))
+    return _to_interactions(
+        read_table(
+            path, ",", RATING_COLUMNS, "iifi", header=("userId", "movieId", "rating", "timestamp")
+        )
+    )
 
 
 def _read_csv_movies(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    df = pd.read_csv(path, dtype={"movieId": "int64", "title": str, "genres": str},
-                     keep_default_na=False)
+    df = pd.read_csv(
+        path, dtype={"movieId": "int64", "title": str, "genres": str}, keep_default_na=False
+    )
     if list(df.columns[:3]) != ["movieId", "title", "genres"]:
-        raise ValueError(f"{path}: expected header movieId,title,genres, found "
-                         f"{list(df.columns)}")
+        raise ValueError(f"{path}: expected header movieId,title,genres, found {list(df.columns)}")
     return df.rename(columns={"movieId": "item"}).set_index("item")[["title", "genres"]]
 
 
 # --- finding, downloading and unpacking ------------------------------------------------------
+
 
 def ensure_release(name: str, home: Path) -> Path:
     """The unpacked release folder `home/name`, downloading and unpacking it when absent."""
@@ -254,7 +289,8 @@ def ensure_release(name: str, home: Path) -> Path:
             f"  looked for: {folder / FILES[name][0]}\n"
             f"  download failed: {url} ({e})\n"
             f"  to use a local copy: place the unpacked {name} folder at {folder}, or pass "
-            f"--data-dir DIR / set RECSWEEP_DATA=DIR where DIR/{name}/ holds it") from e
+            f"--data-dir DIR / set RECSWEEP_DATA=DIR where DIR/{name}/ holds it"
+        ) from e
     return folder
 
 
@@ -274,19 +310,22 @@ def _download(name: str, url: str, zip_path: Path) -> None:
                     received += len(chunk)
                     advance(len(chunk))
         if length is not None and received != int(length):
-            raise OSError(f"interrupted: received {received} of {length} bytes; "
-                          f"nothing was kept")
+            raise OSError(f"interrupted: received {received} of {length} bytes; nothing was kept")
         expected = ZIP_MD5[name] or _published_md5(url)
         got = md5.hexdigest()
         if got != expected:
-            raise ValueError(f"checksum mismatch for {url}: expected md5 {expected}, got {got}. "
-                             f"The download was discarded and nothing was written to "
-                             f"{zip_path.parent / name}; try again, or place the unpacked "
-                             f"release there yourself.")
+            raise ValueError(
+                f"checksum mismatch for {url}: expected md5 {expected}, got {got}. "
+                f"The download was discarded and nothing was written to "
+                f"{zip_path.parent / name}; try again, or place the unpacked "
+                f"release there yourself."
+            )
         os.replace(part, zip_path)
     except http.client.IncompleteRead as e:
-        raise OSError(f"interrupted: received {len(e.partial)} more bytes, then the connection "
-                      f"closed; nothing was kept") from e
+        raise OSError(
+            f"interrupted: received {len(e.partial)} more bytes, then the connection "
+            f"closed; nothing was kept"
+        ) from e
     finally:
         part.unlink(missing_ok=True)
 
@@ -310,8 +349,7 @@ def _progress(what: str, total: int | None) -> Iterator[Callable[[int], None]]:
         done += n
         while total and quarters < 4 and done >= total * (quarters + 1) / 4:
             quarters += 1
-            print(f"{what}: {25 * quarters}% ({done / 1e6:.1f} MB)", file=sys.stderr,
-                  flush=True)
+            print(f"{what}: {25 * quarters}% ({done / 1e6:.1f} MB)", file=sys.stderr, flush=True)
 
     yield advance
 
@@ -338,8 +376,10 @@ def _unpack(name: str, zip_path: Path, folder: Path) -> None:
         if expected:  # a zip found on disk is re-checked before use
             got = hash_file(zip_path, "md5")
             if got != expected:
-                raise ValueError(f"{zip_path}: checksum mismatch (expected md5 {expected}, "
-                                 f"got {got}); removed it, load again to download a fresh copy")
+                raise ValueError(
+                    f"{zip_path}: checksum mismatch (expected md5 {expected}, "
+                    f"got {got}); removed it, load again to download a fresh copy"
+                )
         try:
             with zipfile.ZipFile(zip_path) as z:
                 z.extractall(tmp)  # extractall drops absolute and '..' member paths
@@ -347,12 +387,15 @@ def _unpack(name: str, zip_path: Path, folder: Path) -> None:
             raise ValueError(f"{zip_path}: not a valid zip ({e}); removed it") from e
         unpacked = tmp / name
         if not (unpacked / FILES[name][0]).is_file():
-            raise ValueError(f"{zip_path}: expected {name}/{FILES[name][0]} inside the zip; "
-                             f"removed it")
+            raise ValueError(
+                f"{zip_path}: expected {name}/{FILES[name][0]} inside the zip; removed it"
+            )
         # the zip was verified: record its files' sha256, checked on every later load
-        (unpacked / MANIFEST).write_text(json.dumps(
-            {p.name: hash_file(p) for p in sorted(unpacked.iterdir()) if p.is_file()},
-            indent=1))
+        (unpacked / MANIFEST).write_text(
+            json.dumps(
+                {p.name: hash_file(p) for p in sorted(unpacked.iterdir()) if p.is_file()}, indent=1
+            )
+        )
         try:
             os.rename(unpacked, folder)
         except OSError:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from orchestrator.data.sampling import NegativeSampler
 from orchestrator.data.splits import TEST, TRAIN, VAL, Columns, assign, gather, parse_split
 from orchestrator.data.types import PreparedData, RawDataset, Split
@@ -31,9 +32,17 @@ from orchestrator.data.types import PreparedData, RawDataset, Split
 DEDUP_POLICIES = ("last", "first", "mean", "error")
 
 
-def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | None = None,
-            user_core: int = 0, item_core: int = 0, dedup: str = "last", seed: int = 0,
-            eval_negatives: int = 100) -> PreparedData:
+def prepare(
+    raw: RawDataset,
+    split: str = "leave-last",
+    *,
+    min_rating: float | None = None,
+    user_core: int = 0,
+    item_core: int = 0,
+    dedup: str = "last",
+    seed: int = 0,
+    eval_negatives: int = 100,
+) -> PreparedData:
     """Filter, index and split a raw dataset (see the module docstring for each step).
 
     Args:
@@ -57,19 +66,27 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
     if dedup not in DEDUP_POLICIES:
         raise ValueError(f"dedup={dedup!r}: expected one of {', '.join(DEDUP_POLICIES)}")
     if user_core < 0 or item_core < 0 or eval_negatives < 0:
-        raise ValueError(f"user_core={user_core}, item_core={item_core}, "
-                         f"eval_negatives={eval_negatives}: expected integers >= 0")
+        raise ValueError(
+            f"user_core={user_core}, item_core={item_core}, "
+            f"eval_negatives={eval_negatives}: expected integers >= 0"
+        )
     t, codes = _columns(raw, split, kind)
-    t, filters = _filter(t, codes, raw.name, split, kind, dedup, min_rating, user_core,
-                         item_core)
+    t, filters = _filter(t, codes, raw.name, split, kind, dedup, min_rating, user_core, item_core)
     user_ids, item_ids, neg_codes = _index(t, codes)
     splits, test_rows, split_stats = _split(t, kind, ratios, seed)
     # ncf: the benchmark's own test negatives, in the order of the test rows
     own = None if neg_codes is None else neg_codes[t["origin"][test_rows]]
-    val_neg, test_neg = _eval_negatives(t, splits, own, len(item_ids), len(user_ids),
-                                        eval_negatives, seed)
-    chosen = {"min_rating": min_rating, "user_core": user_core, "item_core": item_core,
-              "dedup": dedup, "seed": seed, "eval_negatives": eval_negatives}
+    val_neg, test_neg = _eval_negatives(
+        t, splits, own, len(item_ids), len(user_ids), eval_negatives, seed
+    )
+    chosen = {
+        "min_rating": min_rating,
+        "user_core": user_core,
+        "item_core": item_core,
+        "dedup": dedup,
+        "seed": seed,
+        "eval_negatives": eval_negatives,
+    }
     stats: dict[str, Any] = {
         "raw_interactions": codes.n_raw,
         "users": len(user_ids),
@@ -78,8 +95,13 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         "density": float(f"{len(t['u']) / (len(user_ids) * len(item_ids)):.4g}"),
         "ratings": _histogram(t["r"]) if codes.has_ratings else None,
         "time_span": _time_span(t["t"]) if codes.has_time else None,
-        "split": {"name": split, "train": len(splits[TRAIN]), "val": len(splits[VAL]),
-                  "test": len(splits[TEST]), **split_stats},
+        "split": {
+            "name": split,
+            "train": len(splits[TRAIN]),
+            "val": len(splits[VAL]),
+            "test": len(splits[TEST]),
+            **split_stats,
+        },
         "filters": filters,
         "settings": chosen,
     }
@@ -90,15 +112,24 @@ def prepare(raw: RawDataset, split: str = "leave-last", *, min_rating: float | N
         stats["test_negatives"] = _negative_counts(test_neg, splits[TEST].item)
     settings = json.dumps({"source": raw.fingerprint, "split": split, **chosen}, sort_keys=True)
     return PreparedData(
-        name=raw.name, split_name=split,
+        name=raw.name,
+        split_name=split,
         fingerprint=hashlib.sha256(settings.encode()).hexdigest(),
-        user_ids=user_ids, item_ids=item_ids,
-        train=splits[TRAIN], val=splits[VAL], test=splits[TEST],
+        user_ids=user_ids,
+        item_ids=item_ids,
+        train=splits[TRAIN],
+        val=splits[VAL],
+        test=splits[TEST],
         has_ratings=codes.has_ratings,
-        rating_range=((float(t["r"].min()), float(t["r"].max())) if codes.has_ratings
-                      else (0.0, 1.0)),
-        val_negatives=val_neg, test_negatives=test_neg,
-        item_titles=titles, item_genres=genres, stats=stats, note=raw.note,
+        rating_range=(
+            (float(t["r"].min()), float(t["r"].max())) if codes.has_ratings else (0.0, 1.0)
+        ),
+        val_negatives=val_neg,
+        test_negatives=test_neg,
+        item_titles=titles,
+        item_genres=genres,
+        stats=stats,
+        note=raw.note,
     )
 
 
@@ -123,9 +154,11 @@ def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:
         raise ValueError(f"dataset {raw.name!r} has no interactions")
     has_ratings, has_time = inter.rating is not None, inter.timestamp is not None
     if kind == "temporal" and not has_time:
-        raise ValueError(f"split {split!r}: dataset {raw.name!r} has no timestamps, so there "
-                         "is no time order to split by; use leave-last (source order) or "
-                         "random:0.8,0.1,0.1")
+        raise ValueError(
+            f"split {split!r}: dataset {raw.name!r} has no timestamps, so there "
+            "is no time order to split by; use leave-last (source order) or "
+            "random:0.8,0.1,0.1"
+        )
     user_raw, u = _codes(inter.user)
     neg_raw = raw.test_negatives if kind == "ncf" else None  # [n_test, N], -1 padded
     neg_used = None if neg_raw is None else neg_raw >= 0
@@ -135,18 +168,37 @@ def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:
     if neg_raw is not None:
         neg_codes = np.full(neg_raw.shape, -1, dtype=np.int64)
         neg_codes[neg_used] = i[n_raw:]
-    t: Columns = {"u": u.astype(np.int64), "i": i[:n_raw].astype(np.int64),
-                  "r": (inter.rating.astype(np.float32) if inter.rating is not None
-                        else np.ones(n_raw, dtype=np.float32)),
-                  "t": (inter.timestamp.astype(np.int64) if inter.timestamp is not None
-                        else np.arange(n_raw, dtype=np.int64)),
-                  "row": np.arange(n_raw), "part": part, "origin": origin}
+    t: Columns = {
+        "u": u.astype(np.int64),
+        "i": i[:n_raw].astype(np.int64),
+        "r": (
+            inter.rating.astype(np.float32)
+            if inter.rating is not None
+            else np.ones(n_raw, dtype=np.float32)
+        ),
+        "t": (
+            inter.timestamp.astype(np.int64)
+            if inter.timestamp is not None
+            else np.arange(n_raw, dtype=np.int64)
+        ),
+        "row": np.arange(n_raw),
+        "part": part,
+        "origin": origin,
+    }
     return t, _Codes(n_raw, has_ratings, has_time, user_raw, item_raw, neg_codes)
 
 
-def _filter(t: Columns, codes: _Codes, name: str, split: str, kind: str, dedup: str,
-            min_rating: float | None, user_core: int, item_core: int
-            ) -> tuple[Columns, dict[str, int]]:
+def _filter(
+    t: Columns,
+    codes: _Codes,
+    name: str,
+    split: str,
+    kind: str,
+    dedup: str,
+    min_rating: float | None,
+    user_core: int,
+    item_core: int,
+) -> tuple[Columns, dict[str, int]]:
     """Steps 1-3: de-duplication (per part of a fixed split: a pair in both parts is an
     error), the minimum rating, the k-core to a fixpoint; with what each removed."""
     filters: dict[str, int] = {}
@@ -170,21 +222,21 @@ def _index(t: Columns, codes: _Codes) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Step 4, in place: number the users that survived, and the items that survived plus
     the fixed negatives' items. Returns the raw user and item ids by index, and the fixed
     negatives' item indices by row of the benchmark's test file (-1 padded)."""
-    kept_negs = None if codes.neg_codes is None \
-        else codes.neg_codes[t["origin"][t["part"] == TEST]]
+    kept_negs = None if codes.neg_codes is None else codes.neg_codes[t["origin"][t["part"] == TEST]]
     used_users, t["u"] = _codes(t["u"])
-    used_items, item_code = _codes(t["i"] if kept_negs is None
-                                   else np.r_[t["i"], kept_negs[kept_negs >= 0]])
-    t["i"] = item_code[:len(t["u"])]
+    used_items, item_code = _codes(
+        t["i"] if kept_negs is None else np.r_[t["i"], kept_negs[kept_negs >= 0]]
+    )
+    t["i"] = item_code[: len(t["u"])]
     neg_index = None
     if codes.neg_codes is not None:
-        neg_index = np.where(codes.neg_codes >= 0,
-                             np.searchsorted(used_items, codes.neg_codes), -1)
+        neg_index = np.where(codes.neg_codes >= 0, np.searchsorted(used_items, codes.neg_codes), -1)
     return codes.user_raw[used_users], codes.item_raw[used_items], neg_index
 
 
-def _split(t: Columns, kind: str, ratios: tuple[float, ...], seed: int
-           ) -> tuple[dict[int, Split], np.ndarray, dict[str, Any]]:
+def _split(
+    t: Columns, kind: str, ratios: tuple[float, ...], seed: int
+) -> tuple[dict[int, Split], np.ndarray, dict[str, Any]]:
     """Step 5: each split's rows, by user, then time, ties in source order; the test rows'
     places in the columns; the split's own statistics."""
     order = _time_order(t)
@@ -196,9 +248,15 @@ def _split(t: Columns, kind: str, ratios: tuple[float, ...], seed: int
     return splits, rows[TEST], split_stats
 
 
-def _eval_negatives(t: Columns, splits: dict[int, Split], own: np.ndarray | None,
-                    n_items: int, n_users: int, eval_negatives: int, seed: int
-                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _eval_negatives(
+    t: Columns,
+    splits: dict[int, Split],
+    own: np.ndarray | None,
+    n_items: int,
+    n_users: int,
+    eval_negatives: int,
+    seed: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Step 6: the sampled protocol's negatives of the val and test rows: `eval_negatives`
     items each user never interacted with, seeded; for the test rows, a benchmark's `own`
     where it ships them (ncf)."""
@@ -208,11 +266,13 @@ def _eval_negatives(t: Columns, splits: dict[int, Split], own: np.ndarray | None
         everything = Split(t["u"], t["i"], t["r"], t["t"]).to("cpu")
         sampler = NegativeSampler(everything, n_items, generator=gen, n_users=n_users)
         try:
-            val_neg = sampler.sample(torch.as_tensor(splits[VAL].user), eval_negatives,
-                                     distinct=True).numpy()
+            val_neg = sampler.sample(
+                torch.as_tensor(splits[VAL].user), eval_negatives, distinct=True
+            ).numpy()
             if test_neg is None:
-                test_neg = sampler.sample(torch.as_tensor(splits[TEST].user),
-                                          eval_negatives, distinct=True).numpy()
+                test_neg = sampler.sample(
+                    torch.as_tensor(splits[TEST].user), eval_negatives, distinct=True
+                ).numpy()
         except ValueError as e:
             raise ValueError(f"eval_negatives={eval_negatives}: {e}") from None
     return val_neg, test_neg
@@ -223,17 +283,18 @@ def _negative_counts(negatives: np.ndarray, targets: np.ndarray) -> dict[str, in
     the most, and rows listing their own test item (scored once: the repeat is removed)."""
     listed = (negatives >= 0).sum(1)  # [n_test]
     repeats = (negatives == targets[:, None]).sum(1)  # [n_test]
-    return {"max_per_row": int(listed.max(initial=0)),
-            "rows_with_fewer": int((listed < listed.max(initial=0)).sum()),
-            "rows_listing_the_test_item": int((repeats > 0).sum()),
-            "repeats_removed": int(repeats.sum())}
+    return {
+        "max_per_row": int(listed.max(initial=0)),
+        "rows_with_fewer": int((listed < listed.max(initial=0)).sum()),
+        "rows_listing_the_test_item": int((repeats > 0).sum()),
+        "repeats_removed": int(repeats.sum()),
+    }
 
 
 def describe(data: PreparedData) -> dict:
     """A JSON-able summary: users, items, interactions, density, ratings (histogram),
     time_span, split (sizes), filters (counts), settings, fingerprint, note."""
-    return {"dataset": data.name, **data.stats, "fingerprint": data.fingerprint,
-            "note": data.note}
+    return {"dataset": data.name, **data.stats, "fingerprint": data.fingerprint, "note": data.note}
 
 
 def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray:
@@ -256,26 +317,31 @@ def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray
         try:
             raw = raw.astype(np.int64)
         except ValueError:
-            raise ValueError(f"{what} ids {raw[:5].tolist()}: expected integers, like the "
-                             f"dataset's {what} ids") from None
+            raise ValueError(
+                f"{what} ids {raw[:5].tolist()}: expected integers, like the dataset's {what} ids"
+            ) from None
     elif ids.dtype == object:
         raw = raw.astype(str).astype(object)
     pos = np.searchsorted(ids, raw).clip(max=max(len(ids) - 1, 0))
     found = ids[pos] == raw if len(ids) else np.zeros(len(raw), dtype=bool)
     if not found.all():
         missing = raw[~found][:5].tolist()
-        raise ValueError(f"unknown {what} id(s) {missing}: not among the {len(ids)} {what}s "
-                         "of the prepared data")
+        raise ValueError(
+            f"unknown {what} id(s) {missing}: not among the {len(ids)} {what}s of the prepared data"
+        )
     return pos
 
 
 # --- steps -----------------------------------------------------------------------------------
 
+
 def _take(t: Columns, keep: np.ndarray, step: str, name: str) -> Columns:
     """Rows where `keep`; an empty result is an error naming the step that emptied it."""
     if not keep.any():
-        raise ValueError(f"dataset {name!r}: no interactions left after {step} "
-                         f"(it removed all {len(keep)}); loosen that filter")
+        raise ValueError(
+            f"dataset {name!r}: no interactions left after {step} "
+            f"(it removed all {len(keep)}); loosen that filter"
+        )
     return {k: v[keep] for k, v in t.items()}
 
 
@@ -299,8 +365,9 @@ def _time_order(t: Columns) -> np.ndarray:
     return np.argsort(t["u"] * span + (t["t"] - lo), kind="stable")  # t is in source order
 
 
-def _dedup(t: Columns, policy: str, name: str, user_raw: np.ndarray,
-           item_raw: np.ndarray) -> tuple[Columns, int]:
+def _dedup(
+    t: Columns, policy: str, name: str, user_raw: np.ndarray, item_raw: np.ndarray
+) -> tuple[Columns, int]:
     """Resolve repeated (user, item) pairs within a part; returns (table, rows removed), the
     rows kept in source order."""
     pair = (t["part"] * (int(t["u"].max()) + 1) + t["u"]) * (int(t["i"].max()) + 1) + t["i"]
@@ -308,14 +375,19 @@ def _dedup(t: Columns, policy: str, name: str, user_raw: np.ndarray,
         return t, 0
     order = np.lexsort((t["row"], t["t"], t["i"], t["u"], t["part"]))  # pairs in time order
     t = {k: v[order] for k, v in t.items()}
-    same = (t["u"][1:] == t["u"][:-1]) & (t["i"][1:] == t["i"][:-1]) \
-        & (t["part"][1:] == t["part"][:-1])  # row k+1 repeats row k's pair
+    same = (
+        (t["u"][1:] == t["u"][:-1])
+        & (t["i"][1:] == t["i"][:-1])
+        & (t["part"][1:] == t["part"][:-1])
+    )  # row k+1 repeats row k's pair
     n_dup = int(same.sum())
     if policy == "error":
         k = int(np.flatnonzero(same)[0])
-        raise ValueError(f"dataset {name!r}: {n_dup} repeated (user, item) rows, e.g. user "
-                         f"{user_raw[t['u'][k]]} item {item_raw[t['i'][k]]}; expected each "
-                         "pair once (choose dedup 'last', 'first' or 'mean')")
+        raise ValueError(
+            f"dataset {name!r}: {n_dup} repeated (user, item) rows, e.g. user "
+            f"{user_raw[t['u'][k]]} item {item_raw[t['i'][k]]}; expected each "
+            "pair once (choose dedup 'last', 'first' or 'mean')"
+        )
     start = np.r_[True, ~same]  # first row of each pair, in time order
     end = np.r_[~same, True]  # last row of each pair
     if policy == "mean":
@@ -327,8 +399,9 @@ def _dedup(t: Columns, policy: str, name: str, user_raw: np.ndarray,
     return {k: v[keep] for k, v in t.items()}, n_dup
 
 
-def _check_disjoint(t: Columns, split: str, name: str, user_raw: np.ndarray,
-                    item_raw: np.ndarray) -> None:
+def _check_disjoint(
+    t: Columns, split: str, name: str, user_raw: np.ndarray, item_raw: np.ndarray
+) -> None:
     """A fixed split whose base and test share a (user, item) pair would leak test."""
     width = int(t["i"].max()) + 1
     base = t["u"][t["part"] == TRAIN] * width + t["i"][t["part"] == TRAIN]
@@ -336,9 +409,11 @@ def _check_disjoint(t: Columns, split: str, name: str, user_raw: np.ndarray,
     both = np.intersect1d(base, test)
     if len(both):
         u, i = divmod(int(both[0]), width)
-        raise ValueError(f"split {split!r} of {name!r}: {len(both)} (user, item) pairs are in "
-                         f"both base and test, e.g. user {user_raw[u]} item {item_raw[i]}; "
-                         "a test interaction must not be trained on")
+        raise ValueError(
+            f"split {split!r} of {name!r}: {len(both)} (user, item) pairs are in "
+            f"both base and test, e.g. user {user_raw[u]} item {item_raw[i]}; "
+            "a test interaction must not be trained on"
+        )
 
 
 def _k_core(t: Columns, user_core: int, item_core: int, name: str) -> tuple[Columns, dict]:
@@ -356,11 +431,15 @@ def _k_core(t: Columns, user_core: int, item_core: int, name: str) -> tuple[Colu
 
 def _removed(step: str, before: Columns, after: Columns) -> dict[str, int]:
     """What a filter removed: rows, and users and items left with no row at all."""
+
     def n(t: Columns, col: str) -> int:  # distinct codes, by counting
         return int(np.count_nonzero(np.bincount(t[col])))
-    return {f"{step}_removed": len(before["u"]) - len(after["u"]),
-            f"{step}_users_removed": n(before, "u") - n(after, "u"),
-            f"{step}_items_removed": n(before, "i") - n(after, "i")}
+
+    return {
+        f"{step}_removed": len(before["u"]) - len(after["u"]),
+        f"{step}_users_removed": n(before, "u") - n(after, "u"),
+        f"{step}_items_removed": n(before, "i") - n(after, "i"),
+    }
 
 
 def _histogram(r: np.ndarray) -> dict[str, int]:
@@ -368,19 +447,22 @@ def _histogram(r: np.ndarray) -> dict[str, int]:
     if len(values) <= 20:
         return {f"{v:g}": int(c) for v, c in zip(values, counts, strict=True)}
     counts, edges = np.histogram(r, bins=10)
-    return {f"[{a:g}, {b:g})": int(c) for a, b, c in zip(edges[:-1], edges[1:], counts,
-                                                          strict=True)}
+    return {
+        f"[{a:g}, {b:g})": int(c) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)
+    }
 
 
 def _time_span(ts: np.ndarray) -> dict:
     def day(s: int) -> str:
         return datetime.fromtimestamp(int(s), tz=timezone.utc).strftime("%Y-%m-%d")
+
     lo, hi = int(ts.min()), int(ts.max())
     return {"first": day(lo), "last": day(hi), "days": round((hi - lo) / 86400, 1)}
 
 
-def _side_info(raw: RawDataset, item_ids: np.ndarray) -> tuple[list[str] | None,
-                                                               list[str] | None, int]:
+def _side_info(
+    raw: RawDataset, item_ids: np.ndarray
+) -> tuple[list[str] | None, list[str] | None, int]:
     """Titles and genres per item index; items the side table lacks get their raw id as
     title and no genre (counted, not hidden)."""
     if raw.items is None:
@@ -389,8 +471,10 @@ def _side_info(raw: RawDataset, item_ids: np.ndarray) -> tuple[list[str] | None,
     missing = int(side.isna().all(axis=1).sum()) if len(side.columns) else len(item_ids)
     titles = genres = None
     if "title" in side:
-        titles = [str(x) if isinstance(x, str) else str(i)
-                  for x, i in zip(side["title"], item_ids, strict=True)]
+        titles = [
+            str(x) if isinstance(x, str) else str(i)
+            for x, i in zip(side["title"], item_ids, strict=True)
+        ]
     if "genres" in side:
         genres = [x if isinstance(x, str) else "" for x in side["genres"]]
     return titles, genres, missing

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from orchestrator.data.types import Array, Split
 from torch import Tensor
+
+from orchestrator.data.types import Array, Split
 
 
 class NegativeSampler:
@@ -50,11 +51,16 @@ class NegativeSampler:
     BITMAP_MAX_BITS = 2**31
     """Largest n_users * n_items held as a bitmap (256 MB); beyond, binary search."""
 
-    def __init__(self, positives: Split[Array], n_items: int, mode: str = "uniform",
-                 generator: torch.Generator | None = None, n_users: int | None = None) -> None:
+    def __init__(
+        self,
+        positives: Split[Array],
+        n_items: int,
+        mode: str = "uniform",
+        generator: torch.Generator | None = None,
+        n_users: int | None = None,
+    ) -> None:
         if mode not in ("uniform", "popularity"):
-            raise ValueError(f"negative sampling mode {mode!r}: expected 'uniform' or "
-                             "'popularity'")
+            raise ValueError(f"negative sampling mode {mode!r}: expected 'uniform' or 'popularity'")
         user, item = torch.as_tensor(positives.user), torch.as_tensor(positives.item)
         self.n_items, self.mode, self.generator = n_items, mode, generator
         self.device = user.device
@@ -79,8 +85,9 @@ class NegativeSampler:
         """`[P]` each key less its rank within its user, `user * n_items + p_j - j`: still
         sorted, and the count of a user's entries <= `user * n_items + r` is the number of
         positives below the user's r-th free item (built on the first uniform draw)."""
-        rank = torch.arange(len(self.keys), device=self.device) \
-            - self.first[self.keys // self.n_items]  # [P]
+        rank = (
+            torch.arange(len(self.keys), device=self.device) - self.first[self.keys // self.n_items]
+        )  # [P]
         return self.keys - rank
 
     @functools.cached_property
@@ -107,15 +114,19 @@ class NegativeSampler:
         if len(users) == 0 or n == 0:
             return torch.empty(len(users), n, dtype=torch.long, device=self.device)
         if bool(((users < 0) | (users >= len(self.degree))).any()):
-            raise ValueError(f"user indices must be in [0, n_users={len(self.degree)}) "
-                             "(pass n_users for users without positives)")
+            raise ValueError(
+                f"user indices must be in [0, n_users={len(self.degree)}) "
+                "(pass n_users for users without positives)"
+            )
         free = self.n_drawable - self.degree[users]  # [B] items each user can still be given
         need = n if distinct else 1
         if bool((free < need).any()):
             short = int(users[free < need][0])
-            raise ValueError(f"user index {short} has only {int(free[users == short][0])} items "
-                             f"it never interacted with ({self.mode} mode), needs {need}: "
-                             "lower the number of negatives or filter such users out")
+            raise ValueError(
+                f"user index {short} has only {int(free[users == short][0])} items "
+                f"it never interacted with ({self.mode} mode), needs {need}: "
+                "lower the number of negatives or filter such users out"
+            )
         if self.mode == "uniform" and not distinct:
             return self._free_items(users, free, n)
         neg = self._draw((len(users), n))  # [B, n]
@@ -133,18 +144,17 @@ class NegativeSampler:
 
     def _free_items(self, users: Tensor, free: Tensor, n: int) -> Tensor:
         """`n` uniform draws among each user's free items, with replacement: `[B, n]`."""
-        u = torch.rand((len(users), n), generator=self.generator, device=self.device,
-                       dtype=torch.float64)
+        u = torch.rand(
+            (len(users), n), generator=self.generator, device=self.device, dtype=torch.float64
+        )
         r = (u * free[:, None]).long().clamp(max=(free - 1)[:, None])  # [B, n] in [0, free)
         below = torch.searchsorted(self.ranks, users[:, None] * self.n_items + r, right=True)
         return r + below - self.first[users, None]  # [B, n] skip the positives below r
 
     def _draw(self, shape: tuple[int, ...]) -> Tensor:
         if self.mode == "uniform":
-            return torch.randint(self.n_items, shape, generator=self.generator,
-                                 device=self.device)
-        u = torch.rand(shape, generator=self.generator, device=self.device,
-                       dtype=torch.float64)
+            return torch.randint(self.n_items, shape, generator=self.generator, device=self.device)
+        u = torch.rand(shape, generator=self.generator, device=self.device, dtype=torch.float64)
         # right=True: the first item whose cdf exceeds u, so zero-weight items never come up
         return torch.searchsorted(self.cdf, u, right=True).clamp(max=self.n_items - 1)
 
@@ -211,8 +221,9 @@ def window_starts(train: Split[Array], T: int) -> tuple[Tensor, Tensor, Tensor, 
     return user[at], at, item, pos
 
 
-def gather_windows(item: Tensor, pos: Tensor, at: Tensor, L: int, T: int, pad: int
-                   ) -> tuple[Tensor, Tensor]:
+def gather_windows(
+    item: Tensor, pos: Tensor, at: Tensor, L: int, T: int, pad: int
+) -> tuple[Tensor, Tensor]:
     """The windows starting at rows `at` `[B]`: `seq [B, L]` (left-padded) and
     `target [B, T]`."""
     back = torch.arange(-L, 0, device=item.device)  # [L]
@@ -250,8 +261,9 @@ def csr_entries(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, T
     start = indptr[rows]  # [b]
     count = indptr[rows + 1] - start  # [b]
     n_entries = int(count.sum())
-    pos = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), count,
-                                  output_size=n_entries)  # [E]
+    pos = torch.repeat_interleave(
+        torch.arange(len(rows), device=rows.device), count, output_size=n_entries
+    )  # [E]
     within = torch.arange(n_entries, device=rows.device) - (count.cumsum(0) - count)[pos]  # [E]
     return pos, within, start[pos] + within, count
 

@@ -23,9 +23,13 @@ from orchestrator.data.movielens import FILES, is_local, load_movielens
 from orchestrator.data.types import RawDataset
 
 MOVIELENS = tuple(FILES)
-KNOWN_FORMS = (*MOVIELENS, "csv:PATH[?user=COL&item=COL&rating=COL&timestamp=COL&sep=C]",
-               "parquet:PATH[?user=COL&item=COL&rating=COL&timestamp=COL]", "ncf:PREFIX",
-               "synthetic[:k=v,...]")
+KNOWN_FORMS = (
+    *MOVIELENS,
+    "csv:PATH[?user=COL&item=COL&rating=COL&timestamp=COL&sep=C]",
+    "parquet:PATH[?user=COL&item=COL&rating=COL&timestamp=COL]",
+    "ncf:PREFIX",
+    "synthetic[:k=v,...]",
+)
 
 
 def data_home(data_dir: str | Path | None = None) -> Path:
@@ -68,8 +72,9 @@ def available_offline(spec: str, data_dir: str | Path | None = None) -> bool:
         return parse_file_spec(spec)[1].is_file()
     if kind == "ncf":
         prefix = str(Path(spec.partition(":")[2]).expanduser())
-        return all(Path(prefix + s).is_file()
-                   for s in (".train.rating", ".test.rating", ".test.negative"))
+        return all(
+            Path(prefix + s).is_file() for s in (".train.rating", ".test.rating", ".test.negative")
+        )
     return True  # synthetic is generated
 
 

@@ -16,6 +16,7 @@ All deterministic given the seed; nothing of test is in train or val:
 from __future__ import annotations
 
 import numpy as np
+
 from orchestrator.data.types import Interactions, RawDataset
 
 FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
@@ -34,24 +35,27 @@ def parse_split(split: str, raw: RawDataset | None = None) -> tuple[str, tuple[f
         except ValueError:
             ratios = ()
         if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6 or ratios[0] == 0:
-            raise ValueError(f"split {split!r}: expected {name}:TRAIN,VAL,TEST with three "
-                             "shares >= 0 summing to 1 (train > 0), e.g. "
-                             f"{name}:{'0.8,0.1,0.1' if name == 'random' else '0.7,0.1,0.2'}")
+            raise ValueError(
+                f"split {split!r}: expected {name}:TRAIN,VAL,TEST with three "
+                "shares >= 0 summing to 1 (train > 0), e.g. "
+                f"{name}:{'0.8,0.1,0.1' if name == 'random' else '0.7,0.1,0.2'}"
+            )
         return name, ratios
     if split == "leave-last":
         return split, ()
     if split in FIXED_SPLITS:
         if raw is not None and split not in raw.fixed_splits:
             ships = ", ".join(raw.fixed_splits) or "none"
-            raise ValueError(f"split {split!r}: dataset {raw.name!r} does not ship it "
-                             f"(it ships: {ships}); the u1..ub splits come with ml-100k, "
-                             "ncf with ncf:PREFIX")
+            raise ValueError(
+                f"split {split!r}: dataset {raw.name!r} does not ship it "
+                f"(it ships: {ships}); the u1..ub splits come with ml-100k, "
+                "ncf with ncf:PREFIX"
+            )
         return ("ncf" if split == "ncf" else "fixed"), ()
     raise ValueError(f"unknown split {split!r}: expected one of {SPLIT_HELP}")
 
 
-def gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.ndarray,
-                                                             np.ndarray]:
+def gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.ndarray, np.ndarray]:
     """All interactions to prepare, the part each came from (TRAIN/TEST of a fixed split,
     else TRAIN), and its row within that part."""
     if kind not in ("fixed", "ncf"):
@@ -62,17 +66,20 @@ def gather(raw: RawDataset, split: str, kind: str) -> tuple[Interactions, np.nda
     for name in ("rating", "timestamp"):
         a, b = getattr(base, name), getattr(test, name)
         if (a is None) != (b is None):
-            raise ValueError(f"split {split!r} of {raw.name!r}: '{name}' is given for only one "
-                             "of base and test")
+            raise ValueError(
+                f"split {split!r} of {raw.name!r}: '{name}' is given for only one of base and test"
+            )
         optional.append(None if a is None else np.concatenate([a, b]))
     part = np.r_[np.full(len(base), TRAIN), np.full(len(test), TEST)]
-    both = Interactions(np.concatenate([base.user, test.user]),
-                        np.concatenate([base.item, test.item]), *optional)
+    both = Interactions(
+        np.concatenate([base.user, test.user]), np.concatenate([base.item, test.item]), *optional
+    )
     return both, part, np.r_[np.arange(len(base)), np.arange(len(test))]
 
 
-def assign(t: Columns, order: np.ndarray, kind: str, ratios: tuple[float, ...],
-            seed: int) -> tuple[np.ndarray, dict]:
+def assign(
+    t: Columns, order: np.ndarray, kind: str, ratios: tuple[float, ...], seed: int
+) -> tuple[np.ndarray, dict]:
     """TRAIN/VAL/TEST per row, and what the split wants to report; `order`: the rows by
     user, then time, ties in source order (`prepare._time_order`)."""
     n = len(t["u"])
@@ -85,8 +92,8 @@ def assign(t: Columns, order: np.ndarray, kind: str, ratios: tuple[float, ...],
     if kind == "random":
         perm = rng.permutation(n)
         n_train, n_val = round_half_up(ratios[0] * n), round_half_up(ratios[1] * n)
-        where[perm[n_train:n_train + n_val]] = VAL
-        where[perm[n_train + n_val:]] = TEST
+        where[perm[n_train : n_train + n_val]] = VAL
+        where[perm[n_train + n_val :]] = TEST
         return where, {}
     if kind == "leave-last":
         long = size >= 3
@@ -102,7 +109,7 @@ def assign(t: Columns, order: np.ndarray, kind: str, ratios: tuple[float, ...],
     where[t["part"] == TEST] = TEST
     base = np.flatnonzero(t["part"] == TRAIN)
     if kind == "fixed":  # the u-splits are random: carve val the same way
-        where[rng.permutation(base)[:round_half_up(FIXED_VAL_SHARE * len(base))]] = VAL
+        where[rng.permutation(base)[: round_half_up(FIXED_VAL_SHARE * len(base))]] = VAL
         return where, {"val_from": f"seeded random {FIXED_VAL_SHARE:.0%} of base"}
     # ncf: each user's last training interaction in time, for users with >= 2 of them
     base = order[t["part"][order] == TRAIN]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+
 from orchestrator.data.types import Interactions, RawDataset
 
 T0 = 1_577_836_800  # 2020-01-01 UTC: the synthetic log starts here
@@ -90,24 +91,30 @@ def parse_spec(spec: str) -> SyntheticParams:
         if not eq:
             raise ValueError(f"dataset spec {spec!r}: expected key=value, got {part!r}")
         if key not in fields:
-            raise ValueError(f"dataset spec {spec!r}: unknown key {key!r}; "
-                             f"allowed: {', '.join(fields)}")
+            raise ValueError(
+                f"dataset spec {spec!r}: unknown key {key!r}; allowed: {', '.join(fields)}"
+            )
         try:
             if key == "noise":
                 noise = float(value)
             else:
                 counts[key] = int(value)
         except ValueError:
-            raise ValueError(f"dataset spec {spec!r}: {key}={value!r} is not "
-                             f"{'a number' if key == 'noise' else 'an integer'}") from None
+            raise ValueError(
+                f"dataset spec {spec!r}: {key}={value!r} is not "
+                f"{'a number' if key == 'noise' else 'an integer'}"
+            ) from None
     if "genres" not in counts:  # the default must not exceed a small catalogue
         counts["genres"] = min(SyntheticParams.genres, counts.get("items", SyntheticParams.items))
     p = SyntheticParams(**counts, noise=noise)
-    checks = [(p.users >= 1, "users >= 1"), (p.items >= 2, "items >= 2"),
-              (p.rank >= 1, "rank >= 1"), (1 <= p.genres <= p.items, "1 <= genres <= items"),
-              (p.noise >= 0, "noise >= 0"),
-              (p.users <= p.interactions <= p.users * p.items,
-               "users <= interactions <= users * items")]
+    checks = [
+        (p.users >= 1, "users >= 1"),
+        (p.items >= 2, "items >= 2"),
+        (p.rank >= 1, "rank >= 1"),
+        (1 <= p.genres <= p.items, "1 <= genres <= items"),
+        (p.noise >= 0, "noise >= 0"),
+        (p.users <= p.interactions <= p.users * p.items, "users <= interactions <= users * items"),
+    ]
     for ok, expected in checks:
         if not ok:
             raise ValueError(f"dataset spec {spec!r}: expected {expected} ({p})")
@@ -127,7 +134,7 @@ def generate(p: SyntheticParams) -> Synthetic:
     # Latent structure: item factors near their genre's centre, so genres are real clusters.
     genre = rng.integers(p.genres, size=n_items)  # [I]
     centre = rng.normal(size=(p.genres, r))  # [G, r]
-    scale = 0.84 / r ** 0.25  # makes std(p_u . q_i) ~ 0.7 whatever the rank
+    scale = 0.84 / r**0.25  # makes std(p_u . q_i) ~ 0.7 whatever the rank
     Q = (0.8 * centre[genre] + 0.6 * rng.normal(size=(n_items, r))) * scale  # [I, r]
     P = rng.normal(size=(U, r)) * scale  # [U, r]
     pop_rank = rng.permutation(n_items)  # [I], 0 = the most popular item
@@ -161,18 +168,23 @@ def generate(p: SyntheticParams) -> Synthetic:
     expected, var = _rounded_moments(true, p.noise)
     best = float(np.sqrt(var.mean()))
 
-    items = pd.DataFrame({"title": [f"Item {i}" for i in range(1, n_items + 1)],
-                          "genres": [f"Genre {g}" for g in genre]},
-                         index=pd.Index(np.arange(1, n_items + 1), name="item"))
+    items = pd.DataFrame(
+        {
+            "title": [f"Item {i}" for i in range(1, n_items + 1)],
+            "genres": [f"Genre {g}" for g in genre],
+        },
+        index=pd.Index(np.arange(1, n_items + 1), name="item"),
+    )
     canonical = ",".join(f"{k}={v}" for k, v in dataclasses.asdict(p).items())
     raw = RawDataset(
         name=f"synthetic:{canonical}",
-        interactions=Interactions(user=user + 1, item=item + 1,
-                                  rating=rating.astype(np.float32), timestamp=timestamp),
+        interactions=Interactions(
+            user=user + 1, item=item + 1, rating=rating.astype(np.float32), timestamp=timestamp
+        ),
         items=items,
         fingerprint=hashlib.sha256(f"synthetic-v2|{canonical}".encode()).hexdigest(),
         note=f"synthetic: best possible RMSE ~{best:.2f} (rank-{r} true scores + "
-             f"N(0, {p.noise:g}^2) noise, rounded to 1..5; {p.genres} latent genres)",
+        f"N(0, {p.noise:g}^2) noise, rounded to 1..5; {p.genres} latent genres)",
     )
     return Synthetic(raw=raw, expected=expected, best_rmse=best)
 
@@ -207,8 +219,9 @@ def _log_popularity(pop_rank: np.ndarray) -> np.ndarray:
     return np.log(np.log1p(1.0 / (1.0 + pop_rank)))
 
 
-def _choose_items(rng: np.random.Generator, P: np.ndarray, Q: np.ndarray, pop_rank: np.ndarray,
-                  counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _choose_items(
+    rng: np.random.Generator, P: np.ndarray, Q: np.ndarray, pop_rank: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each user's `counts[u]` distinct items, weight popularity x exp(1.5 preference).
 
     Exact Gumbel top-k scans the whole catalogue per user (users x items), so only heavy
@@ -257,14 +270,20 @@ def _choose_items(rng: np.random.Generator, P: np.ndarray, Q: np.ndarray, pop_ra
     return user[order], item[order]
 
 
-def _exact_top_k(rng: np.random.Generator, P: np.ndarray, Q: np.ndarray, log_pop: np.ndarray,
-                 users: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _exact_top_k(
+    rng: np.random.Generator,
+    P: np.ndarray,
+    Q: np.ndarray,
+    log_pop: np.ndarray,
+    users: np.ndarray,
+    counts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Gumbel top-k over the whole catalogue for `users`: sampling without replacement."""
     n_items = len(Q)
     chunk = max(1, 4_000_000 // n_items)  # bounds memory to ~32 MB per chunk of users
     picked_users, picked_items = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for lo in range(0, len(users), chunk):
-        block = users[lo:lo + chunk]
+        block = users[lo : lo + chunk]
         logits = (log_pop + 1.5 * (P[block] @ Q.T)).astype(np.float32)  # [c, I]
         keys = logits - np.log(-np.log(rng.random(logits.shape, dtype=np.float32) + 1e-12))
         ranked = np.argsort(-keys, axis=1)  # [c, I]
@@ -294,4 +313,4 @@ def _rounded_moments(true: np.ndarray, noise: float) -> tuple[np.ndarray, np.nda
     # with c_j = P(rating <= j): E[R] = 1 + sum_j P(R > j) = 5 - sum_j c_j, and
     # E[R^2] = 1 + sum_j (2j + 1) P(R > j) = 25 - sum_j (2j + 1) c_j (j = 1..4)
     mean = 5.0 - cdf.sum(axis=1)
-    return mean, 25.0 - cdf @ np.array([3.0, 5.0, 7.0, 9.0]) - mean ** 2
+    return mean, 25.0 - cdf @ np.array([3.0, 5.0, 7.0, 9.0]) - mean**2

@@ -95,8 +95,12 @@ class Split(Generic[Array]):
 
     def to(self, device: str | torch.device) -> Split[torch.Tensor]:
         """The same split as torch tensors on `device` (int64 ids, float32 ratings)."""
-        return Split(*(torch.as_tensor(a).to(device) for a in
-                       (self.user, self.item, self.rating, self.timestamp)))
+        return Split(
+            *(
+                torch.as_tensor(a).to(device)
+                for a in (self.user, self.item, self.rating, self.timestamp)
+            )
+        )
 
 
 @dataclass

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
+from orchestrator.config import TrainConfig
 from orchestrator.data.sampling import last_items, user_item_csr
 from orchestrator.data.types import Array, PreparedData, Split
 from orchestrator.engine.metrics import (
@@ -32,9 +35,6 @@ from orchestrator.engine.metrics import (
     sampled_ranking_per_row,
 )
 from orchestrator.models.base import Recommender
-from torch import Tensor
-
-from orchestrator.config import TrainConfig
 
 SPLITS = ("val", "test")
 EVAL_CELLS = 2**25  # scores per full-ranking call: 128 MB of float32 (ml-25m: 567 users)
@@ -61,29 +61,38 @@ def check_ks(ks: tuple[int, ...], data: PreparedData) -> None:
     """Cut-offs must be >= 1 and fit the catalogue (HR@K of K >= n_items is always 1)."""
     bad = [k for k in ks if not 1 <= k < data.n_items]
     if bad:
-        raise ValueError(f"ks: {bad}: expected cut-offs from 1 to {data.n_items - 1} (the "
-                         f"dataset {data.name!r} has {data.n_items} items)")
+        raise ValueError(
+            f"ks: {bad}: expected cut-offs from 1 to {data.n_items - 1} (the "
+            f"dataset {data.name!r} has {data.n_items} items)"
+        )
 
 
-def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)
-                     ) -> tuple[str, str]:
+def monitored_metric(task: str, metric: str = "", ks: tuple[int, ...] = (10,)) -> tuple[str, str]:
     """The metric early stopping watches and its direction: `metric` when given (rmse and
     mae fall, the rest rise), else the task's default."""
     if not metric:
         return task_metric(task)
     allowed = val_metric_names(task, ks)
     if metric not in allowed:
-        raise ValueError(f"metric {metric!r} is not reported for task {task!r}; "
-                         f"allowed: {', '.join(allowed)}")
+        raise ValueError(
+            f"metric {metric!r} is not reported for task {task!r}; allowed: {', '.join(allowed)}"
+        )
     return metric, "min" if lower_is_better(metric) else "max"
 
 
 def concat_splits(a: Split[Array], b: Split[Array]) -> Split[Array]:
     """The rows of `a`, then those of `b` (tensors or NumPy arrays alike)."""
     cat = torch.cat if isinstance(a.user, Tensor) else np.concatenate
-    return Split(*(cat(p) for p in zip((a.user, a.item, a.rating, a.timestamp),
-                                         (b.user, b.item, b.rating, b.timestamp),
-                                         strict=True)))
+    return Split(
+        *(
+            cat(p)
+            for p in zip(
+                (a.user, a.item, a.rating, a.timestamp),
+                (b.user, b.item, b.rating, b.timestamp),
+                strict=True,
+            )
+        )
+    )
 
 
 @dataclass
@@ -110,8 +119,9 @@ class DeviceData:
     _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.train, self.val, self.test = (s.to(self.device) for s in
-                                           (self.data.train, self.data.val, self.data.test))
+        self.train, self.val, self.test = (
+            s.to(self.device) for s in (self.data.train, self.data.val, self.data.test)
+        )
 
     def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -127,31 +137,40 @@ class DeviceData:
 
     def known(self, split: str) -> tuple[Tensor, Tensor]:
         """CSR of the items masked when ranking for `split`."""
-        return self._cached(("known", split), lambda: user_item_csr(self.history(split),
-                                                                    self.data.n_users))
+        return self._cached(
+            ("known", split), lambda: user_item_csr(self.history(split), self.data.n_users)
+        )
 
     def targets(self, split: str) -> tuple[Tensor, Tensor]:
         """CSR of the held-out items of `split`."""
-        return self._cached(("targets", split), lambda: user_item_csr(getattr(self, split),
-                                                                      self.data.n_users))
+        return self._cached(
+            ("targets", split), lambda: user_item_csr(getattr(self, split), self.data.n_users)
+        )
 
     def n_target_users(self, split: str) -> int:
-        return self._cached(("n_users", split),
-                            lambda: int((self.targets(split)[0].diff() > 0).sum()))
+        return self._cached(
+            ("n_users", split), lambda: int((self.targets(split)[0].diff() > 0).sum())
+        )
 
     def last_items(self, split: str, length: int) -> Tensor:
         """Each user's last `length` known items, `[n_users, L]`, padded with `n_items`."""
-        return self._cached(("seq", split, length), lambda: last_items(
-            self.history(split), self.data.n_users, length, self.data.n_items))
+        return self._cached(
+            ("seq", split, length),
+            lambda: last_items(self.history(split), self.data.n_users, length, self.data.n_items),
+        )
 
     def negatives(self, split: str) -> Tensor:
         """The fixed sampled-protocol negatives of `split`, `[n_rows, N]`."""
+
         def build() -> Tensor:
             neg = getattr(self.data, f"{split}_negatives")
             if neg is None:
-                raise ValueError(f"protocol 'sampled' needs data.{split}_negatives; prepare "
-                                 "the data with eval_negatives > 0 or use protocol 'full'")
+                raise ValueError(
+                    f"protocol 'sampled' needs data.{split}_negatives; prepare "
+                    "the data with eval_negatives > 0 or use protocol 'full'"
+                )
             return torch.as_tensor(neg, dtype=torch.long, device=self.device)
+
         return self._cached(("negatives", split), build)
 
 
@@ -165,8 +184,13 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split {split!r}: expected one of {SPLITS}")
 
 
-def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig,
-             tensors: DeviceData | None = None) -> dict[str, float]:
+def evaluate(
+    model: Recommender,
+    data: PreparedData,
+    split: str,
+    cfg: TrainConfig,
+    tensors: DeviceData | None = None,
+) -> dict[str, float]:
     """Validation or test metrics of `model`, keyed `split/name` (`val/rmse`, `test/ndcg@10`).
 
     Rating: RMSE and MAE of `model(user, item)` on the split's rows. Ranking and sequential:
@@ -186,9 +210,13 @@ def evaluate(model: Recommender, data: PreparedData, split: str, cfg: TrainConfi
 
 
 @torch.no_grad()
-def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: TrainConfig,
-                   tensors: DeviceData | None = None
-                   ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate_units(
+    model: Recommender,
+    data: PreparedData,
+    split: str,
+    cfg: TrainConfig,
+    tensors: DeviceData | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """`evaluate`'s metrics, and each metric's value per evaluation unit (`split/name` ->
     `[n]`): per rating (squared and absolute errors) for rating models, per user with a
     target (full protocol) or per row (sampled) for rankings, in the data's order, so that
@@ -201,8 +229,12 @@ def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: Trai
     start = time.perf_counter()
     if model.task == "rating":
         step = 8192  # rows per call: AutoRec's forward holds [rows, n_users] floats
-        pred = torch.cat([model(rows.user[i:i + step], rows.item[i:i + step])
-                          for i in range(0, len(rows), step)])  # [N]
+        pred = torch.cat(
+            [
+                model(rows.user[i : i + step], rows.item[i : i + step])
+                for i in range(0, len(rows), step)
+            ]
+        )  # [N]
         lo, hi = data.rating_range
         units = rating_errors(pred.float(), rows.rating, lo, hi)
         metrics = rating_summary(units)
@@ -215,17 +247,26 @@ def evaluate_units(model: Recommender, data: PreparedData, split: str, cfg: Trai
 
         # users per scoring call: the config's, the model's own limit, and what keeps the
         # [users, items] scores (and mask) of one call near EVAL_CELLS cells at any catalogue
-        batch = min(cfg.eval_batch_users, model.eval_batch_users or cfg.eval_batch_users,
-                    max(1, EVAL_CELLS // data.n_items))
+        batch = min(
+            cfg.eval_batch_users,
+            model.eval_batch_users or cfg.eval_batch_users,
+            max(1, EVAL_CELLS // data.n_items),
+        )
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
-            units = full_ranking_per_user(score_all, users, tensors.targets(split),
-                                          tensors.known(split), cfg.ks, batch)
+            units = full_ranking_per_user(
+                score_all, users, tensors.targets(split), tensors.known(split), cfg.ks, batch
+            )
             n_users = tensors.n_target_users(split)
         elif cfg.protocol == "sampled":
-            units = sampled_ranking_per_row(lambda u, c: score_all(u).gather(1, c), rows.user,
-                                            rows.item, tensors.negatives(split), cfg.ks,
-                                            batch=batch)
+            units = sampled_ranking_per_row(
+                lambda u, c: score_all(u).gather(1, c),
+                rows.user,
+                rows.item,
+                tensors.negatives(split),
+                cfg.ks,
+                batch=batch,
+            )
             n_users = len(rows)
         else:
             raise ValueError(f"protocol {cfg.protocol!r}: expected 'full' or 'sampled'")

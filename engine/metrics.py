@@ -37,8 +37,9 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-from orchestrator.data.sampling import csr_entries
 from torch import Tensor
+
+from orchestrator.data.sampling import csr_entries
 
 RANKING_NAMES = ("hr", "ndcg", "recall", "mrr")
 ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
@@ -47,6 +48,8 @@ ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
 def lower_is_better(key: str) -> bool:
     """`val/rmse`, `test/mae`: errors fall as a model improves; every ranking metric rises."""
     return key.rsplit("/", 1)[-1] in ERROR_NAMES
+
+
 # Rows with at most this many target columns rank by direct comparison (T passes over [B, C]);
 # with more, one top-(max K + 1) of the scores is cheaper (about the cost of 4 passes on CPU).
 _COMPARE_MAX_TARGETS = 4
@@ -79,8 +82,10 @@ def rating_errors(pred: Tensor, target: Tensor, lo: float, hi: float) -> dict[st
     """Per rating, what RMSE and MAE average: `{"rmse": squared error [N], "mae": absolute
     error [N]}` (float64) of the predictions clipped to [lo, hi]."""
     if pred.dim() != 1 or pred.shape != target.shape:
-        raise ValueError(f"rating_metrics: expected pred and target of the same shape [N], "
-                         f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"rating_metrics: expected pred and target of the same shape [N], "
+            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if pred.numel() == 0:
         raise ValueError("rating_metrics: no ratings to evaluate (N = 0)")
     if not lo <= hi:
@@ -96,8 +101,9 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
     return ks
 
 
-def _target_ranks(scores: Tensor, targets: Tensor, mask: Tensor | None,
-                  max_k: int) -> tuple[Tensor, Tensor]:
+def _target_ranks(
+    scores: Tensor, targets: Tensor, mask: Tensor | None, max_k: int
+) -> tuple[Tensor, Tensor]:
     """Pessimistic ranks `[B, T]` of the targets, exact up to `max_k` (larger ones read
     `max_k + 1`: a miss at every cut-off), and whether each target can count as a hit."""
     safe = targets.clamp(min=0)  # [B, T] padding looks up column 0, discarded by `usable`
@@ -113,7 +119,7 @@ def _target_ranks(scores: Tensor, targets: Tensor, mask: Tensor | None,
         keep = None if mask is None else ~mask  # [B, C]
         counts = []
         for j in range(targets.shape[1]):
-            beats = scores >= target_scores[:, j:j + 1]  # [B, C]
+            beats = scores >= target_scores[:, j : j + 1]  # [B, C]
             counts.append((beats if keep is None else beats & keep).sum(1))
         return torch.stack(counts, 1).clamp(max=max_k + 1), usable  # [B, T]
     if mask is not None:
@@ -129,8 +135,9 @@ def _target_ranks(scores: Tensor, targets: Tensor, mask: Tensor | None,
     return ge.clamp(max=max_k + 1), usable
 
 
-def ranking_metrics_from_scores(scores: Tensor, targets: Tensor, ks: Sequence[int],
-                                mask: Tensor | None = None) -> dict[str, Tensor]:
+def ranking_metrics_from_scores(
+    scores: Tensor, targets: Tensor, ks: Sequence[int], mask: Tensor | None = None
+) -> dict[str, Tensor]:
     """Per-user HR, NDCG, Recall and MRR at each K, with the pessimistic tie rule.
 
     Args:
@@ -153,11 +160,15 @@ def ranking_metrics_from_scores(scores: Tensor, targets: Tensor, ks: Sequence[in
     """
     ks = _check_ks(ks)
     if scores.dim() != 2 or targets.dim() != 2 or targets.shape[0] != scores.shape[0]:
-        raise ValueError(f"expected scores [B, C] and targets [B, T], got "
-                         f"{tuple(scores.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"expected scores [B, C] and targets [B, T], got "
+            f"{tuple(scores.shape)} and {tuple(targets.shape)}"
+        )
     if mask is not None and (mask.shape != scores.shape or mask.dtype != torch.bool):
-        raise ValueError(f"expected a bool mask of the scores' shape {tuple(scores.shape)}, "
-                         f"got {mask.dtype} {tuple(mask.shape)}")
+        raise ValueError(
+            f"expected a bool mask of the scores' shape {tuple(scores.shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
     n_rows, n_cand = scores.shape
     targets = targets.long()
     ordered = targets.sort(dim=1).values  # [B, T] padding first, then duplicates are adjacent
@@ -165,8 +176,10 @@ def ranking_metrics_from_scores(scores: Tensor, targets: Tensor, ks: Sequence[in
     dup = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)  # [B, T - 1]
     if bad.any() or dup.any():
         row = int((bad.any(1) | torch.nn.functional.pad(dup, (0, 1)).any(1)).nonzero()[0, 0])
-        raise ValueError(f"targets row {row}: expected distinct column indices in [0, {n_cand}) "
-                         f"padded with -1, got {targets[row].tolist()}")
+        raise ValueError(
+            f"targets row {row}: expected distinct column indices in [0, {n_cand}) "
+            f"padded with -1, got {targets[row].tolist()}"
+        )
 
     zeros = scores.new_zeros(n_rows, dtype=torch.float32)  # [B]
     if targets.shape[1] == 0:
@@ -181,8 +194,9 @@ def ranking_metrics_from_scores(scores: Tensor, targets: Tensor, ks: Sequence[in
     for k in ks:
         hit = usable & (ranks <= k)  # [B, T]
         out[f"hr@{k}"] = hit.any(1).float()
-        out[f"ndcg@{k}"] = (torch.where(hit, gain, 0.0).sum(1)
-                            / idcg[n_targets.clamp(max=k)].clamp(min=1e-12))
+        out[f"ndcg@{k}"] = torch.where(hit, gain, 0.0).sum(1) / idcg[n_targets.clamp(max=k)].clamp(
+            min=1e-12
+        )
         out[f"recall@{k}"] = hit.sum(1) / n_targets.clamp(min=1).float()
         out[f"mrr@{k}"] = torch.where(best <= k, 1.0 / best.float(), zeros)
     return {f"{name}@{k}": out[f"{name}@{k}"] for name in RANKING_NAMES for k in ks}
@@ -203,9 +217,14 @@ def means(per_unit: dict[str, Tensor]) -> dict[str, float]:
     return {name: v.double().mean().item() for name, v in per_unit.items()}
 
 
-def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: Csr | Tensor,
-                 known: Csr | None, ks: Sequence[int], batch_users: int = 1024
-                 ) -> dict[str, float]:
+def full_ranking(
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor,
+    targets: Csr | Tensor,
+    known: Csr | None,
+    ks: Sequence[int],
+    batch_users: int = 1024,
+) -> dict[str, float]:
     """The means of `full_ranking_per_user`: HR, NDCG, Recall and MRR at each K.
 
     Example:
@@ -221,8 +240,9 @@ def full_ranking(score_fn: Callable[[Tensor], Tensor], users: Tensor, targets: C
 
 
 @torch.no_grad()
-def _users_with_targets(users: Tensor, targets: Csr | Tensor, known: Csr | None
-                        ) -> tuple[Tensor, Csr | Tensor]:
+def _users_with_targets(
+    users: Tensor, targets: Csr | Tensor, known: Csr | None
+) -> tuple[Tensor, Csr | Tensor]:
     """`full_ranking_per_user`'s inputs checked, and the users (and padded targets) of users
     with at least one target."""
     if users.dim() != 1:
@@ -234,16 +254,20 @@ def _users_with_targets(users: Tensor, targets: Csr | Tensor, known: Csr | None
         _check_csr(csr, what)
         n = len(csr[0]) - 1
         if len(users) and (int(users.min()) < 0 or int(users.max()) >= n):
-            raise ValueError(f"users: expected indices in [0, {n}) to match the {what} CSR, "
-                             f"got range [{int(users.min())}, {int(users.max())}]")
+            raise ValueError(
+                f"users: expected indices in [0, {n}) to match the {what} CSR, "
+                f"got range [{int(users.min())}, {int(users.max())}]"
+            )
     if isinstance(targets, tuple):
         indptr = targets[0]
         on = users.to(indptr.device)
         has_target = (indptr[on + 1] - indptr[on] > 0).to(users.device)  # [U]
     else:
         if targets.dim() != 2 or len(targets) != len(users):
-            raise ValueError(f"targets: expected a CSR or a padded [U={len(users)}, T] tensor, "
-                             f"got {tuple(targets.shape)}")
+            raise ValueError(
+                f"targets: expected a CSR or a padded [U={len(users)}, T] tensor, "
+                f"got {tuple(targets.shape)}"
+            )
         has_target = (targets >= 0).any(1).to(users.device)  # [U]
         targets = targets[has_target.to(targets.device)]
     users = users[has_target]
@@ -252,9 +276,14 @@ def _users_with_targets(users: Tensor, targets: Csr | Tensor, known: Csr | None
     return users, targets
 
 
-def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
-                          targets: Csr | Tensor, known: Csr | None, ks: Sequence[int],
-                          batch_users: int = 1024) -> dict[str, Tensor]:
+def full_ranking_per_user(
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor,
+    targets: Csr | Tensor,
+    known: Csr | None,
+    ks: Sequence[int],
+    batch_users: int = 1024,
+) -> dict[str, Tensor]:
     """Rank every item for each user, the user's known items masked, batched over users.
 
     Args:
@@ -279,11 +308,12 @@ def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
     parts: dict[str, list[Tensor]] = {}
     device = None
     for begin in range(0, len(users), batch_users):
-        batch = users[begin:begin + batch_users]  # [b]
+        batch = users[begin : begin + batch_users]  # [b]
         scores = score_fn(batch)  # [b, n_items]
         if scores.dim() != 2 or scores.shape[0] != len(batch):
-            raise ValueError(f"score_fn: expected scores [{len(batch)}, n_items], "
-                             f"got {tuple(scores.shape)}")
+            raise ValueError(
+                f"score_fn: expected scores [{len(batch)}, n_items], got {tuple(scores.shape)}"
+            )
         n_items = scores.shape[1]
         if device is None:  # move the item lists once, to where the scores are
             device = scores.device
@@ -294,8 +324,10 @@ def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
             if known is not None:
                 known = (known[0].to(device), known[1].to(device))
                 if len(known[1]) and int(known[1].max()) >= n_items:
-                    raise ValueError(f"known: item index {int(known[1].max())} out of range "
-                                     f"for {n_items} scored items")
+                    raise ValueError(
+                        f"known: item index {int(known[1].max())} out of range "
+                        f"for {n_items} scored items"
+                    )
         rows = batch.to(device)  # [b]
         if isinstance(targets, tuple):
             pos, within, flat, count = csr_entries(targets[0], rows)
@@ -303,7 +335,7 @@ def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
             batch_targets = torch.full((len(rows), int(count.max())), -1, device=device)
             batch_targets[pos, within] = item  # [b, T]
         else:
-            batch_targets = targets[begin:begin + batch_users]  # [b, T]
+            batch_targets = targets[begin : begin + batch_users]  # [b, T]
         mask = None
         if known is not None:
             pos, _, flat, _ = csr_entries(known[0], rows)
@@ -316,9 +348,14 @@ def full_ranking_per_user(score_fn: Callable[[Tensor], Tensor], users: Tensor,
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def sampled_ranking(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tensor,
-                    items: Tensor, negatives: Tensor, ks: Sequence[int],
-                    batch: int = 8192) -> dict[str, float]:
+def sampled_ranking(
+    score_pairs: Callable[[Tensor, Tensor], Tensor],
+    users: Tensor,
+    items: Tensor,
+    negatives: Tensor,
+    ks: Sequence[int],
+    batch: int = 8192,
+) -> dict[str, float]:
     """The means of `sampled_ranking_per_row` over the rows.
 
     Example:
@@ -332,9 +369,14 @@ def sampled_ranking(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tens
 
 
 @torch.no_grad()
-def sampled_ranking_per_row(score_pairs: Callable[[Tensor, Tensor], Tensor], users: Tensor,
-                            items: Tensor, negatives: Tensor, ks: Sequence[int],
-                            batch: int = 8192) -> dict[str, Tensor]:
+def sampled_ranking_per_row(
+    score_pairs: Callable[[Tensor, Tensor], Tensor],
+    users: Tensor,
+    items: Tensor,
+    negatives: Tensor,
+    ks: Sequence[int],
+    batch: int = 8192,
+) -> dict[str, Tensor]:
     """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
     the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
     row's negatives in order, then the target, each item scored once (a dict keyed by
@@ -358,18 +400,27 @@ def sampled_ranking_per_row(score_pairs: Callable[[Tensor, Tensor], Tensor], use
         `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
     """
     ks = _check_ks(ks)
-    if users.dim() != 1 or items.shape != users.shape or negatives.dim() != 2 \
-            or len(negatives) != len(users) or negatives.shape[1] < 1:
-        raise ValueError(f"expected users [R], items [R] and negatives [R, N >= 1], got "
-                         f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(negatives.shape)}")
+    if (
+        users.dim() != 1
+        or items.shape != users.shape
+        or negatives.dim() != 2
+        or len(negatives) != len(users)
+        or negatives.shape[1] < 1
+    ):
+        raise ValueError(
+            f"expected users [R], items [R] and negatives [R, N >= 1], got "
+            f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(negatives.shape)}"
+        )
     if len(users) == 0:
         raise ValueError("sampled_ranking: no rows to evaluate (R = 0)")
     if batch < 1:
         raise ValueError(f"batch: expected an int >= 1, got {batch}")
     if bool((negatives < -1).any()):
         row = int((negatives < -1).any(1).nonzero()[0, 0])
-        raise ValueError(f"negatives row {row}: expected item indices >= 0 padded with -1, "
-                         f"got {negatives[row].tolist()}")
+        raise ValueError(
+            f"negatives row {row}: expected item indices >= 0 padded with -1, "
+            f"got {negatives[row].tolist()}"
+        )
     parts: dict[str, list[Tensor]] = {}
     for begin in range(0, len(users), batch):
         end = begin + batch
@@ -383,8 +434,9 @@ def sampled_ranking_per_row(score_pairs: Callable[[Tensor, Tensor], Tensor], use
         candidates = torch.cat([target, torch.where(negs >= 0, negs, target)], 1)  # [b, 1+N]
         scores = score_pairs(users[begin:end], candidates)  # [b, 1 + N]
         if scores.shape != candidates.shape:
-            raise ValueError(f"score_pairs: expected scores {tuple(candidates.shape)}, "
-                             f"got {tuple(scores.shape)}")
+            raise ValueError(
+                f"score_pairs: expected scores {tuple(candidates.shape)}, got {tuple(scores.shape)}"
+            )
         own, other = scores[:, :1], scores[:, 1:]  # [b, 1], [b, N]
         counted, before = counted.to(scores.device), before.to(scores.device)
         other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
@@ -394,9 +446,12 @@ def sampled_ranking_per_row(score_pairs: Callable[[Tensor, Tensor], Tensor], use
         for k in ks:
             hit = usable & (rank <= k)  # [b]
             gain = 1.0 / torch.log2(rank.float() + 1.0)
-            values = {"hr": hit.float(), "ndcg": torch.where(hit, gain, 0.0),
-                      "recall": hit.float(), "mrr": torch.where(hit, 1.0 / rank.float(), 0.0)}
+            values = {
+                "hr": hit.float(),
+                "ndcg": torch.where(hit, gain, 0.0),
+                "recall": hit.float(),
+                "mrr": torch.where(hit, 1.0 / rank.float(), 0.0),
+            }
             for name, value in values.items():
                 parts.setdefault(f"{name}@{k}", []).append(value.cpu())
-    return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES
-            for k in ks}
+    return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES for k in ks}

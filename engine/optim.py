@@ -10,10 +10,10 @@ gradients instead, and `RowAdam` steps only the rows a batch touched.
 from __future__ import annotations
 
 import torch
-from orchestrator.models.base import Recommender
 from torch import nn
 
 from orchestrator import internals
+from orchestrator.models.base import Recommender
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -27,8 +27,9 @@ class RowAdam(torch.optim.Optimizer):
         lr, betas, eps: as in Adam.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+    def __init__(
+        self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
     @torch.no_grad()
@@ -40,8 +41,10 @@ class RowAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if not p.grad.is_sparse:
-                    raise ValueError("RowAdam steps sparse gradients only (an nn.Embedding "
-                                     "built with sparse=True)")
+                    raise ValueError(
+                        "RowAdam steps sparse gradients only (an nn.Embedding "
+                        "built with sparse=True)"
+                    )
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -55,11 +58,15 @@ class RowAdam(torch.optim.Optimizer):
                 grad = torch.zeros((len(rows), *p.shape[1:]), dtype=p.dtype, device=p.device)
                 grad.index_add_(0, inverse, values)  # [R, d] summed per row
                 m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(grad, alpha=1 - b1)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(
-                    grad, grad, value=1 - b2)
+                v = (
+                    state["exp_avg_sq"]
+                    .index_select(0, rows)
+                    .mul_(b2)
+                    .addcmul_(grad, grad, value=1 - b2)
+                )
                 state["exp_avg"].index_copy_(0, rows, m)
                 state["exp_avg_sq"].index_copy_(0, rows, v)
-                step_size = group["lr"] * (1 - b2 ** t) ** 0.5 / (1 - b1 ** t)
+                step_size = group["lr"] * (1 - b2**t) ** 0.5 / (1 - b1**t)
                 p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])).mul_(-step_size))
         return loss
 
@@ -82,15 +89,23 @@ def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
     dense = []
     for g in groups:
         dense.append({**g, "params": [q for q in g["params"] if id(q) not in is_table]})
-        dense.append({**g, "weight_decay": 0.0, "params": [
-            q for q in g["params"] if id(q) in is_table and id(q) not in is_sparse]})
+        dense.append(
+            {
+                **g,
+                "weight_decay": 0.0,
+                "params": [q for q in g["params"] if id(q) in is_table and id(q) not in is_sparse],
+            }
+        )
     dense = [g for g in dense if g["params"]]
     if p.optimizer == "sgd":
         # torch's SGD steps a sparse gradient's rows only; the loss is a mean over the
         # batch, so `lr * batch_size` moves each example's parameters by `lr` x its gradient
         sparse_group = [{"params": sparse, "weight_decay": 0.0}] if sparse else []
-        return [torch.optim.SGD(dense + sparse_group, lr=p.lr * p.batch_size,
-                                weight_decay=p.weight_decay)]
+        return [
+            torch.optim.SGD(
+                dense + sparse_group, lr=p.lr * p.batch_size, weight_decay=p.weight_decay
+            )
+        ]
     out: list[torch.optim.Optimizer] = []
     if dense:
         # The fused kernel: on CPU too, an Adam step of BPR-MF on ml-100k took 96 us, not 247.

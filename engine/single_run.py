@@ -14,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.data.files import write_text
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.train import fit, seed_everything, val_and_test
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, save_model
-
-from orchestrator.config import DataConfig, TrainConfig, to_dict
 
 
 def validate_request(model_name: str, task: str | None, hparams: dict[str, Any]) -> str:
@@ -36,19 +35,31 @@ def validate_request(model_name: str, task: str | None, hparams: dict[str, Any])
 
 def _progress(epochs: int) -> Callable[[dict], None]:
     """A one-line-per-epoch progress printer on stderr."""
+
     def show(m: dict) -> None:
         parts = [f"epoch {m['epoch']}/{epochs}"]
-        parts += [f"{k} {m[k]:.4f}" for k in ("train/loss", "val/rmse", "val/mae", "val/hr@10",
-                                              "val/ndcg@10") if k in m]
+        parts += [
+            f"{k} {m[k]:.4f}"
+            for k in ("train/loss", "val/rmse", "val/mae", "val/hr@10", "val/ndcg@10")
+            if k in m
+        ]
         if "train_samples_per_s" in m:
             parts.append(f"{m['train_samples_per_s']:,.0f} samples/s {m['epoch_time_s']:.1f}s")
         print("  ".join(parts), file=sys.stderr, flush=True)
+
     return show
 
 
-def train_one(model_name: str, data: PreparedData, task: str | None, hparams: dict[str, Any],
-              cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
-              data_cfg: DataConfig | None = None) -> dict[str, Any]:
+def train_one(
+    model_name: str,
+    data: PreparedData,
+    task: str | None,
+    hparams: dict[str, Any],
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    data_cfg: DataConfig | None = None,
+) -> dict[str, Any]:
     """Seed, build, fit, test the best state (or with `cfg.refit` a refit of it on train + val),
     and write the run's files.
 
@@ -77,19 +88,29 @@ def train_one(model_name: str, data: PreparedData, task: str | None, hparams: di
     speeds = [h["train_samples_per_s"] for h in result.history if "train_samples_per_s" in h]
     if speeds:
         metrics["train_samples_per_s"] = sum(speeds) / len(speeds)
-    metrics.update(status=result.status, epochs=result.epochs, best_epoch=result.best_epoch,
-                   message=result.message)
+    metrics.update(
+        status=result.status,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        message=result.message,
+    )
     if out_dir is not None and result.status == "diverged":
         # a diverged model is no result: a good earlier run in out_dir stays as it was
         print(f"train: {result.message}; nothing written to {out_dir}", file=sys.stderr)
     elif out_dir is not None:
         out = Path(out_dir)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        config = {"model": model_name, "task": model.task, "hparams": model.hparams(),
-                  "train": to_dict(cfg), "data": to_dict(data_cfg) if data_cfg else None,
-                  "dataset": data.name, "split": data.split_name,
-                  "fingerprint": data.fingerprint, "spec": dataclasses.asdict(model.spec)}
+        config = {
+            "model": model_name,
+            "task": model.task,
+            "hparams": model.hparams(),
+            "train": to_dict(cfg),
+            "data": to_dict(data_cfg) if data_cfg else None,
+            "dataset": data.name,
+            "split": data.split_name,
+            "fingerprint": data.fingerprint,
+            "spec": dataclasses.asdict(model.spec),
+        }
         write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-        save_model(model, out / "checkpoint.pt", metrics=metrics,
-                   data_fingerprint=data.fingerprint)
+        save_model(model, out / "checkpoint.pt", metrics=metrics, data_fingerprint=data.fingerprint)
     return metrics

@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
+from orchestrator.config import TrainConfig
 from orchestrator.data.sampling import NegativeSampler
 from orchestrator.data.types import PreparedData, Split
 from orchestrator.engine.evaluation import (
@@ -49,9 +52,6 @@ from orchestrator.engine.evaluation import (
 from orchestrator.engine.optim import make_optimizers
 from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model
-from torch import Tensor
-
-from orchestrator.config import TrainConfig
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -63,8 +63,9 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available on this machine "
-                         "(use --device cpu or auto)")
+        raise ValueError(
+            f"device={name!r}: CUDA is not available on this machine (use --device cpu or auto)"
+        )
     return device
 
 
@@ -144,16 +145,24 @@ class FitResult:
     message: str = ""
 
 
-def _resumable(model: Recommender, optimizers: list[torch.optim.Optimizer],
-               generator: torch.Generator, device: torch.device,
-               facts: dict[str, Any]) -> dict[str, Any]:
+def _resumable(
+    model: Recommender,
+    optimizers: list[torch.optim.Optimizer],
+    generator: torch.Generator,
+    device: torch.device,
+    facts: dict[str, Any],
+) -> dict[str, Any]:
     """An epoch's `facts` plus CPU copies of what every step changes: the weights (the best
     state's when this epoch is the best), the optimizers' state, the random states."""
     best = facts["best_epoch"] == facts["epoch"]
-    return {**facts, "model": facts["best_state"] if best else _cpu_copy(model.state_dict()),
-            "optimizers": [_cpu_copy(o.state_dict()) for o in optimizers],
-            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {
+        **facts,
+        "model": facts["best_state"] if best else _cpu_copy(model.state_dict()),
+        "optimizers": [_cpu_copy(o.state_dict()) for o in optimizers],
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def _cpu_copy(obj: Any) -> Any:
@@ -189,11 +198,13 @@ class _Loop:
     best_state: dict[str, Any] | None = None
     bad: int = 0  # validated epochs since the best
 
-    def keep(self, model: Recommender, epoch: int, metrics: dict[str, float], value: float,
-             mode: str) -> None:
+    def keep(
+        self, model: Recommender, epoch: int, metrics: dict[str, float], value: float, mode: str
+    ) -> None:
         """Record a validated epoch; a new best keeps a CPU copy of the weights."""
-        if math.isnan(self.best_value) or \
-                (value < self.best_value if mode == "min" else value > self.best_value):
+        if math.isnan(self.best_value) or (
+            value < self.best_value if mode == "min" else value > self.best_value
+        ):
             self.best_value, self.best_epoch, self.best, self.bad = value, epoch, metrics, 0
             self.best_state = _cpu_copy(model.state_dict())
         else:
@@ -202,13 +213,26 @@ class _Loop:
 
     def facts(self, epoch: int) -> dict[str, Any]:
         """What a resumed run needs beside the weights, optimizers and random states."""
-        return {"epoch": epoch, "best_value": self.best_value, "best_epoch": self.best_epoch,
-                "best": self.best, "best_state": self.best_state, "bad_epochs": self.bad,
-                "history": list(self.history)}
+        return {
+            "epoch": epoch,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best": self.best,
+            "best_state": self.best_state,
+            "bad_epochs": self.bad,
+            "history": list(self.history),
+        }
 
 
-def _start(model: Recommender, data: PreparedData, tensors: Any, examples: dict[str, Tensor],
-           cfg: TrainConfig, device: torch.device, state: dict | None) -> _Loop:
+def _start(
+    model: Recommender,
+    data: PreparedData,
+    tensors: Any,
+    examples: dict[str, Tensor],
+    cfg: TrainConfig,
+    device: torch.device,
+    state: dict | None,
+) -> _Loop:
     """Set-up: the model's pre-trained parts, the optimizers, the seeded generator and
     negative sampler; with `state`, everything an earlier run saved after its epoch."""
     if state is None:  # a resumed trial's state holds the pre-trained weights already
@@ -216,14 +240,16 @@ def _start(model: Recommender, data: PreparedData, tensors: Any, examples: dict[
         # chosen, and its validation (NeuMF's MLP over all items) costs more than training
         model.pretrain(lambda part: fit(part, data, cfg, validate=False))
     if len(next(iter(examples.values()))) == 0:
-        raise ValueError(f"model {model.name!r}: the training split of {data.name!r} gives no "
-                         "training examples")
+        raise ValueError(
+            f"model {model.name!r}: the training split of {data.name!r} gives no training examples"
+        )
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     sampler = None
     if model.n_negatives > 0:
-        sampler = NegativeSampler(tensors.train, data.n_items, generator=generator,
-                                  n_users=data.n_users)
+        sampler = NegativeSampler(
+            tensors.train, data.n_items, generator=generator, n_users=data.n_users
+        )
     loop = _Loop(make_optimizers(model), generator, sampler)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -234,14 +260,16 @@ def _start(model: Recommender, data: PreparedData, tensors: Any, examples: dict[
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         loop.best_value, loop.best_epoch = state["best_value"], state["best_epoch"]
-        loop.best, loop.best_state, loop.bad = state["best"], state["best_state"], \
-            state["bad_epochs"]
+        loop.best, loop.best_state, loop.bad = (
+            state["best"],
+            state["best_state"],
+            state["bad_epochs"],
+        )
         loop.history, loop.first = list(state["history"]), state["epoch"] + 1
     return loop
 
 
-def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, amp: bool
-                 ) -> float:
+def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, amp: bool) -> float:
     """One pass over the training examples in a seeded random order; the mean loss."""
     n = len(next(iter(examples.values())))
     batch_size = model.params.batch_size
@@ -251,7 +279,7 @@ def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, a
     for step, begin in enumerate(range(0, n, batch_size), 1):
         if step % TRIM_EVERY == 0:
             trim_heap()
-        idx = perm[begin:begin + batch_size]  # [B]
+        idx = perm[begin : begin + batch_size]  # [B]
         batch = {k: v[idx] for k, v in examples.items()}
         if loop.sampler is not None:
             batch["neg_item"] = loop.sampler.sample(batch["user"], model.n_negatives)  # [B, n]
@@ -266,10 +294,17 @@ def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, a
     return torch.stack(losses).float().mean().item()  # the epoch's only sync
 
 
-def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
-        report: Callable[[dict], object] | None = None, *, state: dict | None = None,
-        on_state: Callable[[EpochState], None] | None = None, validate: bool = True,
-        min_epochs: int = 0) -> FitResult:
+def fit(
+    model: Recommender,
+    data: PreparedData,
+    cfg: TrainConfig,
+    report: Callable[[dict], object] | None = None,
+    *,
+    state: dict | None = None,
+    on_state: Callable[[EpochState], None] | None = None,
+    validate: bool = True,
+    min_epochs: int = 0,
+) -> FitResult:
     """Train `model` on `data.train`, validating once per epoch; leave it in its best state.
 
     Args:
@@ -321,8 +356,12 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
         if not math.isfinite(train_loss):
             status, message = "diverged", f"epoch {epoch}: training loss is {train_loss}"
             break
-        metrics = {"epoch": epoch, "train/loss": train_loss, "epoch_time_s": train_time,
-                   "train_samples_per_s": n / max(train_time, 1e-9)}
+        metrics = {
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "epoch_time_s": train_time,
+            "train_samples_per_s": n / max(train_time, 1e-9),
+        }
         if not validate:  # the last epoch is the model
             loop.best_epoch, loop.best = epoch, metrics
             loop.history.append(metrics)
@@ -334,10 +373,22 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
             break
         loop.keep(model, epoch, metrics, metrics[key], mode)
         if on_state is not None:
-            on_state(EpochState(epoch, epoch == epochs or patience_out(epoch), loop.best_epoch,
-                                loop.best_value, functools.partial(
-                                    _resumable, model, loop.optimizers, loop.generator, device,
-                                    loop.facts(epoch))))
+            on_state(
+                EpochState(
+                    epoch,
+                    epoch == epochs or patience_out(epoch),
+                    loop.best_epoch,
+                    loop.best_value,
+                    functools.partial(
+                        _resumable,
+                        model,
+                        loop.optimizers,
+                        loop.generator,
+                        device,
+                        loop.facts(epoch),
+                    ),
+                )
+            )
         report(metrics)
     if status == "ok" and len(loop.history) < epochs and patience_out(len(loop.history)):
         status = "early_stopped"
@@ -345,18 +396,25 @@ def fit(model: Recommender, data: PreparedData, cfg: TrainConfig,
     return _finish(model, loop, status, message, key, validate)
 
 
-def _finish(model: Recommender, loop: _Loop, status: str, message: str, key: str,
-            validate: bool) -> FitResult:
+def _finish(
+    model: Recommender, loop: _Loop, status: str, message: str, key: str, validate: bool
+) -> FitResult:
     """The model back in its best state, and how the run went."""
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     trained = len(loop.history)
     if status == "diverged":
-        message += ("; model restored to epoch " + str(loop.best_epoch)
-                    if loop.best_state is not None else "; no epoch finished")
+        message += (
+            "; model restored to epoch " + str(loop.best_epoch)
+            if loop.best_state is not None
+            else "; no epoch finished"
+        )
     elif not message:
-        message = (f"trained {trained} epochs, best {key} at epoch {loop.best_epoch}"
-                   if validate else f"trained {trained} epochs without validation")
+        message = (
+            f"trained {trained} epochs, best {key} at epoch {loop.best_epoch}"
+            if validate
+            else f"trained {trained} epochs without validation"
+        )
     return FitResult(status, trained, loop.best_epoch, loop.best, loop.history, message)
 
 
@@ -366,25 +424,36 @@ def fold_val(data: PreparedData) -> PreparedData:
     cols = (rows.user, rows.item, rows.rating, rows.timestamp)
     order = np.lexsort((rows.item, rows.timestamp, rows.user))  # by user, time, item
     neg = data.val_negatives
-    return dataclasses.replace(data, train=Split(*(c[order] for c in cols)),
-                               val=Split(*(c[:0] for c in cols)),
-                               val_negatives=None if neg is None else neg[:0])
+    return dataclasses.replace(
+        data,
+        train=Split(*(c[order] for c in cols)),
+        val=Split(*(c[:0] for c in cols)),
+        val_negatives=None if neg is None else neg[:0],
+    )
 
 
-def refit(model_name: str, data: PreparedData, task: str, hparams: dict[str, Any],
-          cfg: TrainConfig, epochs: int) -> tuple[Recommender, PreparedData]:
+def refit(
+    model_name: str,
+    data: PreparedData,
+    task: str,
+    hparams: dict[str, Any],
+    cfg: TrainConfig,
+    epochs: int,
+) -> tuple[Recommender, PreparedData]:
     """Retrain a configuration from its seed on train + val for the `epochs` validation
     picked, without validation; returns the model and the data to test it on."""
     full = fold_val(data)
     seed_everything(cfg.seed)
-    model = create_model(model_name, DataSpec.from_data(full), task,
-                         **{**hparams, "epochs": max(epochs, 1)})
+    model = create_model(
+        model_name, DataSpec.from_data(full), task, **{**hparams, "epochs": max(epochs, 1)}
+    )
     fit(model, full, cfg, validate=False)
     return model, full
 
 
-def val_and_test(model: Recommender, data: PreparedData, cfg: TrainConfig, best_epoch: int = 0
-                 ) -> tuple[dict[str, float], Recommender, dict[str, np.ndarray]]:
+def val_and_test(
+    model: Recommender, data: PreparedData, cfg: TrainConfig, best_epoch: int = 0
+) -> tuple[dict[str, float], Recommender, dict[str, np.ndarray]]:
     """Validation metrics of a trained model and test metrics of it or, with `cfg.refit`, of
     its refit for `best_epoch` epochs; returns them, the model tested and its test values
     per evaluation unit (`evaluate_units`)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
+
 from orchestrator.data.sampling import csr_entries
 from orchestrator.data.types import Split
 from orchestrator.models.base import (
@@ -25,7 +27,6 @@ from orchestrator.models.base import (
     check_common,
 )
 from orchestrator.models.registry import register_model
-from torch import Tensor, nn
 
 
 @dataclass
@@ -96,8 +97,9 @@ class AutoRec(Recommender):
         # V [n_users, dim] and mu, initialised as nn.Linear(n_users, dim) would be (the same
         # draws in the same order), stored one row per user for the bag lookups
         dense = nn.Linear(spec.n_users, params.dim)
-        self.encoder = nn.EmbeddingBag.from_pretrained(dense.weight.detach().T.contiguous(),
-                                                       freeze=False, mode="sum")
+        self.encoder = nn.EmbeddingBag.from_pretrained(
+            dense.weight.detach().T.contiguous(), freeze=False, mode="sum"
+        )
         self.encoder_bias = nn.Parameter(dense.bias.detach().clone())  # [dim]
         self.decoder = nn.Linear(params.dim, spec.n_users)  # W [n_users, dim], b
         self.dropout = nn.Dropout(params.dropout)
@@ -105,16 +107,20 @@ class AutoRec(Recommender):
         self.register_buffer("item_seen", torch.zeros(spec.n_items, dtype=torch.bool))
         self.csr: tuple[Tensor, Tensor, Tensor] | None = None  # indptr, users, ratings
 
-    recipes = (Recipe(
-        name="sedhain2015", task="rating",
-        source="Sedhain, Menon, Sanner & Xie, WWW 2015 (I-AutoRec, 500 hidden units, lambda "
-               "from {0.001, 0.01, 0.1, 1, 100, 1000}); lambda 1, Adam 1e-3, batches of 100 "
-               "items from the TensorFlow reproduction gtshs2/Autorec",
-        tuned_on="MovieLens 1M and 10M, random 90/10 splits, RMSE",
-        hparams={"dim": 500, "reg": 1.0, "lr": 1e-3, "dropout": 0.0, "batch_size": 256},
-        epochs=500,
-        note="Adam for the paper's L-BFGS/RProp; batches of 256 items (the space's "
-             "smallest) for 100"),)
+    recipes = (
+        Recipe(
+            name="sedhain2015",
+            task="rating",
+            source="Sedhain, Menon, Sanner & Xie, WWW 2015 (I-AutoRec, 500 hidden units, lambda "
+            "from {0.001, 0.01, 0.1, 1, 100, 1000}); lambda 1, Adam 1e-3, batches of 100 "
+            "items from the TensorFlow reproduction gtshs2/Autorec",
+            tuned_on="MovieLens 1M and 10M, random 90/10 splits, RMSE",
+            hparams={"dim": 500, "reg": 1.0, "lr": 1e-3, "dropout": 0.0, "batch_size": 256},
+            epochs=500,
+            note="Adam for the paper's L-BFGS/RProp; batches of 256 items (the space's "
+            "smallest) for 100",
+        ),
+    )
 
     @classmethod
     def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
@@ -164,8 +170,9 @@ class AutoRec(Recommender):
         super().train(mode)
         if not mode and self.csr is not None:  # entering eval: codes of the current weights
             with torch.no_grad():
-                self.codes.copy_(self.encode(torch.arange(self.spec.n_items,
-                                                          device=self.codes.device)))
+                self.codes.copy_(
+                    self.encode(torch.arange(self.spec.n_items, device=self.codes.device))
+                )
         return self
 
     def _fallback(self, pred: Tensor, item: Tensor) -> Tensor:

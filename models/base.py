@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from orchestrator.data.types import PreparedData, Split
 from torch import Tensor, nn
+
+from orchestrator.data.types import PreparedData, Split
 
 TASKS = ("rating", "ranking", "sequential")
 

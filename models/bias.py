@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
 from orchestrator.data.types import Split
 from orchestrator.models.base import CommonParams, DataSpec, Recommender, check, check_common
 from orchestrator.models.registry import register_model
-from torch import Tensor
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from orchestrator.data.sampling import gather_windows, window_starts
 from orchestrator.data.types import Split
 from orchestrator.models.base import (
@@ -29,7 +31,6 @@ from orchestrator.models.base import (
     row_penalty,
 )
 from orchestrator.models.registry import register_model
-from torch import Tensor, nn
 
 
 @dataclass
@@ -97,7 +98,8 @@ class Caser(Recommender):
         self.vertical = nn.Linear(L, params.n_v)
         # One conv per height over [B, d, L] (channels = embedding), each a single batched op.
         self.horizontal = nn.ModuleList(
-            nn.Conv1d(d, params.n_h, kernel_size=h) for h in range(1, L + 1))
+            nn.Conv1d(d, params.n_h, kernel_size=h) for h in range(1, L + 1)
+        )
         self.dropout = nn.Dropout(params.dropout)
         self.fc = nn.Linear(params.n_v * d + params.n_h * L, d)
         self.W2 = embedding(spec.n_items + 1, 2 * d, b)
@@ -118,14 +120,27 @@ class Caser(Recommender):
     def n_negatives(self) -> int:
         return self.params.negatives * self.params.T
 
-    recipes = (Recipe(
-        name="tang2018", task="sequential",
-        source="Tang & Wang, WSDM 2018, and the authors' code (graytowne/caser_pytorch)",
-        tuned_on="MovieLens-1M (and Gowalla, Foursquare, Tmall): 70/10/20 of each user's "
-                 "sequence in time, MAP and Prec@N",
-        hparams={"dim": 50, "L": 5, "n_h": 16, "n_v": 4, "dropout": 0.5, "lr": 1e-3,
-                 "weight_decay": 1e-6, "negatives": 3, "batch_size": 512},
-        epochs=50),)
+    recipes = (
+        Recipe(
+            name="tang2018",
+            task="sequential",
+            source="Tang & Wang, WSDM 2018, and the authors' code (graytowne/caser_pytorch)",
+            tuned_on="MovieLens-1M (and Gowalla, Foursquare, Tmall): 70/10/20 of each user's "
+            "sequence in time, MAP and Prec@N",
+            hparams={
+                "dim": 50,
+                "L": 5,
+                "n_h": 16,
+                "n_v": 4,
+                "dropout": 0.5,
+                "lr": 1e-3,
+                "weight_decay": 1e-6,
+                "negatives": 3,
+                "batch_size": 512,
+            },
+            epochs=50,
+        ),
+    )
 
     @classmethod
     def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
@@ -186,6 +201,8 @@ class Caser(Recommender):
         loss = -F.logsigmoid(logits[:, :T]).mean() - F.logsigmoid(-logits[:, T:]).mean()
         if self.params.weight_decay > 0:  # L2 on the embedding rows this batch used
             loss = loss + self.params.weight_decay / 2 * row_penalty(
-                ([self.user_emb], batch["user"]), ([self.item_emb], seq),
-                ([self.W2, self.b2], items))
+                ([self.user_emb], batch["user"]),
+                ([self.item_emb], seq),
+                ([self.W2, self.b2], items),
+            )
         return loss

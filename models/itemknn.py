@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from orchestrator.data.types import Split
 from orchestrator.models.base import CommonParams, DataSpec, Recommender, check, check_common
 from orchestrator.models.registry import register_model
-from torch import Tensor
 
 
 @dataclass
@@ -66,8 +67,9 @@ class ItemKNN(Recommender):
     def __init__(self, spec: DataSpec, task: str, params: ItemKNNParams) -> None:
         super().__init__(spec, task, params)
         k = min(params.k, max(spec.n_items - 1, 1))
-        self.register_buffer("interactions", torch.zeros(spec.n_users, spec.n_items,
-                                                         dtype=torch.bool))
+        self.register_buffer(
+            "interactions", torch.zeros(spec.n_users, spec.n_items, dtype=torch.bool)
+        )
         self.register_buffer("neighbours", torch.zeros(spec.n_items, k, dtype=torch.long))
         self.register_buffer("weights", torch.zeros(spec.n_items, k))  # [n_items, k]
 
@@ -87,8 +89,7 @@ class ItemKNN(Recommender):
 
         n_users, n_items = self.spec.n_users, self.spec.n_items
         user, item = train.user.cpu().numpy(), train.item.cpu().numpy()
-        X = sp.csr_matrix((np.ones(len(user), np.float32), (user, item)),
-                          shape=(n_users, n_items))
+        X = sp.csr_matrix((np.ones(len(user), np.float32), (user, item)), shape=(n_users, n_items))
         X.data[:] = 1.0  # repeats count once
         XT = X.T.tocsr()  # [I, U]
         norm = np.sqrt(np.asarray(X.sum(0)).ravel()).clip(min=1e-12)  # [I] |x|^2 = count
@@ -101,8 +102,11 @@ class ItemKNN(Recommender):
             sim = (XT[rows] @ X).toarray()  # [b, I] co-occurrences
             sim /= norm[rows, None] * norm[None, :]  # cosine
             sim[np.arange(len(rows)), rows] = 0.0  # an item is not its own neighbour
-            top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n_items \
-                else np.argsort(-sim, axis=1)[:, :k]  # [b, k]
+            top = (
+                np.argpartition(-sim, k - 1, axis=1)[:, :k]
+                if k < n_items
+                else np.argsort(-sim, axis=1)[:, :k]
+            )  # [b, k]
             neighbours[rows], weights[rows] = top, np.take_along_axis(sim, top, 1)
         dev = self.weights.device
         self.neighbours.copy_(torch.from_numpy(neighbours))

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from orchestrator.models.base import (
     CommonParams,
     DataSpec,
@@ -25,7 +27,6 @@ from orchestrator.models.base import (
     embedding,
 )
 from orchestrator.models.registry import register_model
-from torch import Tensor, nn
 
 
 @dataclass
@@ -63,45 +64,75 @@ class MFParams(CommonParams):
         check(self, "reg", self.reg >= 0, "a float >= 0")
         check(self, "bias_reg", self.bias_reg >= 0, "a float >= 0")
         check(self, "loss", self.loss in ("bpr", "bce"), "'bpr' or 'bce'")
-        check(self, "weight_decay", self.weight_decay == 0,
-              "0: mf is embedding tables only, regularised per row by `reg`")
+        check(
+            self,
+            "weight_decay",
+            self.weight_decay == 0,
+            "0: mf is embedding tables only, regularised per row by `reg`",
+        )
 
 
 # Our squared error and penalty are not halved (`err^2 + reg |p|^2`), Surprise's and
 # Rendle's updates are the gradients of halved ones: the same steps need half their lr.
 KOREN = Recipe(
-    name="surprise-svd", task="rating",
+    name="surprise-svd",
+    task="rating",
     source="Koren, Bell & Volinsky, IEEE Computer 2009 (biased MF, per-rating SGD, separate "
-           "bias and factor penalties); values of Surprise's SVD (Hug, JOSS 2020)",
+    "bias and factor penalties); values of Surprise's SVD (Hug, JOSS 2020)",
     tuned_on="MovieLens 100K and 1M, 5-fold rating prediction (RMSE 0.934 on ml-100k)",
-    hparams={"optimizer": "sgd", "lr": 0.0025, "reg": 0.02, "bias_reg": 0.02, "dim": 128,
-             "batch_size": 256},
+    hparams={
+        "optimizer": "sgd",
+        "lr": 0.0025,
+        "reg": 0.02,
+        "bias_reg": 0.02,
+        "dim": 128,
+        "batch_size": 256,
+    },
     epochs=20,
     note="lr 0.0025 is Surprise's 0.005 on an unhalved squared error; 128 factors for its "
-         "100 (the space's nearest); batches of 256 ratings for its one")
+    "100 (the space's nearest); batches of 256 ratings for its one",
+)
 GMF = Recipe(
-    name="he2017-gmf", task="ranking",
+    name="he2017-gmf",
+    task="ranking",
     source="He, Liao, Zhang, Nie, Hu & Chua, 'Neural Collaborative Filtering', WWW 2017: GMF, "
-           "the authors' README (hexiangnan/neural_collaborative_filtering)",
+    "the authors' README (hexiangnan/neural_collaborative_filtering)",
     tuned_on="MovieLens-1M and Pinterest, leave-one-out, HR@10 and NDCG@10 over 100 sampled "
-             "candidates",
-    hparams={"optimizer": "adam", "loss": "bce", "negatives": 4, "lr": 0.001, "reg": 1e-4,
-             "dim": 64, "batch_size": 256},
+    "candidates",
+    hparams={
+        "optimizer": "adam",
+        "loss": "bce",
+        "negatives": 4,
+        "lr": 0.001,
+        "reg": 1e-4,
+        "dim": 64,
+        "batch_size": 256,
+    },
     epochs=20,
     note="a dot product with an item bias for GMF's learned output weights; 64 factors (the "
-         "paper's largest, its best) for the README's 8; reg 1e-4 (the space's least) for 0")
+    "paper's largest, its best) for the README's 8; reg 1e-4 (the space's least) for 0",
+)
 RENDLE = Recipe(
-    name="rendle2020", task="ranking",
+    name="rendle2020",
+    task="ranking",
     source="Rendle, Krichene, Zhang & Anderson, 'Neural Collaborative Filtering vs. Matrix "
-           "Factorization Revisited', RecSys 2020 (google-research dot_vs_learned_similarity)",
-    tuned_on="the NCF authors' MovieLens-1M and Pinterest files, HR@10 over 100 sampled "
-             "candidates",
-    hparams={"optimizer": "sgd", "loss": "bce", "negatives": 8, "lr": 0.002, "reg": 0.0025,
-             "bias_reg": 0.0025, "dim": 192, "batch_size": 256},
+    "Factorization Revisited', RecSys 2020 (google-research dot_vs_learned_similarity)",
+    tuned_on="the NCF authors' MovieLens-1M and Pinterest files, HR@10 over 100 sampled candidates",
+    hparams={
+        "optimizer": "sgd",
+        "loss": "bce",
+        "negatives": 8,
+        "lr": 0.002,
+        "reg": 0.0025,
+        "bias_reg": 0.0025,
+        "dim": 192,
+        "batch_size": 256,
+    },
     epochs=256,
     note="reg 0.0025 is their 0.005 on an unhalved penalty; a user's row is penalised once "
-         "per positive, not once per each of its 1 + 8 examples; batches of 256 positives "
-         "for their one")
+    "per positive, not once per each of its 1 + 8 examples; batches of 256 positives "
+    "for their one",
+)
 
 
 @register_model
@@ -183,8 +214,12 @@ class MF(Recommender):
         p = self.user_emb(user)  # [B, d]
         if self.task == "rating":
             q = self.item_emb(item)  # [B, d]
-            pred = (p * q).sum(-1) + self.item_bias(item).squeeze(-1) \
-                + self.user_bias(user).squeeze(-1) + self.mu  # [B]
+            pred = (
+                (p * q).sum(-1)
+                + self.item_bias(item).squeeze(-1)
+                + self.user_bias(user).squeeze(-1)
+                + self.mu
+            )  # [B]
             l2 = p.pow(2).sum(-1) + q.pow(2).sum(-1)  # [B]
             loss = ((pred - batch["rating"]).pow(2) + self.params.reg * l2).mean()
             return loss + self._bias_penalty(user, item)
@@ -199,7 +234,8 @@ class MF(Recommender):
         else:
             fit = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="none")
             fit = fit + F.binary_cross_entropy_with_logits(
-                negs, torch.zeros_like(negs), reduction="none").sum(-1)  # [B]
+                negs, torch.zeros_like(negs), reduction="none"
+            ).sum(-1)  # [B]
         l2 = torch.linalg.vector_norm(p).square() + torch.linalg.vector_norm(q).square()
         # the rows' penalty, per example
         return fit.mean() + self.params.reg * l2 / len(user) + self._bias_penalty(user, items)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from orchestrator.models.base import (
     CommonParams,
     DataSpec,
@@ -35,7 +37,6 @@ from orchestrator.models.base import (
     row_penalty,
 )
 from orchestrator.models.registry import register_model
-from torch import Tensor, nn
 
 
 @dataclass
@@ -70,20 +71,35 @@ class NeuMFParams(CommonParams):
         check(self, "layers", 1 <= self.layers <= 6, "an int in [1, 6]")
         check(self, "dropout", 0 <= self.dropout < 1, "a float in [0, 1)")
         check(self, "tower", self.tower in ("neumf", "gmf", "mlp"), "'neumf', 'gmf' or 'mlp'")
-        check(self, "pretrain", not self.pretrain or self.tower == "neumf",
-              "False for a single tower (only tower='neumf' fuses pre-trained towers)")
+        check(
+            self,
+            "pretrain",
+            not self.pretrain or self.tower == "neumf",
+            "False for a single tower (only tower='neumf' fuses pre-trained towers)",
+        )
         check(self, "alpha", 0 <= self.alpha <= 1, "a float in [0, 1]")
 
 
 NCF = Recipe(
-    name="he2017", task="ranking",
+    name="he2017",
+    task="ranking",
     source="He, Liao, Zhang, Nie, Hu & Chua, 'Neural Collaborative Filtering', WWW 2017, and "
-           "the authors' README (hexiangnan/neural_collaborative_filtering)",
+    "the authors' README (hexiangnan/neural_collaborative_filtering)",
     tuned_on="MovieLens-1M and Pinterest, leave-one-out, HR@10 and NDCG@10 over 100 sampled "
-             "candidates",
-    hparams={"dim": 8, "layers": 3, "lr": 1e-3, "batch_size": 256, "negatives": 4,
-             "weight_decay": 0.0, "dropout": 0.0, "pretrain": False},
-    epochs=20, note="MLP layers [64, 32, 16, 8] are `layers=3` here (the 64 is the input)")
+    "candidates",
+    hparams={
+        "dim": 8,
+        "layers": 3,
+        "lr": 1e-3,
+        "batch_size": 256,
+        "negatives": 4,
+        "weight_decay": 0.0,
+        "dropout": 0.0,
+        "pretrain": False,
+    },
+    epochs=20,
+    note="MLP layers [64, 32, 16, 8] are `layers=3` here (the 64 is the input)",
+)
 
 
 @register_model
@@ -127,10 +143,16 @@ class NeuMF(Recommender):
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.01)
 
-    recipes = (NCF, dataclasses.replace(
-        NCF, name="he2017-pretrain", hparams={**NCF.hparams, "pretrain": True},
-        note="pre-trained GMF and MLP towers (the README's second command); Adam, not the "
-             "paper's SGD, after fusing them"))
+    recipes = (
+        NCF,
+        dataclasses.replace(
+            NCF,
+            name="he2017-pretrain",
+            hparams={**NCF.hparams, "pretrain": True},
+            note="pre-trained GMF and MLP towers (the README's second command); Adam, not the "
+            "paper's SGD, after fusing them",
+        ),
+    )
 
     @classmethod
     def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
@@ -138,8 +160,9 @@ class NeuMF(Recommender):
             "dim": trial.suggest_categorical("dim", [8, 16, 32, 64]),
             "layers": trial.suggest_int("layers", 1, 4),
             "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-            "weight_decay": trial.suggest_categorical("weight_decay",
-                                                      [0.0, 1e-7, 1e-6, 1e-5, 1e-4]),
+            "weight_decay": trial.suggest_categorical(
+                "weight_decay", [0.0, 1e-7, 1e-6, 1e-5, 1e-4]
+            ),
             "negatives": trial.suggest_int("negatives", 1, 8),
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
             "batch_size": trial.suggest_categorical("batch_size", [256, 1024, 4096, 16384]),
@@ -198,8 +221,9 @@ class NeuMF(Recommender):
 
     def item_embeddings(self) -> Tensor:
         """The GMF and MLP item vectors side by side (whichever towers the model has)."""
-        parts = ([self.gmf_item.weight] if self.use_gmf else []) \
-            + ([self.mlp_item.weight] if self.use_mlp else [])
+        parts = ([self.gmf_item.weight] if self.use_gmf else []) + (
+            [self.mlp_item.weight] if self.use_mlp else []
+        )
         return torch.cat(parts, 1).detach()  # [n_items, d (+ e)]
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -212,7 +236,8 @@ class NeuMF(Recommender):
         loss = F.binary_cross_entropy_with_logits(self(users, items), label)
         if self.params.weight_decay > 0:  # L2 on the embedding rows this batch used
             loss = loss + self.params.weight_decay / 2 * row_penalty(
-                (self.user_tables(), user), (self.item_tables(), items))
+                (self.user_tables(), user), (self.item_tables(), items)
+            )
         return loss
 
     def user_tables(self) -> list[nn.Embedding]:
@@ -226,8 +251,12 @@ class NeuMF(Recommender):
         hyperparameters, `train` each (the shared loop), and load them."""
         if not self.params.pretrain:
             return
-        towers = [type(self)(self.spec, self.task, dataclasses.replace(
-            self.params, tower=tower, pretrain=False)).to(self.device) for tower in ("gmf", "mlp")]
+        towers = [
+            type(self)(
+                self.spec, self.task, dataclasses.replace(self.params, tower=tower, pretrain=False)
+            ).to(self.device)
+            for tower in ("gmf", "mlp")
+        ]
         for tower in towers:
             train(tower)
         gmf, mlp = towers
@@ -239,14 +268,18 @@ class NeuMF(Recommender):
 
         The output layer becomes `[alpha * h_gmf, (1 - alpha) * h_mlp]`.
         """
-        if not (self.use_gmf and self.use_mlp) or gmf.params.tower != "gmf" \
-                or mlp.params.tower != "mlp":
-            raise ValueError("load_pretrained: expected a tower='neumf' model, a tower='gmf' "
-                             "and a tower='mlp' model")
+        if (
+            not (self.use_gmf and self.use_mlp)
+            or gmf.params.tower != "gmf"
+            or mlp.params.tower != "mlp"
+        ):
+            raise ValueError(
+                "load_pretrained: expected a tower='neumf' model, a tower='gmf' "
+                "and a tower='mlp' model"
+            )
         for name in ("gmf_user", "gmf_item"):
             getattr(self, name).load_state_dict(getattr(gmf, name).state_dict())
         for name in ("mlp_user", "mlp_item", "first", "rest"):
             getattr(self, name).load_state_dict(getattr(mlp, name).state_dict())
-        self.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight],
-                                        1))
+        self.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight], 1))
         self.out.bias.copy_(alpha * gmf.out.bias + (1 - alpha) * mlp.out.bias)

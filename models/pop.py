@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
 from orchestrator.data.types import Split
 from orchestrator.models.base import CommonParams, DataSpec, Recommender, check, check_common
 from orchestrator.models.registry import register_model
-from torch import Tensor
 
 
 @dataclass
@@ -61,7 +62,8 @@ class Pop(Recommender):
         count = torch.bincount(item, minlength=self.spec.n_items).float()  # [n_items]
         if self.task == "rating":
             dev_sum = torch.zeros_like(count).index_add_(
-                0, item, train.rating.to(dev, torch.float32) - self.spec.global_mean)
+                0, item, train.rating.to(dev, torch.float32) - self.spec.global_mean
+            )
             count = self.spec.global_mean + dev_sum / (count + self.params.shrink)
         self.item_score.copy_(count)
         return super().examples(train)

@@ -20,8 +20,9 @@ def register_model(cls: type[Recommender]) -> type[Recommender]:
     """Class decorator: add a model under `cls.name`, which must equal its module's name."""
     module_name = cls.__module__.rsplit(".", 1)[-1]
     if cls.name != module_name:
-        raise ValueError(f"model {cls.__name__}: name {cls.name!r} must equal its file name "
-                         f"{module_name!r}")
+        raise ValueError(
+            f"model {cls.__name__}: name {cls.name!r} must equal its file name {module_name!r}"
+        )
     if cls.name in _MODELS:
         raise ValueError(f"model {cls.name!r} is already registered")
     bad = [t for t in cls.tasks if t not in TASKS]
@@ -46,9 +47,11 @@ def _check_recipes(cls: type[Recommender]) -> None:
             raise ValueError(f"{where}: task {r.task!r}; the model's tasks: {cls.tasks}")
         unknown = sorted(set(r.hparams) - fields)
         if unknown or "epochs" in r.hparams:
-            raise ValueError(f"{where}: unknown hyperparameter(s) {unknown or ['epochs']} "
-                             f"(a recipe's epochs are its `epochs`); allowed: "
-                             f"{', '.join(sorted(fields - {'epochs'}))}")
+            raise ValueError(
+                f"{where}: unknown hyperparameter(s) {unknown or ['epochs']} "
+                f"(a recipe's epochs are its `epochs`); allowed: "
+                f"{', '.join(sorted(fields - {'epochs'}))}"
+            )
         if r.epochs < 1:
             raise ValueError(f"{where}: epochs={r.epochs}; expected an int >= 1")
         try:
@@ -72,16 +75,22 @@ def _coerce(cls_name: str, f: dataclasses.Field, value: Any, hints: dict) -> Any
     kind = hints[f.name]
     if isinstance(value, str) and kind is not str:
         try:
-            value = {"True": True, "true": True, "False": False, "false": False}[value] \
-                if kind is bool else kind(value)
+            value = (
+                {"True": True, "true": True, "False": False, "false": False}[value]
+                if kind is bool
+                else kind(value)
+            )
         except (ValueError, KeyError):
-            raise ValueError(f"hyperparameter {f.name}={value!r} of model {cls_name!r}: "
-                             f"expected {kind.__name__}") from None
+            raise ValueError(
+                f"hyperparameter {f.name}={value!r} of model {cls_name!r}: expected {kind.__name__}"
+            ) from None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"hyperparameter {f.name}={value!r} of model {cls_name!r}: "
-                         f"expected {kind.__name__}, got {type(value).__name__}")
+        raise ValueError(
+            f"hyperparameter {f.name}={value!r} of model {cls_name!r}: "
+            f"expected {kind.__name__}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -101,16 +110,17 @@ def make_params(name: str, task: str | None = None, **hparams: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls.Params)}
     unknown = sorted(set(hparams) - set(fields))
     if unknown:
-        raise ValueError(f"unknown hyperparameter(s) {unknown} for model {name!r}; "
-                         f"allowed: {', '.join(sorted(fields))}")
+        raise ValueError(
+            f"unknown hyperparameter(s) {unknown} for model {name!r}; "
+            f"allowed: {', '.join(sorted(fields))}"
+        )
     hints = typing.get_type_hints(cls.Params)
     values = {k: _coerce(name, fields[k], v, hints) for k, v in hparams.items()}
     defaults = cls.Params.task_defaults.get(task or cls.tasks[0], {})
     return cls.Params(**{**defaults, **values})
 
 
-def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: Any
-                 ) -> Recommender:
+def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: Any) -> Recommender:
     """Build a registered model.
 
     Args:
@@ -127,8 +137,9 @@ def create_model(name: str, spec: DataSpec, task: str | None = None, **hparams: 
     cls = get_model_class(name)
     task = task or cls.tasks[0]
     if task not in cls.tasks:
-        raise ValueError(f"model {name!r} does not support task {task!r}; "
-                         f"it supports: {', '.join(cls.tasks)}")
+        raise ValueError(
+            f"model {name!r} does not support task {task!r}; it supports: {', '.join(cls.tasks)}"
+        )
     return cls(spec, task, make_params(name, task, **hparams))
 
 
@@ -144,10 +155,14 @@ def save_model(model: Recommender, path: str | Path, **meta: Any) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model.name, "task": model.task, "hparams": model.hparams(),
-               "spec": dataclasses.asdict(model.spec),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "meta": meta}
+    payload = {
+        "model": model.name,
+        "task": model.task,
+        "hparams": model.hparams(),
+        "spec": dataclasses.asdict(model.spec),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
     with atomic_write(path, "wb") as f:
         torch.save(payload, f)
 
@@ -172,13 +187,15 @@ def load_model(path: str | Path) -> tuple[Recommender, dict[str, Any]]:
         raise ValueError(f"{path}: not a recsweep checkpoint ({e})") from None
     status = payload.get("meta", {}).get("metrics", {}).get("status")
     if status == "diverged":
-        raise ValueError(f"{path}: the checkpoint of a diverged model (status 'diverged'); "
-                         "train it again")
+        raise ValueError(
+            f"{path}: the checkpoint of a diverged model (status 'diverged'); train it again"
+        )
     spec["rating_range"] = tuple(spec["rating_range"])
     model = create_model(name, DataSpec(**spec), task, **hparams)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match model {name!r}: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path}: weights do not match model {name!r}: {str(e).splitlines()[0]}"
+        ) from None
     return model.eval(), payload.get("meta", {})

@@ -27,8 +27,17 @@ class SweepWandb(tune.Callback):
     once the trials have their workers."""
 
     # Tune's bookkeeping: W&B records time and host itself
-    SKIP = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
-            "time_since_restore", "iterations_since_restore", "pid", "first_batch_at"}
+    SKIP = {
+        "done",
+        "training_iteration",
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "time_since_restore",
+        "iterations_since_restore",
+        "pid",
+        "first_batch_at",
+    }
     UPLOAD_TIMEOUT_S = 60  # an interrupted online sweep must not hang on its uploads
 
     def __init__(self, sweep: str, run_dir: Path, mode: str, project: str) -> None:
@@ -42,23 +51,36 @@ class SweepWandb(tune.Callback):
             # No key is handed over (an actor's runtime_env is public through Ray's state
             # API and dashboard): W&B finds it there as it does anywhere, in the netrc
             # `wandb login` wrote or the environment Ray's processes on the node inherited.
-            self.actor = ray.remote(WandbRuns).options(
-                num_cpus=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    ray.get_runtime_context().get_node_id(), soft=False),
-            ).remote(self.run_dir, self.mode, self.project)
+            self.actor = (
+                ray.remote(WandbRuns)
+                .options(
+                    num_cpus=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        ray.get_runtime_context().get_node_id(), soft=False
+                    ),
+                )
+                .remote(self.run_dir, self.mode, self.project)
+            )
         if trial.trial_id not in self.started:
             self.started.add(trial.trial_id)
             spec, hparams = TrialSpec.split(trial.config)
-            self.actor.start.remote(trial.trial_id, str(trial), f"{self.sweep}/{spec.study}",
-                                    spec.study, {"hparams": hparams,
-                                                 "trial": trial.config[TRIAL]})
+            self.actor.start.remote(
+                trial.trial_id,
+                str(trial),
+                f"{self.sweep}/{spec.study}",
+                spec.study,
+                {"hparams": hparams, "trial": trial.config[TRIAL]},
+            )
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         self._start(trial)
-        metrics = {k: v for k, v in result.items() if k not in self.SKIP
-                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {
+            k: v
+            for k, v in result.items()
+            if k not in self.SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         ended = result.get("status", "running") != "running"  # diverged: status and reason
         summary = {k: result[k] for k in ("status", "message") if ended and k in result}
         self.actor.log.remote(trial.trial_id, metrics, summary)
@@ -86,16 +108,20 @@ class SweepWandb(tune.Callback):
 
 def wandb_callbacks(cfg: SweepConfig, run_dir: Path) -> list[Any]:
     """The W&B callback, its runs written to `<run_dir>/wandb/` on the driver's node."""
-    return [] if cfg.wandb == "disabled" else \
-        [SweepWandb(cfg.name, run_dir, cfg.wandb, cfg.wandb_project)]
+    return (
+        []
+        if cfg.wandb == "disabled"
+        else [SweepWandb(cfg.name, run_dir, cfg.wandb, cfg.wandb_project)]
+    )
 
 
 class ReportKernels(tune.Callback):
     """Compiles the report's UMAP kernels in the background from the first trial result on;
     any earlier, their CPU would slow the first trials' start on the same cores."""
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         compile_umap_in_background()
 
 
@@ -103,8 +129,9 @@ class Progress(tune.Callback):
     """One line per finished trial: its study's done/running/pending and best so far, the
     time elapsed and the budget left."""
 
-    def __init__(self, studies: list[Study], total: int, start: float, deadline: float | None
-                 ) -> None:
+    def __init__(
+        self, studies: list[Study], total: int, start: float, deadline: float | None
+    ) -> None:
         self.studies = {s.name: s for s in studies}
         self.total, self.start, self.deadline = total, start, deadline
         self.best: dict[str, float] = {}
@@ -115,15 +142,22 @@ class Progress(tune.Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in of_study)
         running = sum(t.status == "RUNNING" for t in of_study)
         best = self.best.get(study.name)
-        left = "" if self.deadline is None else \
-            f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"
-        print(f"[{study.name}] trial {trial.trial_id} {event}: {done}/{self.total} done, "
-              f"{running} running, {self.total - done - running} pending, best {study.metric} "
-              f"{'-' if best is None else f'{best:.4f}'}, "
-              f"elapsed {(time.time() - self.start) / 60:.1f} min{left}", flush=True)
+        left = (
+            ""
+            if self.deadline is None
+            else f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"
+        )
+        print(
+            f"[{study.name}] trial {trial.trial_id} {event}: {done}/{self.total} done, "
+            f"{running} running, {self.total - done - running} pending, best {study.metric} "
+            f"{'-' if best is None else f'{best:.4f}'}, "
+            f"elapsed {(time.time() - self.start) / 60:.1f} min{left}",
+            flush=True,
+        )
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         study = self.studies[TrialSpec.split(trial.config)[0].study]
         value = result.get(study.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -135,4 +169,3 @@ class Progress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trials, trial, "failed")
-

@@ -61,8 +61,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides = merged(overrides, layer)
     if args.resume:
         if args.config or overrides or args.smoke:
-            raise ValueError("--resume RUN_DIR continues a sweep as it was configured; "
-                             "give no other settings with it")
+            raise ValueError(
+                "--resume RUN_DIR continues a sweep as it was configured; "
+                "give no other settings with it"
+            )
         return json_result(args, lambda: summary(run_sweep(None, resume=args.resume)))
     cfg = load_config(args.config, overrides, smoke=args.smoke)
     return json_result(args, lambda: summary(run_sweep(cfg)))
@@ -78,15 +80,28 @@ def summary(run_dir: object) -> tuple[int, dict]:
 
     run_dir = Path(str(run_dir))
     frame = RunDir(run_dir).results
-    files = {name: str(run_dir / name) for name in (
-        "results.csv", RESULTS, "results.md", TRIALS, "env.json", JOURNAL, "report.html")
-        if (run_dir / name).exists()}
-    exports = dict(zip(frame["study"], frame["export"], strict=True)) \
-        if "export" in frame.columns else {}
-    return outcome(frame), {"run_dir": str(run_dir), "files": files,
-                            "exports": {k: v for k, v in exports.items()
-                                        if isinstance(v, str) and v},
-                            "results": json.loads(frame.to_json(orient="records"))}
+    files = {
+        name: str(run_dir / name)
+        for name in (
+            "results.csv",
+            RESULTS,
+            "results.md",
+            TRIALS,
+            "env.json",
+            JOURNAL,
+            "report.html",
+        )
+        if (run_dir / name).exists()
+    }
+    exports = (
+        dict(zip(frame["study"], frame["export"], strict=True)) if "export" in frame.columns else {}
+    )
+    return outcome(frame), {
+        "run_dir": str(run_dir),
+        "files": files,
+        "exports": {k: v for k, v in exports.items() if isinstance(v, str) and v},
+        "results": json.loads(frame.to_json(orient="records")),
+    }
 
 
 def outcome(frame: Any) -> int:
@@ -95,11 +110,16 @@ def outcome(frame: Any) -> int:
     interrupted sweep raised KeyboardInterrupt instead: 130)."""
     empty = frame.loc[frame["status"] != "ok", "study"].tolist()
     exports = frame["export"] if "export" in frame.columns else None
-    failed = [] if exports is None else \
-        frame.loc[exports.astype(str).str.startswith("failed"), "study"].tolist()
+    failed = (
+        []
+        if exports is None
+        else frame.loc[exports.astype(str).str.startswith("failed"), "study"].tolist()
+    )
     if empty:
-        print(f"error: no tested model for {', '.join(empty)} (see the table's status)",
-              file=sys.stderr)
+        print(
+            f"error: no tested model for {', '.join(empty)} (see the table's status)",
+            file=sys.stderr,
+        )
     if failed:
         print(f"error: ONNX export failed for {', '.join(failed)}", file=sys.stderr)
     return 1 if empty or failed else 0
@@ -119,23 +139,36 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     from orchestrator.config import SweepConfig, field_help
 
     p = commands.add_parser(
-        "sweep", help="hyperparameter search over the models on Ray Tune",
+        "sweep",
+        help="hyperparameter search over the models on Ray Tune",
         description="Every key of a sweep file is a flag below or a dotted --set: "
         "--set train.ks=[5,10], --set data.min_rating=4, "
         "--set search_space.mf.dim.values=[32,64]. Precedence: the --config file, then "
-        "--smoke, then flags.")
+        "--smoke, then flags.",
+    )
     p.add_argument("--config", help="sweep YAML file (CLI flags override it)")
     add_config_args(p, SweepConfig)
-    p.add_argument("--dataset", help=f"shorthand for --set data.dataset=...: "
-                   f"{field_help(DataConfig, 'dataset')}")
-    p.add_argument("--split", help=f"shorthand for --set data.split=...: "
-                   f"{field_help(DataConfig, 'split')}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any key of the sweep file, dotted (train.ks=[5,10]); repeatable")
+    p.add_argument(
+        "--dataset",
+        help=f"shorthand for --set data.dataset=...: {field_help(DataConfig, 'dataset')}",
+    )
+    p.add_argument(
+        "--split", help=f"shorthand for --set data.split=...: {field_help(DataConfig, 'split')}"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any key of the sweep file, dotted (train.ks=[5,10]); repeatable",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
-    p.add_argument("--smoke", action="store_true",
-                   help="the whole pipeline in seconds: 2 trials, 2 epochs, small synthetic data")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the whole pipeline in seconds: 2 trials, 2 epochs, small synthetic data",
+    )
     p.set_defaults(func=cmd_sweep)
 
     r = commands.add_parser("results", help="print a sweep's results table again")
@@ -155,16 +188,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before any data is loaded or model trained.
     task = validate_request(args.model, args.task, hparams)
     train_cfg = config_from_args(TrainConfig, args)
-    data_cfg = config_from_args(DataConfig, argparse.Namespace(**{**vars(args),
-                                                                  "seed": args.data_seed}))
+    data_cfg = config_from_args(
+        DataConfig, argparse.Namespace(**{**vars(args), "seed": args.data_seed})
+    )
     from orchestrator.data import load_dataset
 
     data = load_dataset(data_cfg)
-    print(f"train: {args.model} ({task}) on {data.name}, split {data.split_name}: "
-          f"{data.n_users} users, {data.n_items} items, {len(data.train)} train rows",
-          file=sys.stderr)
-    metrics = train_one(args.model, data, task, hparams, train_cfg, out_dir=args.out,
-                        progress=not args.quiet, data_cfg=data_cfg)
+    print(
+        f"train: {args.model} ({task}) on {data.name}, split {data.split_name}: "
+        f"{data.n_users} users, {data.n_items} items, {len(data.train)} train rows",
+        file=sys.stderr,
+    )
+    metrics = train_one(
+        args.model,
+        data,
+        task,
+        hparams,
+        train_cfg,
+        out_dir=args.out,
+        progress=not args.quiet,
+        data_cfg=data_cfg,
+    )
     for key, value in metrics.items():
         if key.startswith(("val/", "test/")):
             print(f"{key:<16} {value:.4f}")
@@ -179,25 +223,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     from orchestrator.config import TrainConfig
 
-    p = commands.add_parser("train", help="train and evaluate one configuration (no Ray)",
-                            description="Train one model configuration with the shared loop, "
-                            "print validation and test metrics, and write them with the "
-                            "resolved config and the best checkpoint to --out.")
+    p = commands.add_parser(
+        "train",
+        help="train and evaluate one configuration (no Ray)",
+        description="Train one model configuration with the shared loop, "
+        "print validation and test metrics, and write them with the "
+        "resolved config and the best checkpoint to --out.",
+    )
     p.add_argument("--model", required=True, help="a registered model (mf, autorec, ...)")
-    p.add_argument("--task", default=None,
-                   help="rating, ranking or sequential (default: the model's first task)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a hyperparameter of the model, e.g. --set lr=0.01 (repeatable)")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="rating, ranking or sequential (default: the model's first task)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a hyperparameter of the model, e.g. --set lr=0.01 (repeatable)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="shorthand for --set epochs=N")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="write metrics.json, config.json and checkpoint.pt here")
-    p.add_argument("--json", action="store_true",
-                   help="print the metrics as one JSON object on the last line of stdout")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write metrics.json, config.json and checkpoint.pt here",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the metrics as one JSON object on the last line of stdout",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     add_config_args(p, TrainConfig)
     add_config_args(p, DataConfig, skip=("seed",))
-    p.add_argument("--data-seed", dest="data_seed", default=None, metavar="SEED",
-                   help=f"data config seed: {field_help(DataConfig, 'seed')}")
+    p.add_argument(
+        "--data-seed",
+        dest="data_seed",
+        default=None,
+        metavar="SEED",
+        help=f"data config seed: {field_help(DataConfig, 'seed')}",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -210,8 +277,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{study}: {status}")
         failed = [s for s, v in statuses.items() if v != "ok"]
         if failed:
-            print(f"error: export failed for {', '.join(failed)} (see above); no valid file "
-                  "was overwritten", file=sys.stderr)
+            print(
+                f"error: export failed for {', '.join(failed)} (see above); no valid file "
+                "was overwritten",
+                file=sys.stderr,
+            )
         else:
             print(f"wrote {args.run_dir}/models/<study>.onnx, .topk.onnx, .json, .npz")
         return (1 if failed else 0), {"run_dir": str(args.run_dir), "exports": statuses}
@@ -228,22 +298,33 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def add_export_parsers(commands: argparse._SubParsersAction) -> None:
-    e = commands.add_parser("export", help="export a sweep's best models to ONNX, verified",
-                            description="Export each study's best checkpoint to "
-                            "RUN_DIR/models/<study>.onnx (+ .topk.onnx, .json, .npz), checked "
-                            "against PyTorch with onnxruntime; the table gets an export column.")
+    e = commands.add_parser(
+        "export",
+        help="export a sweep's best models to ONNX, verified",
+        description="Export each study's best checkpoint to "
+        "RUN_DIR/models/<study>.onnx (+ .topk.onnx, .json, .npz), checked "
+        "against PyTorch with onnxruntime; the table gets an export column.",
+    )
     e.add_argument("run_dir", help="the sweep's run directory")
     e.add_argument("--study", default=None, help="export only this study")
     e.add_argument("-k", type=int, default=10, help="K of the top-K parity check")
     e.add_argument("--json", action="store_true", help=JSON_HELP)
     e.set_defaults(func=cmd_export)
 
-    r = commands.add_parser("recommend", help="top-K items for a user from an exported model "
-                            "(onnxruntime only)")
-    r.add_argument("model", metavar="MODEL.onnx", help="an exported model (its .json sidecar "
-                   "and .npz must be beside it)")
-    r.add_argument("--user", required=True, metavar="RAW_ID",
-                   help="the user's id as in the dataset; unknown users get popular items")
+    r = commands.add_parser(
+        "recommend", help="top-K items for a user from an exported model (onnxruntime only)"
+    )
+    r.add_argument(
+        "model",
+        metavar="MODEL.onnx",
+        help="an exported model (its .json sidecar and .npz must be beside it)",
+    )
+    r.add_argument(
+        "--user",
+        required=True,
+        metavar="RAW_ID",
+        help="the user's id as in the dataset; unknown users get popular items",
+    )
     r.add_argument("-k", type=int, default=10, help="number of items (default 10)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=cmd_recommend)
@@ -257,25 +338,33 @@ def cmd_report(args: argparse.Namespace) -> int:
         if path is None:  # the viz extra is missing; write_report said what to install
             return 2, {"run_dir": str(args.run_dir), "report": None}
         print(f"wrote {path} (figures in {path.parent / 'figures'})")
-        return 0, {"run_dir": str(args.run_dir), "report": str(path),
-                   "figures": str(path.parent / "figures")}
+        return 0, {
+            "run_dir": str(args.run_dir),
+            "report": str(path),
+            "figures": str(path.parent / "figures"),
+        }
 
     return json_result(args, run)
 
 
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("report", help="write a sweep's report.html: results, search "
-                            "plots, UMAP of item embeddings (needs the viz extra)",
-                            description="Write RUN_DIR/report.html (one self-contained file) "
-                            "and the figures as PNG in RUN_DIR/figures/.")
+    p = commands.add_parser(
+        "report",
+        help="write a sweep's report.html: results, search "
+        "plots, UMAP of item embeddings (needs the viz extra)",
+        description="Write RUN_DIR/report.html (one self-contained file) "
+        "and the figures as PNG in RUN_DIR/figures/.",
+    )
     p.add_argument("run_dir", help="the sweep's run directory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_report)
 
 
-JSON_HELP = ("print one JSON object as the last line of stdout (what was written); the "
-             "progress lines go to stderr")
+JSON_HELP = (
+    "print one JSON object as the last line of stdout (what was written); the "
+    "progress lines go to stderr"
+)
 
 
 class VersionAction(argparse.Action):
@@ -314,13 +403,20 @@ def model_cards() -> list[dict[str, Any]]:
     cards = []
     for name in list_models():
         cls = get_model_class(name)
-        cards.append({
-            "name": name, "tasks": list(cls.tasks), "learned": cls.learned,
-            "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
-            "defaults": {t: dataclasses.asdict(make_params(name, t)) for t in cls.tasks},
-            "search_space": {t: describe_space(functools.partial(cls.search_space, task=t))
-                             for t in cls.tasks},
-            "recipes": [dataclasses.asdict(r) for r in cls.recipes]})
+        cards.append(
+            {
+                "name": name,
+                "tasks": list(cls.tasks),
+                "learned": cls.learned,
+                "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
+                "defaults": {t: dataclasses.asdict(make_params(name, t)) for t in cls.tasks},
+                "search_space": {
+                    t: describe_space(functools.partial(cls.search_space, task=t))
+                    for t in cls.tasks
+                },
+                "recipes": [dataclasses.asdict(r) for r in cls.recipes],
+            }
+        )
     return cards
 
 
@@ -328,8 +424,9 @@ def distribution_text(spec: dict[str, Any]) -> str:
     if "choices" in spec:
         return "{" + ", ".join(str(c) for c in spec["choices"]) + "}"
     text = f"{spec['type']} in [{spec['low']:g}, {spec['high']:g}]"
-    return text + (" log" if spec["log"] else "") + (f" step {spec['step']}" if "step" in spec
-                                                     else "")
+    return (
+        text + (" log" if spec["log"] else "") + (f" step {spec['step']}" if "step" in spec else "")
+    )
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -345,8 +442,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  {task} defaults: {values}")
             space = card["search_space"][task]
             if space:
-                print(f"  {task} search space: " + "; ".join(
-                    f"{k} {distribution_text(v)}" for k, v in space.items()))
+                print(
+                    f"  {task} search space: "
+                    + "; ".join(f"{k} {distribution_text(v)}" for k, v in space.items())
+                )
         for r in card["recipes"]:
             values = " ".join(f"{k}={v}" for k, v in r["hparams"].items())
             print(f"  recipe {r['name']} ({r['task']}, {r['epochs']} epochs): {values}")
@@ -363,22 +462,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m orchestrator",
         description="recsweep: hyperparameter sweeps of recommender models on Ray Tune.",
         epilog="exit codes: 0 done; 1 part failed (a study with no tested model, a failed "
-        "export) or a bug; 2 bad input; 130 interrupted")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an error (or set RECSWEEP_DEBUG=1)")
-    parser.add_argument("--version", action=VersionAction,
-                        help="the version and git commit of recsweep, and exit")
+        "export) or a bug; 2 bad input; 130 interrupted",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error (or set RECSWEEP_DEBUG=1)",
+    )
+    parser.add_argument(
+        "--version", action=VersionAction, help="the version and git commit of recsweep, and exit"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     data_p = commands.add_parser("data", help="look at a dataset")
     data_cmds = data_p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    describe_p = data_cmds.add_parser("describe", help="users, items, interactions, split sizes, "
-                                      "filter counts")
+    describe_p = data_cmds.add_parser(
+        "describe", help="users, items, interactions, split sizes, filter counts"
+    )
     add_config_args(describe_p, DataConfig)
     describe_p.add_argument("--json", action="store_true", help="print one JSON object")
     describe_p.set_defaults(func=cmd_data_describe)
-    models_p = commands.add_parser("models", help="every model: tasks, defaults, search "
-                                   "space, published recipes with their sources")
+    models_p = commands.add_parser(
+        "models",
+        help="every model: tasks, defaults, search space, published recipes with their sources",
+    )
     models_p.add_argument("--json", action="store_true", help="print one JSON object")
     models_p.set_defaults(func=cmd_models)
     add_train_parser(commands)
@@ -403,8 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         if not is_bad_input(e):
-            print(f"error: unexpected {type(e).__name__}: {one_line(e)}\n(a bug: run again "
-                  "with --debug, or RECSWEEP_DEBUG=1, for the traceback)", file=sys.stderr)
+            print(
+                f"error: unexpected {type(e).__name__}: {one_line(e)}\n(a bug: run again "
+                "with --debug, or RECSWEEP_DEBUG=1, for the traceback)",
+                file=sys.stderr,
+            )
             return 1
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -415,8 +525,9 @@ def is_bad_input(e: BaseException) -> bool:
     the CLI answers them with one line and exit code 2."""
     import yaml
 
-    return isinstance(e, (ValueError, TypeError, KeyError, OSError, yaml.YAMLError)) or \
-        type(e).__module__.startswith(("onnxruntime", "onnx"))  # a broken model file
+    return isinstance(e, (ValueError, TypeError, KeyError, OSError, yaml.YAMLError)) or type(
+        e
+    ).__module__.startswith(("onnxruntime", "onnx"))  # a broken model file
 
 
 def one_line(e: BaseException) -> str:

@@ -27,8 +27,9 @@ def connect(cfg: SweepConfig) -> None:
         try:
             socket.create_connection((host.removeprefix("ray://"), int(port)), timeout=5).close()
         except OSError as e:
-            raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}"
-                             ) from None
+            raise ValueError(
+                f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}"
+            ) from None
     try:
         if cfg.address or os.environ.get("RAY_ADDRESS"):  # as `ray job submit` sets it
             ray.init(address=cfg.address or None, log_to_driver=False)
@@ -73,8 +74,9 @@ def autoscaler_node_types(cfg: SweepConfig) -> tuple[dict[str, dict[str, float]]
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     types = doc.get("available_node_types") if isinstance(doc, dict) else None
     if not isinstance(types, dict) or not types:
-        raise ValueError(f"{path}: expected an autoscaler config with a non-empty mapping "
-                         "`available_node_types`")
+        raise ValueError(
+            f"{path}: expected an autoscaler config with a non-empty mapping `available_node_types`"
+        )
     limit = doc.get("max_workers", math.inf)  # Ray's default per-type max is the global one
     if not isinstance(limit, (int, float)):
         raise ValueError(f"{path}: max_workers: expected a number, got {limit!r}")
@@ -84,16 +86,24 @@ def autoscaler_node_types(cfg: SweepConfig) -> tuple[dict[str, dict[str, float]]
             continue
         spec = spec if isinstance(spec, dict) else {}
         res, count = spec.get("resources") or {}, spec.get("max_workers", limit)
-        if not isinstance(res, dict) or not all(isinstance(v, (int, float))
-                                                for v in [*res.values(), count]):
-            raise ValueError(f"{path}: available_node_types.{name}: expected `resources` "
-                             "mapping to numbers and a numeric `max_workers`")
+        if not isinstance(res, dict) or not all(
+            isinstance(v, (int, float)) for v in [*res.values(), count]
+        ):
+            raise ValueError(
+                f"{path}: available_node_types.{name}: expected `resources` "
+                "mapping to numbers and a numeric `max_workers`"
+            )
         if not res and count:
             # `ray up` writes detected resources into the bootstrap copy, not into cluster.yaml
-            print(f"cluster: node type {name!r} in {path} states no resources; not counted",
-                  flush=True)
-        out[name] = {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0)),
-                     "max_workers": float(count)}
+            print(
+                f"cluster: node type {name!r} in {path} states no resources; not counted",
+                flush=True,
+            )
+        out[name] = {
+            "CPU": float(res.get("CPU", 0)),
+            "GPU": float(res.get("GPU", 0)),
+            "max_workers": float(count),
+        }
     return out, float(limit)
 
 
@@ -118,21 +128,30 @@ def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
     request = {"cpu": cfg.cpus_per_trial, "gpu": gpus}
 
     def per_node(res: dict[str, float]) -> float:
-        return min(res.get("CPU", 0) // request["cpu"],
-                   res.get("GPU", 0) // gpus if gpus else math.inf)
+        return min(
+            res.get("CPU", 0) // request["cpu"], res.get("GPU", 0) // gpus if gpus else math.inf
+        )
 
     if not any(per_node(n) >= 1 for n in [*nodes, *addable.values()]):
         have = [{"CPU": n.get("CPU", 0), "GPU": n.get("GPU", 0)} for n in nodes]
         kinds = {k: {"CPU": t["CPU"], "GPU": t["GPU"]} for k, t in addable.items()}
-        raise ValueError(f"cpus_per_trial={request['cpu']}, gpus_per_trial={gpus}: no node of "
-                         f"the cluster has that much (nodes: {have}; node types the autoscaler "
-                         f"may add: {kinds or 'none known'})")
+        raise ValueError(
+            f"cpus_per_trial={request['cpu']}, gpus_per_trial={gpus}: no node of "
+            f"the cluster has that much (nodes: {have}; node types the autoscaler "
+            f"may add: {kinds or 'none known'})"
+        )
     slots = sum(per_node(n) for n in nodes if per_node(n) >= 1)
     workers = [n for n in nodes if not internals.is_head_node(n)]
     running = dict.fromkeys(types, 0)
     for n in workers:
-        kind = next((k for k, t in types.items()
-                     if (t["CPU"], t["GPU"]) == (n.get("CPU", 0), n.get("GPU", 0))), None)
+        kind = next(
+            (
+                k
+                for k, t in types.items()
+                if (t["CPU"], t["GPU"]) == (n.get("CPU", 0), n.get("GPU", 0))
+            ),
+            None,
+        )
         if kind is not None:
             running[kind] += 1
     budget = limit - len(workers)
@@ -141,7 +160,9 @@ def resources(cfg: SweepConfig) -> tuple[dict[str, float], int]:
         if per_node(addable[kind]) >= 1 and add > 0:
             slots += add * per_node(addable[kind])
             budget -= add
-            print(f"cluster: the autoscaler may add {add:g} x {kind}, "
-                  f"{per_node(addable[kind]):g} trial(s) on each", flush=True)
+            print(
+                f"cluster: the autoscaler may add {add:g} x {kind}, "
+                f"{per_node(addable[kind]):g} trial(s) on each",
+                flush=True,
+            )
     return request, max(1, int(slots))
-

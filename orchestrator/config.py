@@ -35,20 +35,32 @@ def opt(default: Any, help: str, sweep_only: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = opt("default", "dataset spec: ml-100k, ml-1m, ml-20m, ml-25m, "
-                       "ml-latest-small, csv:PATH, parquet:PATH, ncf:PREFIX, synthetic[:k=v,...]; "
-                       "'default' is ml-100k when it can be had offline, else synthetic")
-    split: str = opt("leave-last", "split spec: leave-last, random:0.8,0.1,0.1, "
-                     "temporal:0.7,0.1,0.2, u1..u5, ua, ub (ml-100k), ncf (ncf: datasets)")
-    data_dir: str | None = opt(None, "where datasets are looked up and cached "
-                               "(default $RECSWEEP_DATA or ~/.cache/recsweep)")
-    min_rating: float | None = opt(None, "keep only ratings >= this as interactions "
-                                   "(implicit positives); None keeps all")
-    user_core: int = opt(0, "k-core: drop users with fewer interactions (repeated to a fixpoint "
-                         "with item_core)")
+    dataset: str = opt(
+        "default",
+        "dataset spec: ml-100k, ml-1m, ml-20m, ml-25m, "
+        "ml-latest-small, csv:PATH, parquet:PATH, ncf:PREFIX, synthetic[:k=v,...]; "
+        "'default' is ml-100k when it can be had offline, else synthetic",
+    )
+    split: str = opt(
+        "leave-last",
+        "split spec: leave-last, random:0.8,0.1,0.1, "
+        "temporal:0.7,0.1,0.2, u1..u5, ua, ub (ml-100k), ncf (ncf: datasets)",
+    )
+    data_dir: str | None = opt(
+        None,
+        "where datasets are looked up and cached (default $RECSWEEP_DATA or ~/.cache/recsweep)",
+    )
+    min_rating: float | None = opt(
+        None, "keep only ratings >= this as interactions (implicit positives); None keeps all"
+    )
+    user_core: int = opt(
+        0, "k-core: drop users with fewer interactions (repeated to a fixpoint with item_core)"
+    )
     item_core: int = opt(0, "k-core: drop items with fewer interactions")
-    dedup: str = opt("last", "repeated (user, item) pairs: keep 'last' or 'first' in time, "
-                     "'mean' rating, or 'error'")
+    dedup: str = opt(
+        "last",
+        "repeated (user, item) pairs: keep 'last' or 'first' in time, 'mean' rating, or 'error'",
+    )
     seed: int = opt(0, "seed of the split and of the sampled-protocol negatives")
     eval_negatives: int = opt(100, "negatives per val/test row for the sampled protocol")
 
@@ -57,42 +69,62 @@ class DataConfig:
 class TrainConfig:
     seed: int = opt(0, "seed of initialisation, batch order and negative sampling")
     device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    patience: int = opt(-1, "epochs without validation improvement before stopping; 0 never "
-                        "stops early; -1: a tenth of the model's epochs, at least 3")
+    patience: int = opt(
+        -1,
+        "epochs without validation improvement before stopping; 0 never "
+        "stops early; -1: a tenth of the model's epochs, at least 3",
+    )
     ks: tuple[int, ...] = opt((10, 20), "cut-offs K of the ranking metrics")
-    protocol: str = opt("full", "ranking protocol: full (all items, train items masked) or "
-                        "sampled (target among eval_negatives fixed negatives)")
+    protocol: str = opt(
+        "full",
+        "ranking protocol: full (all items, train items masked) or "
+        "sampled (target among eval_negatives fixed negatives)",
+    )
     eval_batch_users: int = opt(1024, "users scored per full-ranking batch")
     amp: bool = opt(True, "bf16 autocast on CUDA")
-    checkpoint_every_s: float = opt(10.0, "in a sweep, seconds between a trial's checkpoints: "
-                                    "an epoch younger than that since the last reports without "
-                                    "one (the last epoch always has one); 0: every epoch",
-                                    sweep_only=True)
-    report_every_s: float = opt(1.0, "in a sweep, seconds between a trial's reports to Tune "
-                                "for epochs that neither improve the validation metric nor "
-                                "checkpoint (those always report); 0: every epoch",
-                                sweep_only=True)
-    refit: bool = opt(False, "test a retrain on train + val, from the same seed, for the epochs "
-                      "validation picked (as libraries that train on a whole base file do); "
-                      "validation metrics stay those of the first fit")
-    metric: str = opt("", "validation metric for early stopping and the best state; default "
-                      "per task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
+    checkpoint_every_s: float = opt(
+        10.0,
+        "in a sweep, seconds between a trial's checkpoints: "
+        "an epoch younger than that since the last reports without "
+        "one (the last epoch always has one); 0: every epoch",
+        sweep_only=True,
+    )
+    report_every_s: float = opt(
+        1.0,
+        "in a sweep, seconds between a trial's reports to Tune "
+        "for epochs that neither improve the validation metric nor "
+        "checkpoint (those always report); 0: every epoch",
+        sweep_only=True,
+    )
+    refit: bool = opt(
+        False,
+        "test a retrain on train + val, from the same seed, for the epochs "
+        "validation picked (as libraries that train on a whole base file do); "
+        "validation metrics stay those of the first fit",
+    )
+    metric: str = opt(
+        "",
+        "validation metric for early stopping and the best state; default "
+        "per task: val/rmse (rating), val/ndcg@10 (ranking, sequential)",
+    )
 
 
 def field_help(cls: type, name: str) -> str:
     return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
-def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "", *,
-              complete: bool = False) -> T:
+def from_dict(
+    cls: type[T], values: dict[str, Any] | None, where: str = "", *, complete: bool = False
+) -> T:
     """Build `cls` from a dict; unknown keys and wrong types raise, naming the key path.
     With `complete`, so do missing keys (a resolved config written whole, read back)."""
     values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown key(s) {[where + k for k in unknown]}; "
-                         f"allowed: {', '.join(fields)}")
+        raise ValueError(
+            f"unknown key(s) {[where + k for k in unknown]}; allowed: {', '.join(fields)}"
+        )
     missing = [where + k for k in fields if k not in values]
     if complete and missing:
         raise ValueError(f"missing key(s) {missing}")
@@ -120,8 +152,12 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
         return tuple(_check_type(key, v, args[0]) for v in value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin is None and isinstance(kind, type) and not isinstance(value, kind) \
-            or (kind is int and isinstance(value, bool)):
+    if (
+        origin is None
+        and isinstance(kind, type)
+        and not isinstance(value, kind)
+        or (kind is int and isinstance(value, bool))
+    ):
         raise ValueError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
 
@@ -129,46 +165,84 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
 @dataclass(frozen=True)
 class SweepConfig:
     name: str = opt("", "run name; the run directory is <storage>/<name> (default: sweep-<time>)")
-    models: tuple[str, ...] = opt(("mf", "autorec", "mf:ranking", "neumf", "caser"),
-                                  "models to search, one study each: model or model:task")
-    baselines: tuple[str, ...] = opt(("bias", "pop", "itemknn"),
-                                     "non-learned baselines (model or model:task), each in the "
-                                     "table of its task's evaluation; one with no study in "
-                                     "that table is not run")
+    models: tuple[str, ...] = opt(
+        ("mf", "autorec", "mf:ranking", "neumf", "caser"),
+        "models to search, one study each: model or model:task",
+    )
+    baselines: tuple[str, ...] = opt(
+        ("bias", "pop", "itemknn"),
+        "non-learned baselines (model or model:task), each in the "
+        "table of its task's evaluation; one with no study in "
+        "that table is not run",
+    )
     trials: int = opt(8, "trials per study; the first is the model's defaults")
-    startup_trials: int = opt(0, "TPE's random start-up trials per study; 0: min(10, max(2, "
-                              "trials // 4)), written to sweep.yaml")
-    epochs: int = opt(0, "maximum epochs per trial (ASHA's max_t); 0: each model's default "
-                      "epochs (e.g. AutoRec's full-batch steps need far more than MF's)")
-    grace_period: int = opt(0, "epochs every trial runs before ASHA may stop it; 0: a quarter "
-                            "of the study's max epochs (at least 1)")
+    startup_trials: int = opt(
+        0,
+        "TPE's random start-up trials per study; 0: min(10, max(2, "
+        "trials // 4)), written to sweep.yaml",
+    )
+    epochs: int = opt(
+        0,
+        "maximum epochs per trial (ASHA's max_t); 0: each model's default "
+        "epochs (e.g. AutoRec's full-batch steps need far more than MF's)",
+    )
+    grace_period: int = opt(
+        0,
+        "epochs every trial runs before ASHA may stop it; 0: a quarter "
+        "of the study's max epochs (at least 1)",
+    )
     reduction_factor: int = opt(2, "ASHA's reduction factor: a rung keeps the best 1/N")
-    schedule: dict = opt({}, "per study, its resolved {max_epochs, grace_period, rungs} "
-                         "(the sweep writes it to sweep.yaml; an entry given here is used as is)")
-    metric: str = opt("", "validation metric to optimise (and early-stop on); default per "
-                      "task: val/rmse (rating), val/ndcg@10 (ranking, sequential)")
-    time_budget: str = opt("10m", "hard wall-clock budget for the whole sweep, shared by the "
-                           "studies, e.g. 8h, 30m, 90s; 'none' for no limit")
+    schedule: dict = opt(
+        {},
+        "per study, its resolved {max_epochs, grace_period, rungs} "
+        "(the sweep writes it to sweep.yaml; an entry given here is used as is)",
+    )
+    metric: str = opt(
+        "",
+        "validation metric to optimise (and early-stop on); default per "
+        "task: val/rmse (rating), val/ndcg@10 (ranking, sequential)",
+    )
+    time_budget: str = opt(
+        "10m",
+        "hard wall-clock budget for the whole sweep, shared by the "
+        "studies, e.g. 8h, 30m, 90s; 'none' for no limit",
+    )
     cpus_per_trial: float = opt(1.0, "CPUs reserved per trial")
-    gpus_per_trial: float = opt(-1.0, "GPU fraction per trial (several trials share a GPU); "
-                                "-1: 0.25 when the cluster has GPUs, else 0")
+    gpus_per_trial: float = opt(
+        -1.0,
+        "GPU fraction per trial (several trials share a GPU); "
+        "-1: 0.25 when the cluster has GPUs, else 0",
+    )
     address: str = opt("", "Ray cluster address (auto, HOST:PORT); empty starts a local one")
-    autoscaler_config: str = opt("", "the cluster's autoscaler config (`ray up` YAML): its "
-                                 "node types count towards trial concurrency (default with "
-                                 "address: ~/ray_bootstrap_config.yaml if present)")
-    storage: str = opt("runs", "where run directories go: a local path, a shared path or a "
-                       "cloud URI (s3://, gs://) for multi-node runs")
-    final_seeds: int = opt(0, "retrain each study's best configuration with N seeds "
-                           "(table shows mean +- std)")
+    autoscaler_config: str = opt(
+        "",
+        "the cluster's autoscaler config (`ray up` YAML): its "
+        "node types count towards trial concurrency (default with "
+        "address: ~/ray_bootstrap_config.yaml if present)",
+    )
+    storage: str = opt(
+        "runs",
+        "where run directories go: a local path, a shared path or a "
+        "cloud URI (s3://, gs://) for multi-node runs",
+    )
+    final_seeds: int = opt(
+        0, "retrain each study's best configuration with N seeds (table shows mean +- std)"
+    )
     max_failures: int = opt(3, "restarts of a failed trial from its last checkpoint")
     wandb: str = opt("offline", "Weights & Biases: offline (default), online, disabled")
     wandb_project: str = opt("recsweep", "W&B project")
     seed: int = opt(0, "seed of the TPE samplers and the trials")
-    sampler: dict = opt({}, "the search's sampler: {name: tpe} (default) or {name: random}, and "
-                        "TPE's settings (n_ei_candidates, multivariate, group, constant_liar); "
-                        "sweep.yaml records every setting, seeded")
-    search_space: dict = opt({}, "per-model overrides, {model: {param: {distribution, min, max}"
-                             " | {values: [...]} | {value: x}}} (W&B sweep syntax accepted)")
+    sampler: dict = opt(
+        {},
+        "the search's sampler: {name: tpe} (default) or {name: random}, and "
+        "TPE's settings (n_ei_candidates, multivariate, group, constant_liar); "
+        "sweep.yaml records every setting, seeded",
+    )
+    search_space: dict = opt(
+        {},
+        "per-model overrides, {model: {param: {distribution, min, max}"
+        " | {values: [...]} | {value: x}}} (W&B sweep syntax accepted)",
+    )
     data: DataConfig = opt(DataConfig(), "the dataset")
     train: TrainConfig = opt(TrainConfig(), "the training loop")
 
@@ -190,34 +264,43 @@ def parse_duration(text: str) -> float | None:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A YAML-ready dict (tuples as lists) of a config."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
+
     return plain(dataclasses.asdict(cfg))
 
 
 # --- the command line, from the same fields ----------------------------------------------
 
+
 def flag_fields(cls: type, skip: Sequence[str] = ()) -> list[dataclasses.Field]:
     """The fields of a config that take a `--flag`: scalars and lists, not nested configs
     or mappings (those take a dotted `--set`), nor `sweep_only` fields or those in `skip`."""
-    return [f for f in dataclasses.fields(cls) if f.name not in skip
-            and not f.metadata.get("sweep_only")
-            and not dataclasses.is_dataclass(f.default) and not isinstance(f.default, dict)
-            and not (f.default_factory is not dataclasses.MISSING
-                     and isinstance(f.default_factory(), dict))]
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if f.name not in skip
+        and not f.metadata.get("sweep_only")
+        and not dataclasses.is_dataclass(f.default)
+        and not isinstance(f.default, dict)
+        and not (
+            f.default_factory is not dataclasses.MISSING and isinstance(f.default_factory(), dict)
+        )
+    ]
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
-                    ) -> None:
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One `--flag` per field of `flag_fields`, its help from the field's metadata."""
     for f in flag_fields(cls, skip):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                            help=f.metadata.get("help", ""))
+        parser.add_argument(
+            flag, dest=f.name, default=None, metavar=f.name.upper(), help=f.metadata.get("help", "")
+        )
 
 
 def flag_value(raw: str, kind: str) -> object:
@@ -234,8 +317,11 @@ def flag_value(raw: str, kind: str) -> object:
 
 def flag_values(cls: type, args: argparse.Namespace) -> dict[str, object]:
     """The config fields given as flags, as a YAML-shaped dict."""
-    return {f.name: flag_value(getattr(args, f.name), str(f.type))
-            for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return {
+        f.name: flag_value(getattr(args, f.name), str(f.type))
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

@@ -116,8 +116,7 @@ class TopK(_Ranking):
 class SeqTopK(_Ranking):
     """`TopK` for sequence models: scores come from the user and their last L items."""
 
-    def forward(self, user: Tensor, seq: Tensor, exclude: Tensor, k: int
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, user: Tensor, seq: Tensor, exclude: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return self._top(self.model.score_all(user, seq), exclude, k)  # seq: [B, L]
 
 
@@ -146,24 +145,41 @@ def _pair_inputs(model: Recommender) -> list[str]:
     names = list(inspect.signature(model.forward).parameters)
     unknown = [n for n in names if n not in ("user", "item", "seq")]
     if unknown or "user" not in names or "item" not in names:
-        raise ExportError(f"model {model.name!r}: forward{tuple(names)} must take user, item "
-                          "(and seq for sequence models) to be exported")
+        raise ExportError(
+            f"model {model.name!r}: forward{tuple(names)} must take user, item "
+            "(and seq for sequence models) to be exported"
+        )
     if ("seq" in names) != (model.seq_len > 0):
-        raise ExportError(f"model {model.name!r}: forward takes seq exactly when seq_len > 0 "
-                          f"(seq_len={model.seq_len}, forward{tuple(names)})")
+        raise ExportError(
+            f"model {model.name!r}: forward takes seq exactly when seq_len > 0 "
+            f"(seq_len={model.seq_len}, forward{tuple(names)})"
+        )
     return names
 
 
-def _export(module: nn.Module, args: tuple, names: list[str], outputs: list[str],
-            dynamic: dict[str, Any], rename: dict[tuple[str, int], str]) -> onnx.ModelProto:
+def _export(
+    module: nn.Module,
+    args: tuple,
+    names: list[str],
+    outputs: list[str],
+    dynamic: dict[str, Any],
+    rename: dict[tuple[str, int], str],
+) -> onnx.ModelProto:
     """One graph with the dynamo exporter; symbolic dims renamed to readable ones."""
     internals.cache_torchlib_ops()
     with warnings.catch_warnings():
         _ignore_exporter_warnings()
-        program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET,
-                                    input_names=names, output_names=outputs,
-                                    dynamic_shapes=dynamic, verbose=False,
-                                    external_data=False)
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=dynamic,
+            verbose=False,
+            external_data=False,
+        )
     assert program is not None  # None only from the legacy (dynamo=False) exporter
     proto = program.model_proto
     graph = proto.graph
@@ -192,8 +208,14 @@ def _save(proto: onnx.ModelProto, path: Path) -> dict[str, Any]:
     if weights > EXTERNAL_DATA_BYTES:
         data = path.with_name(path.name + ".data")
         # tensors under 1 KiB (axes, shapes) stay inline, where shape inference reads them
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        onnx.save_model(
+            proto,
+            path,
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
         if data.exists():  # not when every tensor is that small (only a lowered limit)
             entry["data"] = {"file": data.name, "sha256": sha256(data), "bytes": weights}
     else:
@@ -204,24 +226,34 @@ def _save(proto: onnx.ModelProto, path: Path) -> dict[str, Any]:
 
 def signature(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """Names, dtypes and shapes (symbolic dims by name) of a graph's inputs and outputs."""
+
     def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
         t = value.type.tensor_type
-        return {"name": value.name,
-                "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
-    return {"inputs": [describe(v) for v in proto.graph.input],
-            "outputs": [describe(v) for v in proto.graph.output]}
+        return {
+            "name": value.name,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+        }
+
+    return {
+        "inputs": [describe(v) for v in proto.graph.input],
+        "outputs": [describe(v) for v in proto.graph.output],
+    }
 
 
-def _tag(proto: onnx.ModelProto, meta: dict[str, Any], graph: str,
-         arrays: dict[str, np.ndarray]) -> None:
+def _tag(
+    proto: onnx.ModelProto, meta: dict[str, Any], graph: str, arrays: dict[str, np.ndarray]
+) -> None:
     """Record the metadata in the ONNX file itself (`metadata_props`); the id maps stay in the
     npz (`recsweep.arrays` names it), so the graph does not grow with the catalogue."""
-    props = {"recsweep.graph": graph, "recsweep.format": FORMAT,
-             "recsweep.sidecar": f"{meta['study']}.json",
-             "recsweep.arrays": f"{meta['study']}.npz",
-             "recsweep.n_users": str(len(arrays["user_ids"])),
-             "recsweep.n_items": str(len(arrays["item_ids"]))}
+    props = {
+        "recsweep.graph": graph,
+        "recsweep.format": FORMAT,
+        "recsweep.sidecar": f"{meta['study']}.json",
+        "recsweep.arrays": f"{meta['study']}.npz",
+        "recsweep.n_users": str(len(arrays["user_ids"])),
+        "recsweep.n_items": str(len(arrays["item_ids"])),
+    }
     for key in ("model", "study", "task", "version", "opset", "seq_len", "score"):
         props[f"recsweep.{key}"] = str(meta[key])
     for key in ("hparams", "metrics", "data"):
@@ -232,9 +264,15 @@ def _tag(proto: onnx.ModelProto, meta: dict[str, Any], graph: str,
     proto.doc_string = f"recsweep {meta['model']} ({meta['task']}), {graph} graph"
 
 
-def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *,
-                 metrics: dict[str, Any] | None = None, extra_meta: dict[str, Any] | None = None,
-                 k: int = 10) -> dict[str, Any]:
+def export_model(
+    model: Recommender,
+    data: PreparedData,
+    out_path: str | Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    k: int = 10,
+) -> dict[str, Any]:
     """Export a trained model to `out_path` (`<study>.onnx`) and its siblings, verified.
 
     Args:
@@ -257,27 +295,45 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
         raise ExportError(f"{out_path}: expected a path <study>.onnx")
     study = out_path.name[: -len(".onnx")]
     if (model.spec.n_users, model.spec.n_items) != (data.n_users, data.n_items):
-        raise ExportError(f"{study}: the model was built for {model.spec.n_users} users and "
-                          f"{model.spec.n_items} items, the data has {data.n_users} and "
-                          f"{data.n_items}: not the data it was trained on")
+        raise ExportError(
+            f"{study}: the model was built for {model.spec.n_users} users and "
+            f"{model.spec.n_items} items, the data has {data.n_users} and "
+            f"{data.n_items}: not the data it was trained on"
+        )
     if data.n_items < 2 or data.n_users < 1:
         raise ExportError(f"{study}: dataset {data.name!r} is too small to export on")
     model = copy.deepcopy(model).cpu().float().eval()
     arrays = serving_arrays(data)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    names = {"forward": f"{study}.onnx", "topk": f"{study}.topk.onnx",
-             "arrays": f"{study}.npz", "sidecar": f"{study}.json"}
+    names = {
+        "forward": f"{study}.onnx",
+        "topk": f"{study}.topk.onnx",
+        "arrays": f"{study}.npz",
+        "sidecar": f"{study}.json",
+    }
     meta: dict[str, Any] = {
-        "format": FORMAT, "study": study, "model": model.name, "task": model.task,
-        "version": version("recsweep") or "unknown", "torch": torch.__version__,
-        "opset": OPSET, "environment": {**versions(), "git": git_state()},
-        "exporter": "torch.onnx dynamo", "seq_len": model.seq_len,
+        "format": FORMAT,
+        "study": study,
+        "model": model.name,
+        "task": model.task,
+        "version": version("recsweep") or "unknown",
+        "torch": torch.__version__,
+        "opset": OPSET,
+        "environment": {**versions(), "git": git_state()},
+        "exporter": "torch.onnx dynamo",
+        "seq_len": model.seq_len,
         "score": "predicted rating" if model.task == "rating" else "ranking score",
-        "hparams": model.hparams(), "metrics": dict(metrics or {}),
-        "data": {"name": data.name, "split": data.split_name, "fingerprint": data.fingerprint,
-                 "n_users": data.n_users, "n_items": data.n_items,
-                 "user_id_form": id_form(arrays["user_ids"]),
-                 "item_id_form": id_form(arrays["item_ids"])},
+        "hparams": model.hparams(),
+        "metrics": dict(metrics or {}),
+        "data": {
+            "name": data.name,
+            "split": data.split_name,
+            "fingerprint": data.fingerprint,
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+            "user_id_form": id_form(arrays["user_ids"]),
+            "item_id_form": id_form(arrays["item_ids"]),
+        },
     }
     # every file is written under its final name into a hidden folder beside the target
     # (an external-data file is named inside its graph), checked there, then renamed into
@@ -292,22 +348,31 @@ def export_model(model: Recommender, data: PreparedData, out_path: str | Path, *
                 meta[part] = _save(proto, temp[part])
                 onnx.checker.check_model(str(temp[part]), full_check=True)
                 meta[part].update(signature(proto))
-                written += [temp[part].with_name(meta[part]["data"]["file"])] \
-                    if "data" in meta[part] else []
+                written += (
+                    [temp[part].with_name(meta[part]["data"]["file"])]
+                    if "data" in meta[part]
+                    else []
+                )
             with open(temp["arrays"], "wb") as f:
                 np.savez(f, allow_pickle=True, **arrays)  # the default, named: no key can be it
-            meta["arrays"] = {"file": names["arrays"], "sha256": sha256(temp["arrays"]),
-                              "keys": sorted(arrays)}
-            meta["parity"] = check_parity(model, data, arrays, _pair_inputs(model),
-                                          temp["forward"], temp["topk"], k)
+            meta["arrays"] = {
+                "file": names["arrays"],
+                "sha256": sha256(temp["arrays"]),
+                "keys": sorted(arrays),
+            }
+            meta["parity"] = check_parity(
+                model, data, arrays, _pair_inputs(model), temp["forward"], temp["topk"], k
+            )
             meta["extra"] = json.loads(json.dumps(extra_meta or {}, default=str))
             temp["sidecar"].write_text(json.dumps(meta, indent=2) + "\n")
         except Exception as e:
             if isinstance(e, (ExportError, ParityError)):
                 raise ExportError(f"{out_path}: {e}") from None
-            raise ExportError(f"{out_path}: export of {model.name!r} failed: "
-                              f"{type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+            raise ExportError(
+                f"{out_path}: export of {model.name!r} failed: "
+                f"{type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
         for path in [*written, *(temp[p] for p in ("forward", "topk", "arrays", "sidecar"))]:
             path.replace(out_path.parent / path.name)
     return meta
@@ -323,8 +388,14 @@ def _export_graphs(model: Recommender, data: PreparedData) -> dict[str, onnx.Mod
     seq[:, -1] = item  # one real item per row, so the padding path and a real item both run
     values = {"user": user, "item": item, "seq": seq}
     names = _pair_inputs(model)
-    forward = _export(model, tuple(values[x] for x in names), names, ["score"],
-                      {x: {0: batch} for x in names}, {("user", 0): "batch"})
+    forward = _export(
+        model,
+        tuple(values[x] for x in names),
+        names,
+        ["score"],
+        {x: {0: batch} for x in names},
+        {("user", 0): "batch"},
+    )
     exclude = torch.zeros(n, data.n_items, dtype=torch.bool)  # [B, n_items]
     k = 2  # any example value > 1; the dimension is exported as the symbolic input `k`
     if L > 0:
@@ -334,6 +405,12 @@ def _export_graphs(model: Recommender, data: PreparedData) -> dict[str, onnx.Mod
     else:
         wrapper, args, inputs = TopK(model), (user, exclude, k), ["user", "exclude", "k"]
     dynamic = {x: ({0: batch} if x != "k" else torch.export.Dim.DYNAMIC) for x in inputs}
-    topk = _export(wrapper.eval(), args, inputs, ["items", "scores"], dynamic,
-                   {("user", 0): "batch", ("items", 1): "k"})
+    topk = _export(
+        wrapper.eval(),
+        args,
+        inputs,
+        ["items", "scores"],
+        dynamic,
+        {("user", 0): "batch", ("items", 1): "k"},
+    )
     return {"forward": forward, "topk": topk}

@@ -32,11 +32,14 @@ def evaluation_name(table: str, data: PreparedData, cfg: TrainConfig, metric: st
     """One line saying what every row of a table was scored on."""
     where = f"{data.name}, split {data.split_name}"
     if table == "rating":
-        return (f"{where}; {len(data.test)} test ratings; RMSE and MAE of predictions clipped "
-                f"to {data.rating_range[0]:g}-{data.rating_range[1]:g}; main metric {metric}")
+        return (
+            f"{where}; {len(data.test)} test ratings; RMSE and MAE of predictions clipped "
+            f"to {data.rating_range[0]:g}-{data.rating_range[1]:g}; main metric {metric}"
+        )
     if cfg.protocol == "full":
-        protocol = (f"full ranking of all {data.n_items} items, the user's train and val items "
-                    "masked")
+        protocol = (
+            f"full ranking of all {data.n_items} items, the user's train and val items masked"
+        )
     else:
         n = 0 if data.test_negatives is None else int((data.test_negatives >= 0).sum(1).max())
         protocol = f"sampled: each test item among up to {n} fixed negatives"
@@ -44,8 +47,14 @@ def evaluation_name(table: str, data: PreparedData, cfg: TrainConfig, metric: st
     return f"{where}; {protocol}; K={ks}; main metric {metric}"
 
 
-def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: TrainConfig,
-               out: Path, keep_model: bool = False) -> ScoredRun:
+def test_trial(
+    record: TrialRecord,
+    study: Study,
+    data: PreparedData,
+    cfg: TrainConfig,
+    out: Path,
+    keep_model: bool = False,
+) -> ScoredRun:
     """Load a trial's best state, evaluate val and test (of a refit with `cfg.refit`), and
     save the model tested to `out` (a `.pt` checkpoint); `keep_model`: the run holds the
     model for the export."""
@@ -55,23 +64,40 @@ def test_trial(record: TrialRecord, study: Study, data: PreparedData, cfg: Train
     model.load_state_dict(state["best_state"])
     tcfg = dataclasses.replace(cfg, seed=record.seed, metric=study.metric)
     scores, model, units = val_and_test(model, data, tcfg, state["best_epoch"])
-    saved = {"data_fingerprint": data.fingerprint, "trial_path": record.path,
-             "study": study.name, "metric": study.metric}
+    saved = {
+        "data_fingerprint": data.fingerprint,
+        "trial_path": record.path,
+        "study": study.name,
+        "metric": study.metric,
+    }
     save_model(model, out, **saved)
-    return ScoredRun(record.seed, _metrics_only(scores), units[main_metric(study)],
-                     model.cpu().eval() if keep_model else None,  # export and report run on CPU
-                     {"checkpoint": str(out), **saved})
+    return ScoredRun(
+        record.seed,
+        _metrics_only(scores),
+        units[main_metric(study)],
+        model.cpu().eval() if keep_model else None,  # export and report run on CPU
+        {"checkpoint": str(out), **saved},
+    )
 
 
-def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[TrialRecord],
-                 data: PreparedData, cfg: TrainConfig, run_dir: Path, why_empty: str
-                 ) -> StudyResult:
+def study_result(
+    study: Study,
+    trials: list[TrialRecord],
+    seed_trials: list[TrialRecord],
+    data: PreparedData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    why_empty: str,
+) -> StudyResult:
     """The study's chosen trial tested, with the re-runs of its configuration with more
     seeds (`seed_trials`); `why_empty` is the status when the study ran no trial."""
-    result = StudyResult(study, main_metric=main_metric(study),
-                         trials_done=sum(t.finished for t in trials),
-                         trials_pruned=sum(t.end == "asha" for t in trials),
-                         trials_failed=sum(t.end in ("error", "diverged") for t in trials))
+    result = StudyResult(
+        study,
+        main_metric=main_metric(study),
+        trials_done=sum(t.finished for t in trials),
+        trials_pruned=sum(t.end == "asha" for t in trials),
+        trials_failed=sum(t.end in ("error", "diverged") for t in trials),
+    )
     if not trials:
         result.status = why_empty
         return result
@@ -80,15 +106,20 @@ def study_result(study: Study, trials: list[TrialRecord], seed_trials: list[Tria
         result.status = "no finished trial"
         return result
     folder = run_dir / "checkpoints"
-    result.runs = [test_trial(result.chosen, study, data, cfg, folder / f"{study.name}.pt",
-                              keep_model=True)]
-    result.runs += [test_trial(t, study, data, cfg, folder / f"{study.name}-seed{t.seed}.pt")
-                    for t in seed_trials if t.checkpoint is not None]
+    result.runs = [
+        test_trial(result.chosen, study, data, cfg, folder / f"{study.name}.pt", keep_model=True)
+    ]
+    result.runs += [
+        test_trial(t, study, data, cfg, folder / f"{study.name}-seed{t.seed}.pt")
+        for t in seed_trials
+        if t.checkpoint is not None
+    ]
     return result
 
 
-def baseline_result(entry: str, table_metric: dict[str, str], data: PreparedData,
-                    cfg: TrainConfig, seed: int) -> StudyResult:
+def baseline_result(
+    entry: str, table_metric: dict[str, str], data: PreparedData, cfg: TrainConfig, seed: int
+) -> StudyResult:
     """A non-learned baseline fitted on train and tested, in the table of its task, scored
     on that table's main metric (`table_metric`: table -> validation metric)."""
     study = parse_study(entry, "", cfg.ks, what="baselines")
@@ -98,18 +129,37 @@ def baseline_result(entry: str, table_metric: dict[str, str], data: PreparedData
     seed_everything(seed)
     fit(model, data, tcfg)
     scores, model, units = val_and_test(model, data, tcfg)
-    return StudyResult(study, baseline=True, main_metric=main_metric(study), trials_done=1,
-                       runs=[ScoredRun(seed, _metrics_only(scores), units[main_metric(study)])])
+    return StudyResult(
+        study,
+        baseline=True,
+        main_metric=main_metric(study),
+        trials_done=1,
+        runs=[ScoredRun(seed, _metrics_only(scores), units[main_metric(study)])],
+    )
 
 
-def finalize(studies: list[Study], searched: Searched, data: PreparedData,
-             sweep_cfg: SweepConfig, run_dir: Path) -> list[StudyResult]:
+def finalize(
+    studies: list[Study],
+    searched: Searched,
+    data: PreparedData,
+    sweep_cfg: SweepConfig,
+    run_dir: Path,
+) -> list[StudyResult]:
     """Every study's result, then the baselines of the tables that hold a study (a baseline
     for a table with no study is not run, and says so), each with its table's evaluation."""
     cfg = sweep_cfg.train
-    out = [study_result(s, [t for t in searched.trials if t.study == s.name],
-                        [t for t in searched.seed_trials if t.study == s.name], data, cfg,
-                        run_dir, searched.why_empty) for s in studies]
+    out = [
+        study_result(
+            s,
+            [t for t in searched.trials if t.study == s.name],
+            [t for t in searched.seed_trials if t.study == s.name],
+            data,
+            cfg,
+            run_dir,
+            searched.why_empty,
+        )
+        for s in studies
+    ]
     table_metric = {s.table: s.metric for s in studies}
     for entry in sweep_cfg.baselines:
         table = parse_study(entry, "", cfg.ks, what="baselines").table
@@ -123,5 +173,6 @@ def finalize(studies: list[Study], searched: Searched, data: PreparedData,
 
 
 def _metrics_only(m: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in m.items() if k.startswith(("val/", "test/"))
-            and not k.endswith("_per_s")}
+    return {
+        k: v for k, v in m.items() if k.startswith(("val/", "test/")) and not k.endswith("_per_s")
+    }

@@ -66,7 +66,8 @@ def cache_torchlib_ops() -> None:
         if not hasattr(module.get_torchlib_ops, "cache_info"):
             # typeshed's ModuleType lets any attribute be read, none be set
             module.get_torchlib_ops = functools.cache(  # type: ignore[attr-defined]
-                module.get_torchlib_ops)
+                module.get_torchlib_ops
+            )
     except (ImportError, AttributeError):
         pass
 

@@ -41,9 +41,13 @@ def storage(run_dir: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def write_journal(run_dir: Path, studies: list[Study], trials: list[TrialRecord],
-                  curves: pd.DataFrame | None, space: Callable[[Study], Callable[[Any], Any]]
-                  ) -> Path:
+def write_journal(
+    run_dir: Path,
+    studies: list[Study],
+    trials: list[TrialRecord],
+    curves: pd.DataFrame | None,
+    space: Callable[[Study], Callable[[Any], Any]],
+) -> Path:
     """Write `optuna.journal` from the search's trials; returns its path.
 
     Args:
@@ -60,8 +64,9 @@ def write_journal(run_dir: Path, studies: list[Study], trials: list[TrialRecord]
     try:
         target = JournalStorage(JournalFileBackend(temp))
         for study in studies:
-            _write_study(target, study, [t for t in trials if t.study == study.name],
-                         curves, space(study))
+            _write_study(
+                target, study, [t for t in trials if t.study == study.name], curves, space(study)
+            )
         os.replace(temp, run_dir / JOURNAL)
     finally:
         if os.path.exists(temp):
@@ -69,11 +74,19 @@ def write_journal(run_dir: Path, studies: list[Study], trials: list[TrialRecord]
     return run_dir / JOURNAL
 
 
-def _write_study(target: JournalStorage, study: Study, trials: list[TrialRecord],
-                 curves: pd.DataFrame | None, space: Callable[[Any], Any]) -> None:
+def _write_study(
+    target: JournalStorage,
+    study: Study,
+    trials: list[TrialRecord],
+    curves: pd.DataFrame | None,
+    space: Callable[[Any], Any],
+) -> None:
     record = optuna.create_study(
-        storage=target, study_name=study.name, sampler=optuna.samplers.RandomSampler(seed=0),
-        direction="minimize" if study.mode == "min" else "maximize")
+        storage=target,
+        study_name=study.name,
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        direction="minimize" if study.mode == "min" else "maximize",
+    )
     record.set_user_attr("metric", study.metric)
     record.set_user_attr("model", study.model)
     record.set_user_attr("task", study.task)

@@ -46,8 +46,10 @@ def check_topk(reference: np.ndarray, items: np.ndarray, scores: np.ndarray) -> 
     k = items.shape[1]
     finite = np.isfinite(ranked[:, :k])  # [B, k] positions that hold a real candidate
     if not np.array_equal(finite, np.isfinite(scores)):
-        raise ParityError("top-K: onnxruntime returned excluded items (finite scores where "
-                          "PyTorch has -inf) or missed candidates")
+        raise ParityError(
+            "top-K: onnxruntime returned excluded items (finite scores where "
+            "PyTorch has -inf) or missed candidates"
+        )
     with np.errstate(invalid="ignore"):
         diff = float(np.abs(np.where(finite, scores - ranked[:, :k], 0.0)).max(initial=0.0))
         gap = np.abs(np.diff(ranked, axis=1)) <= TIE  # [B, n - 1]: j ties with j + 1
@@ -59,14 +61,23 @@ def check_topk(reference: np.ndarray, items: np.ndarray, scores: np.ndarray) -> 
         raise ParityError(f"top-K: scores differ from PyTorch by {diff:.3g} > {ATOL}")
     if wrong.any():
         b, j = map(int, np.argwhere(wrong)[0])
-        raise ParityError(f"top-K: user row {b} position {j}: onnxruntime item "
-                          f"{int(items[b, j])}, PyTorch item {int(order[b, j])}")
+        raise ParityError(
+            f"top-K: user row {b} position {j}: onnxruntime item "
+            f"{int(items[b, j])}, PyTorch item {int(order[b, j])}"
+        )
     return diff
 
 
 @torch.no_grad()
-def check_parity(model: Recommender, data: PreparedData, arrays: dict[str, np.ndarray],
-                 names: list[str], pairs: Path, topk: Path, k: int) -> dict[str, Any]:
+def check_parity(
+    model: Recommender,
+    data: PreparedData,
+    arrays: dict[str, np.ndarray],
+    names: list[str],
+    pairs: Path,
+    topk: Path,
+    k: int,
+) -> dict[str, Any]:
     """Both graphs under onnxruntime vs the model under PyTorch on real rows of `data`:
     the forward graph `pairs` (inputs `names`) and the top-K graph `topk`, on the serving
     arrays (`export.serving_arrays`). Returns the parity numbers the sidecar records."""
@@ -80,8 +91,10 @@ def check_parity(model: Recommender, data: PreparedData, arrays: dict[str, np.nd
     (got,) = session(pairs).run(["score"], {n: values[n] for n in names})  # [N]
     diff = float(np.abs(got - expected).max())
     if not np.isfinite(got).all() or not diff <= ATOL:
-        raise ParityError(f"forward: onnxruntime scores differ from PyTorch by {diff:.3g} "
-                          f"> {ATOL} on {len(user)} rows of {data.name}")
+        raise ParityError(
+            f"forward: onnxruntime scores differ from PyTorch by {diff:.3g} "
+            f"> {ATOL} on {len(user)} rows of {data.name}"
+        )
 
     users = np.unique(user)  # [U]
     exclude = known_mask(ptr, known, users, n_items)  # [U, n_items]
@@ -97,8 +110,16 @@ def check_parity(model: Recommender, data: PreparedData, arrays: dict[str, np.nd
     top_items, top_scores = serving.run(["items", "scores"], feeds)  # [U, k] each
     top_diff = check_topk(reference, top_items, top_scores)
     # Serving asks for one user at a time: the dynamic batch axis must hold at 1 too.
-    one = serving.run(["items", "scores"], {**{n: v[:1] for n, v in feeds.items() if n != "k"},
-                                            "k": feeds["k"]})
+    one = serving.run(
+        ["items", "scores"], {**{n: v[:1] for n, v in feeds.items() if n != "k"}, "k": feeds["k"]}
+    )
     check_topk(reference[:1], one[0], one[1])
-    return {"rows": len(user), "max_abs_diff": diff, "users": len(users), "k": k,
-            "topk_max_abs_diff": top_diff, "atol": ATOL, "tie": TIE}
+    return {
+        "rows": len(user),
+        "max_abs_diff": diff,
+        "users": len(users),
+        "k": k,
+        "topk_max_abs_diff": top_diff,
+        "atol": ATOL,
+        "tie": TIE,
+    }

@@ -28,8 +28,12 @@ from orchestrator.records import Schedule, Study
 from orchestrator.rundir import read_config
 from orchestrator.space import start_points, validate_space
 
-SMOKE = {"trials": 2, "epochs": 2, "final_seeds": 0,
-         "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"}}
+SMOKE = {
+    "trials": 2,
+    "epochs": 2,
+    "final_seeds": 0,
+    "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"},
+}
 SEARCH = "search"  # the Tune experiment of all studies, in the run directory
 SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
 
@@ -42,8 +46,9 @@ def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "m
     cls = get_model_class(model)
     task = task or cls.tasks[0]
     if task not in cls.tasks:
-        raise ValueError(f"{what}: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}, "
-                         f"not {task!r}")
+        raise ValueError(
+            f"{what}: {entry!r}: model {model!r} supports {', '.join(cls.tasks)}, not {task!r}"
+        )
     try:
         metric, mode = monitored_metric(task, cfg_metric, ks)
     except ValueError as e:
@@ -60,8 +65,9 @@ def model_studies(cfg: SweepConfig) -> list[Study]:
     return out
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any], smoke: bool = False
-                ) -> SweepConfig:
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any], smoke: bool = False
+) -> SweepConfig:
     """The sweep file (if any), then `--smoke` defaults, then CLI flags; unknown keys raise."""
     values: dict[str, Any] = {}
     if path:
@@ -86,8 +92,11 @@ def merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     """`base` with `layer` on top; mappings merge key by key at every depth."""
     out = dict(base)
     for key, value in layer.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and \
-            isinstance(out.get(key), dict) else value
+        out[key] = (
+            merged(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -98,25 +107,33 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
         for entry in cfg.baselines:
             study = parse_study(entry, "", cfg.train.ks, what="baselines")
             if get_model_class(study.model).learned:
-                raise ValueError(f"baselines: {entry!r} is a learned model; search it in "
-                                 "`models` instead")
+                raise ValueError(
+                    f"baselines: {entry!r} is a learned model; search it in `models` instead"
+                )
         parse_duration(cfg.time_budget)
         for study in studies:  # a recipe must lie in its model's own space
             outside = study_points(study, {})[1]["outside"]
             if outside:
-                raise ValueError(f"model {study.model!r}, {outside[0]} (a bug in the model's "
-                                 "recipes)")
-        validate_space(cfg.search_space, {s.model: param_types(s.model) for s in studies},
-                       lambda model, name, value: make_params(model, **{name: value}))
+                raise ValueError(
+                    f"model {study.model!r}, {outside[0]} (a bug in the model's recipes)"
+                )
+        validate_space(
+            cfg.search_space,
+            {s.model: param_types(s.model) for s in studies},
+            lambda model, name, value: make_params(model, **{name: value}),
+        )
         if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 0 or cfg.startup_trials < 0:
-            raise ValueError("trials must be >= 1; epochs, grace_period and startup_trials "
-                             ">= 0")
+            raise ValueError("trials must be >= 1; epochs, grace_period and startup_trials >= 0")
         if not cfg.cpus_per_trial > 0:
-            raise ValueError(f"cpus_per_trial={cfg.cpus_per_trial}: expected a number > 0 (a "
-                             "trial needs a CPU to run on)")
+            raise ValueError(
+                f"cpus_per_trial={cfg.cpus_per_trial}: expected a number > 0 (a "
+                "trial needs a CPU to run on)"
+            )
         if not (cfg.gpus_per_trial == -1 or 0 <= cfg.gpus_per_trial):
-            raise ValueError(f"gpus_per_trial={cfg.gpus_per_trial}: expected -1 (auto), 0, a "
-                             "fraction to share a GPU, or a whole number of GPUs")
+            raise ValueError(
+                f"gpus_per_trial={cfg.gpus_per_trial}: expected -1 (auto), 0, a "
+                "fraction to share a GPU, or a whole number of GPUs"
+            )
         sampler_settings(cfg)
         if cfg.reduction_factor < 2:
             raise ValueError(f"reduction_factor={cfg.reduction_factor}: expected an int >= 2")
@@ -124,9 +141,11 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
         if cfg.wandb == "online" and not has_wandb_key():
-            raise ValueError("wandb: online needs a W&B API key where W&B looks for it on "
-                             "this node: run `wandb login` here (it writes ~/.netrc), or set "
-                             "WANDB_API_KEY in the environment Ray is started from")
+            raise ValueError(
+                "wandb: online needs a W&B API key where W&B looks for it on "
+                "this node: run `wandb login` here (it writes ~/.netrc), or set "
+                "WANDB_API_KEY in the environment Ray is started from"
+            )
     except (ValueError, KeyError) as e:
         raise ValueError(f"{where}{e.args[0] if isinstance(e, KeyError) else e}") from None
     return studies
@@ -147,8 +166,10 @@ def sampler_settings(cfg: SweepConfig) -> dict[str, Any]:
         raise ValueError(f"sampler.name: {name!r}; expected tpe or random")
     unknown = sorted(set(given) - SAMPLERS[name])
     if unknown:
-        raise ValueError(f"sampler: unknown key(s) {unknown} for {name}; allowed: "
-                         f"{', '.join(sorted(SAMPLERS[name]))}")
+        raise ValueError(
+            f"sampler: unknown key(s) {unknown} for {name}; allowed: "
+            f"{', '.join(sorted(SAMPLERS[name]))}"
+        )
     base = {"name": name, "seed": cfg.seed}
     if name == "tpe":
         base.update(n_startup_trials=startup_trials(cfg), **TPE)
@@ -164,8 +185,9 @@ def startup_trials(cfg: SweepConfig) -> int:
     return cfg.startup_trials or min(10, max(2, cfg.trials // 4))
 
 
-def study_points(study: Study, overrides: dict[str, Any]
-                 ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
+def study_points(
+    study: Study, overrides: dict[str, Any]
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
     """A study's first trials with their origins (the model's defaults, then the recipes of
     its task that the space with `overrides` holds), and why each other recipe is left out
     (`space.start_points`)."""
@@ -182,8 +204,9 @@ def max_epochs(study: Study, cfg: SweepConfig) -> int:
     if cfg.epochs:
         return cfg.epochs
     tried = {origin for origin, _ in study_points(study, cfg.search_space.get(study.model, {}))[0]}
-    recipes = [r.epochs for r in get_model_class(study.model).recipes
-               if f"recipe:{r.name}" in tried]
+    recipes = [
+        r.epochs for r in get_model_class(study.model).recipes if f"recipe:{r.name}" in tried
+    ]
     return max([make_params(study.model, study.task).epochs, *recipes])
 
 
@@ -198,31 +221,43 @@ def schedules(cfg: SweepConfig, studies: list[Study]) -> dict[str, Schedule]:
             continue
         where = f"schedule.{study.name}"
         if not isinstance(given, dict) or set(given) != {"max_epochs", "grace_period", "rungs"}:
-            raise ValueError(f"{where}: expected {{max_epochs, grace_period, rungs}}, got "
-                             f"{given!r}")
+            raise ValueError(
+                f"{where}: expected {{max_epochs, grace_period, rungs}}, got {given!r}"
+            )
         if given["max_epochs"] != auto.max_epochs:
-            raise ValueError(f"{where}.max_epochs={given['max_epochs']!r}, but epochs gives "
-                             f"{auto.max_epochs}: remove the entry or change it")
+            raise ValueError(
+                f"{where}.max_epochs={given['max_epochs']!r}, but epochs gives "
+                f"{auto.max_epochs}: remove the entry or change it"
+            )
         rungs = given["rungs"]
-        if not (isinstance(given["grace_period"], int) and isinstance(rungs, list) and rungs
-                and all(isinstance(r, int) and 1 <= r <= auto.max_epochs for r in rungs)):
-            raise ValueError(f"{where}: expected an int grace_period and a list of rung "
-                             f"epochs in [1, {auto.max_epochs}], got {given!r}")
+        if not (
+            isinstance(given["grace_period"], int)
+            and isinstance(rungs, list)
+            and rungs
+            and all(isinstance(r, int) and 1 <= r <= auto.max_epochs for r in rungs)
+        ):
+            raise ValueError(
+                f"{where}: expected an int grace_period and a list of rung "
+                f"epochs in [1, {auto.max_epochs}], got {given!r}"
+            )
         out[study.name] = Schedule(auto.max_epochs, given["grace_period"], tuple(rungs))
     unknown = sorted(set(cfg.schedule) - {s.name for s in studies})
     if unknown:
-        raise ValueError(f"schedule: no study {unknown}; studies: "
-                         f"{', '.join(s.name for s in studies)}")
+        raise ValueError(
+            f"schedule: no study {unknown}; studies: {', '.join(s.name for s in studies)}"
+        )
     return out
 
 
 def resolved(cfg: SweepConfig) -> SweepConfig:
     """The config with the automatic choices written out (what sweep.yaml records)."""
-    plan = {name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period,
-                   "rungs": list(s.rungs)}
-            for name, s in schedules(cfg, model_studies(cfg)).items()}
-    return dataclasses.replace(cfg, startup_trials=startup_trials(cfg), schedule=plan,
-                               sampler=sampler_settings(cfg))
+    plan = {
+        name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period, "rungs": list(s.rungs)}
+        for name, s in schedules(cfg, model_studies(cfg)).items()
+    }
+    return dataclasses.replace(
+        cfg, startup_trials=startup_trials(cfg), schedule=plan, sampler=sampler_settings(cfg)
+    )
 
 
 def has_wandb_key() -> bool:
@@ -260,4 +295,3 @@ def load_run_config(run_dir: str | Path) -> SweepConfig:
     # a moved run directory resumes where it now is
     storage = cfg.storage if "://" in cfg.storage else str(Path(run_dir).resolve().parent)
     return dataclasses.replace(cfg, storage=storage, name=Path(run_dir).resolve().name)
-

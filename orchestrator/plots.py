@@ -47,8 +47,9 @@ def compile_umap_in_background() -> None:
 
             points = np.random.default_rng(0).random((32, 4), dtype=np.float32)
             # the report's settings: exact neighbours (< 4096 points), cosine, seeded layout
-            umap.UMAP(n_neighbors=5, min_dist=0.1, metric="cosine", random_state=0, n_jobs=1,
-                      n_epochs=5).fit_transform(points)
+            umap.UMAP(
+                n_neighbors=5, min_dist=0.1, metric="cosine", random_state=0, n_jobs=1, n_epochs=5
+            ).fit_transform(points)
         except Exception:  # noqa: BLE001, S110 - the report will say what is wrong
             pass
 
@@ -94,13 +95,16 @@ def optuna_figure(kind: str, study: Any, path: Path) -> Path:
             ax = optuna_plots.plot_optimization_history(study)
         else:
             ax = optuna_plots.plot_param_importances(
-                study, evaluator=FanovaImportanceEvaluator(seed=0))
+                study, evaluator=FanovaImportanceEvaluator(seed=0)
+            )
     complete = sum(t.state.name == "COMPLETE" for t in study.trials)
     title = ax.get_title() or ax.get_title(loc="left")  # optuna puts either one
     ax.set_title("")
-    ax.set_title(f"{study.study_name}: {title} ({complete} complete trials"
-                 f"{', too few to trust' if kind != 'history' and complete < 10 else ''})",
-                 loc="left")
+    ax.set_title(
+        f"{study.study_name}: {title} ({complete} complete trials"
+        f"{', too few to trust' if kind != 'history' and complete < 10 else ''})",
+        loc="left",
+    )
     if kind == "history":
         ax.set_ylabel(study.user_attrs.get("metric", "value"))
     fig = ax.figure
@@ -137,8 +141,13 @@ def plot_popularity(counts: np.ndarray, path: Path) -> Path:
     ax.plot(np.arange(1, len(ranked) + 1), np.maximum(ranked, 0.5))
     head = ranked.cumsum() / max(ranked.sum(), 1)
     top = int(np.searchsorted(head, 0.5)) + 1
-    ax.set(xscale="log", yscale="log", xlabel="item rank", ylabel="train interactions",
-           title=f"item popularity: the top {top} of {len(ranked)} items hold half the data")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="item rank",
+        ylabel="train interactions",
+        title=f"item popularity: the top {top} of {len(ranked)} items hold half the data",
+    )
     return save(fig, path)
 
 
@@ -148,8 +157,12 @@ def plot_activity(counts: np.ndarray, path: Path) -> Path:
     low = max(counts.min(), 1)
     bins = np.unique(np.geomspace(low, max(counts.max(), low + 1), 40).round())
     ax.hist(np.maximum(counts, 1), bins=bins)
-    ax.set(xscale="log", xlabel="train interactions per user", ylabel="users",
-           title=f"user activity: median {np.median(counts):.0f}, max {counts.max()}")
+    ax.set(
+        xscale="log",
+        xlabel="train interactions per user",
+        ylabel="users",
+        title=f"user activity: median {np.median(counts):.0f}, max {counts.max()}",
+    )
     return save(fig, path)
 
 
@@ -162,11 +175,22 @@ def plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
 
         for i, genre in enumerate(coords["genre"].value_counts().index):
             one = coords["genre"] == genre  # the 20 commonest genres get colours, others grey
-            ax.scatter(coords.x[one], coords.y[one], s=size[one], alpha=0.6, linewidths=0,
-                       color=colormaps["tab20"](i) if i < 20 else "lightgray",
-                       label=genre or "(none)")
-        ax.legend(title="first genre", fontsize=7, markerscale=0.7, loc="center left",
-                  bbox_to_anchor=(1, 0.5))
+            ax.scatter(
+                coords.x[one],
+                coords.y[one],
+                s=size[one],
+                alpha=0.6,
+                linewidths=0,
+                color=colormaps["tab20"](i) if i < 20 else "lightgray",
+                label=genre or "(none)",
+            )
+        ax.legend(
+            title="first genre",
+            fontsize=7,
+            markerscale=0.7,
+            loc="center left",
+            bbox_to_anchor=(1, 0.5),
+        )
     else:
         ax.scatter(coords.x, coords.y, s=size, alpha=0.6, linewidths=0)
     # Label the most popular items, skipping one whose label would overlap an earlier one.

@@ -15,9 +15,15 @@ from orchestrator.models.base import Recommender
 from orchestrator.rundir import RESULTS, RunDir
 
 
-def export_study(model: Recommender | Path, saved: dict[str, Any],
-                 metrics: dict[str, float] | None, data: PreparedData, run_dir: Path,
-                 study: str, k: int) -> str:
+def export_study(
+    model: Recommender | Path,
+    saved: dict[str, Any],
+    metrics: dict[str, float] | None,
+    data: PreparedData,
+    run_dir: Path,
+    study: str,
+    k: int,
+) -> str:
     """Export one study's chosen model (or the checkpoint at that path) to
     `run_dir/models/<study>.onnx` with `metrics` (None: the checkpoint's own) and `saved`
     (what its checkpoint holds beside the weights) in the sidecar. Returns "ok" or
@@ -31,32 +37,49 @@ def export_study(model: Recommender | Path, saved: dict[str, Any],
             saved = {"checkpoint": str(path), **meta}
         fingerprint = saved.get("data_fingerprint")
         if fingerprint and fingerprint != data.fingerprint:
-            raise ValueError(f"{saved.get('checkpoint', study)}: trained on data "
-                             f"{fingerprint[:12]}, but sweep.yaml now prepares "
-                             f"{data.fingerprint[:12]} (data changed?)")
+            raise ValueError(
+                f"{saved.get('checkpoint', study)}: trained on data "
+                f"{fingerprint[:12]}, but sweep.yaml now prepares "
+                f"{data.fingerprint[:12]} (data changed?)"
+            )
         if metrics is None:
             metrics = dict(saved.get("metrics") or {})
-        export_model(model, data, run_dir / "models" / f"{study}.onnx", metrics=metrics, k=k,
-                     extra_meta=saved)
+        export_model(
+            model,
+            data,
+            run_dir / "models" / f"{study}.onnx",
+            metrics=metrics,
+            k=k,
+            extra_meta=saved,
+        )
         return "ok"
     except Exception as e:  # noqa: BLE001 - each study's failure is recorded, not fatal
         print(f"export: {study}: FAILED: {e}", file=sys.stderr, flush=True)
         kept = (run_dir / "models" / f"{study}.json").exists()
-        return f"failed: {e}" + ("; models/ keeps the earlier export of this study"
-                                 if kept else "")
+        return f"failed: {e}" + ("; models/ keeps the earlier export of this study" if kept else "")
 
 
-def export_results(run_dir: Path, studies: list[Any], frame: Any, data: PreparedData,
-                   k: int = 10) -> dict[str, str]:
+def export_results(
+    run_dir: Path, studies: list[Any], frame: Any, data: PreparedData, k: int = 10
+) -> dict[str, str]:
     """The sweep's export: each study's chosen model as `finalize` tested it (in memory, no
     checkpoint read back), with its metrics from the results table `frame`. Returns
     {study: "ok" | "failed: <reason>"}."""
     from orchestrator.results import study_metrics
 
-    return {r.study.name: export_study(r.runs[0].model, r.runs[0].saved,
-                                       study_metrics(frame, r.study.name), data, run_dir,
-                                       r.study.name, k)
-            for r in studies if r.runs and r.runs[0].model is not None}
+    return {
+        r.study.name: export_study(
+            r.runs[0].model,
+            r.runs[0].saved,
+            study_metrics(frame, r.study.name),
+            data,
+            run_dir,
+            r.study.name,
+            k,
+        )
+        for r in studies
+        if r.runs and r.runs[0].model is not None
+    }
 
 
 def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10) -> dict[str, str]:
@@ -88,18 +111,28 @@ def export_run(run_dir: str | Path, study: str | None = None, *, k: int = 10) ->
     run = RunDir(run_dir)
     checkpoints, folder = run.checkpoints, run.path / "checkpoints"
     if not checkpoints:
-        raise ValueError(f"{run.path}: no checkpoints ({folder}/<study>.pt): no study of this "
-                         "run finished a trial, so there is nothing to export")
+        raise ValueError(
+            f"{run.path}: no checkpoints ({folder}/<study>.pt): no study of this "
+            "run finished a trial, so there is nothing to export"
+        )
     if study is not None:
         if study not in checkpoints:
-            raise ValueError(f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
-                             f"studies with one: {', '.join(checkpoints)}")
+            raise ValueError(
+                f"--study {study!r}: no checkpoint {folder / (study + '.pt')}; "
+                f"studies with one: {', '.join(checkpoints)}"
+            )
         checkpoints = {study: checkpoints[study]}
     table = run.results if (run.path / RESULTS).exists() else None
-    statuses = {name: export_study(path, {}, results.study_metrics(table, name), run.data,
-                                   run.path, name, k) for name, path in checkpoints.items()}
+    statuses = {
+        name: export_study(
+            path, {}, results.study_metrics(table, name), run.data, run.path, name, k
+        )
+        for name, path in checkpoints.items()
+    }
     if table is not None:
         known = set(table["study"])
-        results.write(run.path, results.with_column(
-            table, "export", {s: v for s, v in statuses.items() if s in known}))
+        results.write(
+            run.path,
+            results.with_column(table, "export", {s: v for s, v in statuses.items() if s in known}),
+        )
     return statuses

@@ -110,10 +110,24 @@ class TrialSpec:
     train: TrainConfig
 
     @classmethod
-    def of(cls, study: Study, schedule: Schedule, train: TrainConfig, seed: int, number: int,
-           origin: str) -> TrialSpec:
-        return cls(study.name, study.model, study.task, number, origin, schedule.rungs,
-                   dataclasses.replace(train, seed=seed, metric=study.metric))
+    def of(
+        cls,
+        study: Study,
+        schedule: Schedule,
+        train: TrainConfig,
+        seed: int,
+        number: int,
+        origin: str,
+    ) -> TrialSpec:
+        return cls(
+            study.name,
+            study.model,
+            study.task,
+            number,
+            origin,
+            schedule.rungs,
+            dataclasses.replace(train, seed=seed, metric=study.metric),
+        )
 
     def config(self, hparams: dict[str, Any]) -> dict[str, Any]:
         """A Tune config: the hyperparameters and this spec."""
@@ -178,10 +192,18 @@ class TrialRecord:
         """Its line of the trials table (hyperparameters as JSON)."""
         import json
 
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("checkpoint", "hparams")}
-        return {**out, "model": study.model, "task": study.task, "metric": study.metric,
-                "hparams": json.dumps(self.hparams, sort_keys=True)}
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("checkpoint", "hparams")
+        }
+        return {
+            **out,
+            "model": study.model,
+            "task": study.task,
+            "metric": study.metric,
+            "hparams": json.dumps(self.hparams, sort_keys=True),
+        }
 
 
 @dataclass
@@ -260,8 +282,11 @@ class Searched:
 def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
     """The trial with the best validation value of any epoch that has a checkpoint: any
     trial, also one ASHA stopped (its best epoch is a real model, judged on validation)."""
-    chosen = [(t.best, t) for t in trials
-              if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None]
+    chosen = [
+        (t.best, t)
+        for t in trials
+        if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None
+    ]
     if not chosen:
         return None
     pick = min if study.mode == "min" else max

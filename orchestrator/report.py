@@ -83,16 +83,20 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
     run_dir, cfg, frame, history = run.path, run.config, run.results, run.history
     notes: list[str] = []
     if history is None:
-        notes.append(f"{HISTORY} is missing (a sweep from before learning curves were kept): "
-                     "no learning curves.")
+        notes.append(
+            f"{HISTORY} is missing (a sweep from before learning curves were kept): "
+            "no learning curves."
+        )
     try:
         if not run.holds_data:
             say(f"loading {cfg.data.dataset}")
         data = run.data
     except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
         data = None
-        notes.append(f"the dataset of sweep.yaml could not be loaded, so there are no "
-                     f"data statistics or item maps: {e}")
+        notes.append(
+            f"the dataset of sweep.yaml could not be loaded, so there are no "
+            f"data statistics or item maps: {e}"
+        )
     parts = [f"<h2>Results</h2>{_table_html(frame)}"]
     popularity = None
     if data is not None:
@@ -103,60 +107,87 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
             f"<p>{data.n_users} users, {data.n_items} items, {len(data.train)} / "
             f"{len(data.val)} / {len(data.test)} train / val / test interactions.</p>"
             + _img(plots.plot_popularity(popularity, figures / "data-popularity.png"))
-            + _img(plots.plot_activity(activity, figures / "data-activity.png")))
+            + _img(plots.plot_activity(activity, figures / "data-activity.png"))
+        )
     for study, group in run.trials.groupby("study", sort=False):
         say(f"plots of study {study}")
         model = run.models.get(str(study))  # in memory, else its checkpoint's path (or None)
         if model is None:
             model = run.checkpoints.get(str(study))
-        parts.append(_study_html(run, figures, str(study), group, data, model, popularity,
-                                 say))
+        parts.append(_study_html(run, figures, str(study), group, data, model, popularity, say))
     if notes:
-        parts.insert(0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>"
-                                                       for n in notes) + "</ul>")
+        parts.insert(
+            0, "<ul class='notes'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+        )
     out = run_dir / "report.html"
     write_text(out, _page(cfg.name, run_dir, parts))
     return out
 
 
-def _study_html(run: RunDir, figures: Path, study: str, trials: pd.DataFrame, data: Any,
-                model: Any, popularity: np.ndarray | None, say: Any) -> str:
+def _study_html(
+    run: RunDir,
+    figures: Path,
+    study: str,
+    trials: pd.DataFrame,
+    data: Any,
+    model: Any,
+    popularity: np.ndarray | None,
+    say: Any,
+) -> str:
     """A study's section: its best hyperparameters, Optuna's history and importances, the
     learning curves of its best trials, the UMAP of its items (with the data and model)."""
     from orchestrator.engine.evaluation import monitored_metric
 
     frame, history = run.results, run.history
-    metric, mode = monitored_metric(str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]),
-                                    tuple(run.config.train.ks))
+    metric, mode = monitored_metric(
+        str(trials["task"].iloc[0]), str(trials["metric"].iloc[0]), tuple(run.config.train.ks)
+    )
     trials = _in_order(trials)
     out = [f"<h2>Study {html.escape(study)}</h2>"]
     row = frame[frame["study"] == study]
     if len(row) and isinstance(row["hparams"].iloc[0], str):
-        out.append(f"<p>Best hyperparameters: <code>{html.escape(row['hparams'].iloc[0])}"
-                   "</code></p>")
+        out.append(
+            f"<p>Best hyperparameters: <code>{html.escape(row['hparams'].iloc[0])}</code></p>"
+        )
     searched = _optuna_study(run.path, study)
     if searched is None:
-        out.append(f"<p>No optimization history or importances: {JOURNAL} is missing (a "
-                   "sweep from before the Optuna storage).</p>")
+        out.append(
+            f"<p>No optimization history or importances: {JOURNAL} is missing (a "
+            "sweep from before the Optuna storage).</p>"
+        )
     else:
-        out.append(_img(plots.optuna_figure("history", searched,
-                                            figures / f"history-{study}.png")))
+        out.append(_img(plots.optuna_figure("history", searched, figures / f"history-{study}.png")))
         complete = [t for t in searched.trials if t.state.name == "COMPLETE"]
         varied = len({json.dumps(t.params, sort_keys=True) for t in complete}) > 1
         if len(complete) < 3 or not varied:
-            why = f"only {len(complete)} complete (pruned trials do not count), 3 needed" \
-                if len(complete) < 3 else "no hyperparameter varied across them"
+            why = (
+                f"only {len(complete)} complete (pruned trials do not count), 3 needed"
+                if len(complete) < 3
+                else "no hyperparameter varied across them"
+            )
             out.append(f"<p>Parameter importances: not enough trials ({why}).</p>")
         else:
-            out.append(_img(plots.optuna_figure("importance", searched,
-                                                figures / f"importance-{study}.png")))
+            out.append(
+                _img(
+                    plots.optuna_figure("importance", searched, figures / f"importance-{study}.png")
+                )
+            )
     if history is not None:
         best = trials[_finished(trials)].sort_values("best", ascending=mode == "min")
-        curves = history[(history["study"] == study)
-                         & history["trial_id"].isin(best["trial_id"].head(CURVES))]
+        curves = history[
+            (history["study"] == study) & history["trial_id"].isin(best["trial_id"].head(CURVES))
+        ]
         if len(curves):
-            out.append(_img(plots.plot_curves(curves, list(best["trial_id"].head(CURVES)),
-                                              metric, figures / f"curves-{study}.png")))
+            out.append(
+                _img(
+                    plots.plot_curves(
+                        curves,
+                        list(best["trial_id"].head(CURVES)),
+                        metric,
+                        figures / f"curves-{study}.png",
+                    )
+                )
+            )
     if data is not None and popularity is not None and model is not None:  # data: popularity
         out.append(_umap_html(model, study, data, popularity, figures, say))
     return "".join(out)
@@ -184,8 +215,9 @@ def _optuna_study(run_dir: Path, name: str) -> Any:
     return optuna.load_study(study_name=name, storage=storage(run_dir))
 
 
-def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figures: Path,
-               say: Any) -> str:
+def _umap_html(
+    model: Any, study: str, data: Any, popularity: np.ndarray, figures: Path, say: Any
+) -> str:
     """The map of a study's item vectors: `model` in memory (trained on `data`), or the path
     of its checkpoint."""
     import orchestrator.models  # noqa: F401 - registers the models load_model rebuilds
@@ -199,39 +231,57 @@ def _umap_html(model: Any, study: str, data: Any, popularity: np.ndarray, figure
     if vectors is None:
         return ""
     if fingerprint != data.fingerprint or len(vectors) != data.n_items:
-        return (f"<p>No map of {html.escape(study)}'s items: its checkpoint was trained on "
-                "other data than sweep.yaml now loads.</p>")
+        return (
+            f"<p>No map of {html.escape(study)}'s items: its checkpoint was trained on "
+            "other data than sweep.yaml now loads.</p>"
+        )
     if data.n_items < 10:
         return f"<p>No map of {html.escape(study)}'s items: only {data.n_items} items.</p>"
     keep = np.sort(np.argsort(-popularity, kind="stable")[:MAX_UMAP_ITEMS])  # [m]
-    note = "" if len(keep) == data.n_items else \
-        f" (the {len(keep)} most popular of {data.n_items} items)"
+    note = (
+        ""
+        if len(keep) == data.n_items
+        else f" (the {len(keep)} most popular of {data.n_items} items)"
+    )
     say(f"UMAP of {len(keep)} items of {study} ({vectors.shape[1]}-d){note}")
     import umap
 
-    xy = umap.UMAP(n_neighbors=min(15, len(keep) - 1), min_dist=0.1, metric="cosine",
-                   random_state=0, n_jobs=1).fit_transform(vectors[keep].numpy())  # [m, 2]
+    xy = umap.UMAP(
+        n_neighbors=min(15, len(keep) - 1), min_dist=0.1, metric="cosine", random_state=0, n_jobs=1
+    ).fit_transform(vectors[keep].numpy())  # [m, 2]
     titles = data.item_titles or [""] * data.n_items
-    genres = [g.split("|")[0] if g else "" for g in data.item_genres] \
-        if data.item_genres else None
-    coords = pd.DataFrame({"item": data.item_ids[keep], "title": [titles[i] for i in keep],
-                           "genre": [genres[i] for i in keep] if genres else "",
-                           "popularity": popularity[keep], "x": xy[:, 0], "y": xy[:, 1]})
+    genres = [g.split("|")[0] if g else "" for g in data.item_genres] if data.item_genres else None
+    coords = pd.DataFrame(
+        {
+            "item": data.item_ids[keep],
+            "title": [titles[i] for i in keep],
+            "genre": [genres[i] for i in keep] if genres else "",
+            "popularity": popularity[keep],
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+        }
+    )
     with atomic_write(figures / f"umap-items-{study}.csv") as f:
         results.csv_safe(coords).to_csv(f, index=False)
-    path = plots.plot_umap(coords, f"{study}: UMAP of item embeddings{note}",
-                           figures / f"umap-items-{study}.png")
+    path = plots.plot_umap(
+        coords, f"{study}: UMAP of item embeddings{note}", figures / f"umap-items-{study}.png"
+    )
     return _img(path)
 
 
 def _table_html(frame: pd.DataFrame) -> str:
     """One HTML table per evaluation, each under its title and what it evaluated."""
     seeds = frame["seeds"].max() if "seeds" in frame.columns else 1
-    note = f"<p>Test metrics are mean ± std over {int(seeds)} seeds where seeds &gt; 1.</p>" \
-        if seeds and seeds > 1 else ""
-    parts = [f"<h3>{html.escape(title)}</h3><p>{html.escape(evaluation)}</p>"
-             + results.readable(group).to_html(index=False, border=0, classes="results")
-             for title, evaluation, group in results.sections(frame)]
+    note = (
+        f"<p>Test metrics are mean ± std over {int(seeds)} seeds where seeds &gt; 1.</p>"
+        if seeds and seeds > 1
+        else ""
+    )
+    parts = [
+        f"<h3>{html.escape(title)}</h3><p>{html.escape(evaluation)}</p>"
+        + results.readable(group).to_html(index=False, border=0, classes="results")
+        for title, evaluation, group in results.sections(frame)
+    ]
     if "p_vs_best" in frame.columns:
         note += f"<p>{html.escape(results.NOTE)}</p>"
     return "".join(parts) + note
@@ -239,8 +289,10 @@ def _table_html(frame: pd.DataFrame) -> str:
 
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>" \
+    return (
+        f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+    )
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px}
@@ -252,7 +304,9 @@ figcaption{font-size:11px;color:#666}"""
 
 def _page(name: str, run_dir: Path, parts: list[str]) -> str:
     title = f"recsweep report: {html.escape(name)}"
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
-            f"<p>{html.escape(str(run_dir.resolve()))}, written "
-            f"{time.strftime('%Y-%m-%d %H:%M')}</p>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1>"
+        f"<p>{html.escape(str(run_dir.resolve()))}, written "
+        f"{time.strftime('%Y-%m-%d %H:%M')}</p>{''.join(parts)}</body></html>\n"
+    )

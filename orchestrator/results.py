@@ -25,10 +25,31 @@ from orchestrator.engine.metrics import lower_is_better
 from orchestrator.records import StudyResult
 from orchestrator.rundir import HISTORY, RESULTS, TRIALS, UNITS
 
-FIRST = ["table", "study", "model", "task", "baseline", "status", "origin", "metric",
-         "trials_done", "trials_pruned", "trials_failed", "epochs", "time_s", "seeds"]
-LAST = ["p_vs_best", "p_vs_baseline", "significance", "main_metric", "evaluation", "hparams",
-        "export"]
+FIRST = [
+    "table",
+    "study",
+    "model",
+    "task",
+    "baseline",
+    "status",
+    "origin",
+    "metric",
+    "trials_done",
+    "trials_pruned",
+    "trials_failed",
+    "epochs",
+    "time_s",
+    "seeds",
+]
+LAST = [
+    "p_vs_best",
+    "p_vs_baseline",
+    "significance",
+    "main_metric",
+    "evaluation",
+    "hparams",
+    "export",
+]
 ALPHA = 0.05  # the level of the significance markers in results.md
 TABLE_TITLES = {"rating": "Rating prediction", "ranking": "Top-N ranking"}
 
@@ -44,20 +65,32 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
     rows = []
     for r in studies:
         row: dict[str, Any] = {
-            "table": r.study.table, "study": r.study.name, "model": r.study.model,
-            "task": r.study.task, "baseline": r.baseline, "status": r.status,
-            "metric": r.study.metric, "trials_done": r.trials_done,
-            "trials_pruned": r.trials_pruned, "trials_failed": r.trials_failed,
+            "table": r.study.table,
+            "study": r.study.name,
+            "model": r.study.model,
+            "task": r.study.task,
+            "baseline": r.baseline,
+            "status": r.status,
+            "metric": r.study.metric,
+            "trials_done": r.trials_done,
+            "trials_pruned": r.trials_pruned,
+            "trials_failed": r.trials_failed,
             "seeds": len(r.runs),
-            "main_metric": r.main_metric, "evaluation": r.evaluation}
+            "main_metric": r.main_metric,
+            "evaluation": r.evaluation,
+        }
         if r.runs:
             metrics = aggregate_seeds([run.metrics for run in r.runs])
             if len(r.runs) == 1:
                 metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
             row.update(metrics)
         if r.chosen is not None:
-            row.update(origin=r.chosen.origin, epochs=r.chosen.epochs, time_s=r.chosen.time_s,
-                       hparams=json.dumps(r.chosen.hparams, sort_keys=True))
+            row.update(
+                origin=r.chosen.origin,
+                epochs=r.chosen.epochs,
+                time_s=r.chosen.time_s,
+                hparams=json.dumps(r.chosen.hparams, sort_keys=True),
+            )
         elif r.baseline:
             row.update(epochs=0)
         rows.append(row)
@@ -68,8 +101,12 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
     frame = frame.iloc[sorted(range(len(frame)), key=lambda i: order[frame["table"].iloc[i]])]
     metric_cols = sorted(c for c in frame.columns if c.startswith(("val/", "test/")))
     rest = [c for c in frame.columns if c not in FIRST + LAST and c not in metric_cols]
-    cols = [c for c in FIRST if c in frame.columns] + metric_cols + rest \
+    cols = (
+        [c for c in FIRST if c in frame.columns]
+        + metric_cols
+        + rest
         + [c for c in LAST if c in frame.columns]
+    )
     return frame[cols].reset_index(drop=True)
 
 
@@ -77,10 +114,14 @@ def _check_evaluations(frame: pd.DataFrame) -> None:
     for name, group in frame.groupby("table", sort=False):
         scored = group[group["evaluation"] != ""]
         if scored["evaluation"].nunique() > 1:
-            parts = "; ".join(f"{', '.join(g['study'])}: {ev}"
-                              for ev, g in scored.groupby("evaluation", sort=False))
-            raise ValueError(f"table {name!r} would mix evaluations ({parts}): its rows must be "
-                             "scored on the same split, protocol, candidates and K")
+            parts = "; ".join(
+                f"{', '.join(g['study'])}: {ev}"
+                for ev, g in scored.groupby("evaluation", sort=False)
+            )
+            raise ValueError(
+                f"table {name!r} would mix evaluations ({parts}): its rows must be "
+                "scored on the same split, protocol, candidates and K"
+            )
 
 
 def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
@@ -149,8 +190,11 @@ def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
                 corrected = multipletests(list(family.values()), method="holm")[1]
                 for i, p in zip(family, corrected, strict=True):
                     column[i] = float(p)
-    return {"p_vs_best": p_best, "p_vs_baseline": p_base,
-            "significance": ["; ".join(n) for n in notes]}
+    return {
+        "p_vs_best": p_best,
+        "p_vs_baseline": p_base,
+        "significance": ["; ".join(n) for n in notes],
+    }
 
 
 def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -182,11 +226,13 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     injection; titles and ids come from data files anyone may have written)."""
     out = frame.copy()
     for col in out.columns:
-        if not (pd.api.types.is_string_dtype(out[col])
-                or pd.api.types.is_object_dtype(out[col])):  # numbers, bools, times
+        if not (
+            pd.api.types.is_string_dtype(out[col]) or pd.api.types.is_object_dtype(out[col])
+        ):  # numbers, bools, times
             continue
-        out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str)
-                                and v.startswith(FORMULA_STARTS) else v)
+        out[col] = out[col].map(
+            lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+        )
     return out
 
 
@@ -233,8 +279,14 @@ def _p_cell(row: pd.Series, col: str) -> str:
     p = row.get(col)
     if isinstance(p, float) and not math.isnan(p):
         return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
-    note = next((n for n in str(row.get("significance") or "").split("; ")
-                 if n.startswith(f"vs {label}: ")), "")
+    note = next(
+        (
+            n
+            for n in str(row.get("significance") or "").split("; ")
+            if n.startswith(f"vs {label}: ")
+        ),
+        "",
+    )
     note = note.removeprefix(f"vs {label}: ")
     return f"({label})" if note == f"is the {label}" else note
 
@@ -247,9 +299,14 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
     validation metrics other than the optimised one, metrics no row has, and the
     hyperparameters are left to the CSV/Parquet files."""
     optimised = set(frame["metric"].dropna()) if "metric" in frame.columns else set()
-    cols = [c for c in frame.columns if not c.endswith("_std") and c not in HIDDEN
-            and not (c.startswith("val/") and c not in optimised)
-            and not (c.startswith(("val/", "test/")) and frame[c].isna().all())]
+    cols = [
+        c
+        for c in frame.columns
+        if not c.endswith("_std")
+        and c not in HIDDEN
+        and not (c.startswith("val/") and c not in optimised)
+        and not (c.startswith(("val/", "test/")) and frame[c].isna().all())
+    ]
     best_base = _best_baseline(frame)
     out = []
     for _, row in frame.iterrows():
@@ -257,8 +314,12 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
         for c in cols:
             text = _p_cell(row, c) if c.startswith("p_vs_") else _cell(frame, row, c)
             p = row.get("p_vs_baseline")
-            if c == row.get("main_metric") and isinstance(p, float) and p < ALPHA \
-                    and best_base is not None:
+            if (
+                c == row.get("main_metric")
+                and isinstance(p, float)
+                and p < ALPHA
+                and best_base is not None
+            ):
                 lower = lower_is_better(c)
                 text += " (+)" if (row[c] < best_base) == lower else " (-)"
             cells.append(text)
@@ -293,10 +354,12 @@ def sections(frame: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     return out
 
 
-NOTE = (f"p: two-sided paired t-test of the main metric per test unit (user or rating) "
-        f"against the table's best row and its best baseline, Holm-corrected within the "
-        f"table; (+) or (-) after the main metric: better or worse than the best baseline at "
-        f"p < {ALPHA}.")
+NOTE = (
+    f"p: two-sided paired t-test of the main metric per test unit (user or rating) "
+    f"against the table's best row and its best baseline, Holm-corrected within the "
+    f"table; (+) or (-) after the main metric: better or worse than the best baseline at "
+    f"p < {ALPHA}."
+)
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -322,8 +385,7 @@ def render(frame: pd.DataFrame, fmt: str = "md") -> str:
     raise ValueError(f"--format {fmt!r}: expected md, csv or json")
 
 
-def write_trials(run_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame | None = None
-                 ) -> None:
+def write_trials(run_dir: Path, trials: pd.DataFrame, curves: pd.DataFrame | None = None) -> None:
     """All trials of all studies as one table (`trials.parquet`, `trials.csv`), and every
     trial's per-epoch metrics (`history.parquet`: the learning curves)."""
     save_frame(trials, run_dir / TRIALS)
@@ -338,9 +400,13 @@ def study_metrics(frame: pd.DataFrame | None, study: str) -> dict[str, float] | 
     if frame is None or study not in set(frame["study"]):
         return None
     row = frame[frame["study"] == study].iloc[0]
-    return {c: float(row[c]) for c in frame.columns
-            if c.startswith(("val/", "test/")) and isinstance(row[c], (int, float))
-            and np.isfinite(row[c])}
+    return {
+        c: float(row[c])
+        for c in frame.columns
+        if c.startswith(("val/", "test/"))
+        and isinstance(row[c], (int, float))
+        and np.isfinite(row[c])
+    }
 
 
 def with_column(frame: pd.DataFrame, name: str, values: dict[str, Any]) -> pd.DataFrame:
@@ -352,8 +418,11 @@ def with_column(frame: pd.DataFrame, name: str, values: dict[str, Any]) -> pd.Da
     unknown = sorted(set(values) - set(frame["study"]))
     if unknown:
         raise ValueError(f"the results table has no row for study(ies) {unknown}")
-    column = frame[name].astype(object) if name in frame.columns \
+    column = (
+        frame[name].astype(object)
+        if name in frame.columns
         else pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    )
     for study, value in values.items():
         column[frame["study"] == study] = value
     return frame.assign(**{name: column})

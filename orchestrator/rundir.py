@@ -40,7 +40,12 @@ import yaml
 from orchestrator.config import SweepConfig, from_dict
 
 CONFIG, RESULTS, TRIALS, HISTORY, UNITS = (
-    "sweep.yaml", "results.parquet", "trials.parquet", "history.parquet", "test_units.npz")
+    "sweep.yaml",
+    "results.parquet",
+    "trials.parquet",
+    "history.parquet",
+    "test_units.npz",
+)
 SEED_CHECKPOINT = re.compile(r".+-seed\d+")  # a seed re-run's checkpoint, not a study's
 
 
@@ -57,8 +62,10 @@ def read_config(run_dir: str | Path, complete: bool = False) -> SweepConfig:
         return from_dict(SweepConfig, loaded, complete=complete)
     except (ValueError, TypeError, yaml.YAMLError) as e:
         what = "the whole config" if complete else "a config"
-        raise ValueError(f"{path} is not {what} a sweep wrote ({str(e).splitlines()[0]}); "
-                         "it may be truncated or edited") from None
+        raise ValueError(
+            f"{path} is not {what} a sweep wrote ({str(e).splitlines()[0]}); "
+            "it may be truncated or edited"
+        ) from None
 
 
 class RunDir:
@@ -72,8 +79,9 @@ class RunDir:
             `checkpoints`.
     """
 
-    def __init__(self, path: str | Path, *, data: Any = None,
-                 models: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, data: Any = None, models: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
         self._data = data
         self.models = dict(models or {})
@@ -82,19 +90,23 @@ class RunDir:
         """Raise a FileNotFoundError naming which of `names` the directory lacks (before
         work that needs them all)."""
         if not self.path.is_dir():
-            raise FileNotFoundError(f"{self.path}: no such directory; expected a sweep run "
-                                    "directory")
+            raise FileNotFoundError(
+                f"{self.path}: no such directory; expected a sweep run directory"
+            )
         lacking = [name for name in names if not (self.path / name).exists()]
         if lacking:
-            raise FileNotFoundError(f"{self.path}: not a sweep run directory: no "
-                                    f"{', '.join(lacking)} (a finished sweep writes "
-                                    f"{', '.join(names)})")
+            raise FileNotFoundError(
+                f"{self.path}: not a sweep run directory: no "
+                f"{', '.join(lacking)} (a finished sweep writes "
+                f"{', '.join(names)})"
+            )
 
     def _file(self, name: str, what: str) -> Path:
         path = self.path / name
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no {what}; is {self.path} a finished sweep's run "
-                                    "directory?")
+            raise FileNotFoundError(
+                f"{path}: no {what}; is {self.path} a finished sweep's run directory?"
+            )
         return path
 
     @functools.cached_property
@@ -122,8 +134,9 @@ class RunDir:
     @functools.cached_property
     def checkpoints(self) -> dict[str, Path]:
         folder = self.path / "checkpoints"
-        return {p.stem: p for p in sorted(folder.glob("*.pt"))
-                if not SEED_CHECKPOINT.fullmatch(p.stem)}
+        return {
+            p.stem: p for p in sorted(folder.glob("*.pt")) if not SEED_CHECKPOINT.fullmatch(p.stem)
+        }
 
     @property
     def holds_data(self) -> bool:

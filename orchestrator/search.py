@@ -60,18 +60,21 @@ class SearchSpace:
 
     @classmethod
     def of(cls, study: Study, cfg: SweepConfig, plan: dict[str, Schedule]) -> SearchSpace:
-        return cls(study, cfg.search_space.get(study.model, {}), plan[study.name], cfg.seed,
-                   cfg.train)
+        return cls(
+            study, cfg.search_space.get(study.model, {}), plan[study.name], cfg.seed, cfg.train
+        )
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         space = get_model_class(self.study.model).search_space
-        params = sample_params(trial, functools.partial(space, task=self.study.task),
-                               self.overrides)
+        params = sample_params(
+            trial, functools.partial(space, task=self.study.task), self.overrides
+        )
         params.setdefault("epochs", self.schedule.max_epochs)  # ASHA's max_t
         origin = self.points[trial.number][0] if trial.number < len(self.points) else "search"
         # constants returned by a define-by-run space become part of the trial's config
-        return TrialSpec.of(self.study, self.schedule, self.train, self.seed, trial.number,
-                            origin).config(params)
+        return TrialSpec.of(
+            self.study, self.schedule, self.train, self.seed, trial.number, origin
+        ).config(params)
 
     @functools.cached_property
     def points(self) -> list[tuple[str, dict[str, Any]]]:
@@ -122,18 +125,23 @@ class StudySearch(SavedSearcher):
     does not take a truncated score for a final one.
     """
 
-    def __init__(self, studies: list[Study], cfg: SweepConfig, plan: dict[str, Schedule],
-                 storage: Any = None) -> None:
+    def __init__(
+        self, studies: list[Study], cfg: SweepConfig, plan: dict[str, Schedule], storage: Any = None
+    ) -> None:
         super().__init__()
         self.trials = cfg.trials
         self.searches = {}
         for s in studies:
             space = SearchSpace.of(s, cfg, plan)
             self.searches[s.name] = OptunaSearch(
-                space=space, metric=s.metric, mode=s.mode,
+                space=space,
+                metric=s.metric,
+                mode=s.mode,
                 points_to_evaluate=[point for _, point in space.points],
                 sampler=sampler(sampler_settings(cfg)),
-                storage=storage, study_name=s.name)
+                storage=storage,
+                study_name=s.name,
+            )
         self.owner: dict[str, str] = {}  # trial id -> study name
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -148,10 +156,12 @@ class StudySearch(SavedSearcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Optuna's step is the epoch (Tune's training_iteration counts reports, not epochs)
         self.searches[self.owner[trial_id]].on_trial_result(
-            trial_id, {**result, "training_iteration": result["epoch"]})
+            trial_id, {**result, "training_iteration": result["epoch"]}
+        )
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         search = self.searches[self.owner[trial_id]]
         status = (result or {}).get("status")
         if result is not None and status in ("epochs", "early_stopped"):
@@ -169,16 +179,21 @@ class StudyASHA(FIFOScheduler):
     only. A study's defaults and recipe trials are recorded at the rungs like any other but
     never stopped: they are what the search must beat, and a recipe trains as published."""
 
-    def __init__(self, studies: list[Study], cfg: SweepConfig,
-                 plan: dict[str, Schedule]) -> None:
+    def __init__(self, studies: list[Study], cfg: SweepConfig, plan: dict[str, Schedule]) -> None:
         super().__init__()
-        self.ashas = {s.name: ASHAScheduler(
-            metric=s.metric, mode=s.mode, time_attr="epoch", max_t=plan[s.name].max_epochs,
-            grace_period=plan[s.name].grace_period, reduction_factor=cfg.reduction_factor)
-            for s in studies}
+        self.ashas = {
+            s.name: ASHAScheduler(
+                metric=s.metric,
+                mode=s.mode,
+                time_attr="epoch",
+                max_t=plan[s.name].max_epochs,
+                grace_period=plan[s.name].grace_period,
+                reduction_factor=cfg.reduction_factor,
+            )
+            for s in studies
+        }
 
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any
-                              ) -> bool:
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True  # each study's ASHA has its own metric and mode
 
     def _asha(self, trial: Any) -> ASHAScheduler:
@@ -189,8 +204,7 @@ class StudyASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = self._asha(trial).on_trial_result(tune_controller, trial, result)
-        return decision if TrialSpec.split(trial.config)[0].origin == "search" \
-            else self.CONTINUE
+        return decision if TrialSpec.split(trial.config)[0].origin == "search" else self.CONTINUE
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._asha(trial).on_trial_complete(tune_controller, trial, result)
@@ -212,28 +226,45 @@ class FixedConfigs(SavedSearcher):
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own sentinel, a str
         return self.configs.pop(0)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         pass
 
 
-def experiment(trainable: Any, name: str, cfg: SweepConfig, slots: int, search_alg: Any,
-               trials: int, callbacks: list[Any] | None = None, **tune_config: Any
-               ) -> tune.Tuner:
+def experiment(
+    trainable: Any,
+    name: str,
+    cfg: SweepConfig,
+    slots: int,
+    search_alg: Any,
+    trials: int,
+    callbacks: list[Any] | None = None,
+    **tune_config: Any,
+) -> tune.Tuner:
     """A Tune experiment `name` of `trials` trials in the run directory, at most `slots` at
     once. Actors are reused (a new worker costs seconds of imports per trial; run_trial frees
     what a stopped predecessor left on the device); a trial that fails restarts from its last
     checkpoint, up to `max_failures` times."""
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=trials,
-                                    max_concurrent_trials=min(slots, trials),
-                                    reuse_actors=True, **tune_config),
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=trials,
+            max_concurrent_trials=min(slots, trials),
+            reuse_actors=True,
+            **tune_config,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=experiment_root(cfg),
+            name=name,
+            storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            stop=StopOnCtrlC(), callbacks=callbacks, verbose=0))
+            stop=StopOnCtrlC(),
+            callbacks=callbacks,
+            verbose=0,
+        ),
+    )
 
 
 def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
@@ -263,13 +294,25 @@ def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
             # marks the results its scheduler stopped before that
             end = "asha" if last.get("done") or not interrupted else "interrupted"
         message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
-        out.append(TrialRecord(
-            study=spec.study, trial_id=last.get("trial_id", os.path.basename(str(res.path))),
-            number=spec.number, end=end, message=message, best=best,
-            best_epoch=best_epoch, epochs=epoch,
-            time_s=float(last.get("time_total_s", 0.0) or 0.0), hparams=hparams,
-            seed=spec.train.seed, checkpoint=res.checkpoint, path=str(res.path),
-            node=str(last.get("node", "")), origin=spec.origin))
+        out.append(
+            TrialRecord(
+                study=spec.study,
+                trial_id=last.get("trial_id", os.path.basename(str(res.path))),
+                number=spec.number,
+                end=end,
+                message=message,
+                best=best,
+                best_epoch=best_epoch,
+                epochs=epoch,
+                time_s=float(last.get("time_total_s", 0.0) or 0.0),
+                hparams=hparams,
+                seed=spec.train.seed,
+                checkpoint=res.checkpoint,
+                path=str(res.path),
+                node=str(last.get("node", "")),
+                origin=spec.origin,
+            )
+        )
     return out
 
 
@@ -291,8 +334,11 @@ def trial_history(res: Any) -> pd.DataFrame | None:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            print(f"search: {path}, line {number}: not a whole JSON result (a write cut "
-                  "short by a crash): skipped", flush=True)
+            print(
+                f"search: {path}, line {number}: not a whole JSON result (a write cut "
+                "short by a crash): skipped",
+                flush=True,
+            )
             continue
         if "epoch" in row:
             rows = [r for r in rows if r.get("epoch", -1) < row["epoch"]]
@@ -305,8 +351,11 @@ def epoch_history(res: Any) -> pd.DataFrame | None:
     frame = trial_history(res)
     if frame is None:
         return None
-    keep = [c for c in frame.columns if c.startswith(("val/", "train/"))
-            or c in ("epoch", "trial_id", "time_total_s")]
+    keep = [
+        c
+        for c in frame.columns
+        if c.startswith(("val/", "train/")) or c in ("epoch", "trial_id", "time_total_s")
+    ]
     return frame[keep].assign(study=TrialSpec.split(res.config)[0].study)
 
 
@@ -340,8 +389,12 @@ def ctrl_c_stops_studies() -> Iterator[threading.Event]:
         if STOP.is_set():
             raise KeyboardInterrupt
         STOP.set()
-        print("Ctrl-C: stopping the running trials; the table of what finished follows "
-              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        print(
+            "Ctrl-C: stopping the running trials; the table of what finished follows "
+            "(Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = signal.signal(signal.SIGINT, on_ctrl_c)
     tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
@@ -356,16 +409,25 @@ def ctrl_c_stops_studies() -> Iterator[threading.Event]:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
 
 
-def fit_experiment(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfig,
-                   deadline: float | None, stop: threading.Event) -> Any:
+def fit_experiment(
+    tuner: tune.Tuner,
+    path: str,
+    trainable: Any,
+    cfg: SweepConfig,
+    deadline: float | None,
+    stop: threading.Event,
+) -> Any:
     """`tuner.fit()`, then resume the trials that died with their node before Tune could
     restart them. (Tune 2.60 recovers a RUNNING trial on a lost node, but a trial whose reused
     actor dies while it is being reset, still PENDING, ends as ERROR: a race seen when a node
     goes away as one trial ends and the next takes over its actor.)"""
     grid = tuner.fit()
     for _ in range(cfg.max_failures):
-        lost = [r for r in grid  # type: ignore[attr-defined]  # iterates by __getitem__
-                if isinstance(r.error, ray.exceptions.RayActorError)]
+        lost = [
+            r
+            for r in grid  # type: ignore[attr-defined]  # iterates by __getitem__
+            if isinstance(r.error, ray.exceptions.RayActorError)
+        ]
         if not lost or stop.is_set() or (deadline is not None and time.time() >= deadline):
             break
         print(f"search: {len(lost)} trial(s) lost with their node; resuming them", flush=True)
@@ -373,8 +435,14 @@ def fit_experiment(tuner: tune.Tuner, path: str, trainable: Any, cfg: SweepConfi
     return grid
 
 
-def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, Schedule],
-              cfg: SweepConfig, slots: int, trainable: Any) -> list[TrialRecord]:
+def seed_runs(
+    chosen: list[TrialRecord],
+    studies: list[Study],
+    plan: dict[str, Schedule],
+    cfg: SweepConfig,
+    slots: int,
+    trainable: Any,
+) -> list[TrialRecord]:
     """Retrain each study's chosen configuration with `final_seeds - 1` more seeds (no
     search), all studies in one experiment; returns the finished runs."""
     path = f"{experiment_root(cfg)}/{SEEDS}"
@@ -382,10 +450,16 @@ def seed_runs(chosen: list[TrialRecord], studies: list[Study], plan: dict[str, S
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         by_name = {s.name: s for s in studies}
-        points = [TrialSpec.of(by_name[t.study], plan[t.study], cfg.train, cfg.seed + i,
-                               t.number, t.origin).config(t.hparams)
-                  for t in chosen for i in range(1, cfg.final_seeds)]
+        points = [
+            TrialSpec.of(
+                by_name[t.study], plan[t.study], cfg.train, cfg.seed + i, t.number, t.origin
+            ).config(t.hparams)
+            for t in chosen
+            for i in range(1, cfg.final_seeds)
+        ]
         tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
-    return [t for t in trial_records(tuner.fit(), STOP.is_set())
-            if t.end in ("epochs", "early_stopped") and t.checkpoint is not None]
-
+    return [
+        t
+        for t in trial_records(tuner.fit(), STOP.is_set())
+        if t.end in ("epochs", "early_stopped") and t.checkpoint is not None
+    ]

@@ -44,8 +44,7 @@ def stem_of(path: str | Path) -> Path:
     for suffix in SUFFIXES:
         if path.name.endswith(suffix) and len(path.name) > len(suffix):
             return path.with_name(path.name[: -len(suffix)])
-    raise ValueError(f"{path}: expected an exported model file (<study>.onnx or "
-                     f"<study>.topk.onnx)")
+    raise ValueError(f"{path}: expected an exported model file (<study>.onnx or <study>.topk.onnx)")
 
 
 def sha256(path: Path) -> str:
@@ -57,7 +56,7 @@ def sha256(path: Path) -> str:
 
 
 def id_form(ids: np.ndarray) -> str:
-    """"integer" when every raw id is written as an integer (MovieLens), else "string"."""
+    """ "integer" when every raw id is written as an integer (MovieLens), else "string"."""
     return "integer" if all(INTEGER.fullmatch(s) for s in ids.tolist()) else "string"
 
 
@@ -70,34 +69,33 @@ def canonical_id(raw: str, form: str, examples: np.ndarray) -> str:
     if form == "integer":
         if not INTEGER.fullmatch(raw):
             shown = ", ".join(repr(s) for s in examples[:3].tolist())
-            raise ValueError(f"--user {raw!r}: this model's user ids are integers "
-                             f"(e.g. {shown})")
+            raise ValueError(f"--user {raw!r}: this model's user ids are integers (e.g. {shown})")
         return str(int(raw))
     if not raw:
         raise ValueError("--user '': expected a non-empty user id")
     return raw
 
 
-def last_items(ptr: np.ndarray, items: np.ndarray, users: np.ndarray, length: int,
-               pad: int) -> np.ndarray:
+def last_items(
+    ptr: np.ndarray, items: np.ndarray, users: np.ndarray, length: int, pad: int
+) -> np.ndarray:
     """Each user's last `length` items in time order, left-padded with `pad`: `[B, L]` int64.
 
     `items[ptr[u]:ptr[u + 1]]` are user u's items in time order (the npz's CSR).
     """
     out = np.full((len(users), length), pad, dtype=np.int64)  # [B, L]
     for row, u in enumerate(users.tolist()):
-        recent = items[max(ptr[u], ptr[u + 1] - length): ptr[u + 1]]
+        recent = items[max(ptr[u], ptr[u + 1] - length) : ptr[u + 1]]
         if len(recent):
-            out[row, length - len(recent):] = recent
+            out[row, length - len(recent) :] = recent
     return out
 
 
-def known_mask(ptr: np.ndarray, items: np.ndarray, users: np.ndarray, n_items: int
-               ) -> np.ndarray:
+def known_mask(ptr: np.ndarray, items: np.ndarray, users: np.ndarray, n_items: int) -> np.ndarray:
     """`[B, n_items]` bool: True where the user already has the item (excluded from top-K)."""
     mask = np.zeros((len(users), n_items), dtype=bool)  # [B, n_items]
     for row, u in enumerate(users.tolist()):
-        mask[row, items[ptr[u]: ptr[u + 1]]] = True
+        mask[row, items[ptr[u] : ptr[u + 1]]] = True
     return mask
 
 
@@ -118,9 +116,11 @@ def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise FileNotFoundError(f"{path}: no such model file")
     side = stem.with_name(stem.name + ".json")
     if not side.exists():
-        raise FileNotFoundError(f"{path}: its sidecar {side} is missing (the export writes "
-                                f"<study>.json beside <study>.onnx; re-run `python -m "
-                                f"orchestrator export RUN_DIR`)")
+        raise FileNotFoundError(
+            f"{path}: its sidecar {side} is missing (the export writes "
+            f"<study>.json beside <study>.onnx; re-run `python -m "
+            f"orchestrator export RUN_DIR`)"
+        )
     try:
         meta = json.loads(side.read_text())
     except json.JSONDecodeError as e:
@@ -178,30 +178,41 @@ class Served:
         if index is None:
             top = self.popular[:k]
             scores = self.arrays["popularity"][top].astype(np.float64)
-            out.update(cold_start=True, score_kind="training interactions",
-                       note=f"user {raw!r} is not known to the model: cold start, the {k} "
-                            "most popular items")
+            out.update(
+                cold_start=True,
+                score_kind="training interactions",
+                note=f"user {raw!r} is not known to the model: cold start, the {k} "
+                "most popular items",
+            )
         else:
             top, scores = self._top(index, k)
-            out.update(cold_start=False, score_kind=self.meta["score"],
-                       note=f"{len(top)} of {self.n_items} items; the "
-                            f"{self._n_known(index)} items the user has are excluded")
-        out["items"] = [self._item(rank, i, s) for rank, (i, s) in
-                        enumerate(zip(top.tolist(), scores.tolist(), strict=True), 1)]
+            out.update(
+                cold_start=False,
+                score_kind=self.meta["score"],
+                note=f"{len(top)} of {self.n_items} items; the "
+                f"{self._n_known(index)} items the user has are excluded",
+            )
+        out["items"] = [
+            self._item(rank, i, s)
+            for rank, (i, s) in enumerate(zip(top.tolist(), scores.tolist(), strict=True), 1)
+        ]
         return out
 
     def _n_known(self, index: int) -> int:
         ptr = self.arrays["known_ptr"]
-        return int(len(np.unique(self.arrays["known_items"][ptr[index]: ptr[index + 1]])))
+        return int(len(np.unique(self.arrays["known_items"][ptr[index] : ptr[index + 1]])))
 
     def _top(self, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         a, users = self.arrays, np.array([index], dtype=np.int64)
-        feeds = {"user": users,
-                 "exclude": known_mask(a["known_ptr"], a["known_items"], users, self.n_items),
-                 "k": np.array(k, dtype=np.int64)}
+        feeds = {
+            "user": users,
+            "exclude": known_mask(a["known_ptr"], a["known_items"], users, self.n_items),
+            "k": np.array(k, dtype=np.int64),
+        }
         if self.seq_len > 0:
-            feeds["seq"] = last_items(a["known_ptr"], a["known_items"], users, self.seq_len,
-                                      self.n_items)
+            feeds["seq"] = last_items(
+                a["known_ptr"], a["known_items"], users, self.seq_len, self.n_items
+            )
         items, scores = self.session.run(["items", "scores"], feeds)  # [1, k], [1, k]
         keep = np.isfinite(scores[0])  # excluded items come back at -inf when k > unseen
         return items[0][keep], scores[0][keep].astype(np.float64)
@@ -233,18 +244,25 @@ def load(path: str | Path, verify: bool = True) -> Served:
     # both graphs, their external weights when they have them, and the arrays
     try:
         entries = [(part, meta[part]) for part in ("forward", "topk", "arrays")]
-        entries += [(f"{part}_data", meta[part]["data"]) for part in ("forward", "topk")
-                    if "data" in meta[part]]
+        entries += [
+            (f"{part}_data", meta[part]["data"])
+            for part in ("forward", "topk")
+            if "data" in meta[part]
+        ]
     except (KeyError, TypeError):
-        raise ValueError(f"{side}: names no forward graph, top-K graph and arrays (an "
-                         "incomplete sidecar): export again") from None
+        raise ValueError(
+            f"{side}: names no forward graph, top-K graph and arrays (an "
+            "incomplete sidecar): export again"
+        ) from None
     for part, entry in entries:
         files[part] = side.with_name(entry["file"])
         if not files[part].exists():
             raise FileNotFoundError(f"{side}: names {files[part]}, which is missing")
         if verify and sha256(files[part]) != entry["sha256"]:
-            raise ValueError(f"{files[part]}: content differs from what {side} recorded "
-                             "(sha256); the export is incomplete or was modified: export again")
+            raise ValueError(
+                f"{files[part]}: content differs from what {side} recorded "
+                "(sha256); the export is incomplete or was modified: export again"
+            )
     with np.load(files["arrays"], allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     topk = session(files["topk"])
@@ -254,8 +272,9 @@ def load(path: str | Path, verify: bool = True) -> Served:
     return served
 
 
-def _check_agreement(side: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray],
-                     graph: dict[str, str]) -> None:
+def _check_agreement(
+    side: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], graph: dict[str, str]
+) -> None:
     """The sidecar, the id maps and the graph describe one model: users, items, sequence
     length (files from two exports mixed in one folder would answer with wrong items)."""
     try:
@@ -267,20 +286,28 @@ def _check_agreement(side: Path, meta: dict[str, Any], arrays: dict[str, np.ndar
             "user history offsets": (len(arrays["known_ptr"]), n_users + 1),
             "users in the graph": (int(graph.get("recsweep.n_users", -1)), n_users),
             "items in the graph": (int(graph.get("recsweep.n_items", -1)), n_items),
-            "sequence length in the graph": (int(graph.get("recsweep.seq_len", -1)),
-                                             int(meta["seq_len"])),
+            "sequence length in the graph": (
+                int(graph.get("recsweep.seq_len", -1)),
+                int(meta["seq_len"]),
+            ),
         }
         known = arrays["known_items"]
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{side}: the export is incomplete ({e} missing or malformed): "
-                         "export again") from None
-    wrong = [f"{what}: {got}, the sidecar says {want}" for what, (got, want) in found.items()
-             if got != want]
+        raise ValueError(
+            f"{side}: the export is incomplete ({e} missing or malformed): export again"
+        ) from None
+    wrong = [
+        f"{what}: {got}, the sidecar says {want}"
+        for what, (got, want) in found.items()
+        if got != want
+    ]
     if len(known) and not 0 <= known.min() <= known.max() < n_items:
         wrong.append(f"user histories name items outside 0..{n_items - 1}")
     if wrong:
-        raise ValueError(f"{side}: the sidecar, id maps and graph disagree ({'; '.join(wrong)}"
-                         "): files of different exports are mixed; export again")
+        raise ValueError(
+            f"{side}: the sidecar, id maps and graph disagree ({'; '.join(wrong)}"
+            "): files of different exports are mixed; export again"
+        )
 
 
 def recommend(path: str | Path, user: str, k: int = 10) -> dict[str, Any]:
@@ -291,11 +318,15 @@ def recommend(path: str | Path, user: str, k: int = 10) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     """The human-readable table of a `recommend` result."""
     head = "interactions" if result["cold_start"] else "score"
-    lines = [printable(f"{result['model']}: user {result['user']}: {result['note']}"),
-             f"{'rank':>4}  {'item':<10} {head:>12}  title"]
+    lines = [
+        printable(f"{result['model']}: user {result['user']}: {result['note']}"),
+        f"{'rank':>4}  {'item':<10} {head:>12}  title",
+    ]
     for row in result["items"]:
-        lines.append(f"{row['rank']:>4}  {printable(row['item']):<10} {row['score']:>12.4f}  "
-                     f"{printable(row.get('title', ''))}".rstrip())
+        lines.append(
+            f"{row['rank']:>4}  {printable(row['item']):<10} {row['score']:>12.4f}  "
+            f"{printable(row.get('title', ''))}".rstrip()
+        )
     return "\n".join(lines)
 
 

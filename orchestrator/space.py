@@ -18,13 +18,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
-DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "q_uniform",
-                 "log_uniform_values", "q_log_uniform_values")
+DISTRIBUTIONS = (
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "q_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+)
 KEYS = {"distribution", "min", "max", "values", "value", "q"}
 
 
-def validate_space(overrides: dict[str, Any], known_params: dict[str, dict[str, type]],
-                   check: Callable[[str, str, Any], object] | None = None) -> None:
+def validate_space(
+    overrides: dict[str, Any],
+    known_params: dict[str, dict[str, type]],
+    check: Callable[[str, str, Any], object] | None = None,
+) -> None:
     """Check every override before any trial starts; errors name `model.param.key`.
 
     Args:
@@ -37,29 +47,41 @@ def validate_space(overrides: dict[str, Any], known_params: dict[str, dict[str, 
     """
     for model, params in overrides.items():
         if model not in known_params:
-            raise ValueError(f"search_space.{model}: not a model of this sweep; "
-                             f"models: {', '.join(known_params)}")
+            raise ValueError(
+                f"search_space.{model}: not a model of this sweep; "
+                f"models: {', '.join(known_params)}"
+            )
         if not isinstance(params, dict):
             raise ValueError(f"search_space.{model}: expected a mapping of parameters")
         for name, spec in params.items():
             where = f"search_space.{model}.{name}"
             if name not in known_params[model]:
-                raise ValueError(f"{where}: model {model!r} has no hyperparameter {name!r}; "
-                                 f"allowed: {', '.join(known_params[model])}")
+                raise ValueError(
+                    f"{where}: model {model!r} has no hyperparameter {name!r}; "
+                    f"allowed: {', '.join(known_params[model])}"
+                )
             kind, typ = _kind(where, spec), known_params[model][name]
             discrete = ("constant", "categorical") + (("int_uniform",) if typ is int else ())
             if typ is not float and kind not in discrete:
-                raise ValueError(f"{where}: {name} is {typ.__name__}; expected "
-                                 f"{{value: ...}}, {{values: [...]}}"
-                                 + (" or {min: 1, max: 8}" if typ is int else "")
-                                 + f", got distribution {kind}")
-            values = [spec["value"]] if kind == "constant" else \
-                spec["values"] if kind == "categorical" else [spec["min"], spec["max"]]
+                raise ValueError(
+                    f"{where}: {name} is {typ.__name__}; expected "
+                    f"{{value: ...}}, {{values: [...]}}"
+                    + (" or {min: 1, max: 8}" if typ is int else "")
+                    + f", got distribution {kind}"
+                )
+            values = (
+                [spec["value"]]
+                if kind == "constant"
+                else spec["values"]
+                if kind == "categorical"
+                else [spec["min"], spec["max"]]
+            )
             for value in values:
                 fits = isinstance(value, typ) or (typ is float and isinstance(value, int))
                 if not fits or (typ is not bool and isinstance(value, bool)):
-                    raise ValueError(f"{where}: {value!r} is not {typ.__name__}, the type of "
-                                     f"{model}'s {name}")
+                    raise ValueError(
+                        f"{where}: {value!r} is not {typ.__name__}, the type of {model}'s {name}"
+                    )
                 if check is not None:
                     try:
                         check(model, name, value)
@@ -75,8 +97,10 @@ def _is_number(v: object) -> TypeGuard[int | float]:
 def _kind(where: str, spec: Any) -> str:
     """The distribution of one entry (inferred as W&B does when not given); raises if bad."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{where}: expected a mapping like {{min: 1, max: 8}} or "
-                         f"{{values: [...]}}, got {spec!r}")
+        raise ValueError(
+            f"{where}: expected a mapping like {{min: 1, max: 8}} or "
+            f"{{values: [...]}}, got {spec!r}"
+        )
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(sorted(KEYS))}")
@@ -91,8 +115,10 @@ def _kind(where: str, spec: Any) -> str:
         else:
             kind = "uniform"
     if kind not in DISTRIBUTIONS:
-        raise ValueError(f"{where}.distribution: {kind!r} is not supported; "
-                         f"supported: {', '.join(DISTRIBUTIONS)}")
+        raise ValueError(
+            f"{where}.distribution: {kind!r} is not supported; "
+            f"supported: {', '.join(DISTRIBUTIONS)}"
+        )
     if kind == "constant" and "value" not in spec:
         raise ValueError(f"{where}: distribution constant needs 'value'")
     if kind == "categorical" and not (isinstance(spec.get("values"), list) and spec["values"]):
@@ -100,8 +126,10 @@ def _kind(where: str, spec: Any) -> str:
     if kind not in ("constant", "categorical"):
         lo, hi = spec.get("min"), spec.get("max")
         if not (_is_number(lo) and _is_number(hi)):
-            raise ValueError(f"{where}: distribution {kind} needs numeric 'min' and 'max', "
-                             f"got min={lo!r} max={hi!r}")
+            raise ValueError(
+                f"{where}: distribution {kind} needs numeric 'min' and 'max', "
+                f"got min={lo!r} max={hi!r}"
+            )
         if lo > hi:
             raise ValueError(f"{where}: min={lo} is greater than max={hi}")
         if "log" in kind and lo <= 0:
@@ -179,14 +207,18 @@ class _Defaults:
             self.point[name] = self.defaults[name]
         return self.defaults.get(name)
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> Any:
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> Any:
         v = self.defaults.get(name)
-        return self._take(name, _is_number(v) and low <= v <= high and (
-            step is None or abs((v - low) / step - round((v - low) / step)) < 1e-9))
+        return self._take(
+            name,
+            _is_number(v)
+            and low <= v <= high
+            and (step is None or abs((v - low) / step - round((v - low) / step)) < 1e-9),
+        )
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False
-                    ) -> Any:
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> Any:
         v = self.defaults.get(name)
         return self._take(name, isinstance(v, int) and low <= v <= high and (v - low) % step == 0)
 
@@ -194,8 +226,9 @@ class _Defaults:
         return self._take(name, name in self.defaults and self.defaults[name] in list(choices))
 
 
-def default_point(model_space: Any, overrides: dict[str, Any], defaults: dict[str, Any]
-                  ) -> dict[str, Any]:
+def default_point(
+    model_space: Any, overrides: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any]:
     """The hyperparameter values of `defaults` that the space (the model's, with
     `overrides`) can draw: `{name: value}` to enqueue as a study's first trial. A default
     outside an overridden range is left to the sampler."""
@@ -204,9 +237,12 @@ def default_point(model_space: Any, overrides: dict[str, Any], defaults: dict[st
     return trial.point
 
 
-def start_points(model_space: Any, overrides: dict[str, Any], defaults: dict[str, Any],
-                 recipes: list[tuple[str, dict[str, Any]]]
-                 ) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
+def start_points(
+    model_space: Any,
+    overrides: dict[str, Any],
+    defaults: dict[str, Any],
+    recipes: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
     """A study's first trials, each with its origin: `defaults`, then `recipe:<name>` for
     each recipe (its values over the defaults) that the space with `overrides` can draw
     whole; and, for each recipe it leaves out, one line saying why: `outside` the space, or
@@ -226,14 +262,18 @@ def start_points(model_space: Any, overrides: dict[str, Any], defaults: dict[str
     for name, hparams in recipes:
         point = default_point(model_space, overrides, {**defaults, **hparams})
         # what the trial would get: the point, and the constants it is never asked for
-        got = {**{k: spec["value"] for k, spec in overrides.items()
-                  if _kind(k, spec) == "constant"}, **point}
+        got = {
+            **{k: spec["value"] for k, spec in overrides.items() if _kind(k, spec) == "constant"},
+            **point,
+        }
         outside = [f"{k}={v!r}" for k, v in hparams.items() if k not in got or got[k] != v]
         same = [origin for origin, p in points if p == point]
         if outside:
-            dropped["outside"].append(f"recipe {name}: {', '.join(outside)} "
-                           f"{'is' if len(outside) == 1 else 'are'} outside the search space; "
-                           "not tried")
+            dropped["outside"].append(
+                f"recipe {name}: {', '.join(outside)} "
+                f"{'is' if len(outside) == 1 else 'are'} outside the search space; "
+                "not tried"
+            )
         elif same:
             dropped["same"].append(f"recipe {name}: the same trial as {same[0]}; tried once")
         else:
@@ -248,16 +288,26 @@ class _Recorder:
     def __init__(self) -> None:
         self.space: dict[str, dict[str, Any]] = {}
 
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        self.space[name] = {"type": "float", "low": low, "high": high, "log": log,
-                            **({"step": step} if step else {})}
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        self.space[name] = {
+            "type": "float",
+            "low": low,
+            "high": high,
+            "log": log,
+            **({"step": step} if step else {}),
+        }
         return low
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False
-                    ) -> int:
-        self.space[name] = {"type": "int", "low": low, "high": high, "log": log,
-                            **({"step": step} if step != 1 else {})}
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        self.space[name] = {
+            "type": "int",
+            "low": low,
+            "high": high,
+            "log": log,
+            **({"step": step} if step != 1 else {}),
+        }
         return low
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:

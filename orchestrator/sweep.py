@@ -84,12 +84,13 @@ def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path
     quiet_optuna()
     connect(cfg)
     request, slots = resources(cfg)
-    print(f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
-          flush=True)
+    print(
+        f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
+        flush=True,
+    )
     data = prepare_data(cfg, studies)
     run_dir = start_run_directory(cfg, data)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data), request)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), request)
     sweep = Sweep(cfg, studies, plan, run_dir, start, deadline)
     with ctrl_c_stops_studies() as stop:
         searched = search(sweep, trainable, slots, stop)
@@ -97,38 +98,52 @@ def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path
         write_search_records(sweep, searched)
         frame = write_tables(run_dir, studied, data)
         if cfg.wandb != "disabled":
-            error = summary_run(run_dir, cfg.wandb, cfg.wandb_project, cfg.name,
-                                {"results": frame, "trials": searched.trials_frame},
-                                run_dir / "models" if (run_dir / "models").is_dir() else None)
+            error = summary_run(
+                run_dir,
+                cfg.wandb,
+                cfg.wandb_project,
+                cfg.name,
+                {"results": frame, "trials": searched.trials_frame},
+                run_dir / "models" if (run_dir / "models").is_dir() else None,
+            )
             if error:
                 print(error, file=sys.stderr, flush=True)
         report(run_dir, studied, data)
         print(f"run directory: {run_dir}", flush=True)
         if stop.is_set():
-            print(f"interrupted: the table holds what finished; continue with: "
-                  f"python -m orchestrator sweep --resume {run_dir}", flush=True)
+            print(
+                f"interrupted: the table holds what finished; continue with: "
+                f"python -m orchestrator sweep --resume {run_dir}",
+                flush=True,
+            )
             raise KeyboardInterrupt  # everything is written; the caller learns it was cut
     return run_dir
 
 
-def plan_sweep(cfg: SweepConfig | None, resume: str | Path | None
-               ) -> tuple[SweepConfig, list[Study], dict[str, Schedule]]:
+def plan_sweep(
+    cfg: SweepConfig | None, resume: str | Path | None
+) -> tuple[SweepConfig, list[Study], dict[str, Schedule]]:
     """The resolved config (a new run's, or the one `--resume` continues), its studies and
     their schedules; everything that can fail before Ray starts fails here."""
     if resume is not None:
         cfg = load_run_config(resume)
         if not tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
-            raise ValueError(f"--resume {resume}: no experiment to continue in "
-                             f"{experiment_root(cfg)}/{SEARCH}; start a new sweep instead")
+            raise ValueError(
+                f"--resume {resume}: no experiment to continue in "
+                f"{experiment_root(cfg)}/{SEARCH}; start a new sweep instead"
+            )
     elif cfg is None:
         raise TypeError("plan_sweep: a config to run, or a run directory to resume")
     elif not cfg.name:
         cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
-    elif (run_directory(cfg) / "sweep.yaml").exists() or \
-            tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
-        raise ValueError(f"--name {cfg.name}: {run_directory(cfg)} already holds a sweep; "
-                         f"continue it with --resume {run_directory(cfg)}, or choose another "
-                         "--name")
+    elif (run_directory(cfg) / "sweep.yaml").exists() or tune.Tuner.can_restore(
+        f"{experiment_root(cfg)}/{SEARCH}"
+    ):
+        raise ValueError(
+            f"--name {cfg.name}: {run_directory(cfg)} already holds a sweep; "
+            f"continue it with --resume {run_directory(cfg)}, or choose another "
+            "--name"
+        )
     studies = check_config(cfg)
     cfg = resolved(cfg)
     for study in studies:  # an override that excludes a recipe says so (space.start_points)
@@ -136,9 +151,11 @@ def plan_sweep(cfg: SweepConfig | None, resume: str | Path | None
         for line in dropped["outside"] + dropped["same"]:
             print(f"search: {study.name}: {line}", flush=True)
     if cfg.sampler["name"] == "tpe" and cfg.trials <= cfg.startup_trials:
-        print(f"search: {cfg.trials} trials per study, within TPE's {cfg.startup_trials} "
-              "random start-up trials: after the defaults trial this is a random search",
-              flush=True)
+        print(
+            f"search: {cfg.trials} trials per study, within TPE's {cfg.startup_trials} "
+            "random start-up trials: after the defaults trial this is a random search",
+            flush=True,
+        )
     return cfg, studies, schedules(cfg, studies)
 
 
@@ -148,9 +165,12 @@ def prepare_data(cfg: SweepConfig, studies: list[Study]) -> PreparedData:
     data = load_dataset(cfg.data)
     if any(s.task != "rating" for s in studies):
         check_ks(tuple(cfg.train.ks), data)
-    print(f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
-          f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
-          f"split {data.split_name})", flush=True)
+    print(
+        f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
+        f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
+        f"split {data.split_name})",
+        flush=True,
+    )
     return data
 
 
@@ -159,8 +179,10 @@ def start_run_directory(cfg: SweepConfig, data: PreparedData) -> Path:
     run_dir = run_directory(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "sweep.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    write_text(run_dir / "data.json", json.dumps(
-        {"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str))
+    write_text(
+        run_dir / "data.json",
+        json.dumps({"fingerprint": data.fingerprint, **describe(data)}, indent=2, default=str),
+    )
     return run_dir
 
 
@@ -185,42 +207,66 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
         print(f"search: resuming from {path}", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        callbacks = [Progress(studies, cfg.trials, sweep.start, deadline), ReportKernels(),
-                     *wandb_callbacks(cfg, sweep.run_dir)]
+        callbacks = [
+            Progress(studies, cfg.trials, sweep.start, deadline),
+            ReportKernels(),
+            *wandb_callbacks(cfg, sweep.run_dir),
+        ]
         left = None if deadline is None else max(1.0, deadline - time.time())
-        tuner = experiment(trainable, SEARCH, cfg, slots, StudySearch(studies, cfg, plan),
-                           cfg.trials * len(studies), callbacks,
-                           scheduler=StudyASHA(studies, cfg, plan), time_budget_s=left)
+        tuner = experiment(
+            trainable,
+            SEARCH,
+            cfg,
+            slots,
+            StudySearch(studies, cfg, plan),
+            cfg.trials * len(studies),
+            callbacks,
+            scheduler=StudyASHA(studies, cfg, plan),
+            time_budget_s=left,
+        )
     grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
     out_of_time = deadline is not None and time.time() >= deadline
     trials = trial_records(grid, stop.is_set() or out_of_time)
     curves = [c for res in grid if (c := epoch_history(res)) is not None]
-    chosen = [t for s in studies
-              if (t := choose([t for t in trials if t.study == s.name], s)) is not None]
-    seed_trials = seed_runs(chosen, studies, plan, cfg, slots, trainable) \
-        if cfg.final_seeds > 1 and chosen and not stop.is_set() else []
-    nodes = {(r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
-             for r in grid if r.metrics}
+    chosen = [
+        t for s in studies if (t := choose([t for t in trials if t.study == s.name], s)) is not None
+    ]
+    seed_trials = (
+        seed_runs(chosen, studies, plan, cfg, slots, trainable)
+        if cfg.final_seeds > 1 and chosen and not stop.is_set()
+        else []
+    )
+    nodes = {
+        (r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
+        for r in grid
+        if r.metrics
+    }
     by_name = {s.name: s for s in studies}
     return Searched(
-        trials, pd.DataFrame([t.row(by_name[t.study]) for t in trials]),
-        pd.concat(curves, ignore_index=True) if curves else None, seed_trials,
-        "interrupted" if stop.is_set() else
-        "time budget spent" if out_of_time else "no trial ran",
-        [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)])
+        trials,
+        pd.DataFrame([t.row(by_name[t.study]) for t in trials]),
+        pd.concat(curves, ignore_index=True) if curves else None,
+        seed_trials,
+        "interrupted" if stop.is_set() else "time budget spent" if out_of_time else "no trial ran",
+        [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)],
+    )
 
 
 def write_search_records(sweep: Sweep, searched: Searched) -> None:
     """`trials.*` and `history.parquet`, `optuna.journal` and `env.json`."""
     run_dir = sweep.run_dir
     results.write_trials(run_dir, searched.trials_frame, searched.curves)
-    write_journal(run_dir, sweep.studies, searched.trials, searched.curves,
-                  lambda s: SearchSpace.of(s, sweep.cfg, sweep.plan))
+    write_journal(
+        run_dir,
+        sweep.studies,
+        searched.trials,
+        searched.curves,
+        lambda s: SearchSpace.of(s, sweep.cfg, sweep.plan),
+    )
     write_text(run_dir / "env.json", json.dumps(environment(searched.nodes), indent=2))
 
 
-def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData
-                 ) -> pd.DataFrame:
+def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData) -> pd.DataFrame:
     """Exports each study's chosen model, then writes the results tables once, with the
     export's outcome (a failed export is a cell, never a lost table); prints them. Returns
     the table."""
@@ -239,10 +285,14 @@ def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData
 
 def report(run_dir: Path, studied: list[StudyResult], data: PreparedData) -> None:
     """`report.html` from the data and chosen models in memory; a failure is one line."""
-    models = {r.study.name: r.runs[0].model for r in studied
-              if r.runs and r.runs[0].model is not None}
+    models = {
+        r.study.name: r.runs[0].model for r in studied if r.runs and r.runs[0].model is not None
+    }
     try:
         write_report(RunDir(run_dir, data=data, models=models))
     except Exception as e:  # noqa: BLE001 - a plotting bug must not cost a night's table
-        print(f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
-              f"retry with: python -m orchestrator report {run_dir}", file=sys.stderr)
+        print(
+            f"report: FAILED ({type(e).__name__}: {e}); the table and models are written; "
+            f"retry with: python -m orchestrator report {run_dir}",
+            file=sys.stderr,
+        )

@@ -56,10 +56,18 @@ class WandbRuns:
     def start(self, trial_id: str, name: str, group: str, study: str, config: dict) -> None:
         with self._kept(trial_id, "start"):
             run = self.wandb.init(
-                dir=self.directory, mode=self.mode,  # type: ignore[arg-type]  # W&B checks it
-                project=self.project, id=trial_id, name=name, group=group, job_type=study,
-                config=config, resume="allow", reinit="create_new",
-                settings=self.wandb.Settings(silent=True))
+                dir=self.directory,
+                mode=self.mode,  # type: ignore[arg-type]  # W&B checks it
+                project=self.project,
+                id=trial_id,
+                name=name,
+                group=group,
+                job_type=study,
+                config=config,
+                resume="allow",
+                reinit="create_new",
+                settings=self.wandb.Settings(silent=True),
+            )
             run.define_metric("*", step_metric="epoch")  # charts over epochs, not reports
             self.runs[trial_id] = run
         if trial_id not in self.runs:
@@ -87,8 +95,9 @@ class WandbRuns:
         return self.errors
 
 
-def summary_run(run_dir: Path, mode: str, project: str, sweep: str,
-                tables: dict[str, Any], models: Path | None) -> str | None:
+def summary_run(
+    run_dir: Path, mode: str, project: str, sweep: str, tables: dict[str, Any], models: Path | None
+) -> str | None:
     """One W&B run for the whole sweep (job type `summary`, in the sweep's group): each of
     `tables` (name -> DataFrame) as a `wandb.Table`, and the exported models (`models/`:
     ONNX graphs, sidecars, id maps) as a versioned artifact `<sweep>-models` of type
@@ -98,14 +107,23 @@ def summary_run(run_dir: Path, mode: str, project: str, sweep: str,
     import wandb
 
     try:
-        run = wandb.init(dir=str(run_dir), mode=mode,  # type: ignore[arg-type]  # W&B checks it
-                         project=project, group=sweep, name=f"{sweep} summary",
-                         job_type="summary", reinit="create_new",
-                         settings=wandb.Settings(silent=True))
+        run = wandb.init(
+            dir=str(run_dir),
+            mode=mode,  # type: ignore[arg-type]  # W&B checks it
+            project=project,
+            group=sweep,
+            name=f"{sweep} summary",
+            job_type="summary",
+            reinit="create_new",
+            settings=wandb.Settings(silent=True),
+        )
         run.log({name: wandb.Table(dataframe=frame) for name, frame in tables.items()})
         if models is not None and any(models.iterdir()):
-            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{sweep}-models"), type="model",
-                                      description=f"the ONNX exports of sweep {sweep}")
+            artifact = wandb.Artifact(
+                re.sub(r"[^\w.-]", "_", f"{sweep}-models"),
+                type="model",
+                description=f"the ONNX exports of sweep {sweep}",
+            )
             artifact.add_dir(str(models))
             run.log_artifact(artifact)
         run.finish()

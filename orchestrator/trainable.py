@@ -56,7 +56,8 @@ def run_trial(config: dict[str, Any], data: PreparedData) -> None:
     # trial to this is its start-up (worker up, data fetched, model and optimizer built)
     first_step: list[float] = []
     hook = register_optimizer_step_pre_hook(
-        lambda *_: None if first_step else first_step.append(time.time()))
+        lambda *_: None if first_step else first_step.append(time.time())
+    )
 
     saved_at = reported_at = -math.inf
 
@@ -74,16 +75,30 @@ def run_trial(config: dict[str, Any], data: PreparedData) -> None:
         now = time.time()
         checkpoint = state.final or now - saved_at >= cfg.checkpoint_every_s
         improved = state.best_epoch == metrics["epoch"]
-        if not (checkpoint or improved or metrics["epoch"] in rungs
-                or now - reported_at >= cfg.report_every_s):
+        if not (
+            checkpoint
+            or improved
+            or metrics["epoch"] in rungs
+            or now - reported_at >= cfg.report_every_s
+        ):
             return
         reported_at = now
         hook.remove()
-        status = "running" if not state.final else \
-            "epochs" if metrics["epoch"] == epochs else "early_stopped"
-        metrics = {**metrics, "status": status, "best_value": state.best_value,
-                   "first_batch_at": first_step[0] if first_step else math.nan,
-                   "device": device, "node": node}
+        status = (
+            "running"
+            if not state.final
+            else "epochs"
+            if metrics["epoch"] == epochs
+            else "early_stopped"
+        )
+        metrics = {
+            **metrics,
+            "status": status,
+            "best_value": state.best_value,
+            "first_batch_at": first_step[0] if first_step else math.nan,
+            "device": device,
+            "node": node,
+        }
         if not checkpoint:
             tune.report(metrics)
             return
@@ -93,22 +108,44 @@ def run_trial(config: dict[str, Any], data: PreparedData) -> None:
         saved_at = time.time()
 
     try:
-        result = fit(model, data, cfg, report, state=state,  # judged from ASHA's grace on
-                     on_state=lambda s: latest.__setitem__("state", s),
-                     min_epochs=min(rungs, default=0))
+        result = fit(
+            model,
+            data,
+            cfg,
+            report,
+            state=state,  # judged from ASHA's grace on
+            on_state=lambda s: latest.__setitem__("state", s),
+            min_epochs=min(rungs, default=0),
+        )
     finally:
         hook.remove()
     if result.status == "diverged":
         # the search tells Optuna the trial failed; the table shows the status and the reason
-        tune.report({cfg.metric: math.nan, "status": "diverged", "message": result.message,
-                     "epoch": result.epochs, "best_value": math.nan, "device": device,
-                     "node": node})
+        tune.report(
+            {
+                cfg.metric: math.nan,
+                "status": "diverged",
+                "message": result.message,
+                "epoch": result.epochs,
+                "best_value": math.nan,
+                "device": device,
+                "node": node,
+            }
+        )
     elif state is not None and "state" not in latest and result.history:
         # restored from its last checkpoint, which was final: no epoch ran, so say again how
         # it ended (the driver may have died before Tune recorded that report)
         status = "epochs" if result.epochs == epochs else "early_stopped"
-        tune.report({**result.history[-1], "status": status, "best_value": state["best_value"],
-                     "first_batch_at": math.nan, "device": device, "node": node})
+        tune.report(
+            {
+                **result.history[-1],
+                "status": status,
+                "best_value": state["best_value"],
+                "first_batch_at": math.nan,
+                "device": device,
+                "node": node,
+            }
+        )
     # free the trial's memory now: a reused worker must not carry it into the next trial
     latest.clear()
     del model

@@ -27,7 +27,8 @@ def mapped_modules() -> set[str]:
 def test_the_module_map_names_every_module_and_only_modules() -> None:
     named = mapped_modules()
     assert {n.split("/")[0] for n in named} == set(FOLDERS)
-    on_disk = {f"{folder}/{path.name}" for folder in FOLDERS
-               for path in (REPO / folder).glob("*.py")}
+    on_disk = {
+        f"{folder}/{path.name}" for folder in FOLDERS for path in (REPO / folder).glob("*.py")
+    }
     assert not named - on_disk, f"named in ARCHITECTURE.md, not on disk: {named - on_disk}"
     assert not on_disk - named, f"on disk, not in ARCHITECTURE.md: {on_disk - named}"

@@ -61,24 +61,45 @@ def fake_cluster(gcs_address: str, max_workers: int, gpu_max_workers: int) -> di
     """An autoscaler config for the fake provider: a CPU head and a 1-GPU worker type."""
     small_store = {"object_store_memory": 100_000_000}  # 100 MB per node, not 30% of RAM
     return {
-        "cluster_name": "recsweep-fake", "max_workers": max_workers,
-        "upscaling_speed": 1.0, "idle_timeout_minutes": 5,  # workers stay for the checks
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     "gcs_address": gcs_address, "launch_multiple": True},
+        "cluster_name": "recsweep-fake",
+        "max_workers": max_workers,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,  # workers stay for the checks
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs_address,
+            "launch_multiple": True,
+        },
         "head_node_type": "ray.head.default",
         "available_node_types": {
-            "ray.head.default": {"resources": {"CPU": 1, **small_store}, "node_config": {},
-                                 "max_workers": 0},
-            "gpu_worker": {"resources": {"CPU": 1, "GPU": 1, **small_store},
-                           "node_config": {}, "min_workers": 0,
-                           "max_workers": gpu_max_workers},
+            "ray.head.default": {
+                "resources": {"CPU": 1, **small_store},
+                "node_config": {},
+                "max_workers": 0,
+            },
+            "gpu_worker": {
+                "resources": {"CPU": 1, "GPU": 1, **small_store},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": gpu_max_workers,
+            },
         },
         # keys `ray up` would fill in; the v1 autoscaler reads them from this file as is
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [],
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
@@ -94,7 +115,7 @@ def processes() -> dict[int, tuple[int, str, str]]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # exited meanwhile
             continue
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # the name may hold spaces
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]  # the name may hold spaces
         if state != "Z":
             out[int(entry.name)] = (int(ppid), state, cmdline)
     return out
@@ -125,15 +146,32 @@ def autoscaling_head(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     config.write_text(yaml.safe_dump(fake_cluster(address, max_workers=3, gpu_max_workers=2)))
     log = tmp_path / "head.log"
     # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: on SIGTERM stop at once, not after a 30 s drain
-    env = ray_env(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
-                  RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+    env = ray_env(
+        RAY_FAKE_CLUSTER="1",
+        AUTOSCALER_UPDATE_INTERVAL_S="1",
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+    )
     with log.open("w") as out:
         head = subprocess.Popen(
-            [str(RAY), "start", "--head", "--block", "--num-cpus=1", f"--port={port}",
-             "--object-store-memory=100000000", f"--temp-dir={temp_dir}",
-             "--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}",
-             f"--autoscaling-config={config}", "--disable-usage-stats"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus=1",
+                f"--port={port}",
+                "--object-store-memory=100000000",
+                f"--temp-dir={temp_dir}",
+                "--include-dashboard=false",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--autoscaling-config={config}",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + 60
         # `ray start` writes the address file once the head is up
@@ -185,8 +223,9 @@ print(json.dumps({"slots": slots, "error": error, "nodes": nodes}))
 """
 
 
-def test_sweep_makes_the_autoscaler_add_gpu_workers(autoscaling_head: tuple[str, Path],
-                                                    tmp_path: Path) -> None:
+def test_sweep_makes_the_autoscaler_add_gpu_workers(
+    autoscaling_head: tuple[str, Path], tmp_path: Path
+) -> None:
     address, autoscaler_config = autoscaling_head
     # On a `ray up` head the autoscaler config is ~/ray_bootstrap_config.yaml, which the sweep
     # reads by default when joining a cluster; here HOME points at a copy.
@@ -195,27 +234,59 @@ def test_sweep_makes_the_autoscaler_add_gpu_workers(autoscaling_head: tuple[str,
     shutil.copy(autoscaler_config, home / "ray_bootstrap_config.yaml")
     start = time.time()
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "sweep", "--address", "auto", "--models", "mf",
-         "--trials", "4", "--epochs", "2", "--gpus-per-trial", "1", "--cpus-per-trial", "1",
-         "--wandb", "disabled", "--dataset", DATASET, "--storage", str(tmp_path),
-         "--name", "auto"],
-        cwd=REPO, env=ray_env(RAY_ADDRESS=address, HOME=str(home)), capture_output=True,
-        text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "sweep",
+            "--address",
+            "auto",
+            "--models",
+            "mf",
+            "--trials",
+            "4",
+            "--epochs",
+            "2",
+            "--gpus-per-trial",
+            "1",
+            "--cpus-per-trial",
+            "1",
+            "--wandb",
+            "disabled",
+            "--dataset",
+            DATASET,
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "auto",
+        ],
+        cwd=REPO,
+        env=ray_env(RAY_ADDRESS=address, HOME=str(home)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     took = time.time() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The head alone has no GPU: concurrency comes from the 2 workers the autoscaler may add.
     assert "up to 2 at once" in done.stdout, done.stdout[-3000:]
     trials = pd.read_parquet(tmp_path / "auto" / "trials.parquet")
     assert len(trials) == 4 and trials["trial_id"].is_unique
-    assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
-        trials[["trial_id", "end", "message"]]
+    assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), trials[
+        ["trial_id", "end", "message"]
+    ]
 
     # The same cluster read with a tighter global bound (max_workers 2 < 3 of the type).
     bounded = tmp_path / "bounded.yaml"
     bounded.write_text(yaml.safe_dump(fake_cluster(address, max_workers=2, gpu_max_workers=3)))
-    inspect = subprocess.run([sys.executable, "-c", INSPECT, address, str(autoscaler_config),
-                              str(bounded)], cwd=REPO, env=ray_env(), capture_output=True,
-                             text=True, timeout=120)
+    inspect = subprocess.run(
+        [sys.executable, "-c", INSPECT, address, str(autoscaler_config), str(bounded)],
+        cwd=REPO,
+        env=ray_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert inspect.returncode == 0, inspect.stderr[-3000:]
     state = json.loads(inspect.stdout.strip().splitlines()[-1])
 

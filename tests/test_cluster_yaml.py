@@ -106,14 +106,20 @@ def test_node_types_cpu_head_gpu_workers_spot_option(config: dict) -> None:
     assert workers and all(t["resources"]["GPU"] >= 1 for t in workers.values())
     assert all(t["min_workers"] == 0 for t in workers.values())
     assert sum(t["max_workers"] for t in workers.values()) >= 1
-    spot = [t for t in workers.values()
-            if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    spot = [
+        t
+        for t in workers.values()
+        if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    ]
     assert spot, "no spot GPU worker type"
 
 
 def test_storage_is_shared_s3(config: dict) -> None:
-    env = dict(opt.split(" ", 1)[1].split("=", 1)
-               for opt in config["docker"]["run_options"] if opt.startswith("--env "))
+    env = dict(
+        opt.split(" ", 1)[1].split("=", 1)
+        for opt in config["docker"]["run_options"]
+        if opt.startswith("--env ")
+    )
     assert env["RECSWEEP_STORAGE"].startswith("s3://"), env
 
 

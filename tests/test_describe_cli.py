@@ -7,22 +7,33 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.data import load_dataset
-
 from orchestrator.cli import main
 from orchestrator.config import DataConfig
+from orchestrator.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def describe(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "data", "describe", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "data", "describe", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_describe_synthetic_json():
-    out = describe("--dataset", "synthetic:users=200,items=300,interactions=5000",
-                   "--split", "random:0.8,0.1,0.1", "--min-rating", "3", "--json")
+    out = describe(
+        "--dataset",
+        "synthetic:users=200,items=300,interactions=5000",
+        "--split",
+        "random:0.8,0.1,0.1",
+        "--min-rating",
+        "3",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["users"] <= 200 and info["items"] <= 300
@@ -39,8 +50,13 @@ def test_describe_default_finds_ml100k_offline(ml100k_dir, capsys):
     out, err = capsys.readouterr()
     info = json.loads(out)
     assert (info["users"], info["items"], info["interactions"]) == (943, 1682, 100_000)
-    assert info["split"] == {"name": "leave-last", "train": 98_114, "val": 943, "test": 943,
-                             "short_users_all_in_train": 0}
+    assert info["split"] == {
+        "name": "leave-last",
+        "train": 98_114,
+        "val": 943,
+        "test": 943,
+        "short_users_all_in_train": 0,
+    }
     assert err.strip() == "data: default dataset -> ml-100k (found offline)"
 
 

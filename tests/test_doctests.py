@@ -20,28 +20,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orchestrator.models  # noqa: F401 - registers the models
 import pandas as pd
 import pytest
 import torch
 import yaml
+
+import orchestrator.models  # noqa: F401 - registers the models
+from orchestrator import results
+from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict
 from orchestrator.data import load_dataset
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.train import fit, seed_everything
-from orchestrator.models.base import DataSpec
-from orchestrator.models.registry import create_model
-
-from orchestrator import results
-from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict
 from orchestrator.export import export_model
 from orchestrator.finalize import main_metric
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import create_model
 from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 
 pytestmark = pytest.mark.slow  # every docstring example, about 20 s
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"data": "orchestrator.data", "models": "orchestrator.models",
-            "engine": "orchestrator.engine", "orchestrator": "orchestrator"}  # folder: package
+PACKAGES = {
+    "data": "orchestrator.data",
+    "models": "orchestrator.models",
+    "engine": "orchestrator.engine",
+    "orchestrator": "orchestrator",
+}  # folder: package
 SPEC = "synthetic:users=60,items=80,interactions=1500,seed=1"
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -63,13 +67,32 @@ def write_run_dir(run_dir: Path, data: PreparedData, cfg: DataConfig) -> None:
     sweep = SweepConfig(name="dev", models=("mf:ranking",), baselines=(), trials=3, data=cfg)
     (run_dir / "sweep.yaml").write_text(yaml.safe_dump(to_dict(sweep)))
     study = Study("mf-ranking", "mf", "ranking", "val/ndcg@10", "max")
-    trials = [TrialRecord(study.name, f"t{i}", i, "epochs", "", 0.1 + 0.01 * i, 2, 2, 1.0,
-                          {"lr": 0.001 * (i + 1), "dim": 8 * (i + 1)}, 0) for i in range(3)]
+    trials = [
+        TrialRecord(
+            study.name,
+            f"t{i}",
+            i,
+            "epochs",
+            "",
+            0.1 + 0.01 * i,
+            2,
+            2,
+            1.0,
+            {"lr": 0.001 * (i + 1), "dim": 8 * (i + 1)},
+            0,
+        )
+        for i in range(3)
+    ]
     units = np.linspace(0.0, 0.3, data.n_users)  # [n_users] test NDCG@10 per user
     run = ScoredRun(0, {"val/ndcg@10": 0.12, "test/ndcg@10": float(units.mean())}, units)
-    result = StudyResult(study, evaluation="synthetic, split leave-last; full ranking",
-                         main_metric=main_metric(study), trials_done=3, chosen=trials[-1],
-                         runs=[run])
+    result = StudyResult(
+        study,
+        evaluation="synthetic, split leave-last; full ranking",
+        main_metric=main_metric(study),
+        trials_done=3,
+        chosen=trials[-1],
+        runs=[run],
+    )
     results.write(run_dir, results.build([result]))
     results.write_trials(run_dir, pd.DataFrame([t.row(study) for t in trials]))
 
@@ -85,15 +108,29 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
     files = tmp_path_factory.mktemp("doctest-files")
     export_model(model, data, files / "runs" / "sweep" / "models" / "mf.onnx")
     write_run_dir(files / "runs" / "dev", data, cfg)
-    names = {"torch": torch, "np": np, "pd": pd, "Path": Path, "json": json,
-             "data": data, "model": model, "create_model": create_model, "DataSpec": DataSpec,
-             "DataConfig": DataConfig, "TrainConfig": TrainConfig}
+    names = {
+        "torch": torch,
+        "np": np,
+        "pd": pd,
+        "Path": Path,
+        "json": json,
+        "data": data,
+        "model": model,
+        "create_model": create_model,
+        "DataSpec": DataSpec,
+        "DataConfig": DataConfig,
+        "TrainConfig": TrainConfig,
+    }
     return names, files
 
 
 @pytest.fixture
-def namespace(shared: tuple[dict[str, Any], Path], tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch, ml100k_dir: Path) -> dict[str, Any]:
+def namespace(
+    shared: tuple[dict[str, Any], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ml100k_dir: Path,
+) -> dict[str, Any]:
     """The shared names (a fresh copy of the model) in a temporary working directory that
     holds the shared files; MovieLens is looked up where the suite keeps it."""
     names, files = shared

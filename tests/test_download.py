@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from orchestrator.data import movielens
 from orchestrator.data.sources import available_offline, load_source
 
@@ -58,15 +59,13 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/movielens"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     s = Server()
@@ -80,9 +79,9 @@ def _leftovers(home: Path) -> list[str]:
     return sorted(p.name for p in home.iterdir()) if home.exists() else []
 
 
-def test_download_verifies_unpacks_and_caches(server: Server, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_download_verifies_unpacks_and_caches(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setitem(movielens.ZIP_MD5, "ml-1m", ML1M_MD5)
     server.routes["/movielens/ml-1m.zip"] = ML1M_ZIP
     home = tmp_path / "home"
@@ -90,7 +89,8 @@ def test_download_verifies_unpacks_and_caches(server: Server, tmp_path: Path,
     ds = load_source("ml-1m", data_dir=home)
     progress = capsys.readouterr().err.splitlines()  # not a terminal: plain lines, no bar
     assert progress[0].startswith("download ml-1m: ") and progress[-1].startswith(
-        "download ml-1m: 100% ")
+        "download ml-1m: 100% "
+    )
     assert ds.interactions.user.tolist() == [1, 1, 2]
     assert ds.items.loc[11, "title"] == "Sabrina (1995)"
     assert server.requests == ["/movielens/ml-1m.zip"]
@@ -107,8 +107,9 @@ def test_download_verifies_unpacks_and_caches(server: Server, tmp_path: Path,
         load_source("ml-1m", data_dir=home)
 
 
-def test_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checksum_mismatch_leaves_nothing(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(movielens.ZIP_MD5, "ml-1m", "0" * 32)
     server.routes["/movielens/ml-1m.zip"] = ML1M_ZIP
     home = tmp_path / "home"
@@ -124,8 +125,9 @@ def test_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path,
     assert len(server.requests) == 2
 
 
-def test_interrupted_transfer_leaves_no_half_file(server: Server, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_transfer_leaves_no_half_file(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(movielens.ZIP_MD5, "ml-1m", ML1M_MD5)
     server.routes["/movielens/ml-1m.zip"] = ML1M_ZIP
     server.truncate.add("/movielens/ml-1m.zip")
@@ -156,12 +158,17 @@ def test_offline_error_says_where_and_how(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_unpinned_release_uses_published_md5(server: Server, tmp_path: Path) -> None:
     assert movielens.ZIP_MD5["ml-latest-small"] is None
-    data = _zip("ml-latest-small", {
-        "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n",
-        "movies.csv": "movieId,title,genres\n1,Toy Story (1995),Animation\n"})
+    data = _zip(
+        "ml-latest-small",
+        {
+            "ratings.csv": "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n",
+            "movies.csv": "movieId,title,genres\n1,Toy Story (1995),Animation\n",
+        },
+    )
     server.routes["/movielens/ml-latest-small.zip"] = data
     server.routes["/movielens/ml-latest-small.zip.md5"] = (
-        f"MD5 (ml-latest-small.zip) = {hashlib.md5(data).hexdigest()}\n".encode())
+        f"MD5 (ml-latest-small.zip) = {hashlib.md5(data).hexdigest()}\n".encode()
+    )
     ds = load_source("ml-latest-small", data_dir=tmp_path)
     assert ds.interactions.rating.tolist() == [4.0]
     server.routes["/movielens/ml-latest-small.zip.md5"] = b"MD5 (x) = " + b"1" * 32
@@ -170,8 +177,9 @@ def test_unpinned_release_uses_published_md5(server: Server, tmp_path: Path) -> 
     assert _leftovers(tmp_path / "other") == []
 
 
-def test_cached_zip_is_verified_before_unpacking(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_zip_is_verified_before_unpacking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(movielens.ZIP_MD5, "ml-1m", ML1M_MD5)
     monkeypatch.setenv("RECSWEEP_MOVIELENS_URL", "http://127.0.0.1:9/unused")
     (tmp_path / "ml-1m.zip").write_bytes(ML1M_ZIP)  # left by a run stopped before unpacking
@@ -185,8 +193,9 @@ def test_cached_zip_is_verified_before_unpacking(tmp_path: Path,
     assert _leftovers(other) == []
 
 
-def test_zip_without_release_folder(server: Server, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zip_without_release_folder(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = _zip("something-else", {"ratings.dat": RATINGS})
     monkeypatch.setitem(movielens.ZIP_MD5, "ml-1m", hashlib.md5(data).hexdigest())
     server.routes["/movielens/ml-1m.zip"] = data

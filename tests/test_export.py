@@ -9,27 +9,28 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import orchestrator.models  # noqa: F401 - registers every model
 import pandas as pd
 import pytest
 import torch
 import yaml
+
+import orchestrator.models  # noqa: F401 - registers every model
+from orchestrator import export, parity, publish, results, serve
+from orchestrator.cli import main
+from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.data import load_dataset
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.train import fit, seed_everything
 from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model, list_models, save_model
-
-from orchestrator import export, parity, publish, results, serve
-from orchestrator.cli import main
-from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.records import ScoredRun, Study, StudyResult
 
 DATA_CFG = DataConfig(dataset="synthetic:users=60,items=50,interactions=1500", eval_negatives=0)
 
 
-def train_briefly(name: str, data: PreparedData, task: str | None = None, **hp: object
-                  ) -> Recommender:
+def train_briefly(
+    name: str, data: PreparedData, task: str | None = None, **hp: object
+) -> Recommender:
     """A model after one short epoch of the shared loop (baselines are just fitted)."""
     seed_everything(0)
     model = create_model(name, DataSpec.from_data(data), task, **{"epochs": 1, **hp})
@@ -52,10 +53,12 @@ def exported(data: PreparedData, tmp_path_factory: pytest.TempPathFactory) -> di
         if name not in cache:
             model = train_briefly(name, data)
             path = out / f"{name}.onnx"
-            meta = export.export_model(model, data, path, metrics={"val/x": 0.5},
-                                       extra_meta={"note": "test"})
+            meta = export.export_model(
+                model, data, path, metrics={"val/x": 0.5}, extra_meta={"note": "test"}
+            )
             cache[name] = (model, meta, path)
         return cache[name]
+
     return get  # type: ignore[return-value]
 
 
@@ -77,8 +80,7 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     assert side["hparams"] == model.hparams() and side["metrics"] == {"val/x": 0.5}
     assert side["data"]["fingerprint"] == data.fingerprint
     assert side["parity"]["max_abs_diff"] <= 1e-4 and side["parity"]["topk_max_abs_diff"] <= 1e-4
-    assert side["forward"]["outputs"] == [{"name": "score", "dtype": "float32",
-                                           "shape": ["batch"]}]
+    assert side["forward"]["outputs"] == [{"name": "score", "dtype": "float32", "shape": ["batch"]}]
     assert [i["name"] for i in side["topk"]["outputs"]] == ["items", "scores"]
     assert side["topk"]["outputs"][0]["shape"] == ["batch", "k"]
     proto = onnx.load(path)
@@ -87,18 +89,19 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     assert props["recsweep.arrays"] == path.with_suffix(".npz").name  # the id maps live there
     assert int(props["recsweep.n_items"]) == data.n_items
     assert not [k for k in props if k.endswith("_ids")]  # not copied into the graph
-    assert np.load(path.with_suffix(".npz"))["item_ids"].tolist() == \
-        [str(i) for i in data.item_ids]
-    assert int(props["recsweep.opset"]) == max(o.version for o in proto.opset_import
-                                               if o.domain in ("", "ai.onnx"))
+    assert np.load(path.with_suffix(".npz"))["item_ids"].tolist() == [str(i) for i in data.item_ids]
+    assert int(props["recsweep.opset"]) == max(
+        o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")
+    )
 
     # The pairwise graph on every test row (not just the rows the export checked).
     arrays = dict(np.load(path.with_suffix(".npz")))
     user, item = data.test.user, data.test.item
     feeds = {"user": user, "item": item}
     if model.seq_len:
-        feeds["seq"] = serve.last_items(arrays["known_ptr"], arrays["known_items"], user,
-                                        model.seq_len, data.n_items)
+        feeds["seq"] = serve.last_items(
+            arrays["known_ptr"], arrays["known_items"], user, model.seq_len, data.n_items
+        )
     names = [i["name"] for i in side["forward"]["inputs"]]
     (got,) = ort.InferenceSession(str(path)).run(None, {n: feeds[n] for n in names})
     with torch.no_grad():
@@ -109,8 +112,7 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
-def test_topk_graph_agrees_with_pytorch_ranking(name: str, exported, data: PreparedData
-                                                ) -> None:
+def test_topk_graph_agrees_with_pytorch_ranking(name: str, exported, data: PreparedData) -> None:
     """A correct top-K: the scores are PyTorch's for those items, in order, nothing excluded
     is returned, and no item left out scores higher than the last one returned."""
     model, _, path = exported(name)
@@ -121,11 +123,13 @@ def test_topk_graph_agrees_with_pytorch_ranking(name: str, exported, data: Prepa
     feeds = {"user": users, "exclude": exclude, "k": np.array(k)}
     seq = None
     if model.seq_len:
-        feeds["seq"] = serve.last_items(arrays["known_ptr"], arrays["known_items"], users,
-                                        model.seq_len, data.n_items)
+        feeds["seq"] = serve.last_items(
+            arrays["known_ptr"], arrays["known_items"], users, model.seq_len, data.n_items
+        )
         seq = torch.from_numpy(feeds["seq"])
     items, scores = ort.InferenceSession(str(path.with_name(f"{name}.topk.onnx"))).run(
-        ["items", "scores"], feeds)
+        ["items", "scores"], feeds
+    )
     with torch.no_grad():
         full = model.score_all(torch.from_numpy(users), seq).float().numpy()  # [U, n_items]
     assert items.shape == scores.shape == (data.n_users, k)
@@ -143,8 +147,7 @@ def test_topk_graph_agrees_with_pytorch_ranking(name: str, exported, data: Prepa
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_served_recommendation_matches_pytorch(name: str, exported, data: PreparedData
-                                               ) -> None:
+def test_served_recommendation_matches_pytorch(name: str, exported, data: PreparedData) -> None:
     """serve.recommend (the `recommend` command's path) ranks like the PyTorch model, with
     the user's items excluded and, for sequence models, their last L items as input."""
     model, _, path = exported(name)
@@ -154,15 +157,24 @@ def test_served_recommendation_matches_pytorch(name: str, exported, data: Prepar
         raw = str(data.user_ids[index])
         out = served.recommend(raw, k=5)
         assert out["cold_start"] is False and out["user"] == raw
-        known = set(arrays["known_items"][arrays["known_ptr"][index]:
-                                          arrays["known_ptr"][index + 1]].tolist())
+        known = set(
+            arrays["known_items"][
+                arrays["known_ptr"][index] : arrays["known_ptr"][index + 1]
+            ].tolist()
+        )
         got = [int(np.flatnonzero(arrays["item_ids"] == r["item"])[0]) for r in out["items"]]
         assert not known & set(got)
         seq = None
         if model.seq_len:
-            seq = torch.from_numpy(serve.last_items(arrays["known_ptr"], arrays["known_items"],
-                                                    np.array([index]), model.seq_len,
-                                                    data.n_items))
+            seq = torch.from_numpy(
+                serve.last_items(
+                    arrays["known_ptr"],
+                    arrays["known_items"],
+                    np.array([index]),
+                    model.seq_len,
+                    data.n_items,
+                )
+            )
         with torch.no_grad():
             full = model.score_all(torch.tensor([index]), seq)[0].float().numpy()
         full[list(known)] = -np.inf
@@ -192,16 +204,16 @@ class ToySeq(Recommender):
     def _query(self, user: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         return self.user_emb(user) + self.item_emb(seq).mean(1)  # [B, D]
 
-    def forward(self, user: torch.Tensor, seq: torch.Tensor, item: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, user: torch.Tensor, seq: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
         return (self._query(user, seq) * self.item_emb(item)).sum(-1)  # [B]
 
     def score_all(self, user: torch.Tensor, seq: torch.Tensor | None = None) -> torch.Tensor:
         return self._query(user, seq) @ self.item_emb.weight[:-1].T  # [B, n_items]
 
 
-def test_sequence_model_exports_and_serves_its_recent_items(data: PreparedData,
-                                                            tmp_path: Path) -> None:
+def test_sequence_model_exports_and_serves_its_recent_items(
+    data: PreparedData, tmp_path: Path
+) -> None:
     model = ToySeq(DataSpec.from_data(data)).eval()
     side = export.export_model(model, data, tmp_path / "toyseq.onnx")
     assert [i["name"] for i in side["forward"]["inputs"]] == ["user", "seq", "item"]
@@ -218,8 +230,9 @@ def test_sequence_model_exports_and_serves_its_recent_items(data: PreparedData,
         full[items] = -np.inf
         out = served.recommend(str(data.user_ids[index]), k=4)
         got = [int(np.flatnonzero(served.item_ids == r["item"])[0]) for r in out["items"]]
-        np.testing.assert_allclose([r["score"] for r in out["items"]], np.sort(full)[::-1][:4],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [r["score"] for r in out["items"]], np.sort(full)[::-1][:4], atol=1e-4
+        )
         np.testing.assert_allclose([r["score"] for r in out["items"]], full[got], atol=1e-4)
 
 
@@ -242,8 +255,9 @@ def test_check_topk_order_up_to_ties() -> None:
         parity.check_topk(ref, everything, unmasked)
 
 
-def test_failed_check_keeps_previous_export(exported, data: PreparedData, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_check_keeps_previous_export(
+    exported, data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, _, first = exported("mf")
     for p in first.parent.glob("mf.*"):  # a valid earlier export at the target path
         (tmp_path / p.name).write_bytes(p.read_bytes())
@@ -255,8 +269,9 @@ def test_failed_check_keeps_previous_export(exported, data: PreparedData, tmp_pa
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing left
 
 
-def test_large_weights_go_to_external_data(data: PreparedData, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_weights_go_to_external_data(
+    data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the limit lowered to 1 KiB: the same path a > 1 GiB table takes, on a small model
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 1024)
     model = train_briefly("mf", data, dim=16)  # tables of more than 1 KiB each
@@ -266,16 +281,20 @@ def test_large_weights_go_to_external_data(data: PreparedData, tmp_path: Path,
         assert extern.name == meta[part]["file"] + ".data"
         assert meta[part]["data"]["bytes"] >= (data.n_users + data.n_items) * 16 * 4
         proto = onnx.load(tmp_path / meta[part]["file"], load_external_data=False)
-        assert all(t.data_location == onnx.TensorProto.EXTERNAL
-                   for t in proto.graph.initializer if np.prod(t.dims) * 4 >= 1024)
+        assert all(
+            t.data_location == onnx.TensorProto.EXTERNAL
+            for t in proto.graph.initializer
+            if np.prod(t.dims) * 4 >= 1024
+        )
     assert meta["parity"]["max_abs_diff"] < parity.ATOL  # onnxruntime read the weights
     user = str(data.user_ids[0])
     assert serve.load(tmp_path / "mf.onnx").recommend(user, k=3)["items"]
     copy = tmp_path / "copy"  # a copy with truncated weights is refused
     copy.mkdir()
     for p in tmp_path.glob("mf.*"):
-        (copy / p.name).write_bytes(p.read_bytes()[:-4] if p.name == "mf.topk.onnx.data"
-                                    else p.read_bytes())
+        (copy / p.name).write_bytes(
+            p.read_bytes()[:-4] if p.name == "mf.topk.onnx.data" else p.read_bytes()
+        )
     with pytest.raises(ValueError, match="mf.topk.onnx.data: content differs"):
         serve.load(copy / "mf.json")
 
@@ -295,17 +314,21 @@ def make_run(tmp_path: Path, data: PreparedData, model: Recommender) -> Path:
     meta = {"data_fingerprint": data.fingerprint, "study": "mf", "metric": "val/rmse"}
     save_model(model, run / "checkpoints" / "mf.pt", **meta)
     save_model(model, run / "checkpoints" / "mf-seed1.pt", **meta)  # seed re-run: skipped
-    mf = StudyResult(Study("mf", "mf", "rating", "val/rmse", "min"), main_metric="test/rmse",
-                     runs=[ScoredRun(0, {"val/rmse": 1.1, "test/rmse": 1.2}, np.ones(3))])
-    pop = StudyResult(Study("pop", "pop", "ranking", "val/ndcg@10", "max"), baseline=True,
-                      status="not run")
+    mf = StudyResult(
+        Study("mf", "mf", "rating", "val/rmse", "min"),
+        main_metric="test/rmse",
+        runs=[ScoredRun(0, {"val/rmse": 1.1, "test/rmse": 1.2}, np.ones(3))],
+    )
+    pop = StudyResult(
+        Study("pop", "pop", "ranking", "val/ndcg@10", "max"), baseline=True, status="not run"
+    )
     results.write(run, results.build([mf, pop]))
     return run
 
 
-def test_export_run_writes_models_and_table_column(exported, data: PreparedData,
-                                                   tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_export_run_writes_models_and_table_column(
+    exported, data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     model, _, _ = exported("mf")
     run = make_run(tmp_path, data, model)
     assert publish.export_run(run) == {"mf": "ok"}
@@ -324,15 +347,19 @@ def test_export_run_writes_models_and_table_column(exported, data: PreparedData,
     statuses = publish.export_run(run, "mf")
     assert statuses["mf"].startswith("failed:") and "not a recsweep checkpoint" in statuses["mf"]
     assert (run / "models" / "mf.onnx").read_bytes() == good
-    assert pd.read_parquet(run / "results.parquet").set_index("study")["export"]["mf"] \
+    assert (
+        pd.read_parquet(run / "results.parquet")
+        .set_index("study")["export"]["mf"]
         .startswith("failed")
+    )
     assert main(["export", str(run)]) == 1
     out, err = capsys.readouterr()
     assert "mf: failed" in out and "FAILED" in err and "export failed for mf" in err
 
 
-def test_checkpoint_weights_not_matching_model(exported, data: PreparedData,
-                                               tmp_path: Path) -> None:
+def test_checkpoint_weights_not_matching_model(
+    exported, data: PreparedData, tmp_path: Path
+) -> None:
     model, _, _ = exported("mf")
     run = make_run(tmp_path, data, model)
     payload = torch.load(run / "checkpoints" / "mf.pt", weights_only=False)
@@ -364,16 +391,20 @@ def test_unknown_study(exported, data: PreparedData, tmp_path: Path) -> None:
         publish.export_run(run, "nope")
 
 
-def test_autorec_graph_carries_item_codes_not_a_rating_matrix(exported,
-                                                               data: PreparedData) -> None:
+def test_autorec_graph_carries_item_codes_not_a_rating_matrix(exported, data: PreparedData) -> None:
     from onnx import numpy_helper
 
     model, _, path = exported("autorec")
     shapes = []
     for graph in (onnx.load(path), onnx.load(path.with_suffix(".topk.onnx"))):
         shapes += [tuple(t.dims) for t in graph.graph.initializer]
-        shapes += [numpy_helper.to_array(a.t).shape for node in graph.graph.node
-                   if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+        shapes += [
+            numpy_helper.to_array(a.t).shape
+            for node in graph.graph.node
+            if node.op_type == "Constant"
+            for a in node.attribute
+            if a.name == "value"
+        ]
     both = {data.n_items, data.n_users}
     assert (data.n_items, model.params.dim) in shapes  # the precomputed item codes
     assert not [s for s in shapes if both <= set(s)], shapes  # no [items x users] tensor

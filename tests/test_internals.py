@@ -12,15 +12,23 @@ from orchestrator import internals
 
 ROOT = Path(__file__).resolve().parents[1]
 # an underscore name reached from one of these libraries, or torch's private sparse readers
-PRIVATE = re.compile(r"\b(?:ray|tune|torch|optuna|wandb)(?:\.\w+)*\._[a-z]\w*"
-                     r"|\._(?:indices|values)\(|__internal_head__")
+PRIVATE = re.compile(
+    r"\b(?:ray|tune|torch|optuna|wandb)(?:\.\w+)*\._[a-z]\w*"
+    r"|\._(?:indices|values)\(|__internal_head__"
+)
 
 
 def test_no_module_but_internals_reaches_a_private_interface() -> None:
     hits = []
-    for path in sorted([*ROOT.glob("orchestrator/*.py"), *ROOT.glob("models/*.py"),
-                        *ROOT.glob("data/*.py"), *ROOT.glob("engine/*.py"),
-                        *ROOT.glob("bench/*.py")]):
+    for path in sorted(
+        [
+            *ROOT.glob("orchestrator/*.py"),
+            *ROOT.glob("models/*.py"),
+            *ROOT.glob("data/*.py"),
+            *ROOT.glob("engine/*.py"),
+            *ROOT.glob("bench/*.py"),
+        ]
+    ):
         if path.name == "internals.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -35,8 +43,9 @@ def test_forced_fallbacks_keep_the_answers(monkeypatch: pytest.MonkeyPatch) -> N
     import torch
 
     head = {"CPU": 2.0, internals.HEAD_RESOURCE: 1.0}
-    grad = torch.sparse_coo_tensor(torch.tensor([[3, 1, 3]]), torch.ones(3, 2), (5, 2),
-                                   check_invariants=True)
+    grad = torch.sparse_coo_tensor(
+        torch.tensor([[3, 1, 3]]), torch.ones(3, 2), (5, 2), check_invariants=True
+    )
     answers = {}
     for forced in ("0", "1"):
         monkeypatch.setenv(internals.FORCE_FALLBACKS, forced)

@@ -16,10 +16,20 @@ from orchestrator.search import SearchSpace
 
 
 def record(number: int, end: str, best: float | None, **hparams: object) -> TrialRecord:
-    return TrialRecord(study="mf", trial_id=f"t{number}", number=number, end=end, message="",
-                       best=best, best_epoch=2, epochs=2, time_s=1.0,
-                       hparams={"epochs": 4, **hparams}, seed=0,
-                       origin="defaults" if number == 0 else "search")
+    return TrialRecord(
+        study="mf",
+        trial_id=f"t{number}",
+        number=number,
+        end=end,
+        message="",
+        best=best,
+        best_epoch=2,
+        epochs=2,
+        time_s=1.0,
+        hparams={"epochs": 4, **hparams},
+        seed=0,
+        origin="defaults" if number == 0 else "search",
+    )
 
 
 @pytest.mark.filterwarnings("error")  # a step reported twice would warn
@@ -29,19 +39,29 @@ def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path
     plan = schedules(cfg, [study])
     space = SearchSpace.of(study, cfg, plan)
     defaults = space.points[0][1]
-    trials = [record(2, "diverged", None, **defaults),  # out of order: sorted by number
-              record(0, "epochs", 0.95, **defaults),
-              record(1, "asha", 0.99, **{**defaults, "dim": 32})]
+    trials = [
+        record(2, "diverged", None, **defaults),  # out of order: sorted by number
+        record(0, "epochs", 0.95, **defaults),
+        record(1, "asha", 0.99, **{**defaults, "dim": 32}),
+    ]
     # t0 restarted after epoch 1 (a lost node): epoch 2 reported twice, the last one counts
-    curves = pd.DataFrame({"trial_id": ["t0", "t0", "t0", "t1"], "epoch": [1, 2, 2, 1],
-                           "val/rmse": [1.0, 0.97, 0.95, 0.99]})
+    curves = pd.DataFrame(
+        {
+            "trial_id": ["t0", "t0", "t0", "t1"],
+            "epoch": [1, 2, 2, 1],
+            "val/rmse": [1.0, 0.97, 0.95, 0.99],
+        }
+    )
     for _ in range(2):  # a --resume writes it again: still every trial once
         write_journal(tmp_path, [study], trials, curves, lambda s: space)
     loaded = optuna.load_study(study_name="mf", storage=storage(tmp_path))
     assert loaded.direction == optuna.study.StudyDirection.MINIMIZE
     assert [t.number for t in loaded.trials] == [0, 1, 2]
-    assert [t.state for t in loaded.trials] == [TrialState.COMPLETE, TrialState.PRUNED,
-                                                TrialState.FAIL]
+    assert [t.state for t in loaded.trials] == [
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+        TrialState.FAIL,
+    ]
     first, pruned, failed = loaded.trials
     assert first.value == 0.95 and first.intermediate_values == {1: 1.0, 2: 0.95}
     assert pruned.intermediate_values == {1: 0.99} and pruned.params["dim"] == 32

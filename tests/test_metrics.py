@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from orchestrator.data.sampling import user_item_csr
 from orchestrator.data.types import Split
 from orchestrator.engine import metrics
@@ -21,8 +22,9 @@ KS = [1, 3, 5, 10]
 
 
 # ----------------------------------------------------------------------------- the reference
-def reference_user(scores: list[float], targets: list[int], masked: set[int],
-                   ks: list[int]) -> dict[str, float]:
+def reference_user(
+    scores: list[float], targets: list[int], masked: set[int], ks: list[int]
+) -> dict[str, float]:
     """One user's metrics, written straight from the definitions in the module docstring."""
     ranks = []  # rank of each target that can be a hit
     for t in targets:
@@ -43,8 +45,9 @@ def reference_user(scores: list[float], targets: list[int], masked: set[int],
     return out
 
 
-def reference_mean(rows: list[tuple[list[float], list[int], set[int]]],
-                   ks: list[int]) -> dict[str, float]:
+def reference_mean(
+    rows: list[tuple[list[float], list[int], set[int]]], ks: list[int]
+) -> dict[str, float]:
     """Mean over the users with a non-empty target set."""
     per_user = [reference_user(s, t, m, ks) for s, t, m in rows if t]
     return {key: sum(u[key] for u in per_user) / len(per_user) for key in per_user[0]}
@@ -60,7 +63,7 @@ def random_case(seed: int, n_rows: int, n_cand: int, max_targets: int):
         n = int(torch.randint(0, max_targets + 1, (1,), generator=g))
         unmasked = (~mask[r]).nonzero().flatten()
         pick = unmasked[torch.randperm(len(unmasked), generator=g)[:n]]
-        targets[r, :len(pick)] = pick
+        targets[r, : len(pick)] = pick
     # Some targets masked anyway (must be a miss), and a shuffled padding position.
     targets[0, 0] = 3
     mask[0, 3] = True
@@ -69,9 +72,14 @@ def random_case(seed: int, n_rows: int, n_cand: int, max_targets: int):
 
 
 def as_rows(scores, targets, mask):
-    return [(scores[r].tolist(), [t for t in targets[r].tolist() if t >= 0],
-             set(mask[r].nonzero().flatten().tolist()) if mask is not None else set())
-            for r in range(len(scores))]
+    return [
+        (
+            scores[r].tolist(),
+            [t for t in targets[r].tolist() if t >= 0],
+            set(mask[r].nonzero().flatten().tolist()) if mask is not None else set(),
+        )
+        for r in range(len(scores))
+    ]
 
 
 def assert_close(got: dict, want: dict) -> None:
@@ -87,8 +95,9 @@ def per_user_means(per_user: dict, targets) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- hand-computed
 def test_target_third_of_five():
-    m = ranking_metrics_from_scores(torch.tensor([[5.0, 4, 3, 2, 1]]), torch.tensor([[2]]),
-                                    ks=[2, 3, 5])
+    m = ranking_metrics_from_scores(
+        torch.tensor([[5.0, 4, 3, 2, 1]]), torch.tensor([[2]]), ks=[2, 3, 5]
+    )
     assert m["ndcg@5"].item() == pytest.approx(0.5)  # 1 / log2(4)
     assert m["mrr@5"].item() == pytest.approx(1 / 3)
     assert m["hr@2"].item() == 0.0 and m["mrr@2"].item() == 0.0 and m["ndcg@2"].item() == 0.0
@@ -97,8 +106,9 @@ def test_target_third_of_five():
 
 def test_two_targets_hand_computed():
     # Targets at ranks 1 and 3: NDCG@3 = (1 + 1/log2 4) / (1 + 1/log2 3); Recall@2 = 1/2.
-    m = ranking_metrics_from_scores(torch.tensor([[5.0, 4, 3, 2, 1]]), torch.tensor([[0, 2]]),
-                                    ks=[2, 3])
+    m = ranking_metrics_from_scores(
+        torch.tensor([[5.0, 4, 3, 2, 1]]), torch.tensor([[0, 2]]), ks=[2, 3]
+    )
     assert m["ndcg@3"].item() == pytest.approx(1.5 / (1 + 1 / math.log2(3)))
     assert m["ndcg@2"].item() == pytest.approx(1 / (1 + 1 / math.log2(3)))
     assert m["recall@2"].item() == pytest.approx(0.5) and m["recall@3"].item() == 1.0
@@ -117,9 +127,13 @@ def test_constant_scores_rank_every_target_last():
 
 
 def test_masked_target_and_nan_are_misses_and_nan_beats_target():
-    scores = torch.tensor([[1.0, float("nan"), 0.5, 3.0],  # NaN candidate outranks target 0
-                           [float("nan"), 1.0, 0.0, 0.0],  # NaN target: a miss
-                           [2.0, 1.0, 0.0, 0.0]])  # masked target: a miss
+    scores = torch.tensor(
+        [
+            [1.0, float("nan"), 0.5, 3.0],  # NaN candidate outranks target 0
+            [float("nan"), 1.0, 0.0, 0.0],  # NaN target: a miss
+            [2.0, 1.0, 0.0, 0.0],
+        ]
+    )  # masked target: a miss
     mask = torch.tensor([[False] * 4, [False] * 4, [True, False, False, False]])
     m = ranking_metrics_from_scores(scores, torch.tensor([[0], [0], [0]]), [2, 3, 4], mask)
     assert m["hr@4"].tolist() == [1.0, 0.0, 0.0]
@@ -135,8 +149,9 @@ def test_minus_inf_target_is_not_pushed_down_by_masked_items():
 
 
 def test_empty_rows_are_zero():
-    m = ranking_metrics_from_scores(torch.rand(3, 5), torch.tensor([[-1, -1], [1, -1],
-                                                                     [-1, -1]]), [5])
+    m = ranking_metrics_from_scores(
+        torch.rand(3, 5), torch.tensor([[-1, -1], [1, -1], [-1, -1]]), [5]
+    )
     assert m["hr@5"].tolist() == [0.0, 1.0, 0.0] and m["ndcg@5"][0].item() == 0.0
     m = ranking_metrics_from_scores(torch.rand(3, 5), torch.zeros(3, 0, dtype=torch.long), [5])
     assert m["recall@5"].tolist() == [0.0, 0.0, 0.0]
@@ -149,8 +164,9 @@ def test_scores_match_reference_with_ties_and_masks(seed, max_targets):
     scores, targets, mask = random_case(seed, n_rows=40, n_cand=30, max_targets=max_targets)
     per_user = ranking_metrics_from_scores(scores, targets, KS, mask)
     assert all(v.shape == (40,) for v in per_user.values())
-    assert_close(per_user_means(per_user, targets), reference_mean(as_rows(scores, targets,
-                                                                           mask), KS))
+    assert_close(
+        per_user_means(per_user, targets), reference_mean(as_rows(scores, targets, mask), KS)
+    )
     # Per-user values equal the reference user by user, not only on average.
     for r, row in enumerate(as_rows(scores, targets, mask)):
         if row[1]:
@@ -169,8 +185,9 @@ def test_compare_and_topk_paths_agree(seed, n_cand, monkeypatch):
     by_topk = ranking_metrics_from_scores(scores, targets, KS, mask)
     for key in compare:
         torch.testing.assert_close(compare[key], by_topk[key])
-    assert_close(per_user_means(by_topk, targets),
-                 reference_mean(as_rows(scores, targets, mask), KS))
+    assert_close(
+        per_user_means(by_topk, targets), reference_mean(as_rows(scores, targets, mask), KS)
+    )
 
 
 # ----------------------------------------------------------------------------- full ranking
@@ -190,7 +207,7 @@ def full_case(seed: int, n_users: int = 50, n_items: int = 40):
         n_known = int(torch.randint(0, 10, (1,), generator=g))
         n_held = int(torch.randint(0, 4, (1,), generator=g))  # some users have no target
         known.append(sorted(perm[:n_known]))
-        held.append(perm[n_known:n_known + n_held])
+        held.append(perm[n_known : n_known + n_held])
     return table, known, held
 
 
@@ -204,8 +221,9 @@ def test_full_ranking_batched_matches_reference(batch_users):
         calls.append(len(u))
         return table[u]
 
-    got = full_ranking(score_fn, users, csr_from_lists(held), csr_from_lists(known), KS,
-                       batch_users=batch_users)
+    got = full_ranking(
+        score_fn, users, csr_from_lists(held), csr_from_lists(known), KS, batch_users=batch_users
+    )
     rows = [(table[u].tolist(), held[u], set(known[u])) for u in users.tolist()]
     assert_close(got, reference_mean(rows, KS))
     n_with_target = sum(1 for u in users.tolist() if held[u])
@@ -221,10 +239,16 @@ def test_full_ranking_with_user_item_csr_from_splits():
         item = np.array([i for x in lists for i in x], dtype=np.int64)
         return Split(user, item, np.ones(len(user), np.float32), np.zeros(len(user), np.int64))
 
-    got = full_ranking(lambda u: table[u], torch.arange(50),
-                       user_item_csr(split_of(held), 50), user_item_csr(split_of(known), 50), KS)
-    assert_close(got, reference_mean([(table[u].tolist(), held[u], set(known[u]))
-                                      for u in range(50)], KS))
+    got = full_ranking(
+        lambda u: table[u],
+        torch.arange(50),
+        user_item_csr(split_of(held), 50),
+        user_item_csr(split_of(known), 50),
+        KS,
+    )
+    assert_close(
+        got, reference_mean([(table[u].tolist(), held[u], set(known[u])) for u in range(50)], KS)
+    )
 
 
 def test_full_ranking_padded_targets_and_no_mask():
@@ -232,10 +256,9 @@ def test_full_ranking_padded_targets_and_no_mask():
     users = torch.arange(50)
     padded = torch.full((50, 3), -1)
     for u, items in enumerate(held):
-        padded[u, :len(items)] = torch.tensor(items, dtype=torch.long)
+        padded[u, : len(items)] = torch.tensor(items, dtype=torch.long)
     got = full_ranking(lambda u: table[u], users, padded, None, KS, batch_users=9)
-    assert_close(got, reference_mean([(table[u].tolist(), held[u], set()) for u in range(50)],
-                                     KS))
+    assert_close(got, reference_mean([(table[u].tolist(), held[u], set()) for u in range(50)], KS))
     # Masking the known items changes the answer (the mask is really applied).
     masked = full_ranking(lambda u: table[u], users, padded, csr_from_lists(known), KS)
     assert masked["mrr@10"] > got["mrr@10"]
@@ -249,13 +272,13 @@ def test_full_ranking_errors():
     with pytest.raises(ValueError, match=r"users: expected indices in \[0, 50\)"):
         full_ranking(lambda u: table[u], torch.tensor([50]), csr_from_lists(held), None, KS)
     with pytest.raises(ValueError, match="known: item index 40 out of range"):
-        full_ranking(lambda u: table[u], users, csr_from_lists(held),
-                     csr_from_lists([[40]] * 50), KS)
+        full_ranking(
+            lambda u: table[u], users, csr_from_lists(held), csr_from_lists([[40]] * 50), KS
+        )
     with pytest.raises(ValueError, match="score_fn: expected scores"):
         full_ranking(lambda u: table[u][:1], users, csr_from_lists(held), None, KS)
     with pytest.raises(ValueError, match="indptr must rise"):
-        full_ranking(lambda u: table[u], users, (torch.tensor([0, 2]), torch.tensor([1])),
-                     None, KS)
+        full_ranking(lambda u: table[u], users, (torch.tensor([0, 2]), torch.tensor([1])), None, KS)
     with pytest.raises(ValueError, match="ks: expected"):
         full_ranking(lambda u: table[u], users, csr_from_lists(held), None, [0])
 
@@ -275,15 +298,21 @@ def test_sampled_matches_reference(batch):
     rows = 33
     users = torch.randint(0, 20, (rows,), generator=g)
     items = torch.randint(0, 60, (rows,), generator=g)
-    negatives = torch.stack([torch.tensor([i for i in torch.randperm(60, generator=g).tolist()
-                                           if i != t][:10]) for t in items.tolist()])  # [R, N]
+    negatives = torch.stack(
+        [
+            torch.tensor([i for i in torch.randperm(60, generator=g).tolist() if i != t][:10])
+            for t in items.tolist()
+        ]
+    )  # [R, N]
 
     def score_pairs(u, cand):
         return table[u[:, None], cand]  # [b, 1 + N]
 
     got = sampled_ranking(score_pairs, users, items, negatives, KS, batch=batch)
-    ref_rows = [([table[u, i].item() for i in [t] + negatives[r].tolist()], [0], set())
-                for r, (u, t) in enumerate(zip(users.tolist(), items.tolist(), strict=True))]
+    ref_rows = [
+        ([table[u, i].item() for i in [t] + negatives[r].tolist()], [0], set())
+        for r, (u, t) in enumerate(zip(users.tolist(), items.tolist(), strict=True))
+    ]
     want = reference_mean(ref_rows, KS)
     assert_close(got, want)
     assert got["hr@10"] == pytest.approx(got["recall@10"])
@@ -293,8 +322,9 @@ def test_sampled_matches_reference(batch):
         sampled_ranking(score_pairs, users, items, bad, KS)
 
 
-def ncf_authors_eval(scores: dict[int, float], target: int, negatives: list[int], k: int
-                     ) -> tuple[float, float]:
+def ncf_authors_eval(
+    scores: dict[int, float], target: int, negatives: list[int], k: int
+) -> tuple[float, float]:
     """He et al.'s `evaluate.py` (NCF, 2017) line by line: the negatives, then the target
     appended, scored into a dict keyed by item; `heapq.nlargest` of its keys by score."""
     import heapq
@@ -306,8 +336,9 @@ def ncf_authors_eval(scores: dict[int, float], target: int, negatives: list[int]
         map_item_score[item] = scores[item]
     ranklist = heapq.nlargest(k, map_item_score, key=map_item_score.get)
     hr = 1.0 if target in ranklist else 0.0
-    ndcg = next((math.log(2) / math.log(i + 2) for i, item in enumerate(ranklist)
-                 if item == target), 0.0)
+    ndcg = next(
+        (math.log(2) / math.log(i + 2) for i, item in enumerate(ranklist) if item == target), 0.0
+    )
     return hr, ndcg
 
 
@@ -319,7 +350,7 @@ def test_sampled_is_the_ncf_authors_evaluation_ties_and_repeats_included():
     lines = []
     for r, t in enumerate(items.tolist()):
         negs = [i for i in torch.randperm(n_items, generator=g).tolist() if i != t]
-        negs = negs[:int(torch.randint(5, 12, (1,), generator=g))]  # uneven counts
+        negs = negs[: int(torch.randint(5, 12, (1,), generator=g))]  # uneven counts
         if r % 3 == 0:  # the target repeated among its own negatives, at some place
             negs.insert(int(torch.randint(0, len(negs) + 1, (1,), generator=g)), t)
         lines.append(negs)
@@ -328,8 +359,10 @@ def test_sampled_is_the_ncf_authors_evaluation_ties_and_repeats_included():
     users = torch.arange(rows)
     for k in (1, 3, 10):
         got = sampled_ranking(lambda u, c: table[u[:, None], c], users, items, negatives, [k])
-        want = [ncf_authors_eval(dict(enumerate(table[r].tolist())), int(items[r]), lines[r],
-                                 k) for r in range(rows)]
+        want = [
+            ncf_authors_eval(dict(enumerate(table[r].tolist())), int(items[r]), lines[r], k)
+            for r in range(rows)
+        ]
         assert got[f"hr@{k}"] == pytest.approx(sum(w[0] for w in want) / rows)
         assert got[f"ndcg@{k}"] == pytest.approx(sum(w[1] for w in want) / rows)
 
@@ -341,12 +374,14 @@ def test_rating_metrics_match_numpy_with_clipping():
     target = rng.integers(1, 6, 500).astype(float)
     got = rating_metrics(torch.tensor(pred, dtype=torch.float32), torch.tensor(target), 1, 5)
     err = np.clip(pred.astype(np.float32).astype(float), 1, 5) - target
-    assert got["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-9)
+    assert got["rmse"] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-9)
     assert got["mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-9)
     unclipped = np.sqrt(np.mean((pred - target) ** 2))
     assert got["rmse"] < unclipped  # clipping happened and helped
     assert rating_metrics(torch.tensor([0.0, 9.0]), torch.tensor([1.0, 5.0]), 1, 5) == {
-        "rmse": 0.0, "mae": 0.0}
+        "rmse": 0.0,
+        "mae": 0.0,
+    }
     with pytest.raises(ValueError, match="same shape"):
         rating_metrics(torch.zeros(3), torch.zeros(4), 1, 5)
     with pytest.raises(ValueError, match="N = 0"):
@@ -362,15 +397,23 @@ def test_computed_on_the_scores_device(device):
     for max_targets in (2, metrics._COMPARE_MAX_TARGETS + 3):  # both ranking paths
         scores, targets, mask = random_case(10, n_rows=20, n_cand=30, max_targets=max_targets)
         on_cpu = ranking_metrics_from_scores(scores, targets, KS, mask)
-        there = ranking_metrics_from_scores(scores.to(device), targets.to(device), KS,
-                                            mask.to(device))
+        there = ranking_metrics_from_scores(
+            scores.to(device), targets.to(device), KS, mask.to(device)
+        )
         for key, value in there.items():
             assert value.device.type == device
             torch.testing.assert_close(value.cpu(), on_cpu[key])
     # CSR lists on the CPU, scores on the device: the lists follow the scores.
     table, known, held = full_case(seed=11)
     on_device = table.to(device)
-    got = full_ranking(lambda u: on_device[u.to(device)], torch.arange(50),
-                       csr_from_lists(held), csr_from_lists(known), KS, batch_users=16)
-    assert_close(got, reference_mean([(table[u].tolist(), held[u], set(known[u]))
-                                      for u in range(50)], KS))
+    got = full_ranking(
+        lambda u: on_device[u.to(device)],
+        torch.arange(50),
+        csr_from_lists(held),
+        csr_from_lists(known),
+        KS,
+        batch_users=16,
+    )
+    assert_close(
+        got, reference_mean([(table[u].tolist(), held[u], set(known[u])) for u in range(50)], KS)
+    )

@@ -7,9 +7,10 @@ import functools
 
 import numpy as np
 import optuna
-import orchestrator.models as models
 import pytest
 import torch
+
+import orchestrator.models as models
 from orchestrator.data.sampling import NegativeSampler, last_items
 from orchestrator.data.types import Split
 from orchestrator.engine.optim import RowAdam, make_optimizers
@@ -77,9 +78,14 @@ def losses(name: str, task: str, steps: int, seed: int = 0, **hp) -> list[float]
     return out
 
 
-TABLES = [(n, t) for n, t in LEARNED
-          if any(isinstance(m, torch.nn.Embedding) for m in
-                 create_model(n, DataSpec(N_USERS, N_ITEMS), t).modules())]
+TABLES = [
+    (n, t)
+    for n, t in LEARNED
+    if any(
+        isinstance(m, torch.nn.Embedding)
+        for m in create_model(n, DataSpec(N_USERS, N_ITEMS), t).modules()
+    )
+]
 
 
 def test_large_tables_are_sparse_small_ones_dense():
@@ -94,8 +100,10 @@ def test_large_tables_are_sparse_small_ones_dense():
     adam, row_adam = make_optimizers(neumf)
     decay = {id(q): g["weight_decay"] for g in adam.param_groups for q in g["params"]}
     assert decay[id(neumf.out.weight)] == 1e-4 and decay[id(neumf.gmf_item.weight)] == 0.0
-    assert [id(q) for q in row_adam.param_groups[0]["params"]] == \
-        [id(neumf.gmf_user.weight), id(neumf.mlp_user.weight)]  # the 138k-row tables
+    assert [id(q) for q in row_adam.param_groups[0]["params"]] == [
+        id(neumf.gmf_user.weight),
+        id(neumf.mlp_user.weight),
+    ]  # the 138k-row tables
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["internal", "fallback"])
@@ -109,8 +117,10 @@ def test_row_adam_steps_as_sparse_adam_does(fallback, monkeypatch):
     torch.manual_seed(0)
     tables = [torch.nn.Embedding(50, 3, sparse=True) for _ in range(2)]
     tables[1].load_state_dict(tables[0].state_dict())
-    opts = [torch.optim.SparseAdam(tables[0].parameters(), lr=0.05),
-            RowAdam(tables[1].parameters(), lr=0.05)]
+    opts = [
+        torch.optim.SparseAdam(tables[0].parameters(), lr=0.05),
+        RowAdam(tables[1].parameters(), lr=0.05),
+    ]
     target = torch.randn(50, 3)
     for step in range(6):
         rows = torch.tensor([1, 1, 7, 20 + step, 3, 7, 7])
@@ -123,8 +133,9 @@ def test_row_adam_steps_as_sparse_adam_does(fallback, monkeypatch):
     state = opts[1].state_dict()  # a checkpoint holds it, and it loads back
     again = RowAdam(tables[1].parameters(), lr=0.05)
     again.load_state_dict(state)
-    assert torch.equal(again.state[tables[1].weight]["exp_avg"],
-                       opts[1].state[tables[1].weight]["exp_avg"])
+    assert torch.equal(
+        again.state[tables[1].weight]["exp_avg"], opts[1].state[tables[1].weight]["exp_avg"]
+    )
 
 
 @pytest.mark.parametrize("name,task", TABLES)
@@ -133,13 +144,17 @@ def test_sparse_and_dense_tables_train_the_same(name, task):
     trajectories = []
     for sparse in (True, False):
         torch.manual_seed(0)
-        model, ex, train = build(name, task, dropout=0.0) if "dropout" in \
-            dataclasses.asdict(make_params(name, task)) else build(name, task)
+        model, ex, train = (
+            build(name, task, dropout=0.0)
+            if "dropout" in dataclasses.asdict(make_params(name, task))
+            else build(name, task)
+        )
         for m in model.modules():
             if isinstance(m, torch.nn.Embedding):
                 m.sparse = sparse
-        sampler = NegativeSampler(train, N_ITEMS, generator=torch.Generator().manual_seed(0),
-                                  n_users=N_USERS)
+        sampler = NegativeSampler(
+            train, N_ITEMS, generator=torch.Generator().manual_seed(0), n_users=N_USERS
+        )
         batch = with_negatives(model, ex, sampler)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         losses_ = []
@@ -226,8 +241,9 @@ def test_mf_item_bias_is_looked_up_by_item_id(task):
 def test_autorec_uses_hidden_layer_and_falls_back_to_global_mean():
     model, _, train = build("autorec", "rating")
     keep = train.item != 4  # item 4 gets no training rating
-    model.examples(Split(*(a[keep] for a in (train.user, train.item, train.rating,
-                                             train.timestamp))))
+    model.examples(
+        Split(*(a[keep] for a in (train.user, train.item, train.rating, train.timestamp)))
+    )
     model.eval()
     popular = int(torch.bincount(train.item[keep]).argmax())
     user, item = torch.tensor([0, 1]), torch.tensor([popular] * 2)
@@ -256,8 +272,7 @@ def test_autorec_sparse_input_equals_the_dense_computation():
         torch.testing.assert_close(model.codes, dense)
         want = (dense @ model.decoder.weight.T + model.decoder.bias).T  # [U, I]
         seen = model.item_seen
-        torch.testing.assert_close(model.score_all(torch.arange(N_USERS))[:, seen],
-                                   want[:, seen])
+        torch.testing.assert_close(model.score_all(torch.arange(N_USERS))[:, seen], want[:, seen])
     # the loss reads the observed entries: the dense masked objective of the paper
     model.train()
     decoded = model.decoder(torch.sigmoid(R @ V.T + mu))  # [I, U]
@@ -317,20 +332,32 @@ def test_baselines_match_plain_references():
     dense = np.zeros((N_ITEMS, N_ITEMS))
     for j in range(N_ITEMS):
         dense[knn.neighbours[j].numpy(), j] = knn.weights[j].numpy()
-    np.testing.assert_allclose(knn.score_all(torch.arange(N_USERS)).numpy(), X @ dense,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        knn.score_all(torch.arange(N_USERS)).numpy(), X @ dense, rtol=1e-5, atol=1e-7
+    )
 
     bias, _, train = build("bias", "rating", reg_user=3.0, reg_item=2.0, sweeps=4)
-    mu, u, i, r = float(train.rating.mean()), *(t.numpy() for t in
-                                                 (train.user, train.item, train.rating))
+    mu, u, i, r = (
+        float(train.rating.mean()),
+        *(t.numpy() for t in (train.user, train.item, train.rating)),
+    )
     bu, bi = np.zeros(N_USERS), np.zeros(N_ITEMS)
     for _ in range(4):  # Surprise's BaselineOnly ALS, one rating at a time
-        bi = np.array([sum(r[k] - mu - bu[u[k]] for k in np.flatnonzero(i == j)) /
-                       (2.0 + (i == j).sum()) for j in range(N_ITEMS)])
-        bu = np.array([sum(r[k] - mu - bi[i[k]] for k in np.flatnonzero(u == v)) /
-                       (3.0 + (u == v).sum()) for v in range(N_USERS)])
-    np.testing.assert_allclose(bias(torch.arange(N_USERS), torch.zeros(N_USERS).long()).numpy(),
-                               mu + bu + bi[0], rtol=1e-4)
+        bi = np.array(
+            [
+                sum(r[k] - mu - bu[u[k]] for k in np.flatnonzero(i == j)) / (2.0 + (i == j).sum())
+                for j in range(N_ITEMS)
+            ]
+        )
+        bu = np.array(
+            [
+                sum(r[k] - mu - bi[i[k]] for k in np.flatnonzero(u == v)) / (3.0 + (u == v).sum())
+                for v in range(N_USERS)
+            ]
+        )
+    np.testing.assert_allclose(
+        bias(torch.arange(N_USERS), torch.zeros(N_USERS).long()).numpy(), mu + bu + bi[0], rtol=1e-4
+    )
 
 
 def test_pop_rating_is_damped_item_mean():
@@ -348,12 +375,14 @@ def test_registry_errors():
 
     class Dup(get_model_class("mf")):
         name = "mf"
+
     Dup.__module__ = "orchestrator.models.mf"
     with pytest.raises(ValueError, match="already registered"):
         register_model(Dup)
 
     class Misnamed(get_model_class("mf")):
         name = "other"
+
     with pytest.raises(ValueError, match="file name"):
         register_model(Misnamed)
 
@@ -407,8 +436,9 @@ def test_recipes_lie_in_their_space(name, recipe):
     from orchestrator.space import default_point
 
     space = functools.partial(get_model_class(name).search_space, task=recipe.task)
-    point = default_point(space, {}, {**dataclasses.asdict(make_params(name, recipe.task)),
-                                      **recipe.hparams})
+    point = default_point(
+        space, {}, {**dataclasses.asdict(make_params(name, recipe.task)), **recipe.hparams}
+    )
     assert {k: point.get(k) for k in recipe.hparams} == recipe.hparams  # every key searched
     model = create_model(name, DataSpec(N_USERS, N_ITEMS), recipe.task, **point)
     assert all(getattr(model.params, k) == v for k, v in recipe.hparams.items())
@@ -416,7 +446,6 @@ def test_recipes_lie_in_their_space(name, recipe):
 
 def test_a_bad_recipe_names_model_recipe_and_key(monkeypatch):
     from orchestrator.models.base import Recipe
-
     from orchestrator.plan import load_config
 
     mf = get_model_class("mf")
@@ -425,24 +454,40 @@ def test_a_bad_recipe_names_model_recipe_and_key(monkeypatch):
     class Odd(mf):
         name = "mf"
         recipes = (bad,)
+
     Odd.__module__ = "orchestrator.models.mf"
-    with pytest.raises(ValueError, match=r"model 'mf', recipe 'odd': unknown hyperparameter\(s\) "
-                                         r"\['dimm'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"model 'mf', recipe 'odd': unknown hyperparameter\(s\) "
+        r"\['dimm'\]",
+    ):
         models.registry._check_recipes(Odd)
     with pytest.raises(ValueError, match=r"model 'mf', recipe 'odd': hyperparameter dim=0"):
-        models.registry._check_recipes(type("Zero", (mf,), {"recipes": (
-            dataclasses.replace(bad, hparams={"dim": 0}),)}))
+        models.registry._check_recipes(
+            type("Zero", (mf,), {"recipes": (dataclasses.replace(bad, hparams={"dim": 0}),)})
+        )
     # a value the model takes but its space does not draw: the sweep refuses to start
     monkeypatch.setattr(mf, "recipes", (dataclasses.replace(bad, hparams={"dim": 24}),))
-    with pytest.raises(ValueError, match=r"model 'mf', recipe odd: dim=24 is outside the "
-                                         r"search space"):
+    with pytest.raises(
+        ValueError,
+        match=r"model 'mf', recipe odd: dim=24 is outside the "
+        r"search space",
+    ):
         load_config(None, {"models": ["mf"]})
 
 
 def test_sgd_takes_the_hand_computed_step_on_a_sparse_table():
     # per-example lr: one step of batch B moves a row by lr x its summed example gradients
-    model = create_model("mf", DataSpec(40, 50, global_mean=3.0), "rating", dim=2, reg=0.1,
-                         optimizer="sgd", lr=0.01, batch_size=2)
+    model = create_model(
+        "mf",
+        DataSpec(40, 50, global_mean=3.0),
+        "rating",
+        dim=2,
+        reg=0.1,
+        optimizer="sgd",
+        lr=0.01,
+        batch_size=2,
+    )
     assert model.user_emb.sparse and model.item_emb.sparse  # 40 rows > 16 batches of 2
     (opt,) = make_optimizers(model)
     user, item, rating = torch.tensor([3, 3]), torch.tensor([5, 9]), torch.tensor([4.0, 2.0])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from orchestrator.models.registry import get_model_class, list_models
-
 from orchestrator.cli import main
+from orchestrator.models.registry import get_model_class, list_models
 
 
 def test_models_lists_every_model_with_its_recipes_and_their_sources(capsys) -> None:
@@ -18,8 +17,12 @@ def test_models_lists_every_model_with_its_recipes_and_their_sources(capsys) -> 
     assert mf["tasks"] == ["rating", "ranking"]
     assert mf["defaults"]["ranking"]["reg"] == 0.003  # per-task defaults
     assert mf["search_space"]["ranking"]["loss"] == {"choices": ["bpr", "bce"]}
-    assert mf["search_space"]["ranking"]["negatives"] == {"type": "int", "low": 1, "high": 16,
-                                                          "log": True}
+    assert mf["search_space"]["ranking"]["negatives"] == {
+        "type": "int",
+        "low": 1,
+        "high": 16,
+        "log": True,
+    }
     assert "loss" not in mf["search_space"]["rating"]
     for name, card in cards.items():
         want = [dataclasses.asdict(r) for r in get_model_class(name).recipes]

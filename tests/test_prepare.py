@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from orchestrator.data import describe, index_of, load_source, prepare
 from orchestrator.data.types import Interactions, PreparedData, RawDataset, Split
 
@@ -18,8 +19,9 @@ def raw_of(user, item, rating=None, timestamp=None, **kw) -> RawDataset:
 
 
 def pairs(data: PreparedData, split: Split) -> set[tuple]:
-    return set(zip(data.user_ids[split.user].tolist(), data.item_ids[split.item].tolist(),
-                   strict=True))
+    return set(
+        zip(data.user_ids[split.user].tolist(), data.item_ids[split.item].tolist(), strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,7 @@ def prepared(ml100k) -> dict[str, PreparedData]:
 
 
 # --- splits on the real MovieLens 100K -------------------------------------------------------
+
 
 def test_ml100k_counts_and_ids(prepared):
     data = prepared["leave-last"]
@@ -94,10 +97,10 @@ def test_temporal_order_within_users(prepared):
 def test_u1_test_is_the_release_file(ml100k, prepared):
     base, test = ml100k.fixed_splits["u1"]()
     data = prepared["u1"]
-    assert pairs(data, data.test) == set(zip(test.user.tolist(), test.item.tolist(),
-                                             strict=True))
-    assert pairs(data, data.train) | pairs(data, data.val) == \
-        set(zip(base.user.tolist(), base.item.tolist(), strict=True))
+    assert pairs(data, data.test) == set(zip(test.user.tolist(), test.item.tolist(), strict=True))
+    assert pairs(data, data.train) | pairs(data, data.val) == set(
+        zip(base.user.tolist(), base.item.tolist(), strict=True)
+    )
 
 
 def test_determinism_and_seed(ml100k):
@@ -122,15 +125,18 @@ def test_eval_negatives_are_never_interactions(prepared):
 
 # --- filters ---------------------------------------------------------------------------------
 
+
 def test_k_core_property_and_counts(ml100k):
-    data = prepare(ml100k, "leave-last", min_rating=4, user_core=20, item_core=20,
-                   eval_negatives=0)
+    data = prepare(ml100k, "leave-last", min_rating=4, user_core=20, item_core=20, eval_negatives=0)
     f = data.stats["filters"]
     assert f["min_rating_removed"] == 6110 + 11370 + 27145
     assert f["k_core_rounds"] >= 2  # dropping items pushed users under the bar
     total = len(data.train) + len(data.val) + len(data.test)
-    assert total == data.stats["interactions"] == 100_000 - f["min_rating_removed"] \
-        - f["k_core_removed"]
+    assert (
+        total
+        == data.stats["interactions"]
+        == 100_000 - f["min_rating_removed"] - f["k_core_removed"]
+    )
     users = np.r_[data.train.user, data.val.user, data.test.user]
     items = np.r_[data.train.item, data.val.item, data.test.item]
     assert np.bincount(users).min() >= 20 and np.bincount(items).min() >= 20
@@ -141,15 +147,26 @@ def test_k_core_property_and_counts(ml100k):
 
 
 def test_dedup_policies():
-    raw = raw_of(user=[1, 1, 1, 2, 1], item=[7, 7, 8, 7, 7], rating=[1, 3, 4, 5, 5],
-                 timestamp=[10, 30, 5, 1, 20])
+    raw = raw_of(
+        user=[1, 1, 1, 2, 1],
+        item=[7, 7, 8, 7, 7],
+        rating=[1, 3, 4, 5, 5],
+        timestamp=[10, 30, 5, 1, 20],
+    )
     got = {}
     for policy in ("last", "first", "mean"):
         data = prepare(raw, "random:1,0,0", dedup=policy, eval_negatives=0)
         assert data.stats["filters"]["dedup_removed"] == 2
-        rows = {(int(data.user_ids[u]), int(data.item_ids[i])): (float(r), int(t)) for u, i, r, t
-                in zip(data.train.user, data.train.item, data.train.rating, data.train.timestamp,
-                       strict=True)}
+        rows = {
+            (int(data.user_ids[u]), int(data.item_ids[i])): (float(r), int(t))
+            for u, i, r, t in zip(
+                data.train.user,
+                data.train.item,
+                data.train.rating,
+                data.train.timestamp,
+                strict=True,
+            )
+        }
         assert rows[(1, 8)] == (4.0, 5) and rows[(2, 7)] == (5.0, 1)
         got[policy] = rows[(1, 7)]
     assert got == {"last": (3.0, 30), "first": (1.0, 10), "mean": (3.0, 30)}
@@ -173,8 +190,7 @@ def test_equal_timestamps_keep_source_order():
     for extra in ([], [(2, 5, 1)]):
         rows = [(2, 5, 1), (1, 9, 0), (1, 4, 0), (1, 7, 0), (1, 2, 0), (2, 6, 2), (2, 8, 3)]
         user, item, ts = map(list, zip(*(rows + extra), strict=True))
-        data = prepare(raw_of(user=user, item=item, timestamp=ts), "leave-last",
-                       eval_negatives=0)
+        data = prepare(raw_of(user=user, item=item, timestamp=ts), "leave-last", eval_negatives=0)
         train = data.item_ids[data.train.item[data.user_ids[data.train.user] == 1]]
         assert train.tolist() == [9, 4]
         assert data.item_ids[data.val.item].tolist() == [7, 6]
@@ -218,18 +234,22 @@ def test_fixed_split_overlap_is_an_error():
 
 def test_ncf_keeps_the_benchmark(tmp_path):
     # 3 users (0-based, as the NCF files), items 0..9; item 9 only appears as a negative
-    train = [(0, 1, 5, 10), (0, 2, 4, 20), (0, 3, 3, 30), (1, 1, 4, 10), (1, 4, 2, 5),
-             (2, 5, 1, 7)]
+    train = [(0, 1, 5, 10), (0, 2, 4, 20), (0, 3, 3, 30), (1, 1, 4, 10), (1, 4, 2, 5), (2, 5, 1, 7)]
     test = [(0, 4, 5, 40), (1, 2, 3, 50), (2, 1, 4, 60)]
     negatives = [[5, 9, 6], [7, 9, 8], [2, 3, 9]]
     prefix = tmp_path / "bench"
-    (tmp_path / "bench.train.rating").write_text("".join(
-        "\t".join(map(str, r)) + "\n" for r in train))
-    (tmp_path / "bench.test.rating").write_text("".join(
-        "\t".join(map(str, r)) + "\n" for r in test))
-    (tmp_path / "bench.test.negative").write_text("".join(
-        f"({u},{i})\t" + "\t".join(map(str, n)) + "\n"
-        for (u, i, _, _), n in zip(test, negatives, strict=True)))
+    (tmp_path / "bench.train.rating").write_text(
+        "".join("\t".join(map(str, r)) + "\n" for r in train)
+    )
+    (tmp_path / "bench.test.rating").write_text(
+        "".join("\t".join(map(str, r)) + "\n" for r in test)
+    )
+    (tmp_path / "bench.test.negative").write_text(
+        "".join(
+            f"({u},{i})\t" + "\t".join(map(str, n)) + "\n"
+            for (u, i, _, _), n in zip(test, negatives, strict=True)
+        )
+    )
     data = prepare(load_source(f"ncf:{prefix}"), "ncf", eval_negatives=2)
     assert pairs(data, data.test) == {(u, i) for u, i, _, _ in test}
     assert pairs(data, data.val) == {(0, 3), (1, 1)}  # each user's last in time (user 2: one)
@@ -238,22 +258,31 @@ def test_ncf_keeps_the_benchmark(tmp_path):
     got = data.item_ids[data.test_negatives].tolist()
     assert got == [negatives[k] for k in data.user_ids[data.test.user]]  # aligned with rows
     assert data.val_negatives.shape == (2, 2)
-    assert describe(data)["test_negatives"] == {"max_per_row": 3, "rows_with_fewer": 0,
-                                                "rows_listing_the_test_item": 0,
-                                                "repeats_removed": 0}
+    assert describe(data)["test_negatives"] == {
+        "max_per_row": 3,
+        "rows_with_fewer": 0,
+        "rows_listing_the_test_item": 0,
+        "repeats_removed": 0,
+    }
 
     # as the authors published theirs: a test item among its own negatives, uneven counts
     negatives[1], negatives[2] = [7, 2, 9, 8], [3, 9]
-    (tmp_path / "bench.test.negative").write_text("".join(
-        f"({u},{i})\t" + "\t".join(map(str, n)) + "\n"
-        for (u, i, _, _), n in zip(test, negatives, strict=True)))
+    (tmp_path / "bench.test.negative").write_text(
+        "".join(
+            f"({u},{i})\t" + "\t".join(map(str, n)) + "\n"
+            for (u, i, _, _), n in zip(test, negatives, strict=True)
+        )
+    )
     data = prepare(load_source(f"ncf:{prefix}"), "ncf", eval_negatives=2)
     rows = data.user_ids[data.test.user]
     got = [data.item_ids[n[n >= 0]].tolist() for n in data.test_negatives]
     assert got == [negatives[k] for k in rows]
-    assert describe(data)["test_negatives"] == {"max_per_row": 4, "rows_with_fewer": 2,
-                                                "rows_listing_the_test_item": 1,
-                                                "repeats_removed": 1}
+    assert describe(data)["test_negatives"] == {
+        "max_per_row": 4,
+        "rows_with_fewer": 2,
+        "rows_listing_the_test_item": 1,
+        "repeats_removed": 1,
+    }
 
 
 def test_index_of_maps_raw_ids(prepared):

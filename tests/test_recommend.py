@@ -10,19 +10,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import orchestrator.models  # noqa: F401 - registers every model
 import pytest
 import torch
-from orchestrator.data import load_dataset
-from orchestrator.data.types import PreparedData
-from orchestrator.engine.train import fit, seed_everything
-from orchestrator.models.base import DataSpec, Recommender
-from orchestrator.models.registry import create_model
 
+import orchestrator.models  # noqa: F401 - registers every model
 from orchestrator import serve
 from orchestrator.cli import main
 from orchestrator.config import DataConfig, TrainConfig
+from orchestrator.data import load_dataset
+from orchestrator.data.types import PreparedData
+from orchestrator.engine.train import fit, seed_everything
 from orchestrator.export import export_model
+from orchestrator.models.base import DataSpec, Recommender
+from orchestrator.models.registry import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recommender, PreparedData, Path]:
     """A small MF ranking model, trained for one epoch and exported once."""
-    data = load_dataset(DataConfig(dataset="synthetic:users=60,items=50,interactions=1500",
-                                   eval_negatives=0))
+    data = load_dataset(
+        DataConfig(dataset="synthetic:users=60,items=50,interactions=1500", eval_negatives=0)
+    )
     seed_everything(0)
     model = create_model("mf", DataSpec.from_data(data), "ranking", epochs=1, dim=8)
     fit(model, data, TrainConfig(device="cpu", amp=False, patience=1, ks=(10,)))
@@ -41,8 +42,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recommender, Prep
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "recommend", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "recommend", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def known_items(data: PreparedData, user: int) -> set[int]:
@@ -69,8 +75,9 @@ def test_recommend_known_user_matches_pytorch(trained) -> None:
     scores = [r["score"] for r in out["items"]]
     np.testing.assert_allclose(scores, full[want], atol=1e-4)  # same scores, same order
     untied = np.abs(np.diff(full[want], append=-np.inf)) > 1e-5
-    assert [g for g, u in zip(got, untied, strict=True) if u] == \
-        [w for w, u in zip(want.tolist(), untied, strict=True) if u]
+    assert [g for g, u in zip(got, untied, strict=True) if u] == [
+        w for w, u in zip(want.tolist(), untied, strict=True) if u
+    ]
 
     text = cli(str(path), "--user", str(data.user_ids[index]), "-k", "5")
     assert text.returncode == 0 and "excluded" in text.stdout
@@ -94,14 +101,17 @@ def test_recommend_cold_start_is_popularity(trained) -> None:
 
 def test_recommend_path_imports_no_torch(trained) -> None:
     _, data, path = trained
-    code = ("import sys, json\nfrom orchestrator.cli import main\n"
-            f"rc = main(['recommend', {str(path)!r}, '--user', '{data.user_ids[0]}'])\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'ray', 'optuna') or m.split('.')[:2] in "
-            "(['orchestrator', 'models'], ['orchestrator', 'data'], ['orchestrator', 'engine']))\n"
-            "print(json.dumps({'rc': rc, 'heavy': heavy}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    code = (
+        "import sys, json\nfrom orchestrator.cli import main\n"
+        f"rc = main(['recommend', {str(path)!r}, '--user', '{data.user_ids[0]}'])\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'ray', 'optuna') or m.split('.')[:2] in "
+        "(['orchestrator', 'models'], ['orchestrator', 'data'], ['orchestrator', 'engine']))\n"
+        "print(json.dumps({'rc': rc, 'heavy': heavy}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"rc": 0, "heavy": []}
@@ -115,17 +125,16 @@ def test_recommend_bad_input(trained, tmp_path: Path, capsys: pytest.CaptureFixt
         return capsys.readouterr().err
 
     assert "user ids are integers (e.g. '1', '2', '3')" in error(str(path), "--user", "bob")
-    assert "-k 51: larger than the catalogue (50 items)" in error(str(path), "--user", "1",
-                                                                  "-k", "51")
+    assert "-k 51: larger than the catalogue (50 items)" in error(
+        str(path), "--user", "1", "-k", "51"
+    )
     assert "expected an integer >= 1" in error(str(path), "--user", "1", "-k", "0")
     assert "no such model file" in error(str(tmp_path / "nope.onnx"), "--user", "1")
-    assert "expected an exported model file" in error(str(path.with_suffix(".pt")),
-                                                      "--user", "1")
+    assert "expected an exported model file" in error(str(path.with_suffix(".pt")), "--user", "1")
     lone = tmp_path / "lone" / path.name
     lone.parent.mkdir()
     shutil.copy(path, lone)
-    assert f"its sidecar {lone.with_suffix('.json')} is missing" in error(str(lone),
-                                                                          "--user", "1")
+    assert f"its sidecar {lone.with_suffix('.json')} is missing" in error(str(lone), "--user", "1")
     copy = tmp_path / "copy"
     copy.mkdir()
     for p in path.parent.glob("mf-ranking.*"):
@@ -154,6 +163,6 @@ def test_recommend_returns_fewer_when_user_has_most_items(trained) -> None:
     left = data.n_items - len(known_items(data, heavy))
     out = served.recommend(str(data.user_ids[heavy]), k=data.n_items)
     assert len(out["items"]) == left
-    assert not known_items(data, heavy) & {int(np.flatnonzero(data.item_ids.astype(str) ==
-                                                              r["item"])[0])
-                                           for r in out["items"]}
+    assert not known_items(data, heavy) & {
+        int(np.flatnonzero(data.item_ids.astype(str) == r["item"])[0]) for r in out["items"]
+    }

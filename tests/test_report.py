@@ -24,8 +24,14 @@ STUDIES = ["mf", "neumf"]
 
 def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
     argv = ["-c", code, *args] if code else ["-m", "orchestrator", *args]
-    return subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +39,22 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     storage = tmp_path_factory.mktemp("runs")
     # 3 complete trials per study, the fewest with parameter importances: ASHA's only rung
     # is the last epoch, so it prunes none
-    proc = run_cli("sweep", "--smoke", "--models", ",".join(STUDIES), "--trials", "3",
-                   "--grace-period", "2", "--name", "r", "--storage", str(storage),
-                   "--wandb", "disabled")
+    proc = run_cli(
+        "sweep",
+        "--smoke",
+        "--models",
+        ",".join(STUDIES),
+        "--trials",
+        "3",
+        "--grace-period",
+        "2",
+        "--name",
+        "r",
+        "--storage",
+        str(storage),
+        "--wandb",
+        "disabled",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     proc = run_cli("report", str(storage / "r"))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -79,12 +98,11 @@ def page(run_dir: Path) -> Page:
     return parsed
 
 
-def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, page: Page
-                                                                 ) -> None:
+def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, page: Page) -> None:
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
     expected = ["data-popularity", "data-activity"] + [
-        f"{kind}-{s}" for s in STUDIES for kind in ("history", "importance", "curves",
-                                                     "umap-items")]
+        f"{kind}-{s}" for s in STUDIES for kind in ("history", "importance", "curves", "umap-items")
+    ]
     assert sorted(a["alt"] for t, a in page.tags if t == "img") == sorted(expected)
     for name in expected:
         assert (run_dir / "figures" / f"{name}.png").stat().st_size > 2048, name
@@ -92,8 +110,12 @@ def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, p
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1], validate=True)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2048
-    links = [(tag, k, v) for tag, attrs in page.tags for k, v in attrs.items()
-             if k in ("src", "href") and not (v or "").startswith("data:")]
+    links = [
+        (tag, k, v)
+        for tag, attrs in page.tags
+        for k, v in attrs.items()
+        if k in ("src", "href") and not (v or "").startswith("data:")
+    ]
     assert links == [] and not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
 
 
@@ -126,10 +148,21 @@ def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> 
     from PIL import Image
 
     shot = tmp_path / "report.png"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                           "--hide-scrollbars", f"--screenshot={shot}",
-                           "--window-size=1280,2400", (run_dir / "report.html").as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1280,2400",
+            (run_dir / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
     image = Image.open(shot).convert("RGB")
     assert image.size == (1280, 2400)
@@ -161,30 +194,35 @@ def test_importances_come_from_optuna_over_complete_trials(tmp_path: Path) -> No
             continue
         study.tell(trial, lr * 100 + dim * 1e-6)  # lr decides the value
     scores = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
     assert list(scores)[0] == "lr" and scores["lr"] > 0.9
     path = optuna_figure("importance", study, tmp_path / "importance.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_without_viz_says_what_to_install(run_dir: Path) -> None:
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     proc = run_cli("report", str(run_dir), code=code)
     assert proc.returncode == 2
     assert "pip install -e '.[viz]'" in proc.stderr and "matplotlib" in proc.stderr
 
 
-def test_report_of_a_directory_that_is_no_run(tmp_path: Path, capsys: pytest.CaptureFixture
-                                              ) -> None:
+def test_report_of_a_directory_that_is_no_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "sweep.yaml").write_text("name: x\n")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "not a sweep run directory" in err and "results.parquet, trials.parquet" in err
 
 
-def test_a_failed_report_keeps_the_earlier_figures(run_dir: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_report_keeps_the_earlier_figures(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from orchestrator import plots, report
 
     copy = tmp_path / "r"

@@ -15,13 +15,23 @@ from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 RATING = "ml-100k, split u1; 5 test ratings"
 
 
-def rated(name: str, units: list[np.ndarray], baseline: bool = False,
-          evaluation: str = RATING) -> StudyResult:
+def rated(
+    name: str, units: list[np.ndarray], baseline: bool = False, evaluation: str = RATING
+) -> StudyResult:
     """A rating study whose seed runs scored these squared errors."""
-    runs = [ScoredRun(i, {"test/rmse": float(np.sqrt(np.mean(u))), "val/rmse": 1.0},
-                    np.asarray(u, float)) for i, u in enumerate(units)]
-    return StudyResult(Study(name, name, "rating", "val/rmse", "min"), baseline=baseline,
-                       evaluation=evaluation, main_metric="test/rmse", runs=runs)
+    runs = [
+        ScoredRun(
+            i, {"test/rmse": float(np.sqrt(np.mean(u))), "val/rmse": 1.0}, np.asarray(u, float)
+        )
+        for i, u in enumerate(units)
+    ]
+    return StudyResult(
+        Study(name, name, "rating", "val/rmse", "min"),
+        baseline=baseline,
+        evaluation=evaluation,
+        main_metric="test/rmse",
+        runs=runs,
+    )
 
 
 def holm(ps: list[float]) -> list[float]:
@@ -37,16 +47,25 @@ def holm(ps: list[float]) -> list[float]:
 def test_paired_tests_are_scipys_holm_corrected_within_the_table() -> None:
     rng = np.random.default_rng(0)
     base = rng.gamma(2.0, 0.5, 400)
-    rows = {"best": base * 0.8, "close": base * 0.97 + rng.normal(0, 0.05, 400),
-            "mid": base * 0.9 + rng.normal(0, 0.05, 400), "bias": base, "pop": base * 1.1}
+    rows = {
+        "best": base * 0.8,
+        "close": base * 0.97 + rng.normal(0, 0.05, 400),
+        "mid": base * 0.9 + rng.normal(0, 0.05, 400),
+        "bias": base,
+        "pop": base * 1.1,
+    }
     studies = [rated(n, [u], baseline=n in ("bias", "pop")) for n, u in rows.items()]
     frame = results.build(studies).set_index("study")
-    raw = {n: scipy.stats.ttest_rel(rows[n], rows["best"]).pvalue
-           for n in ("close", "mid", "bias", "pop")}
+    raw = {
+        n: scipy.stats.ttest_rel(rows[n], rows["best"]).pvalue
+        for n in ("close", "mid", "bias", "pop")
+    }
     for name, p in zip(raw, holm(list(raw.values())), strict=True):
         assert frame.loc[name, "p_vs_best"] == pytest.approx(p, rel=1e-9)
-    raw = {n: scipy.stats.ttest_rel(rows[n], rows["bias"]).pvalue
-           for n in ("best", "close", "mid", "pop")}
+    raw = {
+        n: scipy.stats.ttest_rel(rows[n], rows["bias"]).pvalue
+        for n in ("best", "close", "mid", "pop")
+    }
     for name, p in zip(raw, holm(list(raw.values())), strict=True):
         assert frame.loc[name, "p_vs_baseline"] == pytest.approx(p, rel=1e-9)
     assert math.isnan(frame.loc["best", "p_vs_best"])
@@ -65,14 +84,16 @@ def test_seed_runs_are_averaged_per_unit_before_the_test() -> None:
     assert "±" in results.markdown(frame)
 
 
-@pytest.mark.parametrize("a, b, why", [
-    ([1.0], [2.0], "fewer than 2 units"),
-    ([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], "all paired differences equal"),
-    ([1.0, 1.0], [1.0, 1.0], "all paired differences equal"),
-])
+@pytest.mark.parametrize(
+    "a, b, why",
+    [
+        ([1.0], [2.0], "fewer than 2 units"),
+        ([1.0, 2.0, 3.0], [2.0, 3.0, 4.0], "all paired differences equal"),
+        ([1.0, 1.0], [1.0, 1.0], "all paired differences equal"),
+    ],
+)
 def test_a_test_that_cannot_run_is_na_with_its_reason(a, b, why) -> None:
-    frame = results.build([rated("a", [np.array(a)]), rated("b", [np.array(b)],
-                                                              baseline=True)])
+    frame = results.build([rated("a", [np.array(a)]), rated("b", [np.array(b)], baseline=True)])
     assert frame["p_vs_baseline"].isna().all()
     assert f"n/a ({why})" in " ".join(frame["significance"])
     assert f"n/a ({why})" in results.markdown(frame)
@@ -80,20 +101,32 @@ def test_a_test_that_cannot_run_is_na_with_its_reason(a, b, why) -> None:
 
 def test_a_table_that_would_mix_evaluations_is_an_error() -> None:
     other = "ml-100k, split u2; 5 test ratings"
-    with pytest.raises(ValueError, match=r"table 'rating' would mix evaluations \(a: .*u1.*; "
-                                         r"b: .*u2"):
+    with pytest.raises(
+        ValueError,
+        match=r"table 'rating' would mix evaluations \(a: .*u1.*; "
+        r"b: .*u2",
+    ):
         results.build([rated("a", [np.ones(5)]), rated("b", [np.ones(5)], evaluation=other)])
 
 
 def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
     def ranked(name: str, task: str, baseline: bool = False) -> StudyResult:
         run = ScoredRun(0, {"test/ndcg@10": 0.1, "val/ndcg@10": 0.1}, np.linspace(0, 1, 9))
-        return StudyResult(Study(name, name, task, "val/ndcg@10", "max"), baseline=baseline,
-                           evaluation="leave-last; full", main_metric="test/ndcg@10",
-                           runs=[run])
-    studies = [rated("mf", [np.ones(3)]), ranked("neumf", "ranking"),
-               ranked("caser", "sequential"), rated("bias", [np.ones(3) * 2], baseline=True),
-               ranked("pop", "ranking", baseline=True)]
+        return StudyResult(
+            Study(name, name, task, "val/ndcg@10", "max"),
+            baseline=baseline,
+            evaluation="leave-last; full",
+            main_metric="test/ndcg@10",
+            runs=[run],
+        )
+
+    studies = [
+        rated("mf", [np.ones(3)]),
+        ranked("neumf", "ranking"),
+        ranked("caser", "sequential"),
+        rated("bias", [np.ones(3) * 2], baseline=True),
+        ranked("pop", "ranking", baseline=True),
+    ]
     frame = results.build(studies)
     assert list(frame["study"]) == ["mf", "bias", "neumf", "caser", "pop"]
     assert list(frame["table"]) == ["rating", "rating", "ranking", "ranking", "ranking"]
@@ -105,9 +138,21 @@ def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
 
 def test_each_row_says_where_its_chosen_configuration_came_from() -> None:
     def chosen(origin: str) -> TrialRecord:
-        return TrialRecord(study="s", trial_id="t", number=1, end="epochs", message="",
-                           best=1.0, best_epoch=3, epochs=3, time_s=1.0, hparams={"dim": 8},
-                           seed=0, origin=origin)
+        return TrialRecord(
+            study="s",
+            trial_id="t",
+            number=1,
+            end="epochs",
+            message="",
+            best=1.0,
+            best_epoch=3,
+            epochs=3,
+            time_s=1.0,
+            hparams={"dim": 8},
+            seed=0,
+            origin=origin,
+        )
+
     mf, autorec = rated("mf", [np.ones(3)]), rated("autorec", [np.ones(3) * 0.5])
     mf.chosen, autorec.chosen = chosen("recipe:surprise-svd"), chosen("search")
     frame = results.build([mf, autorec, rated("bias", [np.ones(3) * 2], baseline=True)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from orchestrator.data import prepare
 from orchestrator.data.sampling import NegativeSampler, last_items, sequence_windows, user_item_csr
 from orchestrator.data.synthetic import load_synthetic
@@ -47,8 +48,9 @@ def test_bitmap_and_binary_search_agree(train, monkeypatch):
     b = NegativeSampler(split, n_items, generator=torch.Generator().manual_seed(5))
     assert b.bitmap is None
     # the rejection draws (distinct rows) test membership in the bitmap or the sorted keys
-    assert torch.equal(a.sample(split.user, 3, distinct=True),
-                       b.sample(split.user, 3, distinct=True))
+    assert torch.equal(
+        a.sample(split.user, 3, distinct=True), b.sample(split.user, 3, distinct=True)
+    )
 
 
 def test_free_item_draws_match_rejection_by_hand():
@@ -78,15 +80,18 @@ def test_popularity_mode_skews_toward_popular_items():
     # item 0 is in 50 users' histories, item 1 in 5, items 2..9 in 1 each; user 99 has none
     user = list(range(50)) + list(range(5)) + list(range(8))
     item = [0] * 50 + [1] * 5 + list(range(2, 10))
-    sampler = NegativeSampler(split_of(user, item), 10, "popularity",
-                              torch.Generator().manual_seed(0), n_users=100)
-    counts = np.bincount(sampler.sample(torch.full((5000,), 99), 2).flatten().numpy(),
-                         minlength=10)
+    sampler = NegativeSampler(
+        split_of(user, item), 10, "popularity", torch.Generator().manual_seed(0), n_users=100
+    )
+    counts = np.bincount(sampler.sample(torch.full((5000,), 99), 2).flatten().numpy(), minlength=10)
     share = counts / counts.sum()
     assert abs(share[0] - 50 / 63) < 0.02 and abs(share[1] - 5 / 63) < 0.02
     # user 0 has items 0 and 1 (and 2): popularity mode must skip them
-    assert not set(sampler.sample(torch.zeros(2000, dtype=torch.long), 3).flatten().tolist()) \
-        & {0, 1, 2}
+    assert not set(sampler.sample(torch.zeros(2000, dtype=torch.long), 3).flatten().tolist()) & {
+        0,
+        1,
+        2,
+    }
 
 
 def test_distinct_rows_and_determinism(train):
@@ -131,9 +136,16 @@ def test_sequence_windows_by_hand():
 def test_last_items_by_hand_and_unsorted_concatenation():
     train = split_of([0, 0, 0, 2], [10, 11, 12, 7], [1, 2, 3, 5])
     val = split_of([2, 0], [8, 13], [6, 4])
-    both = Split(*(torch.cat([a, b]) for a, b in
-                   zip((val.user, val.item, val.rating, val.timestamp),
-                       (train.user, train.item, train.rating, train.timestamp), strict=True)))
+    both = Split(
+        *(
+            torch.cat([a, b])
+            for a, b in zip(
+                (val.user, val.item, val.rating, val.timestamp),
+                (train.user, train.item, train.rating, train.timestamp),
+                strict=True,
+            )
+        )
+    )
     out = last_items(both, n_users=4, L=3, pad=99)
     assert out.tolist() == [[11, 12, 13], [99, 99, 99], [99, 7, 8], [99, 99, 99]]
     assert last_items(train, 3, 2, 99).tolist() == [[11, 12], [99, 99], [99, 7]]

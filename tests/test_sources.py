@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from orchestrator.data import movielens
 from orchestrator.data.files import fingerprint, hash_file
 from orchestrator.data.sources import available_offline, data_home, load_source
@@ -29,8 +30,9 @@ def test_ml100k_real(ml100k_dir: Path) -> None:
     assert ds.items.loc[1, "genres"] == "Animation|Children's|Comedy"
     assert ds.items.loc[2, "genres"] == "Action|Adventure|Thriller"
     # the fingerprint covers every file read: ratings, titles, genres and the canonical splits
-    assert ds.fingerprint == fingerprint([ml100k_dir / f for f in movielens.CONTENT_SHA256[
-        "ml-100k"]])
+    assert ds.fingerprint == fingerprint(
+        [ml100k_dir / f for f in movielens.CONTENT_SHA256["ml-100k"]]
+    )
     assert len(ds.files) == 17 and "content sha256 verified" in ds.note
 
 
@@ -39,8 +41,15 @@ def test_ml100k_pinned_content_checksum_matches_local_copy(ml100k_dir: Path) -> 
         assert hash_file(ml100k_dir / name) == digest, name
 
 
-@pytest.mark.parametrize("split, sizes", [("u1", (80_000, 20_000)), ("u5", (80_000, 20_000)),
-                                          ("ua", (90_570, 9_430)), ("ub", (90_570, 9_430))])
+@pytest.mark.parametrize(
+    "split, sizes",
+    [
+        ("u1", (80_000, 20_000)),
+        ("u5", (80_000, 20_000)),
+        ("ua", (90_570, 9_430)),
+        ("ub", (90_570, 9_430)),
+    ],
+)
 def test_ml100k_fixed_splits(ml100k_dir: Path, split: str, sizes: tuple[int, int]) -> None:
     ds = load_source("ml-100k", data_dir=ml100k_dir.parent)
     assert sorted(ds.fixed_splits) == ["u1", "u2", "u3", "u4", "u5", "ua", "ub"]
@@ -69,8 +78,7 @@ def test_ml100k_content_mismatch_is_refused(ml100k_dir: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("name", ["u.item", "u1.test"])
-def test_ml100k_any_modified_file_is_refused(ml100k_dir: Path, tmp_path: Path,
-                                             name: str) -> None:
+def test_ml100k_any_modified_file_is_refused(ml100k_dir: Path, tmp_path: Path, name: str) -> None:
     folder = _copy_100k(ml100k_dir, tmp_path)
     (folder / name).write_bytes((folder / name).read_bytes()[:-40])  # truncated
     with pytest.raises(ValueError, match=f"{folder / name}: not the official ml-100k"):
@@ -90,12 +98,14 @@ def test_ml100k_missing_split_file_names_it(ml100k_dir: Path, tmp_path: Path) ->
 def test_ml1m_dat(tmp_path: Path) -> None:
     folder = tmp_path / "ml-1m"
     folder.mkdir()
-    (folder / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n"
-                                        "2::1193::4::978298413\n")
+    (folder / "ratings.dat").write_text(
+        "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
+    )
     (folder / "movies.dat").write_bytes(
         "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
         "661::James and the Giant Peach (1996)::Animation|Children's|Musical\n"
-        "3::Café: A Story (1999)::Comedy\n".encode("latin-1"))
+        "3::Café: A Story (1999)::Comedy\n".encode("latin-1")
+    )
     ds = load_source("ml-1m", data_dir=tmp_path)
     i = ds.interactions
     assert i.user.tolist() == [1, 1, 2] and i.item.tolist() == [1193, 661, 1193]
@@ -120,12 +130,14 @@ def test_ml1m_malformed_ratings_names_file(tmp_path: Path) -> None:
 def test_movielens_csv_releases(tmp_path: Path, name: str) -> None:
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n"
-                                        "1,1,4.0,964982703\n1,3,4.5,964981247\n7,3,0.5,1\n")
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.5,964981247\n7,3,0.5,1\n"
+    )
     (folder / "movies.csv").write_text(
         "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n"
         '3,"American President, The (1995)",Comedy|Drama|Romance\n'
-        "9,Nothing (2018),(no genres listed)\n")
+        "9,Nothing (2018),(no genres listed)\n"
+    )
     ds = load_source(name, data_dir=tmp_path)
     assert ds.name == name
     assert ds.interactions.rating.tolist() == [4.0, 4.5, 0.5]
@@ -160,8 +172,10 @@ def test_csv_defaults(tmp_path: Path) -> None:
 
 def test_csv_mapping_string_ids_iso_times(tmp_path: Path) -> None:
     path = tmp_path / "plays.csv"
-    path.write_text("uid;song;stars;ts;extra\nalice;007;5;2024-01-01T00:00:10;x\n"
-                    "bob;12;1;2024-01-01 00:01:00+01:00;y\n")
+    path.write_text(
+        "uid;song;stars;ts;extra\nalice;007;5;2024-01-01T00:00:10;x\n"
+        "bob;12;1;2024-01-01 00:01:00+01:00;y\n"
+    )
     ds = load_source(f"csv:{path}?user=uid&item=song&rating=stars&timestamp=ts&sep=;")
     i = ds.interactions
     assert i.user.tolist() == ["alice", "bob"]
@@ -179,17 +193,20 @@ def test_csv_implicit_without_rating_or_timestamp(tmp_path: Path) -> None:
     assert "implicit" in ds.note
 
 
-@pytest.mark.parametrize("content, spec_tail, pattern", [
-    ("uid,item\n1,2\n", "", r"missing column\(s\) \['user'\]; found \['uid', 'item'\]"),
-    ("user,item\n1,2\n", "?rating=stars", r"missing column\(s\) \['stars'\]"),
-    ("user,item,rating\n1,2,4\n3,4,5\n5,6,five\n", "", r"line 4: bad rating 'five'"),
-    ("user,item,rating\n1,2,4\n3,4,\n", "", r"line 3: missing rating"),
-    ("user,item,rating\n1,2,4\n,4,3\n", "", r"line 3: missing user"),
-    ("user,item,rating\n1,2,4\n\n3,4,5\n", "", r"line 3: missing user"),
-    ("user,item,rating\n1,2,4\n3,4,5,6,7\n", "", r"malformed CSV"),
-    ("user,item,timestamp\n1,2,yesterday\n", "", r"line 2: bad timestamp 'yesterday'"),
-    ("user,item\n", "", r"no rows"),
-])
+@pytest.mark.parametrize(
+    "content, spec_tail, pattern",
+    [
+        ("uid,item\n1,2\n", "", r"missing column\(s\) \['user'\]; found \['uid', 'item'\]"),
+        ("user,item\n1,2\n", "?rating=stars", r"missing column\(s\) \['stars'\]"),
+        ("user,item,rating\n1,2,4\n3,4,5\n5,6,five\n", "", r"line 4: bad rating 'five'"),
+        ("user,item,rating\n1,2,4\n3,4,\n", "", r"line 3: missing rating"),
+        ("user,item,rating\n1,2,4\n,4,3\n", "", r"line 3: missing user"),
+        ("user,item,rating\n1,2,4\n\n3,4,5\n", "", r"line 3: missing user"),
+        ("user,item,rating\n1,2,4\n3,4,5,6,7\n", "", r"malformed CSV"),
+        ("user,item,timestamp\n1,2,yesterday\n", "", r"line 2: bad timestamp 'yesterday'"),
+        ("user,item\n", "", r"no rows"),
+    ],
+)
 def test_csv_bad_input(tmp_path: Path, content: str, spec_tail: str, pattern: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -207,11 +224,16 @@ def test_csv_bad_spec_and_missing_file(tmp_path: Path) -> None:
 
 def test_parquet_mapping_and_datetimes(tmp_path: Path) -> None:
     path = tmp_path / "r.parquet"
-    pd.DataFrame({
-        "u": ["a", "b", "a"], "i": [5, 6, 7], "r": [1.0, 2.0, 3.0],
-        "when": pd.to_datetime(["1970-01-01 00:00:01", "1970-01-02 00:00:00",
-                                "2000-01-01 00:00:00"]),
-    }).to_parquet(path)
+    pd.DataFrame(
+        {
+            "u": ["a", "b", "a"],
+            "i": [5, 6, 7],
+            "r": [1.0, 2.0, 3.0],
+            "when": pd.to_datetime(
+                ["1970-01-01 00:00:01", "1970-01-02 00:00:00", "2000-01-01 00:00:00"]
+            ),
+        }
+    ).to_parquet(path)
     ds = load_source(f"parquet:{path}?user=u&item=i&rating=r&timestamp=when")
     i = ds.interactions
     assert i.user.tolist() == ["a", "b", "a"] and i.item.dtype == np.int64
@@ -233,7 +255,8 @@ def test_parquet_bad_rating_names_row(tmp_path: Path) -> None:
 
 def _write_ncf(prefix: Path, negative_lines: list[str] | None = None) -> None:
     prefix.with_name(prefix.name + ".train.rating").write_text(
-        "0\t0\t5\t10\n0\t1\t3\t11\n1\t1\t4\t12\n1\t2\t2\t13\n")
+        "0\t0\t5\t10\n0\t1\t3\t11\n1\t1\t4\t12\n1\t2\t2\t13\n"
+    )
     prefix.with_name(prefix.name + ".test.rating").write_text("0\t2\t4\t20\n1\t3\t5\t21\n")
     lines = negative_lines or ["(0,2)\t3\t4", "(1,3)\t0\t4"]
     prefix.with_name(prefix.name + ".test.negative").write_text("\n".join(lines) + "\n")
@@ -259,14 +282,17 @@ def test_ncf_as_the_authors_published_it(tmp_path: Path) -> None:
     assert ds.test_negatives.tolist() == [[3, 4], [3, -1]]
 
 
-@pytest.mark.parametrize("lines, pattern", [
-    (["(0,2)\t3\t4", "(1,2)\t0\t4"], r"line 2: \(1,2\) does not match; expected \(1,3\)"),
-    (["(0,2)\t3\t1", "(1,3)\t0\t4"], r"line 1: negative item 1 is a training item of user 0"),
-    (["(0,2)\t3\t4", "(1,3)\t0\t0"], r"line 2: negative item 0 is listed more than once"),
-    (["(0,2)\t3\t4", "(1,3)"], r"line 2: expected '\(user,item\)' then tab-separated"),
-    (["(0,2)\t3\t4"], r"1 lines, expected one per test row \(2\)"),
-    (["0,2\t3\t4", "(1,3)\t0\t4"], r"line 1: expected '\(user,item\)'"),
-])
+@pytest.mark.parametrize(
+    "lines, pattern",
+    [
+        (["(0,2)\t3\t4", "(1,2)\t0\t4"], r"line 2: \(1,2\) does not match; expected \(1,3\)"),
+        (["(0,2)\t3\t1", "(1,3)\t0\t4"], r"line 1: negative item 1 is a training item of user 0"),
+        (["(0,2)\t3\t4", "(1,3)\t0\t0"], r"line 2: negative item 0 is listed more than once"),
+        (["(0,2)\t3\t4", "(1,3)"], r"line 2: expected '\(user,item\)' then tab-separated"),
+        (["(0,2)\t3\t4"], r"1 lines, expected one per test row \(2\)"),
+        (["0,2\t3\t4", "(1,3)\t0\t4"], r"line 1: expected '\(user,item\)'"),
+    ],
+)
 def test_ncf_bad_negatives(tmp_path: Path, lines: list[str], pattern: str) -> None:
     prefix = tmp_path / "bench"
     _write_ncf(prefix, lines)
@@ -307,8 +333,9 @@ def test_data_home_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert data_home() == Path.home() / ".cache" / "recsweep"
 
 
-def test_available_offline(ml100k_dir: Path, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_available_offline(
+    ml100k_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert available_offline("ml-100k", ml100k_dir.parent)
     assert not available_offline("ml-100k", tmp_path)
     monkeypatch.setenv("RECSWEEP_DATA", str(ml100k_dir.parent))

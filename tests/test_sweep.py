@@ -23,11 +23,21 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = "recsweep-test-secret-key-0123456789abcdef"
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 240, cwd: Path = REPO,
-            command: tuple[str, ...] = (sys.executable, "-m", "orchestrator")
-            ) -> subprocess.CompletedProcess:
-    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def run_cli(
+    *args: str,
+    env: dict | None = None,
+    timeout: int = 240,
+    cwd: Path = REPO,
+    command: tuple[str, ...] = (sys.executable, "-m", "orchestrator"),
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*command, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +48,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("data", "models"):
         (folder / name).mkdir()
         (folder / name / "__init__.py").write_text(
-            f"raise ImportError('the project\\'s own {name} package was imported')\n")
+            f"raise ImportError('the project\\'s own {name} package was imported')\n"
+        )
     (folder / "data" / "ratings.csv").write_text("user,item,rating\n1,2,5\n")
     return folder
 
@@ -49,8 +60,17 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
     # a key in the environment must never reach the run directory, even offline
     # and with every fallback of orchestrator.internals forced: the sweep must not need them;
     # run from a project folder holding data/ and models/ packages of its own
-    proc = run_cli("sweep", "--smoke", "--name", "smoke", "--storage", str(storage), "--json",
-                   env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"}, cwd=project)
+    proc = run_cli(
+        "sweep",
+        "--smoke",
+        "--name",
+        "smoke",
+        "--storage",
+        str(storage),
+        "--json",
+        env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"},
+        cwd=project,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     # no library's Python warning reaches the user (the exporter's once did, in a race)
     assert "Warning:" not in proc.stdout + proc.stderr, proc.stderr[-4000:]
@@ -97,8 +117,7 @@ def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path
     assert "paired t-test" in md and "(baseline)" in md
 
 
-def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run: Path
-                                                                         ) -> None:
+def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run: Path) -> None:
     from orchestrator.models.registry import make_params
 
     trials = pd.read_parquet(smoke_run / "trials.parquet")
@@ -118,21 +137,36 @@ def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run
     assert (trials.loc[trials["end"] == "asha", "epochs"] == 1).all()  # at the rung
     # the defaults, then the recipes (2 trials: the first recipe); caser's is its defaults
     origins = trials.sort_values("number").groupby("study")["origin"].agg(list).to_dict()
-    assert origins == {"mf": ["defaults", "recipe:surprise-svd"],
-                       "autorec": ["defaults", "recipe:sedhain2015"],
-                       "mf-ranking": ["defaults", "recipe:he2017-gmf"],
-                       "neumf": ["defaults", "recipe:he2017"], "caser": ["defaults", "search"]}
-    assert resolved["sampler"] == {"name": "tpe", "seed": 0, "n_startup_trials": 2,
-                                   "n_ei_candidates": 24, "multivariate": True,
-                                   "group": False, "constant_liar": True}
+    assert origins == {
+        "mf": ["defaults", "recipe:surprise-svd"],
+        "autorec": ["defaults", "recipe:sedhain2015"],
+        "mf-ranking": ["defaults", "recipe:he2017-gmf"],
+        "neumf": ["defaults", "recipe:he2017"],
+        "caser": ["defaults", "search"],
+    }
+    assert resolved["sampler"] == {
+        "name": "tpe",
+        "seed": 0,
+        "n_startup_trials": 2,
+        "n_ei_candidates": 24,
+        "multivariate": True,
+        "group": False,
+        "constant_liar": True,
+    }
     table = pd.read_parquet(smoke_run / "results.parquet").set_index("study")
     for study, group in trials.groupby("study"):  # each row names its chosen trial's origin
         assert table.loc[study, "origin"] in set(group["origin"]), study
 
 
 def test_smoke_run_directory_layout(smoke_run: Path) -> None:
-    for name in ("sweep.yaml", "data.json", "results.csv", "results.parquet", "results.md",
-                 "trials.parquet"):
+    for name in (
+        "sweep.yaml",
+        "data.json",
+        "results.csv",
+        "results.parquet",
+        "results.md",
+        "trials.parquet",
+    ):
         assert (smoke_run / name).is_file(), name
     assert (smoke_run / "search").is_dir()  # the Tune experiment of all studies (--resume)
     for study in ("mf", "autorec", "mf-ranking", "neumf", "caser"):
@@ -153,8 +187,11 @@ def test_optuna_storage_holds_every_trial_once_as_it_ended(smoke_run: Path) -> N
     from orchestrator.journal import storage
 
     trials = pd.read_parquet(smoke_run / "trials.parquet")
-    state = {"epochs": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE,
-             "asha": TrialState.PRUNED}
+    state = {
+        "epochs": TrialState.COMPLETE,
+        "early_stopped": TrialState.COMPLETE,
+        "asha": TrialState.PRUNED,
+    }
     names = optuna.get_all_study_names(storage(smoke_run))
     assert sorted(names) == sorted(trials["study"].unique())
     for name in names:
@@ -162,8 +199,9 @@ def test_optuna_storage_holds_every_trial_once_as_it_ended(smoke_run: Path) -> N
         group = trials[trials["study"] == name].sort_values("number")
         assert [t.user_attrs["trial_id"] for t in study.trials] == list(group["trial_id"])
         assert [t.state for t in study.trials] == [state[e] for e in group["end"]]
-        assert [t.value for t in study.trials if t.state == TrialState.COMPLETE] == \
-            list(group.loc[group["end"] != "asha", "best"])  # a complete one: its best epoch
+        assert [t.value for t in study.trials if t.state == TrialState.COMPLETE] == list(
+            group.loc[group["end"] != "asha", "best"]
+        )  # a complete one: its best epoch
         assert all(t.intermediate_values for t in study.trials)  # the curve per epoch
 
 
@@ -186,23 +224,38 @@ def test_export_json_is_one_object(smoke_run: Path) -> None:
     proc = run_cli("export", str(smoke_run), "--study", "mf", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == {
-        "run_dir": str(smoke_run), "exports": {"mf": "ok"}, "exit_code": 0}
+        "run_dir": str(smoke_run),
+        "exports": {"mf": "ok"},
+        "exit_code": 0,
+    }
     assert "mf: ok" in proc.stderr  # the human line, on stderr
 
 
 def test_every_command_runs_from_a_project_folder_holding_data_and_models(
-        smoke_run: Path, project: Path, tmp_path: Path) -> None:
+    smoke_run: Path, project: Path, tmp_path: Path
+) -> None:
     recsweep = (str(Path(sys.executable).with_name("recsweep")),)  # the console script
     spec = "synthetic:users=60,items=300,interactions=1500,seed=1"
     runs = {
         "models": run_cli("models", "--json", cwd=project, command=recsweep),
         "data": run_cli("data", "describe", "--dataset", spec, cwd=project),
-        "train": run_cli("train", "--model", "mf", "--dataset", spec, "--epochs", "1",
-                         "--out", str(tmp_path / "train"), cwd=project),
+        "train": run_cli(
+            "train",
+            "--model",
+            "mf",
+            "--dataset",
+            spec,
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "train"),
+            cwd=project,
+        ),
         "results": run_cli("results", str(smoke_run), cwd=project, command=recsweep),
         "export": run_cli("export", str(smoke_run), "--study", "mf", cwd=project),
-        "recommend": run_cli("recommend", str(smoke_run / "models" / "mf.onnx"), "--user",
-                             "1", cwd=project),
+        "recommend": run_cli(
+            "recommend", str(smoke_run / "models" / "mf.onnx"), "--user", "1", cwd=project
+        ),
         "report": run_cli("report", str(smoke_run), cwd=project),
     }
     for name, proc in runs.items():  # `sweep` ran from there too: the smoke_run fixture
@@ -255,19 +308,27 @@ def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"trails": 3}, "trails"),
-    ({"data": {"datset": "x"}}, "data.datset"),
-    ({"models": ["mf", "nope"]}, "unknown model 'nope'"),
-    ({"metric": "val/auc"}, "val/auc"),
-    ({"search_space": {"mf": {"lr": {"min": 0.1, "max": 0.01}}}}, "search_space.mf.lr"),
-    ({"search_space": {"mf": {"lr": {"distribution": "log_uniform_values", "min": 0,
-                                     "max": 1}}}}, "min > 0"),
-    ({"search_space": {"mf": {"dimm": {"values": [8]}}}}, "dimm"),
-    ({"time_budget": "8 hours"}, "time_budget"),
-])
-def test_bad_sweep_files_fail_before_any_trial(tmp_path: Path, content: dict,
-                                               message: str) -> None:
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"trails": 3}, "trails"),
+        ({"data": {"datset": "x"}}, "data.datset"),
+        ({"models": ["mf", "nope"]}, "unknown model 'nope'"),
+        ({"metric": "val/auc"}, "val/auc"),
+        ({"search_space": {"mf": {"lr": {"min": 0.1, "max": 0.01}}}}, "search_space.mf.lr"),
+        (
+            {
+                "search_space": {
+                    "mf": {"lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}
+                }
+            },
+            "min > 0",
+        ),
+        ({"search_space": {"mf": {"dimm": {"values": [8]}}}}, "dimm"),
+        ({"time_budget": "8 hours"}, "time_budget"),
+    ],
+)
+def test_bad_sweep_files_fail_before_any_trial(tmp_path: Path, content: dict, message: str) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(content))
     with pytest.raises(ValueError, match=None) as err:
@@ -277,15 +338,27 @@ def test_bad_sweep_files_fail_before_any_trial(tmp_path: Path, content: dict,
 
 def test_wandb_sweep_syntax_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"models": ["mf", "neumf"], "search_space": {
-        "mf": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-               "dim": {"values": [16, 32]}, "weight_decay": {"value": 0.0}}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["mf", "neumf"],
+                "search_space": {
+                    "mf": {
+                        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                        "dim": {"values": [16, 32]},
+                        "weight_decay": {"value": 0.0},
+                    }
+                },
+            }
+        )
+    )
     cfg = load_config(path, {"trials": 3})
     assert cfg.trials == 3 and cfg.models == ("mf", "neumf")
 
 
 def test_online_wandb_takes_the_key_of_wandb_login_or_the_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("WANDB_API_KEY", "NETRC", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -308,8 +381,9 @@ def test_resume_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
 
 
 def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
-    proc = run_cli("sweep", "--smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path),
-                   timeout=120)
+    proc = run_cli(
+        "sweep", "--smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path), timeout=120
+    )
     assert proc.returncode == 2 and "cannot reach a Ray cluster" in proc.stderr
 
 
@@ -325,8 +399,7 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
     search = StudySearch(check_config(cfg), cfg, plan)
     first = [search.suggest(f"t{i}") for i in range(3)]
     assert [c[TRIAL]["study"] for c in first] == ["mf", "neumf", "mf"]
-    assert [c[TRIAL]["train"]["metric"] for c in first] == ["val/rmse", "val/ndcg@10",
-                                                             "val/rmse"]
+    assert [c[TRIAL]["train"]["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
     assert "negatives" in first[1] and "negatives" not in first[0]  # each model's own space
     search.on_trial_complete("t0", {"val/rmse": 0.95, "status": "epochs", "best_value": 0.9})
     search.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps for --resume
@@ -336,8 +409,10 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
     assert restored.suggest("t3")[TRIAL]["study"] == "neumf"  # mf has had its 2 trials
     assert restored.suggest("t4") == Searcher.FINISHED
     # the finished trial is part of mf's TPE history, and of mf's only
-    told = {name: [t.value for t in s._ot_study.trials if t.value is not None]
-            for name, s in restored.searches.items()}
+    told = {
+        name: [t.value for t in s._ot_study.trials if t.value is not None]
+        for name, s in restored.searches.items()
+    }
     assert told == {"mf": [0.9], "neumf": []}
 
 
@@ -350,8 +425,11 @@ def test_wandb_runs_open_at_once_keep_their_rows_apart_and_in_order(tmp_path: Pa
     for epoch in range(1, 6):  # interleaved, as the trials of a sweep report
         runs.log("a", {"epoch": epoch, "val/rmse": 1 / epoch}, {})
         runs.log("b", {"epoch": epoch, "val/ndcg@10": epoch / 10}, {})
-    runs.log("b", {"epoch": 6, "val/ndcg@10": float("nan")},
-             {"status": "diverged", "message": "epoch 6: val/ndcg@10 is nan"})
+    runs.log(
+        "b",
+        {"epoch": 6, "val/ndcg@10": float("nan")},
+        {"status": "diverged", "message": "epoch 6: val/ndcg@10 is nan"},
+    )
     runs.finish("a", 0)
     runs.finish("b", 1)
     runs.start("c", "trial c", "night/mf", "mf", {})  # open when the search ends
@@ -381,8 +459,7 @@ def test_a_wandb_error_is_reported_and_does_not_stop_the_caller(tmp_path: Path) 
     assert "sideways" in errors[0]
 
 
-def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
-        tmp_path: Path) -> None:
+def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(tmp_path: Path) -> None:
     import ray
     from ray import tune
 
@@ -396,12 +473,24 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     ray.init(num_cpus=1, include_dashboard=False)
     try:
         # the W&B actor starts with the first result; this trial has none
-        spec = TrialSpec.of(Study("mf", "mf", "rating", "val/rmse", "min"), Schedule(1, 1, ()),
-                            TrainConfig(), 0, 0, "defaults")
-        tune.Tuner(fails, param_space=spec.config({}), run_config=tune.RunConfig(
-            name="failed", storage_path=str(tmp_path), verbose=0,
-            callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
-        )).fit()
+        spec = TrialSpec.of(
+            Study("mf", "mf", "rating", "val/rmse", "min"),
+            Schedule(1, 1, ()),
+            TrainConfig(),
+            0,
+            0,
+            "defaults",
+        )
+        tune.Tuner(
+            fails,
+            param_space=spec.config({}),
+            run_config=tune.RunConfig(
+                name="failed",
+                storage_path=str(tmp_path),
+                verbose=0,
+                callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
+            ),
+        ).fit()
     finally:
         ray.shutdown()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))

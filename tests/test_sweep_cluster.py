@@ -44,18 +44,29 @@ def first_result(root: Path, timeout: float = 120, finished: bool = False) -> bo
     return False
 
 
-def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_sweep_survives_the_loss_of_a_node(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
     try:
         workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
         cluster.wait_for_nodes()
-        cfg = load_config(None, {
-            "name": "multi", "storage": str(tmp_path), "models": ["mf", "neumf"],
-            "baselines": [], "trials": 3, "epochs": 4, "grace_period": 4, "gpus_per_trial": 0.5,
-            "cpus_per_trial": 0.5, "wandb": "offline", "data": DATA})
+        cfg = load_config(
+            None,
+            {
+                "name": "multi",
+                "storage": str(tmp_path),
+                "models": ["mf", "neumf"],
+                "baselines": [],
+                "trials": 3,
+                "epochs": 4,
+                "grace_period": 4,
+                "gpus_per_trial": 0.5,
+                "cpus_per_trial": 0.5,
+                "wandb": "offline",
+                "data": DATA,
+            },
+        )
 
         removed: list[float] = []
 
@@ -63,6 +74,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
             if first_result(tmp_path / "multi"):
                 cluster.remove_node(workers[1])
                 removed.append(time.time())
+
         killer = threading.Thread(target=kill_a_worker, daemon=True)
         killer.start()
         run_dir = run_sweep(cfg)
@@ -74,11 +86,13 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path,
         cluster.shutdown()
     trials = RunDir(run_dir).trials
     assert len(trials) == 6 and trials["trial_id"].is_unique
-    assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
-        trials[["trial_id", "end", "message"]]
+    assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), trials[
+        ["trial_id", "end", "message"]
+    ]
     # a trial restored from an earlier checkpoint keeps no epoch of its lost run
-    assert (trials["best_epoch"] <= trials["epochs"]).all(), \
-        trials[["trial_id", "best_epoch", "epochs"]]
+    assert (trials["best_epoch"] <= trials["epochs"]).all(), trials[
+        ["trial_id", "best_epoch", "epochs"]
+    ]
     assert (trials["epochs"] == 4).all()  # grace_period == epochs: ASHA stops nobody
     table = RunDir(run_dir).results
     assert list(table["study"]) == ["mf", "neumf"] and (table["trials_done"] == 3).all()
@@ -111,24 +125,54 @@ def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
 
     ray.init(num_cpus=1, include_dashboard=False)
     cfg = load_config(None, {"name": "lost", "storage": str(tmp_path), "max_failures": 1})
-    tuner = tune.Tuner(_dies_once, param_space={"marker": str(tmp_path / "died")},
-                       run_config=tune.RunConfig(
-                           name="lost", storage_path=str(tmp_path), verbose=0,
-                           failure_config=tune.FailureConfig(max_failures=0)))
-    grid = fit_experiment(tuner, str(tmp_path / "lost"), _dies_once, cfg, deadline=None,
-                stop=threading.Event())
+    tuner = tune.Tuner(
+        _dies_once,
+        param_space={"marker": str(tmp_path / "died")},
+        run_config=tune.RunConfig(
+            name="lost",
+            storage_path=str(tmp_path),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    grid = fit_experiment(
+        tuner, str(tmp_path / "lost"), _dies_once, cfg, deadline=None, stop=threading.Event()
+    )
     assert (tmp_path / "died").exists()  # the first attempt really died
     assert len(grid) == 1 and grid[0].error is None
     assert grid[0].metrics["val/rmse"] == 1.0
 
 
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "orchestrator", "sweep", "--name", "resumed", "--storage",
-            str(tmp_path), "--models", "mf,neumf", "--trials", "4", "--epochs", "3",
-            "--wandb", "disabled", "--dataset", DATA["dataset"]]
+    args = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "sweep",
+        "--name",
+        "resumed",
+        "--storage",
+        str(tmp_path),
+        "--models",
+        "mf,neumf",
+        "--trials",
+        "4",
+        "--epochs",
+        "3",
+        "--wandb",
+        "disabled",
+        "--dataset",
+        DATA["dataset"],
+    ]
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0"}  # save the experiment state often
-    driver = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         run_dir = tmp_path / "resumed"
         assert first_result(run_dir, finished=True), "no trial of the sweep ever finished"
@@ -136,15 +180,23 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
         # as after a reboot: no Ray process of the dead driver lingers for the next to join
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+            capture_output=True,
+            timeout=60,
+        )
     assert not (run_dir / "results.csv").exists()  # it really died mid-way
     log = tmp_path / "resume.log"
     with log.open("w") as out:
         try:
-            proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "--resume",
-                                   str(run_dir)], cwd=REPO, stdout=out,
-                                  stderr=subprocess.STDOUT, text=True, timeout=300)
+            proc = subprocess.run(
+                [sys.executable, "-m", "orchestrator", "sweep", "--resume", str(run_dir)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=300,
+            )
         except subprocess.TimeoutExpired:
             pytest.fail("--resume hung:\n" + log.read_text()[-4000:])
     assert proc.returncode == 0, log.read_text()[-4000:]
@@ -152,11 +204,13 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert len(trials) == 8, trials[["trial_id", "end"]]
     assert trials["trial_id"].is_unique
     assert (trials.groupby("study").size() == 4).all()  # each study's 4, none run twice
-    assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), \
-        trials[["trial_id", "end", "message"]]
+    assert trials["end"].isin(["epochs", "early_stopped", "asha"]).all(), trials[
+        ["trial_id", "end", "message"]
+    ]
     # a trial restored from an earlier checkpoint keeps no epoch of its lost run
-    assert (trials["best_epoch"] <= trials["epochs"]).all(), \
-        trials[["trial_id", "best_epoch", "epochs"]]
+    assert (trials["best_epoch"] <= trials["epochs"]).all(), trials[
+        ["trial_id", "best_epoch", "epochs"]
+    ]
     # Optuna's storage agrees: every trial once, pruned exactly where ASHA stopped it
     import optuna
 
@@ -164,10 +218,11 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
 
     for name, group in trials.groupby("study"):
         study = optuna.load_study(study_name=str(name), storage=storage(run_dir))
-        assert sorted(t.user_attrs["trial_id"] for t in study.trials) == \
-            sorted(group["trial_id"])
-        assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == \
-            (group["end"] == "asha").sum()
+        assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(group["trial_id"])
+        assert (
+            sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+            == (group["end"] == "asha").sum()
+        )
 
 
 def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:
@@ -186,9 +241,11 @@ def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:
 
     connect(SweepConfig())
     cpus = int(ray.cluster_resources()["CPU"])
-    grid = tune.Tuner(tune.with_resources(probe, {"cpu": 1}),
-                      param_space={"i": tune.grid_search(list(range(cpus)))},
-                      run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    grid = tune.Tuner(
+        tune.with_resources(probe, {"cpu": 1}),
+        param_space={"i": tune.grid_search(list(range(cpus)))},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    ).fit()
     assert [r.metrics["threads"] for r in grid] == [1] * cpus
 
 

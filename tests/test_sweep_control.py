@@ -24,13 +24,13 @@ import pytest
 import ray
 import yaml
 from optuna.trial import TrialState
+
 from orchestrator.data import load_dataset
 from orchestrator.engine.evaluation import evaluate
 from orchestrator.engine.train import fold_val
+from orchestrator.journal import storage
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import load_model
-
-from orchestrator.journal import storage
 from orchestrator.plan import load_config
 from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
@@ -40,13 +40,27 @@ pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:users=200,items=300,interactions=8000,seed=2"
 # trials that would take minutes each if nothing stopped them
-LONG = {"trials": 40, "epochs": 100000, "grace_period": 100000, "wandb": "disabled",
-        "baselines": [], "data": {"dataset": DATASET}}
+LONG = {
+    "trials": 40,
+    "epochs": 100000,
+    "grace_period": 100000,
+    "wandb": "disabled",
+    "baselines": [],
+    "data": {"dataset": DATASET},
+}
 
 
 def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> None:
-    cfg = load_config(None, {**LONG, "name": "budget", "storage": str(tmp_path),
-                             "models": ["mf", "neumf"], "time_budget": "20s"})
+    cfg = load_config(
+        None,
+        {
+            **LONG,
+            "name": "budget",
+            "storage": str(tmp_path),
+            "models": ["mf", "neumf"],
+            "time_budget": "20s",
+        },
+    )
     run_dir = run_sweep(cfg)
     table = RunDir(run_dir).results
     assert list(table["study"]) == ["mf", "neumf"]
@@ -62,10 +76,19 @@ def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> No
 def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path) -> None:
     # ASHA compares at epochs 1, 2, 4, ...; the studies' first trials (never stopped) and the
     # trials running when the budget ends are the only ones the budget stops
-    cfg = load_config(None, {**LONG, "name": "rungs", "storage": str(tmp_path),
-                             "models": ["mf"], "grace_period": 1, "cpus_per_trial": 0.5,
-                             "time_budget": "40s", "search_space": {
-                                 "mf": {"optimizer": {"value": "adam"}}}})
+    cfg = load_config(
+        None,
+        {
+            **LONG,
+            "name": "rungs",
+            "storage": str(tmp_path),
+            "models": ["mf"],
+            "grace_period": 1,
+            "cpus_per_trial": 0.5,
+            "time_budget": "40s",
+            "search_space": {"mf": {"optimizer": {"value": "adam"}}},
+        },
+    )
     run_dir = run_sweep(cfg)
     trials = RunDir(run_dir).trials.sort_values("number")
     ends = trials["end"].value_counts()
@@ -80,13 +103,39 @@ def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "orchestrator", "sweep", "--name", "stopped", "--storage",
-            str(tmp_path), "--models", "mf,neumf", "--trials", "40", "--epochs", "100000",
-            "--wandb", "disabled", "--dataset", DATASET, "--time-budget", "none",
-            # one trial at a time: the studies take turns, mf's first trial runs first
-            "--cpus-per-trial", "2"]
-    driver = subprocess.Popen(args, cwd=REPO, start_new_session=True, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    args = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "sweep",
+        "--name",
+        "stopped",
+        "--storage",
+        str(tmp_path),
+        "--models",
+        "mf,neumf",
+        "--trials",
+        "40",
+        "--epochs",
+        "100000",
+        "--wandb",
+        "disabled",
+        "--dataset",
+        DATASET,
+        "--time-budget",
+        "none",
+        # one trial at a time: the studies take turns, mf's first trial runs first
+        "--cpus-per-trial",
+        "2",
+    ]
+    driver = subprocess.Popen(
+        args,
+        cwd=REPO,
+        start_new_session=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     run_dir = tmp_path / "stopped"
     try:
         end = time.time() + 120
@@ -112,12 +161,22 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
     assert "--resume" in out
 
 
-def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path: Path
-                                                                          ) -> None:
-    cfg = load_config(None, {"name": "seeds", "storage": str(tmp_path),
-                             "models": ["mf", "neumf"], "baselines": [], "trials": 2,
-                             "epochs": 3, "final_seeds": 3, "wandb": "disabled",
-                             "data": {"dataset": DATASET}, "train": {"refit": True}})
+def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        {
+            "name": "seeds",
+            "storage": str(tmp_path),
+            "models": ["mf", "neumf"],
+            "baselines": [],
+            "trials": 2,
+            "epochs": 3,
+            "final_seeds": 3,
+            "wandb": "disabled",
+            "data": {"dataset": DATASET},
+            "train": {"refit": True},
+        },
+    )
     run_dir = run_sweep(cfg)
     table = RunDir(run_dir).results
     assert (table["status"] == "ok").all() and (table["seeds"] == 3).all()
@@ -144,13 +203,22 @@ def _no_leftover_ray() -> None:
 
 
 def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> None:
-    cfg = load_config(None, {"name": "sparse", "storage": str(tmp_path), "models": ["mf"],
-                             "baselines": [], "trials": 1, "epochs": 30, "wandb": "disabled",
-                             "data": {"dataset": DATASET},
-                             "train": {"report_every_s": 1000, "patience": 0},
-                             # fast and barely regularised: it overfits after a few epochs
-                             "search_space": {"mf": {"lr": {"values": [0.03]},
-                                                     "reg": {"values": [0.0001]}}}})
+    cfg = load_config(
+        None,
+        {
+            "name": "sparse",
+            "storage": str(tmp_path),
+            "models": ["mf"],
+            "baselines": [],
+            "trials": 1,
+            "epochs": 30,
+            "wandb": "disabled",
+            "data": {"dataset": DATASET},
+            "train": {"report_every_s": 1000, "patience": 0},
+            # fast and barely regularised: it overfits after a few epochs
+            "search_space": {"mf": {"lr": {"values": [0.03]}, "reg": {"values": [0.0001]}}},
+        },
+    )
     run_dir = run_sweep(cfg)
     history = pd.read_parquet(run_dir / "history.parquet").sort_values("epoch")
     epochs, rmse = history["epoch"].tolist(), history["val/rmse"].tolist()
@@ -172,13 +240,37 @@ def test_a_sweep_whose_study_has_no_finished_trial_exits_1(tmp_path: Path) -> No
     # writes its table (the bias baseline is tested), and its exit code says a study has no
     # model
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": ["mf"], "baselines": ["bias"], "trials": 2, "epochs": 3,
-        "wandb": "disabled", "data": {"dataset": DATASET},
-        "search_space": {"mf": {"lr": {"value": 1.0e30}}}}))
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", "--config",
-                           str(config), "--name", "failed", "--storage", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["mf"],
+                "baselines": ["bias"],
+                "trials": 2,
+                "epochs": 3,
+                "wandb": "disabled",
+                "data": {"dataset": DATASET},
+                "search_space": {"mf": {"lr": {"value": 1.0e30}}},
+            }
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "sweep",
+            "--config",
+            str(config),
+            "--name",
+            "failed",
+            "--storage",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert "error: no tested model for mf" in proc.stderr
     status = pd.read_csv(tmp_path / "failed" / "results.csv").set_index("study")["status"]

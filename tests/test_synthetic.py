@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+
 from orchestrator.data import load_source, prepare
 from orchestrator.data.synthetic import SyntheticParams, generate, parse_spec
 
@@ -20,8 +21,10 @@ def test_spec_parsing():
     p = parse_spec("synthetic:users=10, items=20,interactions=100,noise=0.25,seed=4")
     assert p == SyntheticParams(users=10, items=20, interactions=100, noise=0.25, seed=4)
     assert parse_spec("synthetic") == SyntheticParams()
-    with pytest.raises(ValueError, match="unknown key 'user'; allowed: users, items, "
-                                         "interactions, rank, genres, noise, seed"):
+    with pytest.raises(
+        ValueError,
+        match="unknown key 'user'; allowed: users, items, interactions, rank, genres, noise, seed",
+    ):
         parse_spec("synthetic:user=10")
     with pytest.raises(ValueError, match="items='many' is not an integer"):
         parse_spec("synthetic:items=many")
@@ -66,8 +69,9 @@ def test_seeded_determinism():
 
 def test_best_rmse_is_known_and_baselines_are_worse(default):
     inter = default.raw.interactions
-    assert default.best_rmse == pytest.approx(float(re.search(
-        r"~(\d\.\d\d)", default.raw.note).group(1)), abs=0.006)
+    assert default.best_rmse == pytest.approx(
+        float(re.search(r"~(\d\.\d\d)", default.raw.note).group(1)), abs=0.006
+    )
     oracle = np.sqrt(np.mean((default.expected - inter.rating) ** 2))
     assert oracle == pytest.approx(default.best_rmse, abs=0.01)  # the analytic value holds
     data = prepare(default.raw, "random:0.8,0.1,0.1", eval_negatives=0)
@@ -75,8 +79,10 @@ def test_best_rmse_is_known_and_baselines_are_worse(default):
     mu = tr.rating.mean()
     global_rmse = np.sqrt(np.mean((te.rating - mu) ** 2))
     # user + item bias baseline (damped means), the floor every rating model must beat
-    n_u, n_i = np.bincount(tr.user, minlength=data.n_users), np.bincount(tr.item,
-                                                                         minlength=data.n_items)
+    n_u, n_i = (
+        np.bincount(tr.user, minlength=data.n_users),
+        np.bincount(tr.item, minlength=data.n_items),
+    )
     b_u = np.bincount(tr.user, tr.rating - mu, data.n_users) / (n_u + 5)
     b_i = np.bincount(tr.item, tr.rating - mu - b_u[tr.user], data.n_items) / (n_i + 5)
     bias_rmse = np.sqrt(np.mean((te.rating - mu - b_u[te.user] - b_i[te.item]) ** 2))

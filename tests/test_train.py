@@ -8,9 +8,11 @@ import json
 import math
 
 import numpy as np
-import orchestrator.models  # noqa: F401  (registers every model)
 import pytest
 import torch
+
+import orchestrator.models  # noqa: F401  (registers every model)
+from orchestrator.config import DataConfig, TrainConfig
 from orchestrator.data import load_dataset
 from orchestrator.engine.evaluation import evaluate, monitored_metric, task_metric, to_device
 from orchestrator.engine.single_run import train_one, validate_request
@@ -23,8 +25,6 @@ from orchestrator.engine.train import (
 )
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, get_model_class, list_models, load_model
-
-from orchestrator.config import DataConfig, TrainConfig
 
 CASES = [(name, task) for name in list_models() for task in get_model_class(name).tasks]
 CPU = TrainConfig(device="cpu", patience=10, ks=(5, 10))
@@ -43,8 +43,13 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data():
     """60 users, 120 items, ~2000 ratings: every model gets a few steps per epoch."""
-    return load_dataset(DataConfig(dataset="synthetic:users=60,items=120,interactions=2000,seed=3",
-                                   split="leave-last", eval_negatives=20))
+    return load_dataset(
+        DataConfig(
+            dataset="synthetic:users=60,items=120,interactions=2000,seed=3",
+            split="leave-last",
+            eval_negatives=20,
+        )
+    )
 
 
 def make(name: str, task: str, data, seed: int = 0, **hp):
@@ -80,8 +85,13 @@ def test_every_model_fits_and_reports_each_epoch(name, task, data):
     assert result.status == "ok", result.message
     assert [r["epoch"] for r in reports] == [1, 2, 3, 4] and result.history == reports
     for r in reports:
-        assert {"train/loss", key, "epoch_time_s", "train_samples_per_s",
-                "val/eval_users_per_s"} <= set(r)
+        assert {
+            "train/loss",
+            key,
+            "epoch_time_s",
+            "train_samples_per_s",
+            "val/eval_users_per_s",
+        } <= set(r)
         assert all(math.isfinite(v) for v in r.values())
         check_ranges(r, "val", task)
     assert reports[-1]["train/loss"] < reports[0]["train/loss"]
@@ -135,18 +145,23 @@ def test_divergence_after_good_epochs_restores_the_best(data):
 
     result = fit(model, data, CPU, poison)
     assert result.status == "diverged" and len(reports) == 2 and result.epochs == 2
-    assert "epoch 3" in result.message and f"restored to epoch {result.best_epoch}" \
-        in result.message
+    assert (
+        "epoch 3" in result.message and f"restored to epoch {result.best_epoch}" in result.message
+    )
     assert all(torch.isfinite(p).all() for p in model.parameters())
     again = evaluate(model, data, "val", CPU)
     assert again["val/ndcg@10"] == result.best["val/ndcg@10"]
 
 
-@pytest.mark.parametrize("name,task", [("mf", "ranking"), ("mf", "rating")]
-                         + [c for c in CASES if c[0] in ("neumf", "caser", "autorec")][:3])
+@pytest.mark.parametrize(
+    "name,task",
+    [("mf", "ranking"), ("mf", "rating")]
+    + [c for c in CASES if c[0] in ("neumf", "caser", "autorec")][:3],
+)
 def test_same_seed_same_metrics(name, task, data):
-    runs = [fit(make(name, task, data, seed=s, epochs=2, batch_size=64), data, CPU)
-            for s in (5, 5, 6)]
+    runs = [
+        fit(make(name, task, data, seed=s, epochs=2, batch_size=64), data, CPU) for s in (5, 5, 6)
+    ]
     assert untimed(runs[0].history) == untimed(runs[1].history)
     assert untimed(runs[0].history) != untimed(runs[2].history)  # the seed matters
 
@@ -154,16 +169,25 @@ def test_same_seed_same_metrics(name, task, data):
 def test_resume_from_state_equals_an_uninterrupted_fit(data):
     cfg = TrainConfig(device="cpu", patience=10)
     full_states: list[dict] = []
-    full = fit(make("mf", "ranking", data, epochs=4, batch_size=64), data, cfg,
-               on_state=lambda s: full_states.append(s.full()))
+    full = fit(
+        make("mf", "ranking", data, epochs=4, batch_size=64),
+        data,
+        cfg,
+        on_state=lambda s: full_states.append(s.full()),
+    )
     # Round-trip the epoch-2 state through torch.save, as a Ray checkpoint would.
     buffer = io.BytesIO()
     torch.save(full_states[1], buffer)
     state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
     assert state["epoch"] == 2 and len(state["history"]) == 2
     resumed_reports: list[dict] = []
-    resumed = fit(make("mf", "ranking", data, seed=99, epochs=4, batch_size=64), data, cfg,
-                  resumed_reports.append, state=state)
+    resumed = fit(
+        make("mf", "ranking", data, seed=99, epochs=4, batch_size=64),
+        data,
+        cfg,
+        resumed_reports.append,
+        state=state,
+    )
     assert [r["epoch"] for r in resumed_reports] == [3, 4]
     assert untimed(resumed.history) == untimed(full.history)
     assert resumed.best_epoch == full.best_epoch
@@ -177,11 +201,19 @@ def test_on_state_comes_before_report_and_holds_cpu_copies(data):
     def on_state(s: EpochState) -> None:
         order.append("state")
         states.append(s.full())
-        assert (s.epoch, s.best_epoch, s.final) == (states[-1]["epoch"],
-                                                     states[-1]["best_epoch"], s.epoch == 2)
+        assert (s.epoch, s.best_epoch, s.final) == (
+            states[-1]["epoch"],
+            states[-1]["best_epoch"],
+            s.epoch == 2,
+        )
 
-    fit(make("mf", "rating", data, epochs=2), data, CPU, lambda m: order.append("report"),
-        on_state=on_state)
+    fit(
+        make("mf", "rating", data, epochs=2),
+        data,
+        CPU,
+        lambda m: order.append("report"),
+        on_state=on_state,
+    )
     assert order == ["state", "report", "state", "report"]
     first = states[0]["model"]["user_emb.weight"].clone()
     assert torch.equal(states[0]["model"]["user_emb.weight"], first)  # not a live reference
@@ -201,13 +233,14 @@ def test_sampled_protocol_and_test_masks(data):
     indptr, indices = tensors.known("test")
     assert len(indices) == len(data.train) + len(data.val)  # val items are masked for test
     assert tensors.last_items("test", 3).shape == (data.n_users, 3)
-    assert torch.equal(tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
-                       torch.as_tensor(data.val.item))  # leave-last: val is the latest known
+    assert torch.equal(
+        tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
+        torch.as_tensor(data.val.item),
+    )  # leave-last: val is the latest known
 
 
 def test_train_one_writes_files_that_rebuild_the_model(data, tmp_path):
-    metrics = train_one("mf", data, "rating", {"epochs": 2}, CPU, out_dir=tmp_path,
-                        progress=False)
+    metrics = train_one("mf", data, "rating", {"epochs": 2}, CPU, out_dir=tmp_path, progress=False)
     assert metrics["status"] == "ok" and metrics["epochs"] == 2
     assert {"val/rmse", "test/rmse", "train_samples_per_s", "eval_users_per_s"} <= set(metrics)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
@@ -226,28 +259,39 @@ def test_fold_val_moves_val_into_train_in_order(data):
     assert full.test is data.test and len(full.train) == len(data.train) + len(data.val)
     t = full.train
     assert (np.lexsort((t.item, t.timestamp, t.user)) == np.arange(len(t))).all()
-    pairs = {*zip(data.train.user, data.train.item, strict=True),
-             *zip(data.val.user, data.val.item, strict=True)}
+    pairs = {
+        *zip(data.train.user, data.train.item, strict=True),
+        *zip(data.val.user, data.val.item, strict=True),
+    }
     assert set(zip(t.user, t.item, strict=True)) == pairs
     tensors = to_device(full, "cpu")  # test history: train + val, each interaction once
     assert len(tensors.known("test")[1]) == len(pairs)
-    assert torch.equal(tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
-                       torch.as_tensor(data.val.item))
+    assert torch.equal(
+        tensors.last_items("test", 1)[:, 0][torch.as_tensor(data.val.user)],
+        torch.as_tensor(data.val.item),
+    )
 
 
 @pytest.mark.parametrize("name,task", CASES)
-def test_refit_tests_a_retrain_on_train_and_val_for_the_epochs_val_picked(name, task, data,
-                                                                          tmp_path):
+def test_refit_tests_a_retrain_on_train_and_val_for_the_epochs_val_picked(
+    name, task, data, tmp_path
+):
     plain = train_one(name, data, task, {"epochs": 3}, CPU, progress=False)
-    refit = train_one(name, data, task, {"epochs": 3}, dataclasses.replace(CPU, refit=True),
-                      out_dir=tmp_path, progress=False)
+    refit = train_one(
+        name,
+        data,
+        task,
+        {"epochs": 3},
+        dataclasses.replace(CPU, refit=True),
+        out_dir=tmp_path,
+        progress=False,
+    )
     val = [k for k in plain if k.startswith("val/")]
     test = [k for k in plain if k.startswith("test/")]
     assert val and test and {k: refit[k] for k in val} == {k: plain[k] for k in val}
     full = fold_val(data)
     seed_everything(CPU.seed)  # by hand: from the seed, on train + val, for the picked epochs
-    model = create_model(name, DataSpec.from_data(full), task,
-                         epochs=max(plain["best_epoch"], 1))
+    model = create_model(name, DataSpec.from_data(full), task, epochs=max(plain["best_epoch"], 1))
     result = fit(model, full, CPU, validate=False)
     assert not any(k.startswith("val/") for h in result.history for k in h)
     assert result.epochs == (model.params.epochs if model.learned else 0)
@@ -269,10 +313,13 @@ def test_neumf_scores_in_cache_sized_user_batches_with_the_same_metrics(data):
     wide = make("neumf", "ranking", data, dim=16, layers=2).to("meta").eval_batch_users
     assert wide > limit and wide & (wide - 1) == 0 and wide * data.n_items * e <= 2**28
     timed = {f"test/{k}" for k in ("eval_users_per_s",)}
-    small, large = (evaluate(model, data, "test", TrainConfig(device="cpu", eval_batch_users=b))
-                    for b in (3, 4096))
-    assert {k: v for k, v in small.items() if k not in timed} == \
-        {k: v for k, v in large.items() if k not in timed}
+    small, large = (
+        evaluate(model, data, "test", TrainConfig(device="cpu", eval_batch_users=b))
+        for b in (3, 4096)
+    )
+    assert {k: v for k, v in small.items() if k not in timed} == {
+        k: v for k, v in large.items() if k not in timed
+    }
 
 
 def test_bad_requests_name_the_key():
@@ -302,6 +349,7 @@ def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
     def train(part):
         towers.append(part)
         return fit(part, data, cfg)
+
     fused.pretrain(train)
     assert [t.params.tower for t in towers] == ["gmf", "mlp"]
     user, item = torch.tensor([0, 4, 8]), torch.tensor([3, 9, 12])
@@ -320,8 +368,11 @@ def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
 def test_every_model_trains_an_epoch_on_a_million_ratings():
     # a million ratings (20,000 users x 4,000 items): one epoch of each model and task, with
     # small dims, within the suite's time; the loss is a number and nothing runs out of memory
-    data = load_dataset(DataConfig(
-        dataset="synthetic:users=20000,items=4000,interactions=1000000", eval_negatives=0))
+    data = load_dataset(
+        DataConfig(
+            dataset="synthetic:users=20000,items=4000,interactions=1000000", eval_negatives=0
+        )
+    )
     assert len(data.train) + len(data.val) + len(data.test) == 1_000_000
     cfg = TrainConfig(device="cpu", amp=False)
     for name in list_models():

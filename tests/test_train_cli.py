@@ -18,9 +18,33 @@ DATASET = "synthetic:users=60,items=120,interactions=2000,seed=3"
 
 def test_train_end_to_end_writes_metrics_config_and_checkpoint(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "orchestrator", "train", "--model", "mf", "--task", "ranking",
-           "--dataset", DATASET, "--eval-negatives", "20", "--epochs", "2", "--set", "dim=8",
-           "--seed", "1", "--device", "cpu", "--ks", "[5, 10]", "--out", str(out), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "train",
+        "--model",
+        "mf",
+        "--task",
+        "ranking",
+        "--dataset",
+        DATASET,
+        "--eval-negatives",
+        "20",
+        "--epochs",
+        "2",
+        "--set",
+        "dim=8",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--ks",
+        "[5, 10]",
+        "--out",
+        str(out),
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
@@ -43,17 +67,22 @@ def test_train_end_to_end_writes_metrics_config_and_checkpoint(tmp_path):
 MISSING = ["--dataset", "csv:/nonexistent/ratings.csv"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--model", "nope"], "unknown model 'nope'; known models: "),
-    (["--model", "mf", "--task", "sequential"], "does not support task 'sequential'"),
-    (["--model", "mf", "--task", "ranking", "--set", "lrr=0.1"], "unknown hyperparameter(s) "
-     "['lrr'] for model 'mf'; allowed: "),
-    (["--model", "mf", "--set", "dim=abc"], "dim='abc' of model 'mf': expected int"),
-    (["--model", "mf", "--set", "lr=-1"], "lr=-1.0: expected a positive finite float"),
-    (["--model", "mf", "--epochs", "0"], "epochs=0: expected an int >= 1"),
-    (["--model", "mf", "--set", "dim"], "--set 'dim': expected KEY=VALUE"),
-    (["--model", "mf", "--patience", "x"], "--patience: expected int"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--model", "nope"], "unknown model 'nope'; known models: "),
+        (["--model", "mf", "--task", "sequential"], "does not support task 'sequential'"),
+        (
+            ["--model", "mf", "--task", "ranking", "--set", "lrr=0.1"],
+            "unknown hyperparameter(s) ['lrr'] for model 'mf'; allowed: ",
+        ),
+        (["--model", "mf", "--set", "dim=abc"], "dim='abc' of model 'mf': expected int"),
+        (["--model", "mf", "--set", "lr=-1"], "lr=-1.0: expected a positive finite float"),
+        (["--model", "mf", "--epochs", "0"], "epochs=0: expected an int >= 1"),
+        (["--model", "mf", "--set", "dim"], "--set 'dim': expected KEY=VALUE"),
+        (["--model", "mf", "--patience", "x"], "--patience: expected int"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_key_before_loading(args, expected, capsys):
     assert main(["train", *args, *MISSING]) == 2
     err = capsys.readouterr().err

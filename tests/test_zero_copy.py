@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from orchestrator.data import load_dataset
-from orchestrator.engine.evaluation import to_device
 
 from orchestrator.config import DataConfig
+from orchestrator.data import load_dataset
+from orchestrator.engine.evaluation import to_device
 
 pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 
@@ -19,27 +19,39 @@ def test_trials_read_the_object_store_copy_of_the_data(tmp_path: Path) -> None:
     from ray import tune
 
     def trial(config: dict, data) -> None:  # nested: pickled by value for the workers
-        arrays = [getattr(s, f) for s in (data.train, data.val, data.test)
-                  for f in ("user", "item", "rating", "timestamp")]
+        arrays = [
+            getattr(s, f)
+            for s in (data.train, data.val, data.test)
+            for f in ("user", "item", "rating", "timestamp")
+        ]
         tensors = to_device(data, "cpu")
-        views = [getattr(s, f) for s in (tensors.train, tensors.val, tensors.test)
-                 for f in ("user", "item", "rating", "timestamp")]
-        tune.report({
-            "pid": os.getpid(),
-            # Ray maps numpy arrays out of its shared-memory store read-only, in place
-            "read_only": all(not a.flags.writeable for a in arrays),
-            # and the trial's CPU tensors are those very bytes
-            "shared": all(v.data_ptr() == a.ctypes.data for v, a in zip(views, arrays,
-                                                                        strict=True))})
+        views = [
+            getattr(s, f)
+            for s in (tensors.train, tensors.val, tensors.test)
+            for f in ("user", "item", "rating", "timestamp")
+        ]
+        tune.report(
+            {
+                "pid": os.getpid(),
+                # Ray maps numpy arrays out of its shared-memory store read-only, in place
+                "read_only": all(not a.flags.writeable for a in arrays),
+                # and the trial's CPU tensors are those very bytes
+                "shared": all(
+                    v.data_ptr() == a.ctypes.data for v, a in zip(views, arrays, strict=True)
+                ),
+            }
+        )
 
-    data = load_dataset(DataConfig(dataset="synthetic:users=300,items=400,interactions=20000",
-                                   eval_negatives=0))
+    data = load_dataset(
+        DataConfig(dataset="synthetic:users=300,items=400,interactions=20000", eval_negatives=0)
+    )
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         grid = tune.Tuner(
             tune.with_resources(tune.with_parameters(trial, data=data), {"cpu": 1}),
             param_space={"n": tune.grid_search([0, 1])},
-            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        ).fit()
     finally:
         ray.shutdown()
     rows = grid.get_dataframe()

@@ -22,15 +22,14 @@ def wandb_run(folder: Path) -> dict:
 
     data = next(folder.glob("*.wandb")).read_bytes()
     assert data[:4] == b":W&B", folder
-    out: dict = {"run": None, "history": [], "summary": {}, "exit_code": None,
-                 "artifacts": []}
+    out: dict = {"run": None, "history": [], "summary": {}, "exit_code": None, "artifacts": []}
     pos, block, record = 7, 32768, b""
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        record += data[pos + 7:pos + 7 + length]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        record += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind not in (1, 4):  # a record continues in the next chunk
             continue
