@@ -27,6 +27,7 @@ from orchestrator.data.types import Interactions, RawDataset
 COLUMN_KEYS = ("user", "item", "rating", "timestamp")
 _INT_RE = r"0|-?[1-9][0-9]*"  # an integer spelled canonically: "007" stays a string id
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+MAX_RATING = 1e6  # beyond any rating scale
 
 
 @contextlib.contextmanager
@@ -232,6 +233,7 @@ def load_table(spec: str) -> RawDataset:
         where = "row {}"
         offset = 0
     found = [str(c) for c in df.columns]
+    _check_unique(found, path)
     # rating/timestamp under their default names are optional; anything named explicitly isn't
     required = [k for k in COLUMN_KEYS if k in wanted and (k in ("user", "item") or wanted[k] != k)]
     missing = [wanted[k] for k in required if wanted[k] not in df.columns]
@@ -303,6 +305,7 @@ def _read_csv(path: Path, sep: str, id_columns: tuple[str, str]) -> pd.DataFrame
         except (pd.errors.ParserError, ValueError) as found:  # "Expected 4 fields in line 7"
             raise ValueError(f"{path}: malformed CSV: {' '.join(str(found).split())}") from None
         raise ValueError(f"{path}: malformed CSV: {' '.join(str(e).split())}") from None
+    _check_unique(table.column_names, path)
     return pd.DataFrame(
         {
             name: column.to_pandas(
@@ -311,6 +314,13 @@ def _read_csv(path: Path, sep: str, id_columns: tuple[str, str]) -> pd.DataFrame
             for name, column in zip(table.column_names, table.columns, strict=True)
         }
     )
+
+
+def _check_unique(names: list[str], path: Path) -> None:
+    """A header naming a column twice would have one of them silently win."""
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{path}: column(s) {repeated} appear more than once in the header")
 
 
 BadValue = Callable[[int, object], ValueError]
@@ -323,6 +333,9 @@ def _ids(s: pd.Series, bad: BadValue) -> np.ndarray:
     if pd.api.types.is_integer_dtype(s.dtype):
         return s.to_numpy(dtype=np.int64)
     text = s if isinstance(s.dtype, pd.ArrowDtype) else s.astype(str)
+    padded = np.flatnonzero((text.str.strip() != text).to_numpy(dtype=bool))
+    if len(padded):  # ' 1' and '1' would be two users: an error, in every reader
+        raise bad(int(padded[0]), f"{text.iloc[padded[0]]!r} (surrounding whitespace)")
     if text.str.fullmatch(_INT_RE).all():
         long = np.flatnonzero(text.str.len().to_numpy() >= 19)  # only these can overflow
         for i in long:
@@ -333,12 +346,16 @@ def _ids(s: pd.Series, bad: BadValue) -> np.ndarray:
 
 
 def _ratings(s: pd.Series, bad: BadValue) -> np.ndarray:
-    """float32 ratings; text that is no number, and inf or nan, are errors."""
+    """float32 ratings; text that is no number, inf, nan and values beyond +-MAX_RATING
+    (no rating scale reaches them: a unit or a parsing slip) are errors."""
     values = s if pd.api.types.is_numeric_dtype(s.dtype) else pd.to_numeric(s, errors="coerce")
     out = values.to_numpy(dtype=np.float64, na_value=np.nan)
     wrong = np.flatnonzero(~np.isfinite(out))
     if len(wrong):
         raise bad(int(wrong[0]), s.iloc[wrong[0]])
+    huge = np.flatnonzero(np.abs(out) > MAX_RATING)
+    if len(huge):
+        raise bad(int(huge[0]), f"{s.iloc[huge[0]]} (beyond +-{MAX_RATING:g})")
     return out.astype(np.float32)
 
 

@@ -139,13 +139,17 @@ def row_penalty(*uses: tuple[Sequence[nn.Module], Tensor]) -> Tensor:
     return total
 
 
+# the largest values that can finish: beyond them a run never ends or never fits in memory
+MAX_EPOCHS, MAX_BATCH, MAX_NEGATIVES = 100_000, 2**24, 1_000
+
+
 def check_common(p: CommonParams) -> None:
     check(p, "optimizer", p.optimizer in ("adam", "sgd"), "'adam' or 'sgd'")
     check(p, "lr", 0 < p.lr < math.inf, "a positive finite float")
-    check(p, "weight_decay", p.weight_decay >= 0, "a float >= 0")
-    check(p, "batch_size", p.batch_size >= 1, "an int >= 1")
-    check(p, "epochs", p.epochs >= 1, "an int >= 1")
-    check(p, "negatives", p.negatives >= 1, "an int >= 1")
+    check(p, "weight_decay", 0 <= p.weight_decay < math.inf, "a finite float >= 0")
+    check(p, "batch_size", 1 <= p.batch_size <= MAX_BATCH, f"an int from 1 to {MAX_BATCH:,}")
+    check(p, "epochs", 1 <= p.epochs <= MAX_EPOCHS, f"an int from 1 to {MAX_EPOCHS:,}")
+    check(p, "negatives", 1 <= p.negatives <= MAX_NEGATIVES, f"an int from 1 to {MAX_NEGATIVES:,}")
 
 
 class Recommender(nn.Module):

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -107,7 +108,7 @@ def summary(run_dir: object) -> tuple[int, dict]:
 def outcome(frame: Any) -> int:
     """The exit code of a sweep that ran to its end, from its results table: 0 when every
     study has a tested model and every export passed, else 1, naming what is missing (an
-    interrupted sweep raised KeyboardInterrupt instead: 130)."""
+    interrupted sweep raised KeyboardInterrupt instead: 128 + the signal)."""
     empty = frame.loc[frame["status"] != "ok", "study"].tolist()
     exports = frame["export"] if "export" in frame.columns else None
     failed = (
@@ -213,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if key.startswith(("val/", "test/")):
             print(f"{key:<16} {value:.4f}")
     print(f"status: {metrics['status']} ({metrics['message']})")
-    if args.out:
+    if args.out and metrics["status"] != "diverged":  # a diverged run writes nothing
         print(f"wrote metrics.json, config.json, checkpoint.pt to {args.out}")
     if args.json:
         print(json.dumps(metrics))
@@ -462,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m orchestrator",
         description="recsweep: hyperparameter sweeps of recommender models on Ray Tune.",
         epilog="exit codes: 0 done; 1 part failed (a study with no tested model, a failed "
-        "export) or a bug; 2 bad input; 130 interrupted",
+        "export) or a bug; 2 bad input; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the table of "
+        "what finished is written)",
     )
     parser.add_argument(
         "--debug",
@@ -498,14 +500,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit codes: 0 it did all it was asked; 1 it ran but part failed (a
     study with no finished trial, a failed export) or an unexpected error; 2 bad input (a
-    file, flag or key: one line names it); 130 interrupted by Ctrl-C."""
+    file, flag or key: one line names it); 128 + the signal when a signal stopped it: 130
+    Ctrl-C, 143 SIGTERM, 129 SIGHUP."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("RECSWEEP_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = int(getattr(e, "signum", signal.SIGINT))
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except Exception as e:
         if debug:
             raise

@@ -158,8 +158,19 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
         and not isinstance(value, kind)
         or (kind is int and isinstance(value, bool))
     ):
-        raise ValueError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+        hint = ""
+        if kind in (int, float) and isinstance(value, str) and _is_number(value):
+            hint = " (YAML reads a number like 1e-4 as text: write 1.0e-4)"
+        raise ValueError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}{hint}")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

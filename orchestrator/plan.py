@@ -23,9 +23,10 @@ import yaml
 
 from orchestrator.config import SweepConfig, from_dict, parse_duration
 from orchestrator.engine.evaluation import monitored_metric
+from orchestrator.models.base import MAX_EPOCHS
 from orchestrator.models.registry import get_model_class, list_models, make_params, param_types
 from orchestrator.records import Schedule, Study
-from orchestrator.rundir import read_config
+from orchestrator.rundir import check_run_name, read_config
 from orchestrator.space import start_points, validate_space
 
 SMOKE = {
@@ -35,6 +36,7 @@ SMOKE = {
     "data": {"dataset": "synthetic:users=300,items=400,interactions=8000,seed=0"},
 }
 SEARCH = "search"  # the Tune experiment of all studies, in the run directory
+MAX_TRIALS = 10_000  # per study: beyond, a sweep would never finish
 SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
 
 
@@ -103,6 +105,8 @@ def merged(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
 def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
     """Everything that can be checked before Ray starts; returns the studies."""
     try:
+        if cfg.name:
+            check_run_name(cfg.name)
         studies = model_studies(cfg)
         for entry in cfg.baselines:
             study = parse_study(entry, "", cfg.train.ks, what="baselines")
@@ -124,6 +128,11 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
         )
         if cfg.trials < 1 or cfg.epochs < 0 or cfg.grace_period < 0 or cfg.startup_trials < 0:
             raise ValueError("trials must be >= 1; epochs, grace_period and startup_trials >= 0")
+        if cfg.trials > MAX_TRIALS or cfg.epochs > MAX_EPOCHS:
+            raise ValueError(
+                f"trials={cfg.trials}, epochs={cfg.epochs}: at most {MAX_TRIALS:,} trials per "
+                f"study and {MAX_EPOCHS:,} epochs (beyond, a sweep would never finish)"
+            )
         if not cfg.cpus_per_trial > 0:
             raise ValueError(
                 f"cpus_per_trial={cfg.cpus_per_trial}: expected a number > 0 (a "

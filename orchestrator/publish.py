@@ -35,6 +35,11 @@ def export_study(
             path = model
             model, meta = load_model(path)
             saved = {"checkpoint": str(path), **meta}
+            if meta.get("study", study) != study:
+                raise ValueError(
+                    f"{path}: a checkpoint of study {meta['study']!r} ({model.name}, "
+                    f"{model.task}), not of {study!r}"
+                )
         fingerprint = saved.get("data_fingerprint")
         if fingerprint and fingerprint != data.fingerprint:
             raise ValueError(

@@ -29,7 +29,7 @@ import pandas as pd
 from orchestrator import plots, results
 from orchestrator.data.files import atomic_write, write_text
 from orchestrator.journal import JOURNAL, storage
-from orchestrator.rundir import CONFIG, HISTORY, RESULTS, TRIALS, RunDir
+from orchestrator.rundir import CONFIG, HISTORY, RESULTS, TRIALS, NotThisRun, RunDir
 
 VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install -e '.[viz]'"
 NEEDED = (RESULTS, TRIALS, CONFIG)
@@ -91,6 +91,8 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
         if not run.holds_data:
             say(f"loading {cfg.data.dataset}")
         data = run.data
+    except NotThisRun:
+        raise
     except (FileNotFoundError, ValueError) as e:  # e.g. reported on another machine
         data = None
         notes.append(

@@ -15,8 +15,9 @@ the tested models the sweep has in memory, so nothing is loaded twice.
                                    left out; `models.registry.load_model` reads one)
     sweep.yaml data:  data         the prepared data, rebuilt (same fingerprint)
 
-The writers are `sweep.start_run_directory` (sweep.yaml) and `results.write*` (the tables).
-Nothing heavy at import: `results` and the summary read tables only.
+The writers are `sweep.start_run_directory` (sweep.yaml) and `results.write*` (the tables);
+a running sweep holds its directory through `claimed` (the `.claim` file). Nothing heavy at
+import: `results` and the summary read tables only.
 
 Example:
     >>> run = RunDir("runs/dev")  # a sweep's run directory
@@ -28,8 +29,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import os
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,81 @@ CONFIG, RESULTS, TRIALS, HISTORY, UNITS = (
     "test_units.npz",
 )
 SEED_CHECKPOINT = re.compile(r".+-seed\d+")  # a seed re-run's checkpoint, not a study's
+CLAIM = ".claim"  # the host and process of the sweep running in the directory
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one folder name: the run directory is `<storage>/<name>`, never
+    outside `storage` nor nested in it."""
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"name: {name!r}: a run name is one folder name of letters, digits, '-', '_' "
+            "and '.' (not '.' or '..')"
+        )
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while the block runs: its `.claim` file names the
+    host and process, and appears whole or not at all (a hard link to a written file fails
+    if the claim exists). A claim whose process is alive (or on another host) is an error
+    naming it; one whose process is gone on this host (a killed sweep) is taken over."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / CLAIM
+    mine = {"host": socket.gethostname(), "pid": os.getpid()}
+    mine_file = path.with_name(f"{CLAIM}.{os.getpid()}")
+    mine_file.write_text(json.dumps(mine))
+    try:
+        while True:
+            try:
+                os.link(mine_file, path)
+                break
+            except FileExistsError:
+                holder = _holder(path)
+                if holder is not None and not _gone(holder):
+                    raise ValueError(
+                        f"{run_dir}: a sweep is running in it (process {holder['pid']} on "
+                        f"{holder['host']}, {path}); wait for it, or choose another --name"
+                    ) from None
+                stale = path.with_name(f"{CLAIM}.stale-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):  # one taker wins the rename
+                    os.rename(path, stale)
+                    stale.unlink()
+    finally:
+        mine_file.unlink()
+    try:
+        yield
+    finally:
+        if _holder(path) == mine:
+            path.unlink()
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    """Who holds a claim; None: unreadable (a claim being written, or a broken one)."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(holder, dict) and isinstance(holder.get("pid"), int)
+    return holder if ok else None
+
+
+def _gone(holder: dict[str, Any]) -> bool:
+    """Whether a claim's process has ended (known only on this host)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+class NotThisRun(ValueError):
+    """A file of the run directory contradicts another (edited, or copied from elsewhere)."""
 
 
 def read_config(run_dir: str | Path, complete: bool = False) -> SweepConfig:
@@ -111,15 +192,26 @@ class RunDir:
 
     @functools.cached_property
     def config(self) -> SweepConfig:
-        return read_config(self.path)
+        return read_config(self.path, complete=True)  # a truncated one must not read as defaults
 
     @functools.cached_property
     def results(self) -> pd.DataFrame:
-        return pd.read_parquet(self._file(RESULTS, "results table"))
+        return self._table(RESULTS, "results table", ("table", "study", "model", "status"))
 
     @functools.cached_property
     def trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self._file(TRIALS, "trials"))
+        return self._table(TRIALS, "trials", ("study", "trial_id", "end", "best"))
+
+    def _table(self, name: str, what: str, columns: tuple[str, ...]) -> pd.DataFrame:
+        path = self._file(name, what)
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable {what} ({e})") from None
+        lacking = [c for c in columns if c not in frame.columns]
+        if lacking:
+            raise ValueError(f"{path}: not a {what}: no column(s) {lacking}")
+        return frame
 
     @functools.cached_property
     def history(self) -> pd.DataFrame | None:
@@ -149,5 +241,15 @@ class RunDir:
         if self._data is None:
             from orchestrator.data import load_dataset
 
-            self._data = load_dataset(self.config.data)
+            data = load_dataset(self.config.data)
+            recorded = self.path / "data.json"
+            if recorded.exists():
+                was = json.loads(recorded.read_text()).get("fingerprint")
+                if was and was != data.fingerprint:
+                    raise NotThisRun(
+                        f"{recorded}: the sweep ran on data {was[:12]}, but {CONFIG}'s data "
+                        f"now prepares {data.fingerprint[:12]} (the config or the data "
+                        "changed since)"
+                    )
+            self._data = data
         return self._data

@@ -4,7 +4,7 @@
 trials are the model's defaults, then its recipes) and tells Optuna the truth about each
 trial's end; `StudyASHA` runs an ASHA per study that never stops those first trials;
 `trial_records` turns Tune's results into `TrialRecord`s once; `seed_runs`
-re-runs the chosen configurations with more seeds; `ctrl_c_stops_studies` and
+re-runs the chosen configurations with more seeds; `signals_stop_studies` and
 `fit_experiment` are the experiment's control (Ctrl-C, time budget, trials lost with their
 node).
 """
@@ -38,7 +38,7 @@ from orchestrator.config import SweepConfig, TrainConfig
 from orchestrator.engine.metrics import lower_is_better
 from orchestrator.models.registry import get_model_class
 from orchestrator.plan import SEEDS, experiment_root, sampler_settings, study_points
-from orchestrator.records import Schedule, Study, TrialRecord, TrialSpec
+from orchestrator.records import TRIAL, Schedule, Study, TrialRecord, TrialSpec
 from orchestrator.space import sample_params
 
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
@@ -260,11 +260,27 @@ def experiment(
             storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            stop=StopOnCtrlC(),
+            stop=StopOnSignal(),
             callbacks=callbacks,
             verbose=0,
         ),
     )
+
+
+def configured(grid: Any) -> list[Any]:
+    """The results of the trials Tune gave a config. One it created but never configured
+    (a resume after a signal once met one) never ran: it is named and left out."""
+    out = []
+    for res in grid:
+        if isinstance(res.config, dict) and TRIAL in res.config:
+            out.append(res)
+        else:
+            print(
+                f"search: {res.path}: a trial Tune created but never configured (it never "
+                "ran): left out",
+                flush=True,
+            )
+    return out
 
 
 def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
@@ -359,10 +375,29 @@ def epoch_history(res: Any) -> pd.DataFrame | None:
     return frame[keep].assign(study=TrialSpec.split(res.config)[0].study)
 
 
-STOP = threading.Event()  # set by the sweep's first Ctrl-C (`ctrl_c_stops_studies`)
+class StopSignal(threading.Event):
+    """Set by the sweep's first stopping signal (`signals_stop_studies`); `signum` says
+    which."""
+
+    signum: int = signal.SIGINT
 
 
-class StopOnCtrlC(tune.Stopper):
+class Interrupted(KeyboardInterrupt):
+    """The sweep was stopped by a signal (after writing what finished, or aborted by a
+    second one): the command exits with 128 + `signum`, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP = StopSignal()
+# what stops a sweep as Ctrl-C does: `kill`, systemd, a scheduler's preemption (SIGTERM), a
+# closed terminal or tmux session (SIGHUP)
+STOPPING = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
+class StopOnSignal(tune.Stopper):
     """Ends an experiment once `STOP` is set: the running trials stop and their results are
     kept, no further trial starts. Holds no state, so it pickles into Tune's experiment
     state and works again after `--resume`."""
@@ -375,34 +410,38 @@ class StopOnCtrlC(tune.Stopper):
 
 
 @contextlib.contextmanager
-def ctrl_c_stops_studies() -> Iterator[threading.Event]:
-    """While the sweep runs, a first Ctrl-C sets `STOP` (the event it yields), which ends
-    the experiments through `StopOnCtrlC`; the table, exports and report are still written.
-    A second Ctrl-C aborts. (Tune's own SIGINT handler would stop the search too, but not
-    say so: a stopped trial looks like one that ASHA stopped.)"""
+def signals_stop_studies() -> Iterator[StopSignal]:
+    """While the sweep runs, a first Ctrl-C, SIGTERM or SIGHUP sets `STOP` (the event it
+    yields, with the signal), which ends the experiments through `StopOnSignal`; the table,
+    exports and report are still written. A second signal aborts. (Tune's own SIGINT
+    handler would stop the search too, but not say so: a stopped trial looks like one that
+    ASHA stopped.)"""
     STOP.clear()
+    STOP.signum = signal.SIGINT
     if threading.current_thread() is not threading.main_thread():
         yield STOP  # signals reach the main thread only
         return
 
-    def on_ctrl_c(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if STOP.is_set():
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
+        STOP.signum = signum
         STOP.set()
         print(
-            "Ctrl-C: stopping the running trials; the table of what finished follows "
-            "(Ctrl-C again to abort)",
+            f"{STOPPING[signal.Signals(signum)]}: stopping the running trials; the table of "
+            "what finished follows (Ctrl-C again to abort)",
             file=sys.stderr,
             flush=True,
         )
 
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    previous = {s: signal.signal(s, on_signal) for s in STOPPING}
     tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield STOP
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if tune_handler is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
@@ -460,6 +499,6 @@ def seed_runs(
         tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
     return [
         t
-        for t in trial_records(tuner.fit(), STOP.is_set())
+        for t in trial_records(configured(tuner.fit()), STOP.is_set())
         if t.end in ("epochs", "early_stopped") and t.checkpoint is not None
     ]

@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 FORMAT = "recsweep-onnx/1"
 SUFFIXES = (".topk.onnx", ".onnx", ".json", ".npz")
-INTEGER = re.compile(r"[+-]?\d+")
+INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits: "٥" is no user 5
 
 
 def stem_of(path: str | Path) -> Path:
@@ -263,6 +263,9 @@ def load(path: str | Path, verify: bool = True) -> Served:
                 f"{files[part]}: content differs from what {side} recorded "
                 "(sha256); the export is incomplete or was modified: export again"
             )
+    if verify:
+        for part in ("forward", "topk"):
+            _check_external_data(files[part], meta[part].get("data"), side)
     with np.load(files["arrays"], allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     topk = session(files["topk"])
@@ -270,6 +273,28 @@ def load(path: str | Path, verify: bool = True) -> Served:
     served = Served(meta, topk, arrays)
     _CACHE[key] = served
     return served
+
+
+def _check_external_data(graph: Path, recorded: dict | None, side: Path) -> None:
+    """A graph whose weights live in another file must have that file named (and so
+    hashed) in the sidecar: else a replaced weights file would be served."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    proto = onnx.load(str(graph), load_external_data=False)
+    used = {
+        entry.value
+        for t in proto.graph.initializer
+        if uses_external_data(t)
+        for entry in t.external_data
+        if entry.key == "location"
+    }
+    named = {recorded["file"]} if recorded else set()
+    if used - named:
+        raise ValueError(
+            f"{graph}: its weights are in {', '.join(sorted(used - named))}, which {side} "
+            "does not name (nor hash): export again"
+        )
 
 
 def _check_agreement(

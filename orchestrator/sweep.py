@@ -55,17 +55,19 @@ from orchestrator.provenance import environment
 from orchestrator.publish import export_results
 from orchestrator.records import Schedule, Searched, Study, StudyResult, choose
 from orchestrator.report import write_report
-from orchestrator.rundir import RunDir
+from orchestrator.rundir import CLAIM, RunDir, check_run_name, claimed
 from orchestrator.search import (
+    Interrupted,
     SearchSpace,
     StudyASHA,
     StudySearch,
-    ctrl_c_stops_studies,
+    configured,
     epoch_history,
     experiment,
     fit_experiment,
     quiet_optuna,
     seed_runs,
+    signals_stop_studies,
     trial_records,
 )
 from orchestrator.tracking import summary_run
@@ -74,9 +76,15 @@ from orchestrator.trainable import run_trial
 
 def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path:
     """Run (or continue: `cfg` None, the run directory `resume`) a sweep; returns the run
-    directory holding the results. After a Ctrl-C it writes the table, exports and report
-    of what finished, then raises KeyboardInterrupt."""
+    directory holding the results. After Ctrl-C, SIGTERM or SIGHUP it writes the table,
+    exports and report of what finished, then raises `search.Interrupted` (a
+    KeyboardInterrupt naming the signal)."""
     cfg, studies, plan = plan_sweep(cfg, resume)
+    with claimed(run_directory(cfg)):  # a second sweep on this run directory fails now
+        return _run(cfg, studies, plan)
+
+
+def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> Path:
     start = time.time()
     budget = parse_duration(cfg.time_budget)
     deadline = None if budget is None else start + budget
@@ -92,7 +100,7 @@ def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path
     run_dir = start_run_directory(cfg, data)
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), request)
     sweep = Sweep(cfg, studies, plan, run_dir, start, deadline)
-    with ctrl_c_stops_studies() as stop:
+    with signals_stop_studies() as stop:
         searched = search(sweep, trainable, slots, stop)
         studied = finalize(studies, searched, data, cfg, run_dir)
         write_search_records(sweep, searched)
@@ -116,7 +124,7 @@ def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path
                 f"python -m orchestrator sweep --resume {run_dir}",
                 flush=True,
             )
-            raise KeyboardInterrupt  # everything is written; the caller learns it was cut
+            raise Interrupted(stop.signum)  # everything is written; the caller learns why
     return run_dir
 
 
@@ -136,14 +144,16 @@ def plan_sweep(
         raise TypeError("plan_sweep: a config to run, or a run directory to resume")
     elif not cfg.name:
         cfg = dataclasses.replace(cfg, name=time.strftime("sweep-%Y%m%d-%H%M%S"))
-    elif (run_directory(cfg) / "sweep.yaml").exists() or tune.Tuner.can_restore(
-        f"{experiment_root(cfg)}/{SEARCH}"
-    ):
-        raise ValueError(
-            f"--name {cfg.name}: {run_directory(cfg)} already holds a sweep; "
-            f"continue it with --resume {run_directory(cfg)}, or choose another "
-            "--name"
-        )
+    else:
+        check_run_name(cfg.name)
+        run_dir = run_directory(cfg)
+        held = sorted(p.name for p in run_dir.glob("*") if not p.name.startswith(CLAIM))
+        if held or tune.Tuner.can_restore(f"{experiment_root(cfg)}/{SEARCH}"):
+            raise ValueError(
+                f"--name {cfg.name}: {run_dir} already holds a run ({', '.join(held[:4])}"
+                f"{', ...' if len(held) > 4 else ''}); continue it with --resume {run_dir}, "
+                "or choose another --name"
+            )
     studies = check_config(cfg)
     cfg = resolved(cfg)
     for study in studies:  # an override that excludes a recipe says so (space.start_points)
@@ -225,6 +235,7 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
             time_budget_s=left,
         )
     grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
+    grid = configured(grid)
     out_of_time = deadline is not None and time.time() >= deadline
     trials = trial_records(grid, stop.is_set() or out_of_time)
     curves = [c for res in grid if (c := epoch_history(res)) is not None]

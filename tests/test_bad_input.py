@@ -188,6 +188,21 @@ CASES = [
     ),
     ("csv-missing-user", describe("user,item\n1,2\n,3\n"), r"bad\.csv, line 3: missing user"),
     (
+        "csv-rating-beyond-any-scale",
+        describe("user,item,rating\n1,2,4\n3,4,1e30\n"),
+        r"bad\.csv, line 3: bad rating .*beyond \+-1e\+06",
+    ),
+    (
+        "csv-id-with-surrounding-space",  # ' 1' and '1' would be two users
+        describe("user,item,rating\n1,a,4\n 1,b,5\n"),
+        r"bad\.csv, line 3: bad user \"' 1' \(surrounding whitespace\)\"",
+    ),
+    (
+        "csv-repeated-column",
+        describe("user,item,rating,rating\n1,2,4,5\n"),
+        r"bad\.csv: column\(s\) \['rating'\] appear more than once",
+    ),
+    (
         "csv-id-beyond-int64",
         describe("user,item\n1,2\n99999999999999999999,3\n"),
         r"bad\.csv, line 3: bad user .*beyond int64",
@@ -337,6 +352,21 @@ CASES = [
         r"trials must be >= 1",
     ),
     (
+        "sweep-trials-that-never-end",
+        argv("sweep", "--trials", str(10**26), "--storage", "{tmp}/runs"),
+        r"trials=10+, epochs=0: at most 10,000 trials per study",
+    ),
+    (
+        "sweep-epochs-that-never-end",
+        argv("sweep", "--epochs", str(10**12), "--storage", "{tmp}/runs"),
+        r"at most 10,000 trials per study and 100,000 epochs",
+    ),
+    (
+        "train-batch-beyond-memory",
+        argv("train", "--model", "mf", "--dataset", TINY, "--set", "batch_size=1000000000"),
+        r"batch_size.*an int from 1 to 16,777,216",
+    ),
+    (
         "sweep-unknown-model",
         argv("sweep", "--models", "mf,svdpp", "--storage", "{tmp}/runs"),
         r"svdpp",
@@ -406,6 +436,15 @@ CASES = [
     ),
     ("baseline-wrong-task", sweep_file({"models": ["mf"], "baselines": ["bias:ranking"]}), r"bias"),
     ("wandb-bad-mode", sweep_file({"models": ["mf"], "wandb": "sometimes"}), r"sometimes"),
+    (
+        "yaml-number-read-as-text",  # YAML 1.1 reads 1e-4 (no dot) as a string
+        lambda tmp, _: [
+            "sweep",
+            "--config",
+            str(write(tmp, "s.yaml", "models: [mf]\ntrain:\n  checkpoint_every_s: 1e-4\n")),
+        ],
+        r"train\.checkpoint_every_s: expected float, got '1e-4' \(YAML reads a number like",
+    ),
     # --- run directories -------------------------------------------------------------------
     ("results-no-dir", argv("results", "{tmp}/runs/none"), r"none"),
     ("report-not-a-run", run_dir(None, command="report"), r"not a sweep run directory"),
@@ -423,8 +462,24 @@ CASES = [
             write(tmp / "runs" / "taken", "sweep.yaml", whole_config())
             and ["sweep", "--name", "taken", "--storage", str(tmp / "runs")]
         ),
-        r"already holds a sweep; continue it with --resume",
+        r"already holds a run \(sweep\.yaml\); continue it with --resume",
     ),
+    (
+        "name-of-a-folder-with-a-results-table",
+        lambda tmp, _: (
+            write(tmp / "runs" / "taken", "results.csv", "study\nmf\n")
+            and ["sweep", "--name", "taken", "--storage", str(tmp / "runs")]
+        ),
+        r"runs/taken already holds a run \(results\.csv\)",
+    ),
+    *[
+        (
+            f"run-name-{label}",
+            argv("sweep", "--name", name, "--storage", "{tmp}/runs"),
+            r"name: .*: a run name is one folder name",
+        )
+        for label, name in (("up", "../../etc"), ("dotdot", ".."), ("nested", "a/b"))
+    ],
     # --- exported models -------------------------------------------------------------------
     ("model-no-such-file", argv("recommend", "{tmp}/none.onnx", "--user", "1"), r"none\.onnx"),
     (
@@ -456,6 +511,11 @@ CASES = [
         r"mf\.json: names no forward graph",
     ),
     ("recommend-k-zero", model_copy(lambda f: None, "-k", "0"), r"-k 0: expected"),
+    (
+        "recommend-non-ascii-digit",  # an Arabic-Indic five is no user 5
+        model_copy(lambda f: None, "--user", "\u0665"),
+        r"--user '\u0665': this model's user ids are integers",
+    ),
 ]
 
 

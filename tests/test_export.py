@@ -17,7 +17,7 @@ import yaml
 import orchestrator.models  # noqa: F401 - registers every model
 from orchestrator import export, parity, publish, results, serve
 from orchestrator.cli import main
-from orchestrator.config import DataConfig, TrainConfig, to_dict
+from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict
 from orchestrator.data import load_dataset
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.train import fit, seed_everything
@@ -297,6 +297,13 @@ def test_large_weights_go_to_external_data(
         )
     with pytest.raises(ValueError, match="mf.topk.onnx.data: content differs"):
         serve.load(copy / "mf.json")
+    # the same, with the sidecar's record of the weights file removed: still refused
+    side = json.loads((copy / "mf.json").read_text())
+    for part in ("forward", "topk"):
+        side[part].pop("data")
+    (copy / "mf.json").write_text(json.dumps(side))
+    with pytest.raises(ValueError, match=r"mf\.onnx: its weights are in mf\.onnx\.data, which"):
+        serve.load(copy / "mf.json")
 
 
 def test_model_for_other_data_is_refused(data: PreparedData, tmp_path: Path) -> None:
@@ -310,7 +317,7 @@ def make_run(tmp_path: Path, data: PreparedData, model: Recommender) -> Path:
     """A run directory as the sweep leaves it: sweep.yaml, checkpoints, results table."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "sweep.yaml").write_text(yaml.safe_dump({"name": "run", "data": to_dict(DATA_CFG)}))
+    (run / "sweep.yaml").write_text(yaml.safe_dump(to_dict(SweepConfig(name="run", data=DATA_CFG))))
     meta = {"data_fingerprint": data.fingerprint, "study": "mf", "metric": "val/rmse"}
     save_model(model, run / "checkpoints" / "mf.pt", **meta)
     save_model(model, run / "checkpoints" / "mf-seed1.pt", **meta)  # seed re-run: skipped

@@ -498,3 +498,35 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(tmp_
     run = wandb_run(runs[0])
     assert run["run"].run_group == "night/mf" and run["exit_code"] == 1  # failed
     assert run["history"] == []
+
+
+def test_a_run_directory_is_checked_before_it_is_believed(smoke_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    def edited(name: str, change) -> Path:
+        run = tmp_path / name
+        shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("wandb", "search"))
+        change(run)
+        return run
+
+    # a trials table copied over the results table is not printed as the results
+    swapped = edited("tables", lambda r: shutil.copy(r / "trials.parquet", r / "results.parquet"))
+    proc = run_cli("results", str(swapped))
+    assert proc.returncode == 2 and "results.parquet: not a results table" in proc.stderr
+
+    # sweep.yaml's data edited: the report will not draw another dataset under this run's name
+    def other_data(run: Path) -> None:
+        cfg = yaml.safe_load((run / "sweep.yaml").read_text())
+        cfg["data"]["seed"] = cfg["data"]["seed"] + 1
+        (run / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+
+    proc = run_cli("report", str(edited("data", other_data)))
+    assert proc.returncode == 2 and "data.json: the sweep ran on data" in proc.stderr, proc.stderr
+
+    # another study's checkpoint copied over mf's is not exported as mf
+    def other_checkpoint(run: Path) -> None:
+        shutil.copy(run / "checkpoints" / "neumf.pt", run / "checkpoints" / "mf.pt")
+
+    proc = run_cli("export", str(edited("checkpoint", other_checkpoint)), "--study", "mf")
+    assert proc.returncode == 1, proc.stderr
+    assert "mf.pt: a checkpoint of study 'neumf' (neumf, ranking), not of 'mf'" in proc.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,3 +276,70 @@ def test_a_sweep_whose_study_has_no_finished_trial_exits_1(tmp_path: Path) -> No
     assert "error: no tested model for mf" in proc.stderr
     status = pd.read_csv(tmp_path / "failed" / "results.csv").set_index("study")["status"]
     assert status["mf"] == "no finished trial" and status["bias"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "signum,resume",
+    [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGHUP, False)],
+    ids=["ctrl-c", "sigterm", "sighup"],
+)
+def test_a_signal_stops_the_sweep_and_resume_finishes_it(
+    tmp_path: Path, signum: int, resume: bool
+) -> None:
+    args = [
+        sys.executable, "-m", "orchestrator", "sweep", "--name", "stopped", "--storage",
+        str(tmp_path), "--models", "mf", "--baselines", "bias", "--trials", "40", "--epochs",
+        "100000", "--wandb", "disabled", "--dataset", DATASET, "--time-budget", "25s",
+        "--cpus-per-trial", "2",
+    ]  # fmt: skip
+    driver = subprocess.Popen(args, cwd=REPO, start_new_session=True, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    run_dir = tmp_path / "stopped"
+    try:
+        end = time.time() + 120
+        while not list(run_dir.rglob("result.json")) and time.time() < end:
+            time.sleep(0.2)
+        time.sleep(1)
+        if signum == signal.SIGINT:
+            os.killpg(driver.pid, signum)  # what Ctrl-C in a terminal does
+        else:
+            os.kill(driver.pid, signum)  # `kill`, systemd or a scheduler: the driver
+        out, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 128 + signum, out[-4000:]  # 130, 143, 129
+    assert f"interrupted ({signal.Signals(signum).name})" in out
+    first = RunDir(run_dir).trials
+    assert RunDir(run_dir).results.set_index("study")["status"]["mf"] == "ok"
+    assert not (run_dir / ".claim").exists()  # the run directory is free again
+    if not resume:
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "sweep", "--resume", str(run_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Tune marks a search it stopped early finished: --resume keeps every trial that ran,
+    # starts no new one, and writes the run's table, models and report again
+    trials = RunDir(run_dir).trials
+    assert list(trials["trial_id"]) == list(first["trial_id"])
+    assert RunDir(run_dir).results.set_index("study")["status"]["mf"] == "ok"
+    assert not (run_dir / ".claim").exists()
+
+
+def test_two_sweeps_on_one_name_one_runs_the_other_fails_at_once(tmp_path: Path) -> None:
+    args = [
+        sys.executable, "-m", "orchestrator", "sweep", "--name", "twin", "--storage",
+        str(tmp_path), "--models", "mf", "--baselines", "", "--trials", "1", "--epochs", "2",
+        "--wandb", "disabled", "--dataset", DATASET,
+    ]  # fmt: skip
+    twins = [subprocess.Popen(args, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    outs = [t.communicate(timeout=240) for t in twins]
+    codes = sorted(t.returncode for t in twins)
+    assert codes == [0, 2], outs
+    err = next(e for t, (_, e) in zip(twins, outs, strict=True) if t.returncode == 2)
+    assert re.search(r"error: .*twin.*(a sweep is running in it|already holds a run)", err), err
+    assert len(err.strip().splitlines()) == 1, err  # one line, before Ray started
+    assert len(RunDir(tmp_path / "twin").trials) == 1  # the one that ran, whole

@@ -78,7 +78,7 @@ MISSING = ["--dataset", "csv:/nonexistent/ratings.csv"]
         ),
         (["--model", "mf", "--set", "dim=abc"], "dim='abc' of model 'mf': expected int"),
         (["--model", "mf", "--set", "lr=-1"], "lr=-1.0: expected a positive finite float"),
-        (["--model", "mf", "--epochs", "0"], "epochs=0: expected an int >= 1"),
+        (["--model", "mf", "--epochs", "0"], "epochs=0: expected an int from 1 to 100,000"),
         (["--model", "mf", "--set", "dim"], "--set 'dim': expected KEY=VALUE"),
         (["--model", "mf", "--patience", "x"], "--patience: expected int"),
     ],
