@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import optuna
@@ -385,7 +386,7 @@ def ctrl_c_stops_studies() -> Iterator[threading.Event]:
         yield STOP  # signals reach the main thread only
         return
 
-    def on_ctrl_c(signum: int, frame: Any) -> None:
+    def on_ctrl_c(signum: int, frame: FrameType | None) -> None:
         if STOP.is_set():
             raise KeyboardInterrupt
         STOP.set()
