@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from orchestrator.engine.metrics import (
 from orchestrator.models.base import Recommender
 
 SPLITS = ("val", "test")
+T = TypeVar("T")
 EVAL_CELLS = 2**25  # scores per full-ranking call: 128 MB of float32 (ml-25m: 567 users)
 
 
@@ -123,7 +124,7 @@ class DeviceData:
             s.to(self.device) for s in (self.data.train, self.data.val, self.data.test)
         )
 
-    def _cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+    def _cached(self, key: tuple, build: Callable[[], T]) -> T:
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]

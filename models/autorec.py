@@ -23,6 +23,7 @@ from orchestrator.models.base import (
     DataSpec,
     Recipe,
     Recommender,
+    Trial,
     check,
     check_common,
 )
@@ -123,7 +124,7 @@ class AutoRec(Recommender):
     )
 
     @classmethod
-    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         return {
             "dim": trial.suggest_categorical("dim", [100, 200, 500, 1000]),
             "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,24 @@ from torch import Tensor, nn
 from orchestrator.data.types import PreparedData, Split
 
 TASKS = ("rating", "ranking", "sequential")
+
+Choice = None | bool | int | float | str
+"""A categorical choice (Optuna's `CategoricalChoiceType`)."""
+
+
+class Trial(Protocol):
+    """What a define-by-run `search_space` may call on its trial: the `suggest_*` methods of
+    Optuna's `BaseTrial` (which satisfies this), without importing Optuna."""
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int: ...
+
+    def suggest_categorical(self, name: str, choices: Sequence[Choice]) -> Choice: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,7 @@ class CommonParams:
     """Sampled negative items per positive (implicit tasks only)."""
 
 
-def check(params: Any, key: str, ok: bool, expected: str) -> None:
+def check(params: CommonParams, key: str, ok: bool, expected: str) -> None:
     """Raise a ValueError naming a hyperparameter and what was expected of it."""
     if not ok:
         value = getattr(params, key)
@@ -177,7 +195,7 @@ class Recommender(nn.Module):
         self.spec, self.task, self.params = spec, task, params
 
     @classmethod
-    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         """Optuna define-by-run space of `task`: `trial.suggest_*` calls only; returns the
         hparams."""
         return {}
@@ -204,7 +222,7 @@ class Recommender(nn.Module):
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
-    def pretrain(self, train: Any) -> None:
+    def pretrain(self, train: Callable[[Recommender], object]) -> None:
         """Before its own training, train and load parts of the model (`train(model)` runs
         the shared loop on another model); most models have nothing to pre-train."""
 

@@ -25,6 +25,7 @@ from orchestrator.models.base import (
     DataSpec,
     Recipe,
     Recommender,
+    Trial,
     check,
     check_common,
     embedding,
@@ -143,7 +144,7 @@ class Caser(Recommender):
     )
 
     @classmethod
-    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         # the paper's grids: d, L, n_v and n_h as its figures 5 and 6 vary them
         return {
             "dim": trial.suggest_categorical("dim", [10, 20, 30, 50, 100]),

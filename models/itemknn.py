@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from orchestrator.data.types import Split
-from orchestrator.models.base import CommonParams, DataSpec, Recommender, check, check_common
+from orchestrator.models.base import CommonParams, DataSpec, Recommender, Trial, check, check_common
 from orchestrator.models.registry import register_model
 
 
@@ -74,7 +74,7 @@ class ItemKNN(Recommender):
         self.register_buffer("weights", torch.zeros(spec.n_items, k))  # [n_items, k]
 
     @classmethod
-    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         return {"k": trial.suggest_int("k", 10, 500, log=True)}
 
     @property

@@ -22,6 +22,7 @@ from orchestrator.models.base import (
     DataSpec,
     Recipe,
     Recommender,
+    Trial,
     check,
     check_common,
     embedding,
@@ -172,7 +173,7 @@ class MF(Recommender):
     recipes = (KOREN, GMF, RENDLE)  # each inside the space below
 
     @classmethod
-    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         space = {
             "optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"]),
             "dim": trial.suggest_categorical("dim", [8, 16, 32, 64, 128, 192, 256]),

@@ -31,6 +31,7 @@ from orchestrator.models.base import (
     DataSpec,
     Recipe,
     Recommender,
+    Trial,
     check,
     check_common,
     embedding,
@@ -155,7 +156,7 @@ class NeuMF(Recommender):
     )
 
     @classmethod
-    def search_space(cls, trial: Any, task: str) -> dict[str, Any]:
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         return {
             "dim": trial.suggest_categorical("dim", [8, 16, 32, 64]),
             "layers": trial.suggest_int("layers", 1, 4),

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.data.files import atomic_write
-from orchestrator.models.base import TASKS, DataSpec, Recommender
+from orchestrator.models.base import TASKS, CommonParams, DataSpec, Recommender
 
 _MODELS: dict[str, type[Recommender]] = {}
 
@@ -101,7 +101,7 @@ def param_types(name: str) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(params)}
 
 
-def make_params(name: str, task: str | None = None, **hparams: Any) -> Any:
+def make_params(name: str, task: str | None = None, **hparams: Any) -> CommonParams:
     """The model's `Params` with `hparams` applied, type-checked and range-checked.
 
     Defaults that differ by task come from `Params.task_defaults[task]`; `hparams` win.

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import (
     DataConfig,
@@ -25,6 +25,9 @@ from orchestrator.config import (
     flag_values,
     parse_sets,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def cmd_data_describe(args: argparse.Namespace) -> int:
@@ -105,7 +108,7 @@ def summary(run_dir: object) -> tuple[int, dict]:
     }
 
 
-def outcome(frame: Any) -> int:
+def outcome(frame: pd.DataFrame) -> int:
     """The exit code of a sweep that ran to its end, from its results table: 0 when every
     study has a tested model and every export passed, else 1, naming what is missing (an
     interrupted sweep raised KeyboardInterrupt instead: 128 + the signal)."""

@@ -12,7 +12,10 @@ import functools
 import importlib
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 FORCE_FALLBACKS = "RECSWEEP_NO_INTERNALS"
 
@@ -33,7 +36,7 @@ def is_head_node(resources: dict[str, float]) -> bool:
     return not forced() and HEAD_RESOURCE in resources
 
 
-def coo_entries(grad: Any) -> tuple[Any, Any]:
+def coo_entries(grad: Tensor) -> tuple[Tensor, Tensor]:
     """The row indices and values of a sparse COO gradient (`[nnz]`, `[nnz, d]`), duplicates
     left in (an embedding's gradient holds one entry per looked-up row).
 

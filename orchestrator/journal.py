@@ -20,7 +20,6 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
@@ -46,7 +45,7 @@ def write_journal(
     studies: list[Study],
     trials: list[TrialRecord],
     curves: pd.DataFrame | None,
-    space: Callable[[Study], Callable[[Any], Any]],
+    space: Callable[[Study], Callable[[optuna.trial.Trial], object]],
 ) -> Path:
     """Write `optuna.journal` from the search's trials; returns its path.
 
@@ -79,7 +78,7 @@ def _write_study(
     study: Study,
     trials: list[TrialRecord],
     curves: pd.DataFrame | None,
-    space: Callable[[Any], Any],
+    space: Callable[[optuna.trial.Trial], object],
 ) -> None:
     record = optuna.create_study(
         storage=target,

@@ -10,12 +10,17 @@ import functools
 import importlib.util
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from orchestrator.data.files import atomic_write
+
+if TYPE_CHECKING:  # matplotlib and Optuna load with the first figure
+    import optuna
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 LABELS = 8  # titles written next to the most popular items on the map
 
@@ -56,14 +61,14 @@ def compile_umap_in_background() -> None:
     threading.Thread(target=compile_kernels, name="umap-compile", daemon=True).start()
 
 
-def figure(width: float = 6.4, height: float = 4.0) -> Any:
+def figure(width: float = 6.4, height: float = 4.0) -> Figure:
     # A bare Figure renders through Agg without pyplot's global state or a display.
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def whole_x(*axes: Any) -> None:
+def whole_x(*axes: Axes) -> None:
     """Ticks at whole numbers only: trials and epochs are counted."""
     from matplotlib.ticker import MaxNLocator
 
@@ -71,13 +76,13 @@ def whole_x(*axes: Any) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def save(fig: Any, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, dpi=110, format="png")
     return path
 
 
-def optuna_figure(kind: str, study: Any, path: Path) -> Path:
+def optuna_figure(kind: str, study: optuna.Study, path: Path) -> Path:
     """Optuna's own matplotlib figure of a study: its optimization history, or parameter
     importances by fANOVA (seeded) over the complete trials."""
     import warnings
@@ -156,7 +161,7 @@ def plot_activity(counts: np.ndarray, path: Path) -> Path:
     ax = fig.add_subplot()
     low = max(counts.min(), 1)
     bins = np.unique(np.geomspace(low, max(counts.max(), low + 1), 40).round())
-    ax.hist(np.maximum(counts, 1), bins=bins)
+    ax.hist(np.maximum(counts, 1), bins=bins.tolist())  # the edges (a list, as typed)
     ax.set(
         xscale="log",
         xlabel="train interactions per user",
@@ -200,6 +205,6 @@ def plot_umap(coords: pd.DataFrame, title: str, path: Path) -> Path:
         at = np.array([row["x"], row["y"]])
         if len(placed) < LABELS and all((abs(at - q) >= span).any() for q in placed):
             placed.append(at)
-            ax.annotate(str(row["title"] or row["item"])[:40], at, fontsize=7)
+            ax.annotate(str(row["title"] or row["item"])[:40], (row["x"], row["y"]), fontsize=7)
     ax.set(title=title + "; size = popularity", xticks=[], yticks=[])
     return save(fig, path)

@@ -20,8 +20,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,12 @@ from orchestrator import plots, results
 from orchestrator.data.files import atomic_write, write_text
 from orchestrator.journal import JOURNAL, storage
 from orchestrator.rundir import CONFIG, HISTORY, RESULTS, TRIALS, NotThisRun, RunDir
+
+if TYPE_CHECKING:
+    import optuna
+
+    from orchestrator.data.types import PreparedData
+    from orchestrator.models.base import Recommender
 
 VIZ_HINT = "the report needs the viz extra (matplotlib, umap-learn): pip install -e '.[viz]'"
 NEEDED = (RESULTS, TRIALS, CONFIG)
@@ -78,7 +85,7 @@ def write_report(run: str | Path | RunDir, *, progress: bool = True) -> Path | N
     return out
 
 
-def _report(run: RunDir, figures: Path, say: Any) -> Path:
+def _report(run: RunDir, figures: Path, say: Callable[[str], None]) -> Path:
     """The report's body: draw into `figures`, write report.html; returns its path."""
     run_dir, cfg, frame, history = run.path, run.config, run.results, run.history
     notes: list[str] = []
@@ -113,7 +120,8 @@ def _report(run: RunDir, figures: Path, say: Any) -> Path:
         )
     for study, group in run.trials.groupby("study", sort=False):
         say(f"plots of study {study}")
-        model = run.models.get(str(study))  # in memory, else its checkpoint's path (or None)
+        # in memory, else its checkpoint's path (or None)
+        model: Recommender | Path | None = run.models.get(str(study))
         if model is None:
             model = run.checkpoints.get(str(study))
         parts.append(_study_html(run, figures, str(study), group, data, model, popularity, say))
@@ -131,10 +139,10 @@ def _study_html(
     figures: Path,
     study: str,
     trials: pd.DataFrame,
-    data: Any,
-    model: Any,
+    data: PreparedData | None,
+    model: Recommender | Path | None,
     popularity: np.ndarray | None,
-    say: Any,
+    say: Callable[[str], None],
 ) -> str:
     """A study's section: its best hyperparameters, Optuna's history and importances, the
     learning curves of its best trials, the UMAP of its items (with the data and model)."""
@@ -208,7 +216,7 @@ def _finished(trials: pd.DataFrame) -> np.ndarray:
     return (trials["best"].notna() & (ended != "error")).to_numpy()
 
 
-def _optuna_study(run_dir: Path, name: str) -> Any:
+def _optuna_study(run_dir: Path, name: str) -> optuna.Study | None:
     """The study's trials as the sweep recorded them for Optuna (None: no journal)."""
     import optuna
 
@@ -218,7 +226,12 @@ def _optuna_study(run_dir: Path, name: str) -> Any:
 
 
 def _umap_html(
-    model: Any, study: str, data: Any, popularity: np.ndarray, figures: Path, say: Any
+    model: Recommender | Path,
+    study: str,
+    data: PreparedData,
+    popularity: np.ndarray,
+    figures: Path,
+    say: Callable[[str], None],
 ) -> str:
     """The map of a study's item vectors: `model` in memory (trained on `data`), or the path
     of its checkpoint."""

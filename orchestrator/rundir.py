@@ -37,13 +37,17 @@ import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from orchestrator.config import SweepConfig, from_dict
+
+if TYPE_CHECKING:  # at run time the data is loaded on first use, the models never
+    from orchestrator.data.types import PreparedData
+    from orchestrator.models.base import Recommender
 
 CONFIG, RESULTS, TRIALS, HISTORY, UNITS = (
     "sweep.yaml",
@@ -161,7 +165,11 @@ class RunDir:
     """
 
     def __init__(
-        self, path: str | Path, *, data: Any = None, models: dict[str, Any] | None = None
+        self,
+        path: str | Path,
+        *,
+        data: PreparedData | None = None,
+        models: dict[str, Recommender] | None = None,
     ) -> None:
         self.path = Path(path)
         self._data = data
@@ -236,8 +244,8 @@ class RunDir:
         return self._data is not None
 
     @property
-    def data(self) -> Any:
-        """The prepared data (a `PreparedData`): the caller's, or rebuilt from the config."""
+    def data(self) -> PreparedData:
+        """The prepared data: the caller's, or rebuilt from the config."""
         if self._data is None:
             from orchestrator.data import load_dataset
 

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import optuna
@@ -422,7 +423,7 @@ def signals_stop_studies() -> Iterator[StopSignal]:
         yield STOP  # signals reach the main thread only
         return
 
-    def on_signal(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         if STOP.is_set():
             raise Interrupted(signum)
         STOP.signum = signum

@@ -15,8 +15,14 @@ suggests are drawn afterwards. No Optuna import here: only the trial's `suggest_
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeGuard
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:  # the models' trial protocol; at run time space.py imports no model code
+    from orchestrator.models.base import Choice, Trial
+
+Space = Callable[["Trial"], "dict[str, Any] | None"]
+"""A model's define-by-run space with its task bound: the hyperparameters it draws."""
 
 DISTRIBUTIONS = (
     "constant",
@@ -94,7 +100,7 @@ def _is_number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _kind(where: str, spec: Any) -> str:
+def _kind(where: str, spec: object) -> str:
     """The distribution of one entry (inferred as W&B does when not given); raises if bad."""
     if not isinstance(spec, dict):
         raise ValueError(
@@ -139,7 +145,7 @@ def _kind(where: str, spec: Any) -> str:
     return kind
 
 
-def suggest(trial: Any, name: str, spec: dict[str, Any]) -> Any:
+def suggest(trial: Trial, name: str, spec: dict[str, Any]) -> Choice:
     """Draw one overridden parameter with the trial's own `suggest_*` methods."""
     kind = _kind(name, spec)
     if kind == "constant":
@@ -160,29 +166,38 @@ def suggest(trial: Any, name: str, spec: dict[str, Any]) -> Any:
 class _Overriding:
     """A trial whose `suggest_*(name, ...)` answers from the overrides when it has `name`."""
 
-    def __init__(self, trial: Any, overrides: dict[str, Any]) -> None:
+    def __init__(self, trial: Trial, overrides: dict[str, Any]) -> None:
         self._trial, self._overrides = trial, overrides
-        self.drawn: dict[str, Any] = {}
+        self.drawn: dict[str, Choice] = {}
 
-    def _answer(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
-        if name in self._overrides:
-            value = suggest(self._trial, name, self._overrides[name])
-        else:
-            value = getattr(self._trial, method)(name, *args, **kwargs)
+    def _answer(self, name: str, draw: Callable[[], Choice]) -> Any:
+        # Any: an override's value is the sweep file's, of the type validate_space checked
+        # it against (the parameter's), which a suggest_* method's return type cannot say
+        value = (
+            suggest(self._trial, name, self._overrides[name]) if name in self._overrides else draw()
+        )
         self.drawn[name] = value
         return value
 
-    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> float:
-        return self._answer("suggest_float", name, *args, **kwargs)
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._answer(
+            name, lambda: self._trial.suggest_float(name, low, high, step=step, log=log)
+        )
 
-    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> int:
-        return self._answer("suggest_int", name, *args, **kwargs)
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        return self._answer(
+            name, lambda: self._trial.suggest_int(name, low, high, step=step, log=log)
+        )
 
-    def suggest_categorical(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self._answer("suggest_categorical", name, *args, **kwargs)
+    def suggest_categorical(self, name: str, choices: Sequence[Choice]) -> Choice:
+        return self._answer(name, lambda: self._trial.suggest_categorical(name, choices))
 
 
-def sample_params(trial: Any, model_space: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+def sample_params(trial: Trial, model_space: Space, overrides: dict[str, Any]) -> dict[str, Any]:
     """The model's define-by-run space with `overrides` applied; returns the hyperparameters."""
     wrapped = _Overriding(trial, overrides)
     params = dict(model_space(wrapped) or {})
@@ -202,32 +217,35 @@ class _Defaults:
         self.defaults = defaults
         self.point: dict[str, Any] = {}
 
-    def _take(self, name: str, inside: bool) -> Any:
+    def _take(self, name: str, inside: bool) -> None:
         if inside:
             self.point[name] = self.defaults[name]
-        return self.defaults.get(name)
 
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
-    ) -> Any:
+    ) -> float:
         v = self.defaults.get(name)
-        return self._take(
+        self._take(
             name,
             _is_number(v)
             and low <= v <= high
             and (step is None or abs((v - low) / step - round((v - low) / step)) < 1e-9),
         )
+        return low if v is None else v  # the lower bound for a draw with no default
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> Any:
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
         v = self.defaults.get(name)
-        return self._take(name, isinstance(v, int) and low <= v <= high and (v - low) % step == 0)
+        self._take(name, isinstance(v, int) and low <= v <= high and (v - low) % step == 0)
+        return low if v is None else v
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self._take(name, name in self.defaults and self.defaults[name] in list(choices))
+    def suggest_categorical(self, name: str, choices: Sequence[Choice]) -> Choice:
+        v = self.defaults.get(name)
+        self._take(name, name in self.defaults and v in list(choices))
+        return v
 
 
 def default_point(
-    model_space: Any, overrides: dict[str, Any], defaults: dict[str, Any]
+    model_space: Space, overrides: dict[str, Any], defaults: dict[str, Any]
 ) -> dict[str, Any]:
     """The hyperparameter values of `defaults` that the space (the model's, with
     `overrides`) can draw: `{name: value}` to enqueue as a study's first trial. A default
@@ -238,7 +256,7 @@ def default_point(
 
 
 def start_points(
-    model_space: Any,
+    model_space: Space,
     overrides: dict[str, Any],
     defaults: dict[str, Any],
     recipes: list[tuple[str, dict[str, Any]]],
@@ -310,12 +328,12 @@ class _Recorder:
         }
         return low
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
+    def suggest_categorical(self, name: str, choices: Sequence[Choice]) -> Choice:
         self.space[name] = {"choices": list(choices)}
         return list(choices)[0]
 
 
-def describe_space(model_space: Any) -> dict[str, dict[str, Any]]:
+def describe_space(model_space: Space) -> dict[str, dict[str, Any]]:
     """Each parameter a define-by-run space draws, with its distribution (`models`).
 
     Example:
