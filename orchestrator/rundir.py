@@ -108,7 +108,7 @@ def claimed(run_dir: Path) -> Iterator[None]:
 
 
 def _holder(path: Path) -> dict[str, Any] | None:
-    """Who holds a claim; None: unreadable (a claim being written, or a broken one)."""
+    """Who holds a claim; None: a broken claim (a claim is linked into place whole)."""
     try:
         holder = json.loads(path.read_text())
     except (OSError, ValueError):
