@@ -6,9 +6,9 @@ embeddings, fused by one linear layer over `[gmf_vector, mlp_vector]`, trained p
 with binary cross-entropy against sampled negatives.
 
 Pre-training as in the paper (section 3.4.1), chosen by the hyperparameter `pretrain`: the
-shared loop first trains a `tower="gmf"` and a `tower="mlp"` model alone (for the model's
-epochs, without validation passes: a trial reports nothing while its towers train, and
-NeuMF's full-ranking validation costs more than its training), then
+shared loop first trains a `tower="gmf"` and a `tower="mlp"` model alone (for
+`pretrain_epochs`, the authors' 20, without validation passes: a trial reports nothing while
+its towers train, and NeuMF's full-ranking validation costs more than its training), then
 `load_pretrained(gmf, mlp, alpha)` initialises the fused model, which trains as usual.
 Unlike the paper, the fused model is trained with Adam from a fresh state (the paper
 switches to plain SGD because Adam's moments are not carried over; here the one loop keeps
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from orchestrator.models.base import (
+    MAX_EPOCHS,
     CommonParams,
     DataSpec,
     Recipe,
@@ -65,6 +66,10 @@ class NeuMFParams(CommonParams):
     """Pre-train the GMF and MLP towers alone first, then fuse them (the paper's best)."""
     alpha: float = 0.5
     """With `pretrain`: the fused output layer's weight on the GMF tower (1 - alpha on MLP)."""
+    pretrain_epochs: int = 20
+    """With `pretrain`: the epochs each tower trains alone (the authors' README: 20). Apart
+    from `epochs`, so that a refit for the fused model's best epoch count pre-trains its
+    towers as the trial did."""
 
     def __post_init__(self) -> None:
         check_common(self)
@@ -79,6 +84,12 @@ class NeuMFParams(CommonParams):
             "False for a single tower (only tower='neumf' fuses pre-trained towers)",
         )
         check(self, "alpha", 0 <= self.alpha <= 1, "a float in [0, 1]")
+        check(
+            self,
+            "pretrain_epochs",
+            1 <= self.pretrain_epochs <= MAX_EPOCHS,
+            f"an int from 1 to {MAX_EPOCHS:,}",
+        )
 
 
 NCF = Recipe(
@@ -249,12 +260,16 @@ class NeuMF(Recommender):
 
     def pretrain(self, train: Callable[[Recommender], object]) -> None:
         """With `params.pretrain`: build the GMF and MLP towers with this model's
-        hyperparameters, `train` each (the shared loop), and load them."""
+        hyperparameters and `pretrain_epochs`, `train` each (the shared loop), and load them."""
         if not self.params.pretrain:
             return
         towers = [
             type(self)(
-                self.spec, self.task, dataclasses.replace(self.params, tower=tower, pretrain=False)
+                self.spec,
+                self.task,
+                dataclasses.replace(
+                    self.params, tower=tower, pretrain=False, epochs=self.params.pretrain_epochs
+                ),
             ).to(self.device)
             for tower in ("gmf", "mlp")
         ]

@@ -342,7 +342,9 @@ def test_bad_requests_name_the_key():
 
 def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
     seed_everything(0)
-    fused = create_model("neumf", DataSpec.from_data(data), pretrain=True, alpha=0.3, epochs=2)
+    fused = create_model(
+        "neumf", DataSpec.from_data(data), pretrain=True, alpha=0.3, epochs=5, pretrain_epochs=2
+    )
     cfg = TrainConfig(device="cpu", amp=False, ks=(10,))
     towers = []
 
@@ -352,6 +354,8 @@ def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
 
     fused.pretrain(train)
     assert [t.params.tower for t in towers] == ["gmf", "mlp"]
+    # each tower trains its own epochs, whatever the fused model's (a refit changes those)
+    assert [t.params.epochs for t in towers] == [2, 2]
     user, item = torch.tensor([0, 4, 8]), torch.tensor([3, 9, 12])
     with torch.no_grad():  # the fused model starts as alpha * GMF + (1 - alpha) * MLP
         want = 0.3 * towers[0](user, item) + 0.7 * towers[1](user, item)
