@@ -125,27 +125,59 @@ class ReportKernels(tune.Callback):
         compile_umap_in_background()
 
 
+class TimeBudget(tune.Stopper):
+    """The sweep's time budget, counted while Tune's loop runs (as Tune's `time_budget_s`
+    counts it) and pickled with the experiment's state: `--resume` goes on with what was
+    left, not with a new budget. Each check publishes the seconds left in `BudgetLeft`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+        self._last: float | None = None
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        now = time.time()
+        if self._last is not None:
+            self.left -= now - self._last
+        self._last = now
+        BudgetLeft.seconds = max(0.0, self.left)
+        return self.left <= 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _last=None)  # the time between runs is not counted
+
+
+class BudgetLeft:
+    """Seconds of the running experiment's time budget left at its last check; None
+    without a budget (`search` resets it before each experiment)."""
+
+    seconds: float | None = None
+
+    @classmethod
+    def spent(cls) -> bool:
+        return cls.seconds is not None and cls.seconds <= 0
+
+
 class Progress(tune.Callback):
     """One line per finished trial: its study's done/running/pending and best so far, the
     time elapsed and the budget left."""
 
-    def __init__(
-        self, studies: list[Study], total: int, start: float, deadline: float | None
-    ) -> None:
+    def __init__(self, studies: list[Study], total: int, start: float) -> None:
         self.studies = {s.name: s for s in studies}
-        self.total, self.start, self.deadline = total, start, deadline
+        self.total, self.start = total, start
         self.best: dict[str, float] = {}
 
     def _line(self, trials: list[Any], trial: Any, event: str) -> None:
         study = self.studies[TrialSpec.split(trial.config)[0].study]
         of_study = [t for t in trials if TrialSpec.split(t.config)[0].study == study.name]
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in of_study)
-        running = sum(t.status == "RUNNING" for t in of_study)
+        # Tune calls this before it marks `trial` ended
+        done = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in of_study)
+        running = sum(t is not trial and t.status == "RUNNING" for t in of_study)
         best = self.best.get(study.name)
         left = (
-            ""
-            if self.deadline is None
-            else f", budget left {max(0.0, self.deadline - time.time()) / 60:.1f} min"
+            "" if BudgetLeft.seconds is None else f", budget left {BudgetLeft.seconds / 60:.1f} min"
         )
         print(
             f"[{study.name}] trial {trial.trial_id} {event}: {done}/{self.total} done, "

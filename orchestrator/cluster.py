@@ -46,6 +46,9 @@ def quiet_libraries() -> None:
 
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # tune.run's warnings are about its own signal handling and say to resume with
+    # `Tuner.restore`: the sweep says what happened and to use --resume
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     # Tune snapshots its state every num_to_keep checkpoints of a trial (what --resume
     # needs) and warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

@@ -12,13 +12,16 @@ reads a run's `sweep.yaml` back whole for `--resume` (`rundir.read_config`). No 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
+import json
 import netrc
 import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import yaml
 
 from orchestrator.config import SweepConfig, from_dict, parse_duration
@@ -293,6 +296,30 @@ def experiment_root(cfg: SweepConfig) -> str:
     if "://" in cfg.storage:
         return cfg.storage.rstrip("/") + "/" + cfg.name
     return str(run_directory(cfg))
+
+
+def check_tune_state(path: str) -> None:
+    """Ray Tune resumes an experiment from the newest `experiment_state-<time>.json` in
+    `path`; one cut short (the driver killed while Tune wrote it) makes Tune log the error
+    and start the experiment over, silently dropping the finished trials. Refuse that."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    found = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    names = fnmatch.filter((f.base_name for f in found), "experiment_state-*.json")
+    if not names:
+        return
+    newest = f"{root}/{max(names)}"
+    with fs.open_input_stream(newest) as f:
+        text = f.readall()
+    try:
+        json.loads(text)
+    except ValueError:
+        raise ValueError(
+            f"{newest}: Ray Tune's experiment state is cut short ({len(text):,} bytes; the "
+            "sweep was killed while Tune wrote it), and Tune would start the search over "
+            "rather than resume it; the trials that ran keep their files beside it: start a "
+            "new sweep (another --name)"
+        ) from None
 
 
 def load_run_config(run_dir: str | Path) -> SweepConfig:

@@ -241,6 +241,7 @@ def experiment(
     search_alg: Any,
     trials: int,
     callbacks: list[Any] | None = None,
+    stopper: tune.Stopper | None = None,
     **tune_config: Any,
 ) -> tune.Tuner:
     """A Tune experiment `name` of `trials` trials in the run directory, at most `slots` at
@@ -261,8 +262,8 @@ def experiment(
             storage_path=experiment_root(cfg),
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            stop=StopOnSignal(),
-            callbacks=callbacks,
+            stop=stopper,
+            callbacks=[*(callbacks or []), InterruptOnStop()],
             verbose=0,
         ),
     )
@@ -398,25 +399,28 @@ STOP = StopSignal()
 STOPPING = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 
 
-class StopOnSignal(tune.Stopper):
-    """Ends an experiment once `STOP` is set: the running trials stop and their results are
-    kept, no further trial starts. Holds no state, so it pickles into Tune's experiment
-    state and works again after `--resume`."""
+class InterruptOnStop(tune.Callback):
+    """Once `STOP` is set, interrupts the running experiment as Tune documents it (SIGUSR1,
+    which Tune handles as Ctrl-C while `fit` runs): the running trials stop, Tune saves its
+    state with them unfinished and the search not done, so `--resume` restarts them from
+    their checkpoints and goes on searching. (A `Stopper`'s `stop_all` would mark the
+    search finished.) Checked at every step of Tune's loop, so a signal that came before
+    `fit` installed Tune's handler still ends it; only in the main thread, where Tune
+    installs its handler. Holds no state: it pickles into Tune's
+    experiment state and works again after `--resume`."""
 
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        return STOP.is_set()
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if STOP.is_set() and threading.current_thread() is threading.main_thread():
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler ends the loop after this step
 
 
 @contextlib.contextmanager
 def signals_stop_studies() -> Iterator[StopSignal]:
     """While the sweep runs, a first Ctrl-C, SIGTERM or SIGHUP sets `STOP` (the event it
-    yields, with the signal), which ends the experiments through `StopOnSignal`; the table,
-    exports and report are still written. A second signal aborts. (Tune's own SIGINT
-    handler would stop the search too, but not say so: a stopped trial looks like one that
-    ASHA stopped.)"""
+    yields, with the signal), which interrupts the experiment through `InterruptOnStop`; the
+    table, exports and report of what finished are still written. A second signal aborts.
+    (Tune's own SIGINT handler takes neither SIGTERM nor SIGHUP, and would not tell the
+    sweep that it stopped: a stopped trial would look like one that ASHA stopped.)"""
     STOP.clear()
     STOP.signum = signal.SIGINT
     if threading.current_thread() is not threading.main_thread():
@@ -436,6 +440,7 @@ def signals_stop_studies() -> Iterator[StopSignal]:
         )
 
     previous = {s: signal.signal(s, on_signal) for s in STOPPING}
+    previous[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)  # Tune's `fit` takes it over
     tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:

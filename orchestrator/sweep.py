@@ -32,7 +32,7 @@ import yaml
 from ray import tune
 
 from orchestrator import results
-from orchestrator.callbacks import Progress, ReportKernels, wandb_callbacks
+from orchestrator.callbacks import BudgetLeft, Progress, ReportKernels, TimeBudget, wandb_callbacks
 from orchestrator.cluster import connect, quiet_libraries, resources
 from orchestrator.config import SweepConfig, parse_duration, to_dict
 from orchestrator.data import describe, load_dataset
@@ -44,6 +44,7 @@ from orchestrator.journal import write_journal
 from orchestrator.plan import (
     SEARCH,
     check_config,
+    check_tune_state,
     experiment_root,
     load_run_config,
     resolved,
@@ -140,6 +141,7 @@ def plan_sweep(
                 f"--resume {resume}: no experiment to continue in "
                 f"{experiment_root(cfg)}/{SEARCH}; start a new sweep instead"
             )
+        check_tune_state(f"{experiment_root(cfg)}/{SEARCH}")
     elif cfg is None:
         raise TypeError("plan_sweep: a config to run, or a run directory to resume")
     elif not cfg.name:
@@ -218,7 +220,7 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         callbacks = [
-            Progress(studies, cfg.trials, sweep.start, deadline),
+            Progress(studies, cfg.trials, sweep.start),
             ReportKernels(),
             *wandb_callbacks(cfg, sweep.run_dir),
         ]
@@ -231,12 +233,13 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
             StudySearch(studies, cfg, plan),
             cfg.trials * len(studies),
             callbacks,
+            stopper=None if left is None else TimeBudget(left),
             scheduler=StudyASHA(studies, cfg, plan),
-            time_budget_s=left,
         )
+    BudgetLeft.seconds = None  # a restored experiment's budget sets it at its first step
     grid = [] if stop.is_set() else fit_experiment(tuner, path, trainable, cfg, deadline, stop)
     grid = configured(grid)
-    out_of_time = deadline is not None and time.time() >= deadline
+    out_of_time = BudgetLeft.spent()
     trials = trial_records(grid, stop.is_set() or out_of_time)
     curves = [c for res in grid if (c := epoch_history(res)) is not None]
     chosen = [

@@ -211,3 +211,22 @@ def test_a_trials_history_is_its_lineage_and_survives_a_line_cut_short(tmp_path,
         trial_history(types.SimpleNamespace(path=str(tmp_path / "none"), filesystem=res.filesystem))
         is None
     )
+
+
+def test_the_time_budget_goes_on_after_a_resume_with_what_was_left() -> None:
+    import pickle
+    import time
+
+    from orchestrator.callbacks import BudgetLeft, TimeBudget
+
+    budget = TimeBudget(1.0)
+    assert not budget.stop_all()  # the clock starts at Tune's first check
+    time.sleep(0.3)
+    assert not budget.stop_all()
+    assert 0.5 < BudgetLeft.seconds < 0.75
+    restored = pickle.loads(pickle.dumps(budget))  # Tune's experiment state, then --resume
+    time.sleep(0.5)  # between the runs: not counted
+    assert not restored.stop_all()
+    assert 0.5 < restored.left < 0.75
+    time.sleep(0.8)
+    assert restored.stop_all() and BudgetLeft.spent()

@@ -286,10 +286,11 @@ def test_a_sweep_whose_study_has_no_finished_trial_exits_1(tmp_path: Path) -> No
 def test_a_signal_stops_the_sweep_and_resume_finishes_it(
     tmp_path: Path, signum: int, resume: bool
 ) -> None:
+    # two trials of about 15 s each, one at a time: the signal comes during the first
     args = [
         sys.executable, "-m", "orchestrator", "sweep", "--name", "stopped", "--storage",
-        str(tmp_path), "--models", "mf", "--baselines", "bias", "--trials", "40", "--epochs",
-        "100000", "--wandb", "disabled", "--dataset", DATASET, "--time-budget", "25s",
+        str(tmp_path), "--models", "mf", "--baselines", "bias", "--trials", "2", "--epochs",
+        "300", "--wandb", "disabled", "--dataset", DATASET, "--time-budget", "none",
         "--cpus-per-trial", "2",
     ]  # fmt: skip
     driver = subprocess.Popen(args, cwd=REPO, start_new_session=True, text=True,
@@ -313,6 +314,8 @@ def test_a_signal_stops_the_sweep_and_resume_finishes_it(
     first = RunDir(run_dir).trials
     assert RunDir(run_dir).results.set_index("study")["status"]["mf"] == "ok"
     assert not (run_dir / ".claim").exists()  # the run directory is free again
+    stopped = first[first["end"] == "interrupted"]
+    assert len(first) == 1 and len(stopped) == 1, first[["trial_id", "end", "epochs"]]
     if not resume:
         return
     proc = subprocess.run(
@@ -320,11 +323,14 @@ def test_a_signal_stops_the_sweep_and_resume_finishes_it(
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # Tune marks a search it stopped early finished: --resume keeps every trial that ran,
-    # starts no new one, and writes the run's table, models and report again
-    trials = RunDir(run_dir).trials
-    assert list(trials["trial_id"]) == list(first["trial_id"])
-    assert RunDir(run_dir).results.set_index("study")["status"]["mf"] == "ok"
+    # the stopped trial went on from its checkpoint, and the search started the second
+    trials = RunDir(run_dir).trials.set_index("trial_id")
+    assert len(trials) == 2 and stopped["trial_id"].iloc[0] in trials.index, trials
+    went_on = trials.loc[stopped["trial_id"].iloc[0]]
+    assert went_on["end"] in ("epochs", "early_stopped"), trials
+    assert went_on["epochs"] > stopped["epochs"].iloc[0]
+    assert set(trials["end"]) <= {"epochs", "early_stopped", "asha"}, trials
+    assert RunDir(run_dir).results.set_index("study")["trials_done"]["mf"] >= 1
     assert not (run_dir / ".claim").exists()
 
 
