@@ -8,6 +8,7 @@ negatives), and for each model trains one epoch of the shared loop (no validatio
 `samples/s`; with `--epochs N`, the median of N epochs' samples/s, against this machine's
 noise), ranks every item for up to 2,000 validation users (the full protocol;
 `users/s`, a second pass, once the evaluation lookups are built as training keeps them),
+measures what the test pass's beyond-accuracy metrics add to such a pass (`beyond_%`),
 and exports it to ONNX with its parity checks (`export_s`, `onnx_mb`: all its
 files). Then, per column, the growth exponent against the number of ratings between the
 smallest and the largest size of ml-20m's shape (1.0 is linear; a rate should stay flat,
@@ -120,6 +121,7 @@ def measure(path: Path, entries: list[str], threads: int, epochs: int = 1) -> di
         tensors = to_device(few, "cpu")  # as in training: the evaluation lookups are built
         evaluate(model, few, "val", cfg, tensors)  # once (O(ratings)), then kept
         out[f"{entry} users/s"] = evaluate(model, few, "val", cfg, tensors)["val/eval_users_per_s"]
+        out[f"{entry} beyond_%"] = beyond_overhead(model, few, tensors, cfg)
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
             export_model(model, data, Path(folder, f"{name}.onnx"))
@@ -127,6 +129,37 @@ def measure(path: Path, entries: list[str], threads: int, epochs: int = 1) -> di
             out[f"{entry} onnx_mb"] = sum(p.stat().st_size for p in Path(folder).iterdir()) / 1e6
     out["peak_gb"] = peak_gb()
     return out
+
+
+def beyond_overhead(model, data, tensors, cfg) -> float:
+    """What keeping the top-K lists and computing coverage, Gini, ARP and novelty from them
+    adds to a full-ranking pass (the test pass does both), in % of the pass without them:
+    the median of 3 passes each, on the same users."""
+    import torch
+
+    from orchestrator.engine.evaluation import EVAL_CELLS
+    from orchestrator.engine.metrics import beyond_accuracy, full_ranking_per_user
+
+    seqs = tensors.last_items("val", model.seq_len) if model.seq_len > 0 else None
+    batch = min(cfg.eval_batch_users, model.eval_batch_users or cfg.eval_batch_users,
+                max(1, EVAL_CELLS // data.n_items))  # fmt: skip
+
+    def ranked(with_lists: bool) -> float:
+        start = time.perf_counter()
+        tops = [] if with_lists else None
+        with torch.no_grad():
+            full_ranking_per_user(
+                lambda u: model.score_all(u, None if seqs is None else seqs[u]).float(),
+                torch.arange(data.n_users), tensors.targets("val"), tensors.known("val"),
+                cfg.ks, batch, tops,
+            )  # fmt: skip
+            if with_lists:
+                beyond_accuracy(torch.cat(tops), tensors.popularity(), data.n_users, cfg.ks)
+        return time.perf_counter() - start
+
+    plain = statistics.median(ranked(False) for _ in range(3))
+    lists = statistics.median(ranked(True) for _ in range(3))
+    return 100 * (lists / plain - 1)
 
 
 def child(*args: str) -> dict:
@@ -206,13 +239,17 @@ def main() -> None:
         grow = math.log(b["ratings"] / a["ratings"])
         print(
             f"| growth exponent, {a['ratings']:,} to {b['ratings']:,} | "
-            + " | ".join(f"{math.log(b[c] / a[c]) / grow:.2f}" for c in cols[1:])
+            + " | ".join(  # a share (`_%`) has no growth exponent
+                "" if c.endswith("_%") else f"{math.log(b[c] / a[c]) / grow:.2f}" for c in cols[1:]
+            )
             + " |"
         )
     if len(rows) > 1:
         print(
             "| last / first | "
-            + " | ".join(f"{rows[-1][c] / rows[0][c]:.2f}" for c in cols[1:])
+            + " | ".join(
+                "" if c.endswith("_%") else f"{rows[-1][c] / rows[0][c]:.2f}" for c in cols[1:]
+            )
             + " |"
         )
     if args.ml25m:

@@ -27,6 +27,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.data.sampling import last_items, user_item_csr
 from orchestrator.data.types import Array, PreparedData, Split
 from orchestrator.engine.metrics import (
+    beyond_accuracy,
     full_ranking_per_user,
     lower_is_better,
     means,
@@ -160,6 +161,13 @@ class DeviceData:
             lambda: last_items(self.history(split), self.data.n_users, length, self.data.n_items),
         )
 
+    def popularity(self) -> Tensor:
+        """Training interactions per item, `[n_items]` (its users: pairs are unique after the
+        data's dedup)."""
+        return self._cached(
+            ("popularity",), lambda: torch.bincount(self.train.item, minlength=self.data.n_items)
+        )
+
     def negatives(self, split: str) -> Tensor:
         """The fixed sampled-protocol negatives of `split`, `[n_rows, N]`."""
 
@@ -197,8 +205,9 @@ def evaluate(
     Rating: RMSE and MAE of `model(user, item)` on the split's rows. Ranking and sequential:
     HR, NDCG, Recall and MRR at each of `cfg.ks`, either over all items with the user's
     known items masked (train, plus val when testing), or, with `cfg.protocol == "sampled"`,
-    among the split's fixed negatives. Sequential models score from each user's last
-    `model.seq_len` known items. Also `split/eval_users_per_s`.
+    among the split's fixed negatives; the test pass adds coverage, Gini, ARP and novelty
+    at each K from the same top-K lists (`metrics.beyond_accuracy`). Sequential models
+    score from each user's last `model.seq_len` known items. Also `split/eval_users_per_s`.
 
     Args:
         model: a trained model (it is evaluated where it lives).
@@ -253,10 +262,12 @@ def evaluate_units(
             model.eval_batch_users or cfg.eval_batch_users,
             max(1, EVAL_CELLS // data.n_items),
         )
+        # the test pass keeps its top-K lists for the beyond-accuracy metrics
+        tops: list[Tensor] | None = [] if split == "test" else None
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
             units = full_ranking_per_user(
-                score_all, users, tensors.targets(split), tensors.known(split), cfg.ks, batch
+                score_all, users, tensors.targets(split), tensors.known(split), cfg.ks, batch, tops
             )
             n_users = tensors.n_target_users(split)
         elif cfg.protocol == "sampled":
@@ -266,12 +277,15 @@ def evaluate_units(
                 rows.item,
                 tensors.negatives(split),
                 cfg.ks,
-                batch=batch,
+                batch,
+                tops,
             )
             n_users = len(rows)
         else:
             raise ValueError(f"protocol {cfg.protocol!r}: expected 'full' or 'sampled'")
         metrics = means(units)
+        if tops:
+            metrics |= beyond_accuracy(torch.cat(tops), tensors.popularity(), data.n_users, cfg.ks)
     elapsed = time.perf_counter() - start
     model.train(was_training)
     out = {f"{split}/{k}": float(v) for k, v in metrics.items()}

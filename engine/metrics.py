@@ -19,6 +19,22 @@ Definitions for one user with the target set T (non-empty), rank r_t per target:
 
 Reported values are means over the users with a non-empty target set.
 
+Beyond accuracy (`beyond_accuracy`, from the top-K lists of a test pass; pop(i) is the number
+of training users of item i, |U| the number of users, c_K(i) how many lists hold i):
+
+- coverage@K = #{i : c_K(i) > 0} / n_items, the share of the catalogue recommended to
+               anyone (catalogue coverage: Ge, Delgado-Battenfeld & Jannach, RecSys 2010)
+- gini@K     = sum_j (2j - n - 1) c_(j) / (n sum_j c_(j)) over the n items sorted by c_K
+               ascending: 0 when every item is recommended equally often, near 1 when a
+               few items fill every list (the Gini index as RecBole's GiniIndex)
+- arp@K      = mean over lists of the mean pop(i) of its items (average recommendation
+               popularity: Abdollahpouri, Burke & Mobasher, FLAIRS 2019)
+- novelty@K  = mean over lists of the mean -log2(pop(i) / |U|) of its items, an item no
+               training user has counted as one user (self-information: Zhou et al., PNAS
+               2010; Vargas & Castells, RecSys 2011)
+
+Under the sampled protocol a list is the top K of a row's candidates, not of the catalogue.
+
 Protocols: `full_ranking` scores every item for a batch of users (one `score_fn` call per
 batch), masks the items the user is known to have (train, and val when testing), and ranks
 the held-out items; `sampled_ranking` ranks each target among its N fixed negatives, as the
@@ -42,6 +58,7 @@ from torch import Tensor
 from orchestrator.data.sampling import csr_entries
 
 RANKING_NAMES = ("hr", "ndcg", "recall", "mrr")
+BEYOND_NAMES = ("coverage", "gini", "arp", "novelty")  # of the test pass's top-K lists
 ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
 
 
@@ -202,6 +219,16 @@ def ranking_metrics_from_scores(
     return {f"{name}@{k}": out[f"{name}@{k}"] for name in RANKING_NAMES for k in ks}
 
 
+def _top_items(scores: Tensor, k: int) -> Tensor:
+    """`[B, k]` column indices of each row's k best finite scores, best first; -1 where a
+    row has fewer (masked columns score -inf; an undefined score ranks first, as in the
+    ranks)."""
+    scores = torch.nan_to_num(scores, nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    values, at = scores.topk(min(k, scores.shape[1]), dim=1)  # [B, k']
+    at = torch.where(values > -math.inf, at, -1)
+    return torch.nn.functional.pad(at, (0, k - at.shape[1]), value=-1)
+
+
 def _check_csr(csr: Csr, what: str) -> None:
     indptr, indices = csr
     if indptr.dim() != 1 or indices.dim() != 1 or len(indptr) < 1:
@@ -283,6 +310,7 @@ def full_ranking_per_user(
     known: Csr | None,
     ks: Sequence[int],
     batch_users: int = 1024,
+    tops: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Rank every item for each user, the user's known items masked, batched over users.
 
@@ -295,6 +323,8 @@ def full_ranking_per_user(
             or None to mask nothing.
         ks: cut-offs K.
         batch_users: users per `score_fn` call.
+        tops: when given, each batch's top max(ks) items per user (known items masked,
+            best first, on the CPU) are appended to it (for `beyond_accuracy`).
 
     Returns:
         `{"hr@K": Tensor[U'], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`: one float32
@@ -343,6 +373,9 @@ def full_ranking_per_user(
             mask = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device)
             mask[pos, item] = True  # [b, n_items]
         per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask)
+        if tops is not None:
+            shown = scores if mask is None else scores.masked_fill(mask, -math.inf)
+            tops.append(_top_items(shown, max(ks)).cpu())
         for name, value in per_user.items():
             parts.setdefault(name, []).append(value.cpu())
     return {name: torch.cat(values) for name, values in parts.items()}
@@ -376,6 +409,7 @@ def sampled_ranking_per_row(
     negatives: Tensor,
     ks: Sequence[int],
     batch: int = 8192,
+    tops: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
     the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
@@ -395,6 +429,8 @@ def sampled_ranking_per_row(
         negatives: `[R, N]` negative items per row, distinct within a row, `-1` padded.
         ks: cut-offs K.
         batch: rows per `score_pairs` call.
+        tops: when given, each batch's top max(ks) candidate items per row (each item
+            once, best first, `-1` padded, on the CPU) are appended to it.
 
     Returns:
         `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
@@ -442,6 +478,11 @@ def sampled_ranking_per_row(
         other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
         ahead = counted & ((other > own) | (before & (other == own)))  # [b, N]
         rank = 1 + ahead.sum(1)  # [b]
+        if tops is not None:  # the target, and each other counted item once
+            shown = torch.cat([own, torch.where(counted, other, -math.inf)], 1)  # [b, 1 + N]
+            at = _top_items(shown, max(ks))
+            items_of = candidates.to(scores.device).gather(1, at.clamp(min=0))
+            tops.append(torch.where(at >= 0, items_of, -1).cpu())
         usable = ~torch.isnan(own[:, 0])  # [b] a target scored NaN is a miss
         for k in ks:
             hit = usable & (rank <= k)  # [b]
@@ -455,3 +496,43 @@ def sampled_ranking_per_row(
             for name, value in values.items():
                 parts.setdefault(f"{name}@{k}", []).append(value.cpu())
     return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES for k in ks}
+
+
+@torch.no_grad()
+def beyond_accuracy(
+    tops: Tensor, popularity: Tensor, n_users: int, ks: Sequence[int]
+) -> dict[str, float]:
+    """Coverage, Gini, ARP and novelty at each K (definitions in the module docstring).
+
+    Args:
+        tops: `[L, >= max(ks)]` item indices of L top-K lists, best first, `-1` padded.
+        popularity: `[n_items]` training users per item.
+        n_users: the number of users (novelty's denominator).
+        ks: cut-offs K.
+
+    Example:
+        >>> beyond_accuracy(torch.tensor([[0, 1], [0, 2]]), torch.tensor([4, 2, 1, 1]), 4, [2])
+        {'coverage@2': 0.75, 'gini@2': 0.375, 'arp@2': 2.75, 'novelty@2': 0.75}
+    """
+    ks = _check_ks(ks)
+    n_items = len(popularity)
+    pop = popularity.double().cpu()
+    info = -torch.log2(pop.clamp(min=1.0) / max(n_users, 1))  # [n_items]
+    tops = tops.long().cpu()
+    out: dict[str, float] = {}
+    for k in ks:
+        top = tops[:, :k]  # [L, k]
+        valid = top >= 0
+        safe = top.clamp(min=0)
+        counts = torch.bincount(top[valid], minlength=n_items).double()  # [n_items]
+        ordered = counts.sort().values
+        j = torch.arange(1, n_items + 1, dtype=torch.float64)
+        total = float(ordered.sum())
+        per_list = valid.sum(1).clamp(min=1)  # [L]
+        out[f"coverage@{k}"] = float((counts > 0).double().mean())
+        out[f"gini@{k}"] = float(((2 * j - n_items - 1) * ordered).sum()) / max(
+            n_items * total, 1e-12
+        )
+        out[f"arp@{k}"] = float((torch.where(valid, pop[safe], 0.0).sum(1) / per_list).mean())
+        out[f"novelty@{k}"] = float((torch.where(valid, info[safe], 0.0).sum(1) / per_list).mean())
+    return {f"{name}@{k}": out[f"{name}@{k}"] for name in BEYOND_NAMES for k in ks}

@@ -133,9 +133,23 @@ def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator import results
     from orchestrator.rundir import RunDir
 
-    run = RunDir(args.run_dir)
-    frame = run.trials if args.trials else run.results
-    print(results.render(frame, args.format), end="")
+    runs = [RunDir(path) for path in args.run_dir]
+    if len(runs) == 1 and args.format != "latex":
+        frame = runs[0].trials if args.trials else runs[0].results
+        print(results.render(frame, args.format), end="")
+        return 0
+    if args.trials or args.format == "json":
+        raise ValueError(
+            "results: --trials and --format json take one run directory; several runs (or "
+            "--format latex) make one table of their results in md, latex or csv"
+        )
+    labels = {}
+    for run in runs:
+        data = run.config.data
+        name = data.dataset if len(data.dataset) <= 24 else run.path.name
+        label = f"{name} {data.split}"
+        labels[label if label not in labels else f"{run.path.name} {data.split}"] = run.results
+    print(results.across_runs(labels, args.format), end="")
     return 0
 
 
@@ -175,9 +189,16 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_sweep)
 
-    r = commands.add_parser("results", help="print a sweep's results table again")
-    r.add_argument("run_dir", help="the sweep's run directory")
-    r.add_argument("--format", default="md", choices=("md", "csv", "json"))
+    r = commands.add_parser(
+        "results", help="print a sweep's results table again, or one table of several runs"
+    )
+    r.add_argument(
+        "run_dir",
+        nargs="+",
+        help="the sweep's run directory; several: one table of them all, a column group "
+        "per run (its dataset and split)",
+    )
+    r.add_argument("--format", default="md", choices=("md", "csv", "json", "latex"))
     r.add_argument("--trials", action="store_true", help="every trial of every study instead")
     r.set_defaults(func=cmd_results)
 

@@ -139,6 +139,19 @@ def plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path)
     return save(fig, path)
 
 
+def plot_accuracy_coverage(rows: pd.DataFrame, metric: str, coverage: str, path: Path) -> Path:
+    """One point per results row (its study named): `coverage` against `metric`."""
+    fig = figure(5.6, 4.0)
+    ax = fig.add_subplot()
+    ax.scatter(rows[coverage], rows[metric])
+    for _, row in rows.iterrows():
+        ax.annotate(str(row["study"]), (row[coverage], row[metric]), fontsize=8,
+                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+    ax.set(xlabel=f"{coverage} (share of the catalogue recommended)", ylabel=metric,
+           title="accuracy against catalogue coverage")  # fmt: skip
+    return save(fig, path)
+
+
 def plot_popularity(counts: np.ndarray, path: Path) -> Path:
     fig = figure()
     ax = fig.add_subplot()

@@ -106,7 +106,7 @@ def _report(run: RunDir, figures: Path, say: Callable[[str], None]) -> Path:
             f"the dataset of sweep.yaml could not be loaded, so there are no "
             f"data statistics or item maps: {e}"
         )
-    parts = [f"<h2>Results</h2>{_table_html(frame)}"]
+    parts = [f"<h2>Results</h2>{_table_html(frame, figures)}"]
     popularity = None
     if data is not None:
         popularity = np.bincount(data.train.item, minlength=data.n_items)  # [n_items]
@@ -284,19 +284,28 @@ def _umap_html(
     return _img(path)
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    """One HTML table per evaluation, each under its title and what it evaluated."""
+def _table_html(frame: pd.DataFrame, figures: Path) -> str:
+    """One HTML table per evaluation, each under its title and what it evaluated; a top-N
+    table with catalogue coverage also gets its accuracy against coverage."""
     seeds = frame["seeds"].max() if "seeds" in frame.columns else 1
     note = (
         f"<p>Test metrics are mean ± std over {int(seeds)} seeds where seeds &gt; 1.</p>"
         if seeds and seeds > 1
         else ""
     )
-    parts = [
-        f"<h3>{html.escape(title)}</h3><p>{html.escape(evaluation)}</p>"
-        + results.readable(group).to_html(index=False, border=0, classes="results")
-        for title, evaluation, group in results.sections(frame)
-    ]
+    parts = []
+    for title, evaluation, group in results.sections(frame):
+        table = results.readable(group).to_html(index=False, border=0, classes="results")
+        parts.append(
+            f"<h3>{html.escape(title)}</h3><p>{html.escape(evaluation)}</p>"
+            f"<div class='scroll'>{table}</div>"
+        )
+        metric = str(group["main_metric"].dropna().iloc[0]) if "main_metric" in group else ""
+        coverage = f"test/coverage@{metric.rpartition('@')[2]}"
+        if coverage in group.columns and group[[metric, coverage]].notna().all(axis=1).any():
+            rows = group.dropna(subset=[metric, coverage])
+            path = figures / f"coverage-{group['table'].iloc[0]}.png"
+            parts.append(_img(plots.plot_accuracy_coverage(rows, metric, coverage, path)))
     if "p_vs_best" in frame.columns:
         note += f"<p>{html.escape(results.NOTE)}</p>"
     return "".join(parts) + note
@@ -311,7 +320,7 @@ def _img(path: Path) -> str:
 
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1100px}
-table.results{border-collapse:collapse;font-size:13px}
+table.results{border-collapse:collapse;font-size:13px} div.scroll{overflow-x:auto}
 table.results td,table.results th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
 figure{display:inline-block;margin:0.5em} img{max-width:100%} code{font-size:12px}
 figcaption{font-size:11px;color:#666}"""

@@ -417,3 +417,44 @@ def test_computed_on_the_scores_device(device):
     assert_close(
         got, reference_mean([(table[u].tolist(), held[u], set(known[u])) for u in range(50)], KS)
     )
+
+
+def test_beyond_accuracy_on_hand_computed_lists() -> None:
+    # 3 lists over 5 items; pop = training users per item, |U| = 8
+    tops = torch.tensor([[0, 1, 2], [0, 1, -1], [0, 3, 1]])
+    pop = torch.tensor([8, 4, 2, 1, 0])
+    out = metrics.beyond_accuracy(tops, pop, 8, ks=[1, 3])
+    assert out["coverage@1"] == pytest.approx(1 / 5)  # item 0 only
+    assert out["coverage@3"] == pytest.approx(4 / 5)  # 0, 1, 2, 3
+    # counts at 3: item 0: 3, 1: 3, 2: 1, 3: 1, 4: 0 -> sorted 0, 1, 1, 3, 3; n = 5, sum 8
+    # sum_j (2j - 6) c_(j) = -4*0 - 2*1 + 0*1 + 2*3 + 4*3 = 16 -> 16 / (5 * 8)
+    assert out["gini@3"] == pytest.approx(16 / 40)
+    assert out["gini@1"] == pytest.approx((4 * 3) / (5 * 3))  # all on one item: (n-1)/n
+    # ARP: (8+4+2)/3, (8+4)/2 (the padded slot is no item), (8+1+4)/3
+    assert out["arp@3"] == pytest.approx((14 / 3 + 12 / 2 + 13 / 3) / 3)
+    # self-information -log2(pop/8): 0, 1, 2, 3, and 3 for the unseen item (counted as one)
+    assert out["novelty@3"] == pytest.approx((3 / 3 + 1 / 2 + 4 / 3) / 3)
+    assert out["novelty@1"] == 0.0 and out["arp@1"] == 8.0
+    assert list(out) == [f"{m}@{k}" for m in metrics.BEYOND_NAMES for k in (1, 3)]
+
+
+def test_the_ranking_passes_hand_over_the_lists_they_ranked() -> None:
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    known = user_item_csr(Split(*map(torch.tensor, ([0, 1], [0, 3], [1.0, 1.0], [0, 0]))), 2)
+    targets = user_item_csr(Split(*map(torch.tensor, ([0, 1], [2, 0], [1.0, 1.0], [0, 0]))), 2)
+    tops: list[torch.Tensor] = []
+    metrics.full_ranking_per_user(
+        lambda u: scores[u], torch.arange(2), targets, known, [2], 1, tops
+    )
+    # user 0 knows item 0, user 1 item 3: they are not recommended
+    assert torch.cat(tops).tolist() == [[1, 2], [2, 1]]
+    tops = []
+    metrics.sampled_ranking_per_row(
+        lambda u, c: scores[u].gather(1, c),
+        torch.tensor([0, 1]),
+        torch.tensor([2, 0]),
+        torch.tensor([[0, 2, -1], [3, 1, 2]]),  # row 0 repeats its target, pads one slot
+        [3],
+        tops=tops,
+    )
+    assert torch.cat(tops).tolist() == [[0, 2, -1], [3, 2, 1]]

@@ -100,7 +100,7 @@ def page(run_dir: Path) -> Page:
 
 def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, page: Page) -> None:
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
-    expected = ["data-popularity", "data-activity"] + [
+    expected = ["data-popularity", "data-activity", "coverage-ranking"] + [
         f"{kind}-{s}" for s in STUDIES for kind in ("history", "importance", "curves", "umap-items")
     ]
     assert sorted(a["alt"] for t, a in page.tags if t == "img") == sorted(expected)

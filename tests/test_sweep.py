@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,6 +276,57 @@ def test_results_command_prints_the_table(smoke_run: Path) -> None:
     assert md.startswith("## Rating prediction") and "caser" in md
 
 
+def test_results_of_several_runs_make_one_table_per_kind(smoke_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    runs = []
+    for name in ("first", "second"):
+        run = tmp_path / name
+        run.mkdir()
+        for f in ("sweep.yaml", "results.parquet"):
+            shutil.copy(smoke_run / f, run / f)
+        runs.append(run)
+    frame = pd.read_parquet(runs[1] / "results.parquet")
+    frame.loc[frame["study"] == "bias", "test/rmse"] = 0.5  # the best of its column now
+    frame.to_parquet(runs[1] / "results.parquet")
+    md = run_cli("results", *map(str, runs))
+    assert md.returncode == 0, md.stderr
+    rating = md.stdout.split("## Top-N ranking")[0]
+    header = next(line for line in rating.splitlines() if line.startswith("| study"))
+    # one column group per run, named by its dataset and split (or its folder's name, when
+    # the dataset's is long or another run's)
+    data = yaml.safe_load((smoke_run / "sweep.yaml").read_text())["data"]
+    first = data["dataset"] if len(data["dataset"]) <= 24 else "first"
+    split = data["split"]
+    assert f"| {first} {split}: test/rmse |" in header, header
+    assert f"| second {split}: test/rmse |" in header, header
+    bias = next(line for line in rating.splitlines() if line.startswith("| bias "))
+    assert "**0.5000**" in bias
+    best = pd.read_parquet(smoke_run / "results.parquet").query("table == 'rating'")
+    top = best.set_index("study")["test/rmse"].idxmin()
+    row = next(line for line in rating.splitlines() if line.startswith(f"| {top} "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[header.strip("|").split("|").index(f" {first} {split}: test/rmse ")][:2] == "**"
+
+    tex = run_cli("results", *map(str, runs), "--format", "latex")
+    assert tex.returncode == 0, tex.stderr
+    for table in tex.stdout.split("% ")[1:]:  # one tabular per kind, booktabs rules
+        spec = re.search(r"\\begin\{tabular\}\{(l(r+))\}", table)
+        assert spec and all(rule in table for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+        body = table.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+        assert body and all(
+            len(re.findall(r"(?<!\\)&", line)) == len(spec.group(2)) for line in body
+        )
+        assert table.count(r"\multicolumn") == 2
+    assert r"\textbf{0.5000}" in tex.stdout
+
+    frame.columns = [c.replace("ndcg@10", "ndcg@5") for c in frame.columns]  # another K
+    frame.to_parquet(runs[1] / "results.parquet")
+    bad = run_cli("results", *map(str, runs))
+    assert bad.returncode == 2 and "cannot be aligned" in bad.stderr, bad.stderr
+    assert f"second {split}" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
     runs = [wandb_run(folder) for folder in (smoke_run / "wandb").glob("offline-run-*")]
     summary = [r for r in runs if r["run"].job_type == "summary"]
@@ -530,3 +582,15 @@ def test_a_run_directory_is_checked_before_it_is_believed(smoke_run: Path, tmp_p
     proc = run_cli("export", str(edited("checkpoint", other_checkpoint)), "--study", "mf")
     assert proc.returncode == 1, proc.stderr
     assert "mf.pt: a checkpoint of study 'neumf' (neumf, ranking), not of 'mf'" in proc.stderr
+
+    # Tune's experiment state cut short by a kill: Tune would start the search over
+    cut = tmp_path / "state"
+    shutil.copytree(smoke_run, cut, ignore=shutil.ignore_patterns("wandb"))
+    state = max((cut / "search").glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes()[:1000])
+    files = {f: f.stat().st_mtime_ns for f in cut.rglob("*")}
+    proc = run_cli("sweep", "--resume", str(cut))
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: {state}: Ray Tune's experiment state is cut short" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert {f: f.stat().st_mtime_ns for f in cut.rglob("*")} == files  # nothing changed
