@@ -62,4 +62,5 @@ def load_dataset(cfg: DataConfig) -> PreparedData:
         dedup=cfg.dedup,
         seed=cfg.seed,
         eval_negatives=cfg.eval_negatives,
+        rating_range=cfg.rating_range,
     )

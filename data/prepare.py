@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -42,6 +43,7 @@ def prepare(
     dedup: str = "last",
     seed: int = 0,
     eval_negatives: int = 100,
+    rating_range: tuple[float, float] | None = None,
 ) -> PreparedData:
     """Filter, index and split a raw dataset (see the module docstring for each step).
 
@@ -55,6 +57,8 @@ def prepare(
             (at the last one's time), or 'error'.
         seed: seed of the random splits and of the evaluation negatives.
         eval_negatives: negatives per val/test row for the sampled protocol (0: none).
+        rating_range: the rating scale (lo, hi): a rating outside it is an error, and
+            rating predictions are clipped to it (None: to the ratings' own min and max).
 
     Example:
         >>> from orchestrator.data import load_source
@@ -71,6 +75,8 @@ def prepare(
             f"eval_negatives={eval_negatives}: expected integers >= 0"
         )
     t, codes = _columns(raw, split, kind)
+    if rating_range is not None:
+        _check_range(t, codes, raw.name, rating_range)
     t, filters = _filter(t, codes, raw.name, split, kind, dedup, min_rating, user_core, item_core)
     user_ids, item_ids, neg_codes = _index(t, codes)
     splits, test_rows, split_stats = _split(t, kind, ratios, seed)
@@ -86,6 +92,7 @@ def prepare(
         "dedup": dedup,
         "seed": seed,
         "eval_negatives": eval_negatives,
+        **({"rating_range": list(rating_range)} if rating_range is not None else {}),
     }
     stats: dict[str, Any] = {
         "raw_interactions": codes.n_raw,
@@ -122,7 +129,11 @@ def prepare(
         test=splits[TEST],
         has_ratings=codes.has_ratings,
         rating_range=(
-            (float(t["r"].min()), float(t["r"].max())) if codes.has_ratings else (0.0, 1.0)
+            (float(rating_range[0]), float(rating_range[1]))
+            if rating_range is not None
+            else (float(t["r"].min()), float(t["r"].max()))
+            if codes.has_ratings
+            else (0.0, 1.0)
         ),
         val_negatives=val_neg,
         test_negatives=test_neg,
@@ -143,6 +154,23 @@ class _Codes:
     user_raw: np.ndarray
     item_raw: np.ndarray
     neg_codes: np.ndarray | None  # ncf: [n_test file rows, N] item codes, -1 padded
+
+
+def _check_range(t: Columns, codes: _Codes, name: str, scale: tuple[float, float]) -> None:
+    """Every rating lies on the declared scale; the first one that does not is named."""
+    if len(scale) != 2 or not (math.isfinite(scale[0]) and scale[0] < scale[1] < math.inf):
+        raise ValueError(f"data.rating_range={list(scale)}: expected [lo, hi], lo < hi")
+    if not codes.has_ratings:
+        raise ValueError(f"data.rating_range: dataset {name!r} has no ratings to check")
+    outside = np.flatnonzero((t["r"] < scale[0]) | (t["r"] > scale[1]))
+    if len(outside):
+        at = outside[0]
+        raise ValueError(
+            f"data.rating_range [{scale[0]:g}, {scale[1]:g}]: {len(outside):,} of "
+            f"{len(t['r']):,} ratings of {name!r} lie outside it, the first: user "
+            f"{codes.user_raw[t['u'][at]]}, item {codes.item_raw[t['i'][at]]}, rating "
+            f"{float(t['r'][at]):g} (interaction {int(t['row'][at]) + 1} of the source)"
+        )
 
 
 def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:

@@ -63,6 +63,11 @@ class DataConfig:
     )
     seed: int = opt(0, "seed of the split and of the sampled-protocol negatives")
     eval_negatives: int = opt(100, "negatives per val/test row for the sampled protocol")
+    rating_range: tuple[float, ...] | None = opt(
+        None,
+        "the rating scale lo,hi (e.g. 0.5,5): a rating outside it is an error, predictions "
+        "are clipped to it; default none declared (inf, nan and ratings beyond 1e6 always are)",
+    )
 
 
 @dataclass(frozen=True)

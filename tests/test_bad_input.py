@@ -193,6 +193,17 @@ CASES = [
         r"bad\.csv, line 3: bad rating .*beyond \+-1e\+06",
     ),
     (
+        "csv-rating-off-the-declared-scale",
+        describe("user,item,rating\n1,2,4\n3,4,5\n3,2,7\n", "--rating-range", "0.5,5"),
+        r"data\.rating_range \[0\.5, 5\]: 1 of 3 ratings of 'csv:.*bad\.csv' lie outside it, "
+        r"the first: user 3, item 2, rating 7 \(interaction 3 of the source\)",
+    ),
+    (
+        "declared-scale-upside-down",
+        describe("user,item,rating\n1,2,4\n", "--rating-range", "5,1"),
+        r"data\.rating_range=\[5\.0, 1\.0\]: expected \[lo, hi\], lo < hi",
+    ),
+    (
         "csv-id-with-surrounding-space",  # ' 1' and '1' would be two users
         describe("user,item,rating\n1,a,4\n 1,b,5\n"),
         r"bad\.csv, line 3: bad user \"' 1' \(surrounding whitespace\)\"",

@@ -294,3 +294,12 @@ def test_index_of_maps_raw_ids(prepared):
         index_of(data.item_ids, [1, 99999])
     with pytest.raises(ValueError, match="expected integers"):
         index_of(data.user_ids, "bob", "user")
+
+
+def test_a_declared_rating_scale_clips_predictions_and_names_the_data(ml100k):
+    inferred = prepare(ml100k, "u1", eval_negatives=0)
+    declared = prepare(ml100k, "u1", eval_negatives=0, rating_range=(0.5, 5.0))
+    assert inferred.rating_range == (1.0, 5.0) and declared.rating_range == (0.5, 5.0)
+    assert declared.fingerprint != inferred.fingerprint  # another preparation
+    with pytest.raises(ValueError, match=r"21,201 of 100,000 ratings .* item 1, rating 5 "):
+        prepare(ml100k, "u1", eval_negatives=0, rating_range=(1.0, 4.0))
