@@ -119,10 +119,12 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 
 
 def _target_ranks(
-    scores: Tensor, targets: Tensor, mask: Tensor | None, max_k: int
+    scores: Tensor, targets: Tensor, mask: Tensor | None, max_k: int, tops: list[Tensor] | None
 ) -> tuple[Tensor, Tensor]:
     """Pessimistic ranks `[B, T]` of the targets, exact up to `max_k` (larger ones read
-    `max_k + 1`: a miss at every cut-off), and whether each target can count as a hit."""
+    `max_k + 1`: a miss at every cut-off), and whether each target can count as a hit.
+    With `tops`, the rows' top `max_k` columns (`-1` past the unmasked ones) are appended
+    to it, from the same top-k that then ranks the targets."""
     safe = targets.clamp(min=0)  # [B, T] padding looks up column 0, discarded by `usable`
     target_scores = scores.gather(1, safe)  # [B, T]
     usable = (targets >= 0) & ~torch.isnan(target_scores)  # [B, T]
@@ -132,7 +134,7 @@ def _target_ranks(
         target_scores = scores.gather(1, safe)  # [B, T]
     if mask is not None:
         usable &= ~mask.gather(1, safe)
-    if targets.shape[1] <= _COMPARE_MAX_TARGETS:
+    if targets.shape[1] <= _COMPARE_MAX_TARGETS and tops is None:
         keep = None if mask is None else ~mask  # [B, C]
         counts = []
         for j in range(targets.shape[1]):
@@ -143,7 +145,11 @@ def _target_ranks(
         scores = scores.masked_fill(mask, -math.inf)  # [B, C] masked items sink to the bottom
     # Only ranks up to max_k matter, and a target has rank m <= max_k + 1 exactly when m of
     # the top max_k + 1 scores are >= its score, so those scores are all it is compared with.
-    top = scores.topk(min(max_k + 1, scores.shape[1]), dim=1, sorted=False).values  # [B, k]
+    best = scores.topk(min(max_k + 1, scores.shape[1]), dim=1, sorted=tops is not None)
+    top = best.values  # [B, k]
+    if tops is not None:
+        at = torch.where(top[:, :max_k] > -math.inf, best.indices[:, :max_k], -1)  # [B, <=k]
+        tops.append(torch.nn.functional.pad(at, (0, max_k - at.shape[1]), value=-1).cpu())
     ge = (top[:, None, :] >= target_scores[:, :, None]).sum(2)  # [B, T]
     bottom = target_scores == -math.inf  # [B, T]
     if mask is not None and bool(bottom.any()):
@@ -153,7 +159,11 @@ def _target_ranks(
 
 
 def ranking_metrics_from_scores(
-    scores: Tensor, targets: Tensor, ks: Sequence[int], mask: Tensor | None = None
+    scores: Tensor,
+    targets: Tensor,
+    ks: Sequence[int],
+    mask: Tensor | None = None,
+    tops: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Per-user HR, NDCG, Recall and MRR at each K, with the pessimistic tie rule.
 
@@ -163,6 +173,8 @@ def ranking_metrics_from_scores(
             with -1.
         ks: cut-offs K.
         mask: `[B, C]` bool, True = candidate excluded (e.g. the user's training items), or None.
+        tops: when given, the rows' top max(ks) columns (best first, `-1` past the
+            unmasked ones, on the CPU) are appended to it.
 
     Returns:
         `{"hr@K": Tensor[B], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}` for each K
@@ -201,7 +213,7 @@ def ranking_metrics_from_scores(
     zeros = scores.new_zeros(n_rows, dtype=torch.float32)  # [B]
     if targets.shape[1] == 0:
         return {f"{name}@{k}": zeros.clone() for name in RANKING_NAMES for k in ks}
-    ranks, usable = _target_ranks(scores, targets, mask, max(ks))  # [B, T], [B, T]
+    ranks, usable = _target_ranks(scores, targets, mask, max(ks), tops)  # [B, T], [B, T]
     n_targets = (targets >= 0).sum(1)  # [B]
     gain = 1.0 / torch.log2(ranks.float() + 1.0)  # [B, T] ranks are >= 1 where usable
     best = torch.where(usable, ranks, max(ks) + 1).min(1).values  # [B]
@@ -372,10 +384,7 @@ def full_ranking_per_user(
             item = known[1][flat]
             mask = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device)
             mask[pos, item] = True  # [b, n_items]
-        per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask)
-        if tops is not None:
-            shown = scores if mask is None else scores.masked_fill(mask, -math.inf)
-            tops.append(_top_items(shown, max(ks)).cpu())
+        per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask, tops)
         for name, value in per_user.items():
             parts.setdefault(name, []).append(value.cpu())
     return {name: torch.cat(values) for name, values in parts.items()}
