@@ -23,6 +23,7 @@ from orchestrator.config import (
     dotted,
     field_help,
     flag_values,
+    from_dict,
     parse_sets,
 )
 
@@ -30,11 +31,28 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """The data flags, the same on `sweep`, `train` and `data describe`: one per
+    `DataConfig` field, its seed as `--data-seed` (`--seed` is the sweep's and training's)."""
+    add_config_args(parser, DataConfig, skip=("seed",))
+    parser.add_argument(
+        "--data-seed",
+        dest="data_seed",
+        default=None,
+        metavar="SEED",
+        help=f"data config seed: {field_help(DataConfig, 'seed')}",
+    )
+
+
+def data_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The data flags that were given, as a YAML-shaped dict (`add_data_args`)."""
+    return flag_values(DataConfig, argparse.Namespace(**{**vars(args), "seed": args.data_seed}))
+
+
 def cmd_data_describe(args: argparse.Namespace) -> int:
     from orchestrator.data import describe, load_dataset
 
-    cfg = config_from_args(DataConfig, args)
-    data = load_dataset(cfg)
+    data = load_dataset(from_dict(DataConfig, data_flags(args), where="--"))
     info = describe(data)
     if args.json:
         print(json.dumps(info))
@@ -60,8 +78,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrator.sweep import run_sweep
 
     overrides = flag_values(SweepConfig, args)
-    shorthands = {k: getattr(args, k) for k in ("dataset", "split") if getattr(args, k)}
-    for layer in ({"data": shorthands} if shorthands else {}, dotted(parse_sets(args.set))):
+    data = data_flags(args)
+    for layer in ({"data": data} if data else {}, dotted(parse_sets(args.set))):
         overrides = merged(overrides, layer)
     if args.resume:
         if args.config or overrides or args.smoke:
@@ -154,7 +172,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
-    from orchestrator.config import SweepConfig, field_help
+    from orchestrator.config import SweepConfig
 
     p = commands.add_parser(
         "sweep",
@@ -166,13 +184,7 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="sweep YAML file (CLI flags override it)")
     add_config_args(p, SweepConfig)
-    p.add_argument(
-        "--dataset",
-        help=f"shorthand for --set data.dataset=...: {field_help(DataConfig, 'dataset')}",
-    )
-    p.add_argument(
-        "--split", help=f"shorthand for --set data.split=...: {field_help(DataConfig, 'split')}"
-    )
+    add_data_args(p)
     p.add_argument(
         "--set",
         action="append",
@@ -213,11 +225,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before any data is loaded or model trained.
     task = validate_request(args.model, args.task, hparams)
     train_cfg = config_from_args(TrainConfig, args)
-    data_cfg = config_from_args(
-        DataConfig, argparse.Namespace(**{**vars(args), "seed": args.data_seed})
-    )
     from orchestrator.data import load_dataset
 
+    data_cfg = from_dict(DataConfig, data_flags(args), where="--")
     data = load_dataset(data_cfg)
     print(
         f"train: {args.model} ({task}) on {data.name}, split {data.split_name}: "
@@ -282,14 +292,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     add_config_args(p, TrainConfig)
-    add_config_args(p, DataConfig, skip=("seed",))
-    p.add_argument(
-        "--data-seed",
-        dest="data_seed",
-        default=None,
-        metavar="SEED",
-        help=f"data config seed: {field_help(DataConfig, 'seed')}",
-    )
+    add_data_args(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -505,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe_p = data_cmds.add_parser(
         "describe", help="users, items, interactions, split sizes, filter counts"
     )
-    add_config_args(describe_p, DataConfig)
+    add_data_args(describe_p)
+    describe_p.add_argument("--seed", dest="data_seed", help="the same as --data-seed")
     describe_p.add_argument("--json", action="store_true", help="print one JSON object")
     describe_p.set_defaults(func=cmd_data_describe)
     models_p = commands.add_parser(

@@ -88,3 +88,32 @@ def test_bad_input_exits_2_naming_the_key_before_loading(args, expected, capsys)
     err = capsys.readouterr().err
     assert expected in err, err
     assert "nonexistent" not in err
+
+
+def test_the_data_flags_are_the_same_on_sweep_train_and_describe() -> None:
+    import dataclasses
+
+    from orchestrator.cli import build_parser, data_flags
+    from orchestrator.config import DataConfig
+
+    values = {
+        "dataset": "csv:ratings.csv",
+        "split": "random:0.8,0.1,0.1",
+        "data_dir": "/data",
+        "min_rating": "4",
+        "user_core": "5",
+        "item_core": "2",
+        "dedup": "first",
+        "eval_negatives": "99",
+        "rating_range": "0.5,5",
+    }
+    assert set(values) | {"seed"} == {f.name for f in dataclasses.fields(DataConfig)}
+    argv = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", v)]
+    argv += ["--data-seed", "7"]
+    parsed = [
+        data_flags(build_parser().parse_args([*command, *argv]))
+        for command in (["sweep"], ["train", "--model", "mf"], ["data", "describe"])
+    ]
+    assert parsed[0] == parsed[1] == parsed[2]
+    assert parsed[0]["seed"] == 7 and parsed[0]["rating_range"] == [0.5, 5]
+    assert parsed[0]["data_dir"] == "/data" and parsed[0]["min_rating"] == 4
