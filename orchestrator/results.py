@@ -255,15 +255,22 @@ def write_units(run_dir: Path, studies: list[StudyResult]) -> None:
         np.savez(f, allow_pickle=True, **tested)  # the default, named: no key can be it
 
 
+def decimals(col: str) -> int:
+    """Decimals a readable table shows (the CSV and Parquet files keep every digit):
+    seconds 1, popularity counts (ARP) 1, the metrics 4."""
+    return 1 if col == "time_s" or col.rsplit("/", 1)[-1].startswith("arp@") else 4
+
+
 def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:
     value = row[col]
     if isinstance(value, float):
         if math.isnan(value):
             return ""
         std = row.get(f"{col}_std") if f"{col}_std" in frame.columns else None
-        text = f"{value:.4f}"
+        places = decimals(col)
+        text = f"{value:.{places}f}"
         if std is not None and isinstance(std, float) and not math.isnan(std):
-            text += f" ± {std:.4f}"
+            text += f" ± {std:.{places}f}"
         return text
     if isinstance(value, (dict, list)):
         return json.dumps(value)

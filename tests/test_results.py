@@ -160,3 +160,15 @@ def test_each_row_says_where_its_chosen_configuration_came_from() -> None:
     header, _, first, second = results.markdown(frame).split("\n")[4:8]
     assert "| origin |" in header and "| recipe:surprise-svd |" in first
     assert "| search |" in second
+
+
+def test_readable_tables_round_seconds_and_metrics_the_files_keep_every_digit() -> None:
+    mf = rated("mf", [np.array([0.8123456, 0.9, 1.1])])
+    frame = results.build([mf, rated("bias", [np.ones(3) * 2], baseline=True)])
+    frame["time_s"] = [116.9988, np.nan]
+    frame["test/arp@10"] = [309.76314, 12.0]
+    header, _, first = results.markdown(frame).split("\n")[4:7]
+    cells = dict(zip(header.strip("| ").split(" | "), first.strip("| ").split(" | "), strict=True))
+    assert cells["time_s"] == "117.0" and cells["test/arp@10"] == "309.8"
+    assert cells["test/rmse"].startswith(f"{frame['test/rmse'].iloc[0]:.4f} ")
+    assert frame["time_s"].iloc[0] == 116.9988  # what csv and parquet get
