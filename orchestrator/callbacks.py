@@ -161,31 +161,66 @@ class BudgetLeft:
 
 
 class Progress(tune.Callback):
-    """One line per finished trial: its study's done/running/pending and best so far, the
-    time elapsed and the budget left."""
+    """Per study, trials done / running / pending, its best so far, the time elapsed and
+    the budget left: a progress bar per study on a terminal, else (a log file, CI, a tmux
+    pipe) one line per finished trial."""
 
     def __init__(self, studies: list[Study], total: int, start: float) -> None:
         self.studies = {s.name: s for s in studies}
         self.total, self.start = total, start
         self.best: dict[str, float] = {}
+        self.bars: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "bars": {}}  # Tune pickles its callbacks; bars stay here
 
     def _line(self, trials: list[Any], trial: Any, event: str) -> None:
         study = self.studies[TrialSpec.split(trial.config)[0].study]
         of_study = [t for t in trials if TrialSpec.split(t.config)[0].study == study.name]
-        # Tune calls this before it marks `trial` ended
-        done = sum(t is trial or t.status in ("TERMINATED", "ERROR") for t in of_study)
-        running = sum(t is not trial and t.status == "RUNNING" for t in of_study)
-        best = self.best.get(study.name)
-        left = (
-            "" if BudgetLeft.seconds is None else f", budget left {BudgetLeft.seconds / 60:.1f} min"
+        ended = event != "started"  # Tune calls this before it marks `trial` ended
+        done = sum((ended and t is trial) or t.status in ("TERMINATED", "ERROR") for t in of_study)
+        running = sum(
+            (t is trial and not ended) or (t is not trial and t.status == "RUNNING")
+            for t in of_study
         )
+        best = self.best.get(study.name)
+        shown = f"best {study.metric} {'-' if best is None else f'{best:.4f}'}"
+        left = (
+            "" if BudgetLeft.seconds is None else f"budget left {BudgetLeft.seconds / 60:.1f} min"
+        )
+        if sys.stdout.isatty():  # else a line per finished trial
+            self._bar(
+                study.name, done, f"{running} running, {shown}" + (f", {left}" if left else "")
+            )
+            return
+        if not ended:
+            return
         print(
             f"[{study.name}] trial {trial.trial_id} {event}: {done}/{self.total} done, "
-            f"{running} running, {self.total - done - running} pending, best {study.metric} "
-            f"{'-' if best is None else f'{best:.4f}'}, "
-            f"elapsed {(time.time() - self.start) / 60:.1f} min{left}",
+            f"{running} running, {self.total - done - running} pending, {shown}, "
+            f"elapsed {(time.time() - self.start) / 60:.1f} min" + (f", {left}" if left else ""),
             flush=True,
         )
+
+    def _bar(self, study: str, done: int, postfix: str) -> None:
+        from tqdm import tqdm
+
+        if study not in self.bars:
+            position = list(self.studies).index(study)
+            self.bars[study] = tqdm(
+                total=self.total,
+                desc=study,
+                position=position,
+                bar_format="{desc}: {n}/{total} trials done |{bar:20}| {postfix}",
+            )
+        bar = self.bars[study]
+        bar.n = done
+        bar.set_postfix_str(postfix, refresh=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars = {}
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -195,6 +230,9 @@ class Progress(tune.Callback):
         if isinstance(value, (int, float)) and math.isfinite(value):
             best = self.best.get(study.name, value)
             self.best[study.name] = min(best, value) if study.mode == "min" else max(best, value)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(trials, trial, "started")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trials, trial, "finished")

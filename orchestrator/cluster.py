@@ -3,6 +3,7 @@ request from what the cluster has and what its autoscaler can add."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -32,9 +33,12 @@ def connect(cfg: SweepConfig) -> None:
             ) from None
     try:
         if cfg.address or os.environ.get("RAY_ADDRESS"):  # as `ray job submit` sets it
-            ray.init(address=cfg.address or None, log_to_driver=False)
+            ray.init(
+                address=cfg.address or None, log_to_driver=False, logging_level=logging.WARNING
+            )
         else:
-            ray.init(log_to_driver=False, include_dashboard=False)
+            internals.quiet_token_auth_warning()  # Ray's default (token auth on) is what we want
+            ray.init(log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise ValueError(f"address: cannot reach a Ray cluster at {cfg.address!r}: {e}") from None
 
@@ -42,8 +46,6 @@ def connect(cfg: SweepConfig) -> None:
 def quiet_libraries() -> None:
     """Our progress lines say what matters; Tune's chatter drowns them (Optuna's:
     `search.quiet_optuna`)."""
-    import logging
-
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # tune.run's warnings are about its own signal handling and say to resume with
@@ -52,6 +54,9 @@ def quiet_libraries() -> None:
     # Tune snapshots its state every num_to_keep checkpoints of a trial (what --resume
     # needs) and warns about it each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's output engine prints a configuration box and a TensorBoard hint into Ray's
+    # temporary folder whatever the verbosity; the legacy reporter at verbose=0 prints nothing
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the config on the head

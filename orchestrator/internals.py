@@ -80,3 +80,17 @@ def quiet_onnx_registration() -> None:
     none), from a logger named after a private module. Fallback (a renamed module): the
     warning shows."""
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
+# Ray 2.59+: a local instance starts with token authentication on (what the sweep wants) and
+# warns about that default at every start. No public switch quiets that one warning: setting
+# RAY_AUTH_MODE once `ray` is imported leaves the driver's cached config behind, and the
+# cluster then refuses the driver. Its logger is named after a private module. Fallback: the
+# warning shows.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def quiet_token_auth_warning() -> None:
+    """Hide Ray's warning that a local instance uses token authentication by default."""
+    if not forced():
+        logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)

@@ -123,6 +123,21 @@ def test_storage_is_shared_s3(config: dict) -> None:
     assert env["RECSWEEP_STORAGE"].startswith("s3://"), env
 
 
+def test_every_node_uses_ray_token_auth_with_the_users_token(config: dict) -> None:
+    # Ray 2.60 enables token authentication by default for local instances only: the cluster
+    # turns it on, and every node (the head running the recipe's sweep, and the workers that
+    # join it) gets the token file `ray get-auth-token --generate` wrote on the user's machine
+    env = dict(
+        opt.split(" ", 1)[1].split("=", 1)
+        for opt in config["docker"]["run_options"]
+        if opt.startswith("--env ")
+    )
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    readme = README.read_text(encoding="utf-8")
+    assert "ray get-auth-token --generate" in readme
+
+
 def test_setup_commands_install_as_the_readme_does(config: dict) -> None:
     readme = readme_install_commands()
     assert any("-e" in cmd for cmd in commands(readme)), f"{README}: no `pip install -e` line"
@@ -157,3 +172,19 @@ def test_no_credentials_in_cluster_yaml() -> None:
 )
 def test_credential_pattern_catches(text: str) -> None:
     assert CREDENTIAL_PATTERN.search(text)
+
+
+def test_make_sets_up_as_the_readme_does_and_ci_runs_make_test() -> None:
+    # The README opens with `make sweep` and `make test`; the Makefile's set-up installs with
+    # the README's own lines, and CI runs the README's test command
+    text = README.read_text(encoding="utf-8")
+    first = re.search(r"```bash\n(.*?)```", text, re.DOTALL)
+    assert first and [ln.split("#")[0].strip() for ln in first.group(1).splitlines()] == [
+        "make sweep",
+        "make test",
+    ]
+    makefile = (ROOT / "Makefile").read_text().replace(" -q", "")  # quiet, the same install
+    for line in readme_install_commands():
+        cmd = line.split("#")[0].strip()
+        assert f"$(BIN)/python -m {cmd}\n" in makefile, line
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

@@ -75,6 +75,18 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
     assert proc.returncode == 0, proc.stderr[-4000:]
     # no library's Python warning reaches the user (the exporter's once did, in a race)
     assert "Warning:" not in proc.stdout + proc.stderr, proc.stderr[-4000:]
+    # nor Ray's and Tune's start-up lines, box and hints a user cannot act on
+    for banner in (
+        "Started a local Ray instance",
+        "Token authentication",
+        "Configuration for experiment",
+        "View detailed results here",
+        "tensorboard --logdir",
+    ):
+        assert banner not in proc.stdout + proc.stderr, banner
+    assert re.search(r"^\[mf\] trial \w+ finished: 1/2 done", proc.stderr, re.M), proc.stderr[
+        -3000:
+    ]
     # --json: stdout is one JSON object, the progress went to stderr
     (line,) = proc.stdout.splitlines()
     summary = json.loads(line)
