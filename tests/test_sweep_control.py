@@ -311,6 +311,7 @@ def test_a_signal_stops_the_sweep_and_resume_finishes_it(
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 128 + signum, out[-4000:]  # 130, 143, 129
     assert f"interrupted ({signal.Signals(signum).name})" in out
+    assert "Token authentication" not in out and "Started a local Ray" not in out
     first = RunDir(run_dir).trials
     assert RunDir(run_dir).results.set_index("study")["status"]["mf"] == "ok"
     assert not (run_dir / ".claim").exists()  # the run directory is free again
