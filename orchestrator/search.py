@@ -406,8 +406,8 @@ class InterruptOnStop(tune.Callback):
     their checkpoints and goes on searching. (A `Stopper`'s `stop_all` would mark the
     search finished.) Checked at every step of Tune's loop, so a signal that came before
     `fit` installed Tune's handler still ends it; only in the main thread, where Tune
-    installs its handler. Holds no state: it pickles into Tune's
-    experiment state and works again after `--resume`."""
+    installs its handler. Holds no state: it pickles into Tune's experiment state and works
+    again after `--resume`."""
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if STOP.is_set() and threading.current_thread() is threading.main_thread():
