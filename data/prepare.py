@@ -43,7 +43,7 @@ def prepare(
     dedup: str = "last",
     seed: int = 0,
     eval_negatives: int = 100,
-    rating_range: tuple[float, float] | None = None,
+    rating_range: tuple[float, ...] | None = None,
 ) -> PreparedData:
     """Filter, index and split a raw dataset (see the module docstring for each step).
 
@@ -156,7 +156,7 @@ class _Codes:
     neg_codes: np.ndarray | None  # ncf: [n_test file rows, N] item codes, -1 padded
 
 
-def _check_range(t: Columns, codes: _Codes, name: str, scale: tuple[float, float]) -> None:
+def _check_range(t: Columns, codes: _Codes, name: str, scale: tuple[float, ...]) -> None:
     """Every rating lies on the declared scale; the first one that does not is named."""
     if len(scale) != 2 or not (math.isfinite(scale[0]) and scale[0] < scale[1] < math.inf):
         raise ValueError(f"data.rating_range={list(scale)}: expected [lo, hi], lo < hi")
