@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestrator import results
 from orchestrator.cli import main
 
 pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
@@ -134,9 +135,10 @@ def test_tables_match_results_csv(run_dir: Path, page: Page) -> None:
             for cell, value in zip(shown[col], rows[col], strict=True):
                 if pd.isna(value):
                     assert cell == ""
-                else:  # "mean" or "mean ± std" (and a marker), 4 decimals as in results.md
+                else:  # "mean" or "mean ± std" (and a marker), rounded as in results.md
                     shown_value = float(cell.split(" ± ")[0].split(" (")[0])
-                    assert shown_value == pytest.approx(value, abs=5e-5), col
+                    half = 0.5 * 10 ** -results.decimals(col)
+                    assert shown_value == pytest.approx(value, abs=half * 1.001), col
 
 
 def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> None:
