@@ -11,10 +11,12 @@ Example:
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from orchestrator.data.prepare import describe, index_of, prepare
 from orchestrator.data.sources import available_offline, load_source
+from orchestrator.data.splits import parse_split
 from orchestrator.data.types import Interactions, PreparedData, RawDataset, Split
 
 if TYPE_CHECKING:
@@ -29,17 +31,24 @@ __all__ = [
     "describe",
     "index_of",
     "load_dataset",
+    "load_datasets",
     "load_source",
     "prepare",
 ]
 
 
 def load_dataset(cfg: DataConfig) -> PreparedData:
-    """Load and prepare the dataset a `DataConfig` names.
+    """Load and prepare the dataset a `DataConfig` names, on its `split`.
 
     `dataset: default` is ml-100k when it can be had offline (in `data_dir`), else the
     synthetic generator; which one, and why, is said in one line on stderr.
     """
+    return load_datasets(cfg, (cfg.split,))[0]
+
+
+def load_datasets(cfg: DataConfig, splits: Sequence[str]) -> list[PreparedData]:
+    """The dataset a `DataConfig` names, read once and prepared on each of `splits` (the
+    folds of a sweep)."""
     spec = cfg.dataset
     if spec == "default":
         if available_offline("ml-100k", cfg.data_dir):
@@ -53,14 +62,22 @@ def load_dataset(cfg: DataConfig) -> PreparedData:
                 file=sys.stderr,
             )
     raw = load_source(spec, cfg.data_dir)
-    return prepare(
-        raw,
-        cfg.split,
-        min_rating=cfg.min_rating,
-        user_core=cfg.user_core,
-        item_core=cfg.item_core,
-        dedup=cfg.dedup,
-        seed=cfg.seed,
-        eval_negatives=cfg.eval_negatives,
-        rating_range=cfg.rating_range,
-    )
+    for split in splits if len(splits) > 1 else ():  # a fold the dataset lacks, before work
+        try:
+            parse_split(split, raw)
+        except ValueError as e:
+            raise ValueError(f"data.folds: {e}") from None
+    return [
+        prepare(
+            raw,
+            split,
+            min_rating=cfg.min_rating,
+            user_core=cfg.user_core,
+            item_core=cfg.item_core,
+            dedup=cfg.dedup,
+            seed=cfg.seed,
+            eval_negatives=cfg.eval_negatives,
+            rating_range=cfg.rating_range,
+        )
+        for split in splits
+    ]

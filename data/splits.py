@@ -10,7 +10,13 @@ All deterministic given the seed; nothing of test is in train or val:
 - `u1`..`u5`, `ua`, `ub` (MovieLens 100K): test = the release's `.test` file; val = a
   seeded random 10% of the `.base` file (the u-splits themselves are random splits);
 - `ncf`: train and test exactly as given; val = each user's last training interaction in
-  time (users with >= 2), moved out of train; test negatives = the benchmark's own.
+  time (users with >= 2), moved out of train; test negatives = the benchmark's own;
+- `kfold:F/K`: fold F of a seeded K-fold cross-validation: one seeded permutation of all
+  rows (the same for every F) cut into K near-equal parts, test = part F, val = a seeded
+  random 10% of the rest (as for the u-splits), so each row is in exactly one test fold.
+
+`fold_splits` turns a sweep's `data.folds` (u1..u5, ua/ub, or a K) into the split of each
+fold.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import numpy as np
 from orchestrator.data.types import Interactions, RawDataset
 
 FIXED_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub", "ncf")
-SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf"
+SPLIT_HELP = "leave-last, random:0.8,0.1,0.1, temporal:0.7,0.1,0.2, u1..u5, ua, ub, ncf, kfold:1/5"
+# the canonical splits whose test sets are disjoint, so they can be folds of one experiment
+FOLD_FAMILIES = (("u1", "u2", "u3", "u4", "u5"), ("ua", "ub"))
 FIXED_VAL_SHARE = 0.1  # of a canonical split's base file, carved out as validation
 TRAIN, VAL, TEST = 0, 1, 2  # a row's part
 Columns = dict[str, np.ndarray]  # the prepared columns: u, i, r, t, row, part, origin
@@ -43,6 +51,14 @@ def parse_split(split: str, raw: RawDataset | None = None) -> tuple[str, tuple[f
         return name, ratios
     if split == "leave-last":
         return split, ()
+    if name == "kfold":
+        fold, _, k = rest.partition("/")
+        if not (fold.isdigit() and k.isdigit() and int(k) >= 2 and 1 <= int(fold) <= int(k)):
+            raise ValueError(
+                f"split {split!r}: expected kfold:F/K, fold F of K >= 2 folds (1 <= F <= K), "
+                "e.g. kfold:1/5"
+            )
+        return name, (float(fold), float(k))
     if split in FIXED_SPLITS:
         if raw is not None and split not in raw.fixed_splits:
             ships = ", ".join(raw.fixed_splits) or "none"
@@ -95,6 +111,13 @@ def assign(
         where[perm[n_train : n_train + n_val]] = VAL
         where[perm[n_train + n_val :]] = TEST
         return where, {}
+    if kind == "kfold":
+        fold, k = int(ratios[0]), int(ratios[1])
+        part = np.array_split(rng.permutation(n), k)[fold - 1]
+        where[part] = TEST
+        base = np.flatnonzero(where == TRAIN)
+        where[rng.permutation(base)[: round_half_up(FIXED_VAL_SHARE * len(base))]] = VAL
+        return where, {"val_from": f"seeded random {FIXED_VAL_SHARE:.0%} of the other folds"}
     if kind == "leave-last":
         long = size >= 3
         where[long & (pos == size - 1)] = TEST
@@ -123,3 +146,36 @@ def round_half_up(x: np.ndarray | float) -> np.ndarray | int:
     """Half-up rounding (numpy's rint rounds halves to even: 2.5 -> 2)."""
     out = np.floor(np.asarray(x) + 0.5 + 1e-9).astype(np.int64)
     return int(out) if out.ndim == 0 else out
+
+
+def fold_splits(folds: tuple[str, ...] | int) -> tuple[str, ...]:
+    """The split of each fold of a sweep's `data.folds`: a K (>= 2) is a seeded K-fold
+    (`kfold:1/K` .. `kfold:K/K`); a list names 2 or more splits of one family with disjoint
+    test sets (some of u1..u5, or ua and ub, or kfold:F/K of one K), so each test rating is
+    in one fold only. () for none. Raises naming the key and what was expected."""
+    if isinstance(folds, int):
+        if folds < 2:
+            raise ValueError(f"data.folds: {folds}: expected K >= 2 folds, or a list of splits")
+        return tuple(f"kfold:{f}/{folds}" for f in range(1, folds + 1))
+    expected = (
+        "expected K >= 2, or 2 or more distinct splits with disjoint test sets: some of "
+        "u1..u5, or ua and ub (ml-100k), or kfold:F/K of one K"
+    )
+
+    def family(split: str) -> str:
+        if split.startswith("kfold:"):
+            try:
+                return "kfold/" + str(parse_split(split)[1][1])
+            except ValueError as e:
+                raise ValueError(f"data.folds: {e}") from None
+        for names in FOLD_FAMILIES:
+            if split in names:
+                return names[0]
+        raise ValueError(f"data.folds: {split!r} is not a fold: {expected}")
+
+    families = {family(s) for s in folds}
+    if len(families) > 1 or len(set(folds)) != len(folds) or len(folds) == 1:
+        raise ValueError(
+            f"data.folds: {list(folds)} mixes protocols, repeats a split or names one: {expected}"
+        )
+    return tuple(folds)

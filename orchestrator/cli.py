@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+def add_data_args(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The data flags, the same on `sweep`, `train` and `data describe`: one per
-    `DataConfig` field, its seed as `--data-seed` (`--seed` is the sweep's and training's)."""
-    add_config_args(parser, DataConfig, skip=("seed",))
+    `DataConfig` field, its seed as `--data-seed` (`--seed` is the sweep's and training's);
+    `--folds` on `sweep` only."""
+    add_config_args(parser, DataConfig, skip=("seed",) if sweep else ("seed", "folds"))
     parser.add_argument(
         "--data-seed",
         dest="data_seed",
@@ -184,7 +185,7 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="sweep YAML file (CLI flags override it)")
     add_config_args(p, SweepConfig)
-    add_data_args(p)
+    add_data_args(p, sweep=True)
     p.add_argument(
         "--set",
         action="append",

@@ -68,6 +68,12 @@ class DataConfig:
         "the rating scale lo,hi (e.g. 0.5,5): a rating outside it is an error, predictions "
         "are clipped to it; default none declared (inf, nan and ratings beyond 1e6 always are)",
     )
+    folds: tuple[str, ...] | int = opt(
+        (),
+        "in a sweep, folds to test on: K (a seeded K-fold) or splits with disjoint test sets "
+        "(u1,u2,u3,u4,u5); the search runs on the first fold, then the chosen configurations "
+        "and the baselines are tested on every fold (mean ± std); default none",
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,14 @@ def _check_type(key: str, value: Any, kind: Any) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if value is None and type(None) in args:
         return None
+    if len(args) > 1 and origin is not tuple and type(None) not in args:  # X | Y
+        for alternative in args:
+            try:
+                return _check_type(key, value, alternative)
+            except ValueError:
+                pass
+        names = " or ".join("a list" if typing.get_origin(a) is tuple else a.__name__ for a in args)
+        raise ValueError(f"{key}: expected {names}, got {value!r}")
     if args and origin is not tuple and type(None) in args:  # Optional[X]
         kind = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -324,6 +338,8 @@ def flag_value(raw: str, kind: str) -> object:
     keeps the text as typed (`--name 2024` is a name, not a number)."""
     import yaml
 
+    if kind.endswith("| int") and raw.strip().isdigit():  # a count where a list may be
+        return int(raw)
     if kind.startswith("tuple") and not raw.lstrip().startswith("["):
         items = [item.strip() for item in raw.split(",") if item.strip()]
         return items if kind.startswith("tuple[str") else [yaml.safe_load(i) for i in items]

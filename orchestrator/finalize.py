@@ -1,5 +1,6 @@
-"""After the search: choose each study's trial on validation, test it (and its seed re-runs),
-evaluate the baselines, and say what each table compares.
+"""After the search: choose each study's trial on validation, test it (and its re-runs with
+more seeds and on the other folds), evaluate the baselines (on every fold), and say what
+each table compares.
 
     TrialRecords of each study -> choose (best validation value, with a checkpoint)
       -> test the chosen state (or its refit), keeping the per-unit test values
@@ -28,12 +29,25 @@ def main_metric(study: Study) -> str:
     return "test/" + study.metric.split("/", 1)[1]
 
 
-def evaluation_name(table: str, data: PreparedData, cfg: TrainConfig, metric: str) -> str:
-    """One line saying what every row of a table was scored on."""
-    where = f"{data.name}, split {data.split_name}"
+def evaluation_name(
+    table: str, folds: list[PreparedData], cfg: TrainConfig, metric: str, seeds: int = 1
+) -> str:
+    """One line saying what every row of a table was scored on, and how its numbers were
+    made: on one split, or as the mean ± std over folds (of each fold's seed mean)."""
+    data = folds[0]
+    if len(folds) == 1:
+        where = f"{data.name}, split {data.split_name}"
+    else:
+        where = (
+            f"{data.name}, {len(folds)} folds ({', '.join(d.split_name for d in folds)}; the "
+            f"search on {data.split_name}): mean ± std over folds of each fold's "
+            f"{'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'run'}; paired tests "
+            "over the test units of all folds, pooled (each a user or rating of one fold)"
+        )
     if table == "rating":
+        n = sum(len(d.test) for d in folds)
         return (
-            f"{where}; {len(data.test)} test ratings; RMSE and MAE of predictions clipped "
+            f"{where}; {n} test ratings; RMSE and MAE of predictions clipped "
             f"to {data.rating_range[0]:g}-{data.rating_range[1]:g}; main metric {metric}"
         )
     if cfg.protocol == "full":
@@ -72,6 +86,7 @@ def test_trial(
         "trial_path": record.path,
         "study": study.name,
         "metric": study.metric,
+        "split": data.split_name,
     }
     save_model(model, out, **saved)
     return ScoredRun(
@@ -80,20 +95,22 @@ def test_trial(
         units[main_metric(study)],
         model.cpu().eval() if keep_model else None,  # export and report run on CPU
         {"checkpoint": str(out), **saved},
+        record.fold,
     )
 
 
 def study_result(
     study: Study,
     trials: list[TrialRecord],
-    seed_trials: list[TrialRecord],
-    data: PreparedData,
+    final_trials: list[TrialRecord],
+    folds: list[PreparedData],
     cfg: TrainConfig,
     run_dir: Path,
     why_empty: str,
 ) -> StudyResult:
     """The study's chosen trial tested, with the re-runs of its configuration with more
-    seeds (`seed_trials`); `why_empty` is the status when the study ran no trial."""
+    seeds and on the other folds (`final_trials`), each on its fold's test split;
+    `why_empty` is the status when the study ran no trial."""
     result = StudyResult(
         study,
         main_metric=main_metric(study),
@@ -110,53 +127,66 @@ def study_result(
         return result
     folder = run_dir / "checkpoints"
     result.runs = [
-        test_trial(result.chosen, study, data, cfg, folder / f"{study.name}.pt", keep_model=True)
+        test_trial(
+            result.chosen, study, folds[0], cfg, folder / f"{study.name}.pt", keep_model=True
+        )
     ]
     result.runs += [
-        test_trial(t, study, data, cfg, folder / f"{study.name}-seed{t.seed}.pt")
-        for t in seed_trials
+        test_trial(
+            t,
+            study,
+            folds[t.fold],
+            cfg,
+            folder / f"{study.name}{f'-fold{t.fold + 1}' if t.fold else ''}-seed{t.seed}.pt",
+        )
+        for t in final_trials
         if t.checkpoint is not None
     ]
     return result
 
 
 def baseline_result(
-    entry: str, table_metric: dict[str, str], data: PreparedData, cfg: TrainConfig, seed: int
+    entry: str,
+    table_metric: dict[str, str],
+    folds: list[PreparedData],
+    cfg: TrainConfig,
+    seed: int,
 ) -> StudyResult:
-    """A non-learned baseline fitted on train and tested, in the table of its task, scored
-    on that table's main metric (`table_metric`: table -> validation metric)."""
+    """A non-learned baseline fitted on train and tested, on every fold, in the table of its
+    task, scored on that table's main metric (`table_metric`: table -> validation metric).
+    Baselines fit in the driver: they learn nothing, so a fit costs a count or one pass."""
     study = parse_study(entry, "", cfg.ks, what="baselines")
     study = dataclasses.replace(study, metric=table_metric.get(study.table, study.metric))
-    model = create_model(study.model, DataSpec.from_data(data), study.task)
     tcfg = dataclasses.replace(cfg, seed=seed, metric=study.metric)
-    seed_everything(seed)
-    fit(model, data, tcfg)
-    scores, model, units = val_and_test(model, data, tcfg)
+    runs = []
+    for fold, data in enumerate(folds):
+        model = create_model(study.model, DataSpec.from_data(data), study.task)
+        seed_everything(seed)
+        fit(model, data, tcfg)
+        scores, model, units = val_and_test(model, data, tcfg)
+        runs.append(ScoredRun(seed, _metrics_only(scores), units[main_metric(study)], fold=fold))
     return StudyResult(
-        study,
-        baseline=True,
-        main_metric=main_metric(study),
-        trials_done=1,
-        runs=[ScoredRun(seed, _metrics_only(scores), units[main_metric(study)])],
+        study, baseline=True, main_metric=main_metric(study), trials_done=1, runs=runs
     )
 
 
 def finalize(
     studies: list[Study],
     searched: Searched,
-    data: PreparedData,
+    folds: list[PreparedData],
     sweep_cfg: SweepConfig,
     run_dir: Path,
 ) -> list[StudyResult]:
     """Every study's result, then the baselines of the tables that hold a study (a baseline
-    for a table with no study is not run, and says so), each with its table's evaluation."""
+    for a table with no study is not run, and says so), each with its table's evaluation.
+    `folds`: the data of each fold (the search's first), or the one split's."""
     cfg = sweep_cfg.train
     out = [
         study_result(
             s,
             [t for t in searched.trials if t.study == s.name],
-            [t for t in searched.seed_trials if t.study == s.name],
-            data,
+            [t for t in searched.final_trials if t.study == s.name],
+            folds,
             cfg,
             run_dir,
             searched.why_empty,
@@ -169,9 +199,11 @@ def finalize(
         if table not in table_metric:
             print(f"baselines: {entry} not run: no {table} study in this sweep", flush=True)
             continue
-        out.append(baseline_result(entry, table_metric, data, cfg, sweep_cfg.seed))
+        out.append(baseline_result(entry, table_metric, folds, cfg, sweep_cfg.seed))
     for result in out:
-        result.evaluation = evaluation_name(result.study.table, data, cfg, result.main_metric)
+        result.evaluation = evaluation_name(
+            result.study.table, folds, cfg, result.main_metric, max(1, sweep_cfg.final_seeds)
+        )
     return out
 
 

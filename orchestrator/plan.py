@@ -24,7 +24,8 @@ from typing import Any
 import pyarrow.fs
 import yaml
 
-from orchestrator.config import SweepConfig, from_dict, parse_duration
+from orchestrator.config import DataConfig, SweepConfig, from_dict, parse_duration
+from orchestrator.data.splits import fold_splits
 from orchestrator.engine.evaluation import monitored_metric
 from orchestrator.models.base import MAX_EPOCHS
 from orchestrator.models.registry import get_model_class, list_models, make_params, param_types
@@ -40,7 +41,8 @@ SMOKE = {
 }
 SEARCH = "search"  # the Tune experiment of all studies, in the run directory
 MAX_TRIALS = 10_000  # per study: beyond, a sweep would never finish
-SEEDS = "seeds"  # the experiment re-running the chosen configurations with more seeds
+# the experiment re-running the chosen configurations with more seeds and on every fold
+FINAL = "final"
 
 
 def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
@@ -150,6 +152,12 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
         if cfg.reduction_factor < 2:
             raise ValueError(f"reduction_factor={cfg.reduction_factor}: expected an int >= 2")
         schedules(cfg, studies)
+        folds = fold_splits(cfg.data.folds)
+        if folds and cfg.data.split not in (DataConfig().split, folds[0]):
+            raise ValueError(
+                f"data.split={cfg.data.split!r} with data.folds: the search runs on the first "
+                f"fold ({folds[0]!r}); leave split out, or list it first in folds"
+            )
         if cfg.wandb not in ("offline", "online", "disabled"):
             raise ValueError(f"wandb: {cfg.wandb!r}; expected offline, online or disabled")
         if cfg.wandb == "online" and not has_wandb_key():
@@ -267,8 +275,14 @@ def resolved(cfg: SweepConfig) -> SweepConfig:
         name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period, "rungs": list(s.rungs)}
         for name, s in schedules(cfg, model_studies(cfg)).items()
     }
+    folds = fold_splits(cfg.data.folds)
+    data = dataclasses.replace(cfg.data, folds=folds, split=folds[0] if folds else cfg.data.split)
     return dataclasses.replace(
-        cfg, startup_trials=startup_trials(cfg), schedule=plan, sampler=sampler_settings(cfg)
+        cfg,
+        data=data,
+        startup_trials=startup_trials(cfg),
+        schedule=plan,
+        sampler=sampler_settings(cfg),
     )
 
 

@@ -94,8 +94,10 @@ TRIAL = "@trial"
 class TrialSpec:
     """Who a trial is: its study (model, task), its place in the study (`number`, 0: the
     model's defaults), where its hyperparameters come from (`origin`: defaults,
-    recipe:<name> or search), the epochs it must report (ASHA's `rungs`) and its training
-    settings (the sweep's, with the trial's seed and its study's validation metric).
+    recipe:<name> or search), the epochs it must report (ASHA's `rungs`), its training
+    settings (the sweep's, with the trial's seed and its study's validation metric) and
+    the fold it trains on (`fold`: an index into the sweep's `data.folds`; 0, the search's
+    split, without folds).
 
     Tune's config holds it as a plain dict under `TRIAL` (Tune's files and trial names
     show it): `config` writes it beside the hyperparameters, `split` reads both back.
@@ -108,6 +110,7 @@ class TrialSpec:
     origin: str
     rungs: tuple[int, ...]
     train: TrainConfig
+    fold: int = 0
 
     @classmethod
     def of(
@@ -118,6 +121,7 @@ class TrialSpec:
         seed: int,
         number: int,
         origin: str,
+        fold: int = 0,
     ) -> TrialSpec:
         return cls(
             study.name,
@@ -127,6 +131,7 @@ class TrialSpec:
             origin,
             schedule.rungs,
             dataclasses.replace(train, seed=seed, metric=study.metric),
+            fold,
         )
 
     def config(self, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +170,7 @@ class TrialRecord:
             reports the new one).
         origin: where its configuration came from: `defaults`, `recipe:<name>` (a
             published recipe of the model) or `search` (the sampler).
+        fold: the fold it trained on (an index into `data.folds`; 0 in the search).
     """
 
     study: str
@@ -182,6 +188,7 @@ class TrialRecord:
     path: str = ""
     node: str = ""
     origin: str = ""
+    fold: int = 0
 
     @property
     def finished(self) -> bool:
@@ -208,7 +215,8 @@ class TrialRecord:
 
 @dataclass
 class ScoredRun:
-    """One tested model (a chosen trial, one of its seed re-runs, or a baseline).
+    """One tested model (a chosen trial, one of its re-runs with another seed or on another
+    fold, or a baseline).
 
     Args:
         seed: its training seed.
@@ -220,6 +228,7 @@ class ScoredRun:
             only; None for seed re-runs, baselines, and results read back from disk).
         saved: what its checkpoint holds beside the weights, with the checkpoint's path
             (`checkpoint`): the export copies it into the sidecar.
+        fold: the fold it was trained and tested on (an index into `data.folds`).
     """
 
     seed: int
@@ -227,6 +236,7 @@ class ScoredRun:
     units: np.ndarray
     model: Any = None
     saved: dict[str, Any] = field(default_factory=dict)
+    fold: int = 0
 
 
 @dataclass
@@ -243,7 +253,8 @@ class StudyResult:
         trials_done, trials_pruned, trials_failed: the study's trials that finished, that
             ASHA stopped, and that raised or diverged.
         chosen: the chosen trial, or None.
-        runs: the tested runs (the chosen trial first, then its seed re-runs).
+        runs: the tested runs (the chosen trial first, then its re-runs with more seeds
+            and on the other folds).
     """
 
     study: Study
@@ -257,24 +268,35 @@ class StudyResult:
     chosen: TrialRecord | None = None
     runs: list[ScoredRun] = field(default_factory=list)
 
+    def by_fold(self) -> dict[int, list[ScoredRun]]:
+        """The runs of each fold, in fold order (one fold, 0, without folds)."""
+        out: dict[int, list[ScoredRun]] = {}
+        for run in sorted(self.runs, key=lambda r: r.fold):
+            out.setdefault(run.fold, []).append(run)
+        return out
+
     @property
     def units(self) -> np.ndarray | None:
-        """The main metric per unit, averaged over the seed runs (None: nothing tested)."""
+        """The main metric per unit, averaged over the seeds of each fold, the folds' units
+        one after the other (each fold's test units in its data's order; a unit of one fold
+        is another unit than the same user in another fold). None: nothing tested."""
         if not self.runs:
             return None
-        return np.mean([r.units for r in self.runs], axis=0)
+        return np.concatenate(
+            [np.mean([r.units for r in runs], axis=0) for runs in self.by_fold().values()]
+        )
 
 
 @dataclass
 class Searched:
-    """What the search left: every trial, the learning curves, the seed re-runs of the
-    chosen configurations, the status of a study that ran no trial, and the nodes that ran
-    trials."""
+    """What the search left: every trial, the learning curves, the re-runs of the chosen
+    configurations (with more seeds, on the other folds), the status of a study that ran no
+    trial, and the nodes that ran trials."""
 
     trials: list[TrialRecord]
     trials_frame: pd.DataFrame  # the trials table: one row per trial
     curves: pd.DataFrame | None
-    seed_trials: list[TrialRecord]
+    final_trials: list[TrialRecord]
     why_empty: str
     nodes: list[dict[str, str]]
 

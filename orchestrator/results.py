@@ -23,7 +23,7 @@ import scipy.stats
 from orchestrator.data.files import atomic_write, write_text
 from orchestrator.engine.metrics import lower_is_better
 from orchestrator.records import StudyResult
-from orchestrator.rundir import HISTORY, RESULTS, TRIALS, UNITS
+from orchestrator.rundir import BY_FOLD, HISTORY, RESULTS, TRIALS, UNITS
 
 FIRST = [
     "table",
@@ -39,6 +39,7 @@ FIRST = [
     "trials_failed",
     "epochs",
     "time_s",
+    "folds",
     "seeds",
 ]
 LAST = [
@@ -58,9 +59,9 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
     """One row per study and baseline, grouped by table (`rating`, `ranking`); metric columns
     (`val/...`, `test/...`) sorted after FIRST, then the significance columns.
 
-    A metric aggregated over seeds has its mean in `test/rmse` and its standard deviation in
-    `test/rmse_std`. Raises a ValueError naming the studies when one table would hold rows
-    scored on different evaluations.
+    A metric aggregated over seeds, or over folds (`aggregate`), has its mean in
+    `test/rmse` and its standard deviation in `test/rmse_std`. Raises a ValueError naming
+    the studies when one table would hold rows scored on different evaluations.
     """
     rows = []
     for r in studies:
@@ -75,15 +76,14 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
             "trials_done": r.trials_done,
             "trials_pruned": r.trials_pruned,
             "trials_failed": r.trials_failed,
-            "seeds": len(r.runs),
+            "seeds": max((len(runs) for runs in r.by_fold().values()), default=0),
             "main_metric": r.main_metric,
             "evaluation": r.evaluation,
         }
+        if len(r.by_fold()) > 1:
+            row["folds"] = len(r.by_fold())
         if r.runs:
-            metrics = aggregate_seeds([run.metrics for run in r.runs])
-            if len(r.runs) == 1:
-                metrics = {k: v for k, v in metrics.items() if not k.endswith("_std")}
-            row.update(metrics)
+            row.update(aggregate(r))
         if r.chosen is not None:
             row.update(
                 origin=r.chosen.origin,
@@ -96,6 +96,8 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
         rows.append(row)
     order = {name: i for i, name in enumerate(dict.fromkeys(r.study.table for r in studies))}
     frame = pd.DataFrame(rows)
+    if "folds" in frame.columns:  # a row tested on no fold has none
+        frame["folds"] = frame["folds"].astype("Int64")
     _check_evaluations(frame)
     frame = frame.assign(**significance(studies)) if len(frame) else frame
     frame = frame.iloc[sorted(range(len(frame)), key=lambda i: order[frame["table"].iloc[i]])]
@@ -163,7 +165,7 @@ def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
         lower = lower_is_better(metric)
 
         def value(i: int, metric: str = metric) -> float:
-            return float(np.mean([run.metrics[metric] for run in studies[i].runs]))
+            return aggregate(studies[i])[metric]
 
         pick = min if lower else max
         best = pick(scored, key=value)
@@ -197,6 +199,43 @@ def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
     }
 
 
+def aggregate(result: StudyResult) -> dict[str, float]:
+    """A tested row's metrics: on one fold, the mean and std over its seeds (no std for a
+    single run); over folds, the mean and std over folds of each fold's seed mean."""
+    folds = [aggregate_seeds([run.metrics for run in runs]) for runs in result.by_fold().values()]
+    if len(folds) == 1:
+        return folds[0] if len(result.runs) > 1 else _means(folds[0])
+    return aggregate_seeds([_means(fold) for fold in folds])
+
+
+def by_fold(studies: list[StudyResult], splits: tuple[str, ...]) -> pd.DataFrame:
+    """One row per tested row and fold (`fold`: its split), with the fold's metrics (mean
+    and std over its seeds): what a table over folds averages (`results_by_fold.*`)."""
+    rows = []
+    for r in studies:
+        for fold, runs in r.by_fold().items():
+            metrics = aggregate_seeds([run.metrics for run in runs])
+            rows.append(
+                {
+                    "table": r.study.table,
+                    "study": r.study.name,
+                    "model": r.study.model,
+                    "task": r.study.task,
+                    "baseline": r.baseline,
+                    "fold": splits[fold],
+                    "seeds": len(runs),
+                    **(metrics if len(runs) > 1 else _means(metrics)),
+                }
+            )
+    frame = pd.DataFrame(rows)
+    metric_cols = sorted(c for c in frame.columns if c.startswith(("val/", "test/")))
+    return frame[[c for c in frame.columns if c not in metric_cols] + metric_cols]
+
+
+def _means(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.endswith("_std")}
+
+
 def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
     """Mean and sample std (`<key>_std`) of each metric over seeded runs."""
     out: dict[str, float] = {}
@@ -211,10 +250,14 @@ def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def write(run_dir: Path, frame: pd.DataFrame) -> None:
+def write(run_dir: Path, frame: pd.DataFrame, folds: pd.DataFrame | None = None) -> None:
+    """The results tables (and, from a sweep over folds, its rows per fold)."""
     save_frame(frame, run_dir / "results.csv")
     save_frame(frame, run_dir / RESULTS)
     write_text(run_dir / "results.md", markdown(frame))
+    if folds is not None:
+        save_frame(folds, run_dir / "results_by_fold.csv")
+        save_frame(folds, run_dir / BY_FOLD)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -274,7 +317,7 @@ def _cell(frame: pd.DataFrame, row: pd.Series, col: str) -> str:
         return text
     if isinstance(value, (dict, list)):
         return json.dumps(value)
-    return "" if value is None else str(value)
+    return "" if value is None or value is pd.NA else str(value)
 
 
 HIDDEN = ("table", "evaluation", "main_metric", "significance", "hparams", "baseline")

@@ -49,14 +49,16 @@ if TYPE_CHECKING:  # at run time the data is loaded on first use, the models nev
     from orchestrator.data.types import PreparedData
     from orchestrator.models.base import Recommender
 
-CONFIG, RESULTS, TRIALS, HISTORY, UNITS = (
+CONFIG, RESULTS, TRIALS, HISTORY, UNITS, BY_FOLD = (
     "sweep.yaml",
     "results.parquet",
     "trials.parquet",
     "history.parquet",
     "test_units.npz",
+    "results_by_fold.parquet",  # a sweep over folds: one row per tested row and fold
 )
-SEED_CHECKPOINT = re.compile(r".+-seed\d+")  # a seed re-run's checkpoint, not a study's
+# a re-run's checkpoint (another seed, another fold), not a study's
+SEED_CHECKPOINT = re.compile(r".+-seed\d+")
 CLAIM = ".claim"  # the host and process of the sweep running in the directory
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 

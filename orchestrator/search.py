@@ -3,8 +3,8 @@
 `StudySearch` runs a seeded Optuna sampler per study (TPE, or random search; its first
 trials are the model's defaults, then its recipes) and tells Optuna the truth about each
 trial's end; `StudyASHA` runs an ASHA per study that never stops those first trials;
-`trial_records` turns Tune's results into `TrialRecord`s once; `seed_runs`
-re-runs the chosen configurations with more seeds; `signals_stop_studies` and
+`trial_records` turns Tune's results into `TrialRecord`s once; `final_runs`
+re-runs the chosen configurations with more seeds and on the other folds; `signals_stop_studies` and
 `fit_experiment` are the experiment's control (Ctrl-C, time budget, trials lost with their
 node).
 """
@@ -38,7 +38,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator.config import SweepConfig, TrainConfig
 from orchestrator.engine.metrics import lower_is_better
 from orchestrator.models.registry import get_model_class
-from orchestrator.plan import SEEDS, experiment_root, sampler_settings, study_points
+from orchestrator.plan import FINAL, experiment_root, sampler_settings, study_points
 from orchestrator.records import TRIAL, Schedule, Study, TrialRecord, TrialSpec
 from orchestrator.space import sample_params
 
@@ -329,6 +329,7 @@ def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
                 path=str(res.path),
                 node=str(last.get("node", "")),
                 origin=spec.origin,
+                fold=spec.fold,
             )
         )
     return out
@@ -480,7 +481,7 @@ def fit_experiment(
     return grid
 
 
-def seed_runs(
+def final_runs(
     chosen: list[TrialRecord],
     studies: list[Study],
     plan: dict[str, Schedule],
@@ -488,21 +489,31 @@ def seed_runs(
     slots: int,
     trainable: Any,
 ) -> list[TrialRecord]:
-    """Retrain each study's chosen configuration with `final_seeds - 1` more seeds (no
-    search), all studies in one experiment; returns the finished runs."""
-    path = f"{experiment_root(cfg)}/{SEEDS}"
+    """Retrain each study's chosen configuration (no search), all studies in one
+    experiment: with `final_seeds - 1` more seeds on the search's fold, and with all
+    `final_seeds` seeds (at least one) on each other fold of `data.folds`; returns the
+    finished runs."""
+    path = f"{experiment_root(cfg)}/{FINAL}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         by_name = {s.name: s for s in studies}
         points = [
             TrialSpec.of(
-                by_name[t.study], plan[t.study], cfg.train, cfg.seed + i, t.number, t.origin
+                by_name[t.study], plan[t.study], cfg.train, cfg.seed + i, t.number, t.origin, fold
             ).config(t.hparams)
             for t in chosen
-            for i in range(1, cfg.final_seeds)
+            for fold in range(max(1, len(cfg.data.folds)))
+            for i in range(max(1, cfg.final_seeds))
+            if (fold, i) != (0, 0)  # the chosen trial itself
         ]
-        tuner = experiment(trainable, SEEDS, cfg, slots, FixedConfigs(points), len(points))
+        folds, seeds = max(1, len(cfg.data.folds)), max(1, cfg.final_seeds)
+        print(
+            f"final: {len(points)} re-runs of the chosen configurations ({folds} fold(s) x "
+            f"{seeds} seed(s), less the chosen trials themselves)",
+            flush=True,
+        )
+        tuner = experiment(trainable, FINAL, cfg, slots, FixedConfigs(points), len(points))
     return [
         t
         for t in trial_records(configured(tuner.fit()), STOP.is_set())

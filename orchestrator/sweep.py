@@ -3,7 +3,8 @@
     plan_sweep (resolved config, studies, schedules; bad input fails before Ray)
     -> connect, resources (cluster.py) -> prepare_data (once, on the driver)
     -> start_run_directory (sweep.yaml, data.json)
-    -> search: one Tune experiment of all studies (search.py), then the seed re-runs
+    -> search: one Tune experiment of all studies (search.py), then the re-runs of the
+       chosen configurations with more seeds and on every fold
        -> Searched (TrialRecords, learning curves, nodes)
     -> finalize (finalize.py: choose on validation, test the chosen only, baselines)
        -> StudyResults, the chosen models held in memory
@@ -13,7 +14,8 @@
 
 The run directory (`<storage>/<name>` when storage is a local path, else `runs/<name>`
 beside the remote experiments) holds what each stage writes, and the Tune experiment
-`search/` (the `--resume` target), `seeds/` (with `final_seeds`), `wandb/`, `checkpoints/`.
+`search/` (the `--resume` target), `final/` (with `final_seeds` or `data.folds`), `wandb/`,
+`checkpoints/`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from orchestrator import results
 from orchestrator.callbacks import BudgetLeft, Progress, ReportKernels, TimeBudget, wandb_callbacks
 from orchestrator.cluster import connect, quiet_libraries, resources
 from orchestrator.config import SweepConfig, parse_duration, to_dict
-from orchestrator.data import describe, load_dataset
+from orchestrator.data import describe, load_datasets
 from orchestrator.data.files import write_text
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.evaluation import check_ks
@@ -65,9 +67,9 @@ from orchestrator.search import (
     configured,
     epoch_history,
     experiment,
+    final_runs,
     fit_experiment,
     quiet_optuna,
-    seed_runs,
     signals_stop_studies,
     trial_records,
 )
@@ -97,15 +99,18 @@ def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> P
         f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
         flush=True,
     )
-    data = prepare_data(cfg, studies)
+    folds = prepare_data(cfg, studies)
+    data = folds[0]  # the search's
     run_dir = start_run_directory(cfg, data)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data), request)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data, folds=tuple(folds[1:])), request
+    )
     sweep = Sweep(cfg, studies, plan, run_dir, start, deadline)
     with signals_stop_studies() as stop:
         searched = search(sweep, trainable, slots, stop)
-        studied = finalize(studies, searched, data, cfg, run_dir)
+        studied = finalize(studies, searched, folds, cfg, run_dir)
         write_search_records(sweep, searched)
-        frame = write_tables(run_dir, studied, data)
+        frame = write_tables(run_dir, studied, data, cfg.data.folds)
         if cfg.wandb != "disabled":
             error = summary_run(
                 run_dir,
@@ -171,19 +176,21 @@ def plan_sweep(
     return cfg, studies, schedules(cfg, studies)
 
 
-def prepare_data(cfg: SweepConfig, studies: list[Study]) -> PreparedData:
-    """The sweep's dataset, prepared once on the driver (trials read it from the object
-    store)."""
-    data = load_dataset(cfg.data)
-    if any(s.task != "rating" for s in studies):
-        check_ks(tuple(cfg.train.ks), data)
-    print(
-        f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
-        f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
-        f"split {data.split_name})",
-        flush=True,
-    )
-    return data
+def prepare_data(cfg: SweepConfig, studies: list[Study]) -> list[PreparedData]:
+    """The sweep's dataset on its split, or on each fold of `data.folds` (the first is the
+    search's), prepared once on the driver (trials read them from the object store)."""
+    folds = load_datasets(cfg.data, cfg.data.folds or (cfg.data.split,))
+    search = ", the search's fold" if len(folds) > 1 else ""
+    for data in folds:
+        if any(s.task != "rating" for s in studies):
+            check_ks(tuple(cfg.train.ks), data)
+        print(
+            f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
+            f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
+            f"split {data.split_name}{search if data is folds[0] else ''})",
+            flush=True,
+        )
+    return folds
 
 
 def start_run_directory(cfg: SweepConfig, data: PreparedData) -> Path:
@@ -212,7 +219,8 @@ class Sweep:
 
 
 def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> Searched:
-    """The Tune experiment of all studies (or its continuation), then the seed re-runs."""
+    """The Tune experiment of all studies (or its continuation), then the re-runs of the
+    chosen configurations with more seeds and on the other folds."""
     cfg, studies, plan, deadline = sweep.cfg, sweep.studies, sweep.plan, sweep.deadline
     path = f"{experiment_root(cfg)}/{SEARCH}"
     if tune.Tuner.can_restore(path):
@@ -245,9 +253,9 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
     chosen = [
         t for s in studies if (t := choose([t for t in trials if t.study == s.name], s)) is not None
     ]
-    seed_trials = (
-        seed_runs(chosen, studies, plan, cfg, slots, trainable)
-        if cfg.final_seeds > 1 and chosen and not stop.is_set()
+    final_trials = (
+        final_runs(chosen, studies, plan, cfg, slots, trainable)
+        if (cfg.final_seeds > 1 or cfg.data.folds) and chosen and not stop.is_set()
         else []
     )
     nodes = {
@@ -260,7 +268,7 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
         trials,
         pd.DataFrame([t.row(by_name[t.study]) for t in trials]),
         pd.concat(curves, ignore_index=True) if curves else None,
-        seed_trials,
+        final_trials,
         "interrupted" if stop.is_set() else "time budget spent" if out_of_time else "no trial ran",
         [{"host": h, "ip": ip, "device": d} for h, ip, d in sorted(nodes, key=str)],
     )
@@ -280,10 +288,12 @@ def write_search_records(sweep: Sweep, searched: Searched) -> None:
     write_text(run_dir / "env.json", json.dumps(environment(searched.nodes), indent=2))
 
 
-def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData) -> pd.DataFrame:
+def write_tables(
+    run_dir: Path, studied: list[StudyResult], data: PreparedData, folds: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Exports each study's chosen model, then writes the results tables once, with the
-    export's outcome (a failed export is a cell, never a lost table); prints them. Returns
-    the table."""
+    export's outcome (a failed export is a cell, never a lost table), and with `folds` (the
+    splits of `data.folds`) the rows per fold; prints them. Returns the table."""
     results.write_units(run_dir, studied)
     frame = results.build(studied)
     outcome = export_results(run_dir, studied, frame, data)
@@ -292,7 +302,7 @@ def write_tables(run_dir: Path, studied: list[StudyResult], data: PreparedData) 
         if failed:
             print(f"ONNX export FAILED for {failed}", file=sys.stderr, flush=True)
         frame = results.with_column(frame, "export", outcome)
-    results.write(run_dir, frame)
+    results.write(run_dir, frame, results.by_fold(studied, folds) if folds else None)
     print(results.markdown(frame), flush=True)
     return frame
 

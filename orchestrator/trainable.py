@@ -1,10 +1,11 @@
 """The Ray Tune trial: build the model the searcher chose, train it with the shared loop.
 
-`run_trial(config, data, train_cfg)` is wrapped once per sweep with
-`tune.with_parameters` (the prepared data goes to the object store once, trials never
-re-read files). Each epoch `fit` hands an `EpochState` to `on_state`, then `report`: an epoch
-that improves the validation metric, checkpoints, is one of ASHA's rungs (`rungs`: so ASHA
-compares every trial at the same epochs), or comes `report_every_s` after the last report
+`run_trial(config, data, folds)` is wrapped once per sweep with `tune.with_parameters`
+(the prepared data, and with `data.folds` each other fold's, goes to the object store once,
+trials never re-read files; a trial trains on its spec's fold). Each epoch `fit` hands an
+`EpochState` to `on_state`, then `report`: an epoch that improves the validation metric,
+checkpoints, is one of ASHA's rungs (`rungs`: so ASHA compares every trial at the same
+epochs), or comes `report_every_s` after the last report
 sends its metrics to Tune; every `checkpoint_every_s` and at the last epoch with that state
 as one checkpoint, so a trial restarted on another node (FailureConfig) continues from its
 last checkpoint. Every report carries `best_value`, the best validation value so far, and
@@ -33,10 +34,13 @@ from orchestrator.models.registry import create_model
 from orchestrator.records import TrialSpec
 
 
-def run_trial(config: dict[str, Any], data: PreparedData) -> None:
+def run_trial(
+    config: dict[str, Any], data: PreparedData, folds: tuple[PreparedData, ...] = ()
+) -> None:
     release_memory()  # a reused worker may still hold a stopped trial's GPU memory
     use_trial_cpus()
     spec, hparams = TrialSpec.split(config)
+    data = (data, *folds)[spec.fold]
     cfg = spec.train
     seed_everything(cfg.seed)
     model = create_model(spec.model, DataSpec.from_data(data), spec.task, **hparams)
