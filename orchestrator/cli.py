@@ -150,6 +150,7 @@ def outcome(frame: pd.DataFrame) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator import results
+    from orchestrator.data.splits import fold_splits
     from orchestrator.rundir import RunDir
 
     runs = [RunDir(path) for path in args.run_dir]
@@ -166,8 +167,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     for run in runs:
         data = run.config.data
         name = data.dataset if len(data.dataset) <= 24 else run.path.name
-        label = f"{name} {data.split}"
-        labels[label if label not in labels else f"{run.path.name} {data.split}"] = run.results
+        folds = fold_splits(data.folds)
+        split = f"{len(folds)}-fold" if folds else data.split
+        label = f"{name} {split}"
+        labels[label if label not in labels else f"{run.path.name} {split}"] = run.results
     print(results.across_runs(labels, args.format), end="")
     return 0
 

@@ -36,6 +36,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import SweepConfig, TrainConfig
+from orchestrator.data.splits import fold_splits
 from orchestrator.engine.metrics import lower_is_better
 from orchestrator.models.registry import get_model_class
 from orchestrator.plan import FINAL, experiment_root, sampler_settings, study_points
@@ -498,16 +499,16 @@ def final_runs(
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         by_name = {s.name: s for s in studies}
+        folds, seeds = max(1, len(fold_splits(cfg.data.folds))), max(1, cfg.final_seeds)
         points = [
             TrialSpec.of(
                 by_name[t.study], plan[t.study], cfg.train, cfg.seed + i, t.number, t.origin, fold
             ).config(t.hparams)
             for t in chosen
-            for fold in range(max(1, len(cfg.data.folds)))
-            for i in range(max(1, cfg.final_seeds))
+            for fold in range(folds)
+            for i in range(seeds)
             if (fold, i) != (0, 0)  # the chosen trial itself
         ]
-        folds, seeds = max(1, len(cfg.data.folds)), max(1, cfg.final_seeds)
         print(
             f"final: {len(points)} re-runs of the chosen configurations ({folds} fold(s) x "
             f"{seeds} seed(s), less the chosen trials themselves)",

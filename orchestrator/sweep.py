@@ -39,6 +39,7 @@ from orchestrator.cluster import connect, quiet_libraries, resources
 from orchestrator.config import SweepConfig, parse_duration, to_dict
 from orchestrator.data import describe, load_datasets
 from orchestrator.data.files import write_text
+from orchestrator.data.splits import fold_splits
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.evaluation import check_ks
 from orchestrator.finalize import finalize
@@ -110,7 +111,7 @@ def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> P
         searched = search(sweep, trainable, slots, stop)
         studied = finalize(studies, searched, folds, cfg, run_dir)
         write_search_records(sweep, searched)
-        frame = write_tables(run_dir, studied, data, cfg.data.folds)
+        frame = write_tables(run_dir, studied, data, fold_splits(cfg.data.folds))
         if cfg.wandb != "disabled":
             error = summary_run(
                 run_dir,
@@ -179,7 +180,7 @@ def plan_sweep(
 def prepare_data(cfg: SweepConfig, studies: list[Study]) -> list[PreparedData]:
     """The sweep's dataset on its split, or on each fold of `data.folds` (the first is the
     search's), prepared once on the driver (trials read them from the object store)."""
-    folds = load_datasets(cfg.data, cfg.data.folds or (cfg.data.split,))
+    folds = load_datasets(cfg.data, fold_splits(cfg.data.folds) or (cfg.data.split,))
     search = ", the search's fold" if len(folds) > 1 else ""
     for data in folds:
         if any(s.task != "rating" for s in studies):

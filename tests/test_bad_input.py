@@ -396,6 +396,18 @@ CASES = [
         r"s\.yaml.*line",
     ),
     ("sweep-file-unknown-key", sweep_file({"modles": ["mf"]}), r"sweep\.yaml.*'modles'"),
+    ("folds-one", sweep_file({"data": {"folds": 1}}), r"data\.folds: 1: expected K >= 2"),
+    (
+        "folds-mixing-protocols",
+        sweep_file({"data": {"folds": ["u1", "ua"]}}),
+        r"data\.folds: \['u1', 'ua'\] mixes protocols",
+    ),
+    (
+        "folds-beside-another-split",
+        sweep_file({"data": {"folds": 3, "split": "temporal:0.7,0.1,0.2"}}),
+        r"data\.split='temporal:0\.7,0\.1,0\.2' with data\.folds: the search runs on the "
+        r"first fold \('kfold:1/3'\)",
+    ),
     (
         "space-string-for-int",
         sweep_file({"models": ["mf"], "search_space": {"mf": {"dim": {"value": "64"}}}}),

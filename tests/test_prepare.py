@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.data import describe, index_of, load_source, prepare
+from orchestrator.config import DataConfig
+from orchestrator.data import describe, index_of, load_datasets, load_source, prepare
+from orchestrator.data.splits import fold_splits
 from orchestrator.data.types import Interactions, PreparedData, RawDataset, Split
 
-SPLITS = ["leave-last", "random:0.8,0.1,0.1", "temporal:0.7,0.1,0.2", "u1", "ua"]
+SPLITS = ["leave-last", "random:0.8,0.1,0.1", "temporal:0.7,0.1,0.2", "u1", "ua", "kfold:2/5"]
 
 
 def raw_of(user, item, rating=None, timestamp=None, **kw) -> RawDataset:
@@ -209,6 +211,43 @@ def test_short_users_stay_in_train_and_implicit_data():
     assert data.stats["time_span"] is None
 
 
+def test_kfold_puts_each_rating_in_one_test_fold(ml100k):
+    folds = [prepare(ml100k, s, eval_negatives=0) for s in fold_splits(5)]
+    tests = [pairs(d, d.test) for d in folds]
+    assert [len(t) for t in tests] == [20_000] * 5
+    assert len(set().union(*tests)) == 100_000  # disjoint, and every rating is in one
+    for data, test in zip(folds, tests, strict=True):
+        assert (len(data.train), len(data.val)) == (72_000, 8_000)  # val: 10% of the rest
+        assert not (pairs(data, data.train) | pairs(data, data.val)) & test
+    again = prepare(ml100k, "kfold:3/5", eval_negatives=0)
+    assert pairs(again, again.test) == tests[2]  # seeded
+    other = prepare(ml100k, "kfold:3/5", seed=1, eval_negatives=0)
+    assert pairs(other, other.test) != tests[2]
+
+
+@pytest.mark.parametrize(
+    ("folds", "match"),
+    [
+        (1, "data.folds: 1: expected K >= 2"),
+        (("u1",), r"data.folds: \['u1'\] mixes protocols, repeats a split or names one"),
+        (("u1", "ua"), "mixes protocols"),
+        (("u1", "u1"), "repeats a split"),
+        (("kfold:1/3", "kfold:2/4"), "mixes protocols"),
+        (("leave-last", "u1"), "data.folds: 'leave-last' is not a fold: expected K >= 2"),
+        (("kfold:4/3", "kfold:1/3"), r"data.folds: split 'kfold:4/3': expected kfold:F/K"),
+    ],
+)
+def test_folds_that_are_not_disjoint_test_sets_are_errors(folds, match):
+    with pytest.raises(ValueError, match=match):
+        fold_splits(folds)
+
+
+def test_folds_the_dataset_does_not_ship_are_an_error_naming_the_key():
+    cfg = DataConfig(dataset="synthetic:users=30,items=20,interactions=300")
+    with pytest.raises(ValueError, match=r"data\.folds: split 'u1': dataset .* does not ship"):
+        load_datasets(cfg, ("u1", "u2"))
+
+
 def test_bad_specs_and_settings(ml100k):
     raw = raw_of(user=[1, 2], item=[1, 2])
     for spec in ("random:0.8,0.2", "random:a,b,c", "temporal:0.5,0.1,0.1"):
@@ -218,6 +257,8 @@ def test_bad_specs_and_settings(ml100k):
         prepare(raw, "last")
     with pytest.raises(ValueError, match="does not ship it"):
         prepare(raw, "u1")
+    with pytest.raises(ValueError, match=r"kfold:0/5': expected kfold:F/K"):
+        prepare(raw, "kfold:0/5")
     with pytest.raises(ValueError, match="dedup='newest'"):
         prepare(raw, dedup="newest")
     with pytest.raises(ValueError, match="eval_negatives=2000: user index"):

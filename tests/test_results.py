@@ -84,6 +84,34 @@ def test_seed_runs_are_averaged_per_unit_before_the_test() -> None:
     assert "±" in results.markdown(frame)
 
 
+def test_folds_average_their_seeds_then_show_mean_and_std_over_folds() -> None:
+    def on_folds(name: str, folds: list[list[np.ndarray]], baseline: bool = False) -> StudyResult:
+        result = rated(name, [u for fold in folds for u in fold], baseline=baseline)
+        seeds = [fold for fold, units in enumerate(folds) for _ in units]
+        for run, fold in zip(result.runs, seeds, strict=True):
+            run.fold = fold
+        result.runs.reverse()  # the order runs come in does not matter
+        return result
+
+    a = [[np.array([1.0, 2, 3]), np.array([2.0, 2, 5])], [np.array([4.0, 1]), np.array([1.0, 1])]]
+    b = [[np.array([3.0, 1, 2])], [np.array([9.0, 2])]]
+    studies = [on_folds("a", a), on_folds("b", b, baseline=True)]
+    frame = results.build(studies).set_index("study")
+    fold_means = [np.mean([np.sqrt(np.mean(u)) for u in fold]) for fold in a]
+    assert frame.loc["a", "test/rmse"] == pytest.approx(np.mean(fold_means))
+    assert frame.loc["a", "test/rmse_std"] == pytest.approx(np.std(fold_means, ddof=1))
+    assert (frame.loc["a", "folds"], frame.loc["a", "seeds"]) == (2, 2)
+    # each fold's units averaged over its seeds, then the folds' units side by side
+    pooled = np.r_[(a[0][0] + a[0][1]) / 2, (a[1][0] + a[1][1]) / 2]
+    assert frame.loc["a", "p_vs_baseline"] == pytest.approx(
+        scipy.stats.ttest_rel(pooled, np.r_[b[0][0], b[1][0]]).pvalue
+    )
+    rows = results.by_fold(studies, ("u1", "u2")).set_index(["study", "fold"])
+    assert rows.loc[("a", "u2"), "test/rmse"] == pytest.approx(fold_means[1])
+    assert rows.loc[("a", "u2"), "seeds"] == 2 and rows.loc[("b", "u1"), "seeds"] == 1
+    assert "test/rmse_std" in rows.columns and np.isnan(rows.loc[("b", "u1"), "test/rmse_std"])
+
+
 @pytest.mark.parametrize(
     "a, b, why",
     [

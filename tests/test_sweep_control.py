@@ -5,6 +5,7 @@
   what finished;
 - `final_seeds` retrains the chosen configuration with more seeds (mean +- std), and
   `refit` tests each seed's retrain on train + val;
+- `data.folds` tests the chosen configurations and the baselines on every fold;
 - exit codes: 130 after Ctrl-C, 1 when a study ends with no finished trial.
 """
 
@@ -26,7 +27,7 @@ import ray
 import yaml
 from optuna.trial import TrialState
 
-from orchestrator.data import load_dataset
+from orchestrator.data import load_dataset, load_datasets
 from orchestrator.engine.evaluation import evaluate
 from orchestrator.engine.train import fold_val
 from orchestrator.journal import storage
@@ -183,7 +184,7 @@ def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path
     assert (table["status"] == "ok").all() and (table["seeds"] == 3).all()
     assert table.loc[1, "test/ndcg@10_std"] >= 0  # neumf's seeds were re-run as well
     # the 2 more seeds of both studies ran as one experiment
-    assert len(list((run_dir / "seeds").glob("run_trial_*"))) == 4
+    assert len(list((run_dir / "final").glob("run_trial_*"))) == 4
     row = table.iloc[0]
     assert row["test/rmse_std"] > 0  # three different seeds, three different models
     # each seed's test is of its refit on train + val, the model its checkpoint holds
@@ -194,6 +195,69 @@ def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path
         assert model.spec == DataSpec.from_data(full)  # its global mean counts val
         rmse.append(evaluate(model, full, "test", cfg.train)["test/rmse"])
     assert row["test/rmse"] == pytest.approx(sum(rmse) / 3, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("data", "splits", "seeds"),
+    [
+        ({"dataset": "ml-100k", "folds": ["u1", "u2"]}, ["u1", "u2"], 1),
+        ({"dataset": DATASET, "folds": 3}, ["kfold:1/3", "kfold:2/3", "kfold:3/3"], 2),
+    ],
+    ids=["ml-100k-u1-u2", "synthetic-k3"],
+)
+def test_folds_test_the_chosen_configurations_and_the_baselines_on_every_fold(
+    tmp_path: Path, ml100k_dir: Path, data: dict, splits: list[str], seeds: int
+) -> None:
+    cfg = load_config(
+        None,
+        {
+            "name": "folds",
+            "storage": str(tmp_path),
+            "models": ["mf", "mf:ranking"],
+            "baselines": ["bias", "pop"],
+            "final_seeds": seeds,
+            "wandb": "disabled",
+            "data": {**data, "data_dir": str(ml100k_dir.parent)},
+        },
+        smoke=True,
+    )
+    run_dir = run_sweep(cfg)
+    run = RunDir(run_dir)
+    assert run.config.data.split == splits[0] and list(run.config.data.folds) == splits
+    table = run.results.set_index("study")
+    assert list(table.index) == ["mf", "bias", "mf-ranking", "pop"]
+    assert (table["status"] == "ok").all() and (table["folds"] == len(splits)).all()
+    assert list(table["seeds"]) == [seeds, 1, seeds, 1]
+    for evaluation in table["evaluation"]:  # the header line says how the numbers were made
+        assert f"{len(splits)} folds ({', '.join(splits)}; the search on {splits[0]})" in (
+            evaluation
+        )
+    # one row per study and fold, each fold's own data; the table is their mean +- std
+    by_fold = pd.read_parquet(run_dir / "results_by_fold.parquet")
+    assert len(by_fold) == 4 * len(splits)
+    for study, rows in by_fold.groupby("study", sort=False):
+        assert list(rows["fold"]) == splits
+        assert list(rows["seeds"]) == [table.loc[study, "seeds"]] * len(splits)
+        metric = table.loc[study, "main_metric"]
+        assert table.loc[study, metric] == pytest.approx(rows[metric].mean(), abs=1e-12)
+        assert table.loc[study, f"{metric}_std"] == pytest.approx(rows[metric].std(), abs=1e-12)
+        assert rows[metric].nunique() == len(splits)  # another fold, another test set
+    # the paired tests pool every fold's test units: each rating of one fold only
+    folds = load_datasets(cfg.data, splits)
+    units = run.units
+    assert len(units["mf"]) == len(units["bias"]) == sum(len(d.test) for d in folds)
+    assert len(units["mf-ranking"]) == len(units["pop"])
+    assert not math.isnan(table.loc["mf", "p_vs_baseline"])
+    # the chosen configuration ran on the other folds, with every seed, as Tune trials
+    finals = pd.read_parquet(run_dir / "trials.parquet")
+    assert set(finals["fold"]) == {0}  # the search ran on the first fold only
+    assert len(list((run_dir / "final").glob("run_trial_*"))) == 2 * (len(splits) * seeds - 1)
+    for fold in range(2, len(splits) + 1):
+        for seed in range(seeds):
+            model, saved = load_model(run_dir / "checkpoints" / f"mf-fold{fold}-seed{seed}.pt")
+            assert saved["split"] == splits[fold - 1]
+            assert saved["data_fingerprint"] == folds[fold - 1].fingerprint
+    assert set(run.checkpoints) == {"mf", "mf-ranking"}  # the re-runs are no studies
 
 
 @pytest.fixture(autouse=True)

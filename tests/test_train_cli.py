@@ -107,7 +107,8 @@ def test_the_data_flags_are_the_same_on_sweep_train_and_describe() -> None:
         "eval_negatives": "99",
         "rating_range": "0.5,5",
     }
-    assert set(values) | {"seed"} == {f.name for f in dataclasses.fields(DataConfig)}
+    # every data field but the folds, which only a sweep has
+    assert set(values) | {"seed", "folds"} == {f.name for f in dataclasses.fields(DataConfig)}
     argv = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", v)]
     argv += ["--data-seed", "7"]
     parsed = [
@@ -117,3 +118,8 @@ def test_the_data_flags_are_the_same_on_sweep_train_and_describe() -> None:
     assert parsed[0] == parsed[1] == parsed[2]
     assert parsed[0]["seed"] == 7 and parsed[0]["rating_range"] == [0.5, 5]
     assert parsed[0]["data_dir"] == "/data" and parsed[0]["min_rating"] == 4
+    for folds, want in (("3", 3), ("u1,u2", ["u1", "u2"])):  # a count, or the splits
+        args = build_parser().parse_args(["sweep", "--folds", folds])
+        assert data_flags(args)["folds"] == want
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--model", "mf", "--folds", "3"])
