@@ -148,8 +148,7 @@ def _target_ranks(
     best = scores.topk(min(max_k + 1, scores.shape[1]), dim=1, sorted=tops is not None)
     top = best.values  # [B, k]
     if tops is not None:
-        at = torch.where(top[:, :max_k] > -math.inf, best.indices[:, :max_k], -1)  # [B, <=k]
-        tops.append(torch.nn.functional.pad(at, (0, max_k - at.shape[1]), value=-1).cpu())
+        tops.append(_listed(top[:, :max_k], best.indices[:, :max_k], max_k).cpu())
     ge = (top[:, None, :] >= target_scores[:, :, None]).sum(2)  # [B, T]
     bottom = target_scores == -math.inf  # [B, T]
     if mask is not None and bool(bottom.any()):
@@ -237,6 +236,12 @@ def _top_items(scores: Tensor, k: int) -> Tensor:
     ranks)."""
     scores = torch.nan_to_num(scores, nan=math.inf, posinf=math.inf, neginf=-math.inf)
     values, at = scores.topk(min(k, scores.shape[1]), dim=1)  # [B, k']
+    return _listed(values, at, k)
+
+
+def _listed(values: Tensor, at: Tensor, k: int) -> Tensor:
+    """`[B, k]` top-k lists from a topk's values and columns: -1 for a masked (-inf) slot
+    and for the slots past a row's last column."""
     at = torch.where(values > -math.inf, at, -1)
     return torch.nn.functional.pad(at, (0, k - at.shape[1]), value=-1)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -418,11 +419,18 @@ def markdown(frame: pd.DataFrame) -> str:
     for title, evaluation, group in sections(frame):
         shown = readable(group)
         lines = [f"## {title}", ""] + ([evaluation, ""] if evaluation else [])
-        lines += ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-        for cells in shown.itertuples(index=False):
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        parts.append("\n".join(lines) + "\n")
+        lines.append(_md_table(list(shown.columns), shown.itertuples(index=False)))
+        parts.append("\n".join(lines))
     return "\n".join(parts) + ("\n" + NOTE + "\n" if "p_vs_best" in frame.columns else "")
+
+
+def _md_table(header: list[str], rows: Iterable[Iterable[str]]) -> str:
+    """A GitHub-flavoured Markdown table (a `|` in a cell escaped), ending in a newline."""
+
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |\n"
+
+    return line(header) + "|" + "---|" * len(header) + "\n" + "".join(map(line, rows))
 
 
 def render(frame: pd.DataFrame, fmt: str = "md") -> str:
@@ -511,16 +519,11 @@ def across_runs(runs: dict[str, pd.DataFrame], fmt: str) -> str:
             parts.append(f"% {title}\n" + _latex(text, best))
         elif fmt == "md":
             header = ["study"] + [f"{label}: {metric}" for label, metric in text.columns]
-            lines = [
-                f"## {title}",
-                "",
-                "| " + " | ".join(header) + " |",
-                "|" + "---|" * len(header),
+            rows = [
+                [str(study)] + [f"**{v}**" if best.loc[study, c] else v for c, v in row.items()]
+                for study, row in text.iterrows()
             ]
-            for study, row in text.iterrows():
-                cells = [f"**{v}**" if best.loc[study, c] else v for c, v in row.items()]
-                lines.append("| " + " | ".join([str(study), *cells]) + " |")
-            parts.append("\n".join(lines) + "\n")
+            parts.append("\n".join([f"## {title}", "", _md_table(header, rows)]))
         else:
             raise ValueError(f"--format {fmt!r}: expected md, latex or csv for several runs")
     note = "\nBold: the best value of its column; (+)/(-) and p as in each run's own table.\n"
