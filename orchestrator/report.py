@@ -106,7 +106,7 @@ def _report(run: RunDir, figures: Path, say: Callable[[str], None]) -> Path:
             f"the dataset of sweep.yaml could not be loaded, so there are no "
             f"data statistics or item maps: {e}"
         )
-    parts = [f"<h2>Results</h2>{_table_html(frame, figures)}"]
+    parts = [f"<h2>Results</h2>{_table_html(frame, figures, run.by_fold)}"]
     popularity = None
     if data is not None:
         popularity = np.bincount(data.train.item, minlength=data.n_items)  # [n_items]
@@ -284,13 +284,14 @@ def _umap_html(
     return _img(path)
 
 
-def _table_html(frame: pd.DataFrame, figures: Path) -> str:
+def _table_html(frame: pd.DataFrame, figures: Path, by_fold: pd.DataFrame | None) -> str:
     """One HTML table per evaluation, each under its title and what it evaluated; a top-N
-    table with catalogue coverage also gets its accuracy against coverage."""
+    table with catalogue coverage also gets its accuracy against coverage; a sweep over folds
+    shows each row's main metric on each fold (`by_fold`)."""
     seeds = frame["seeds"].max() if "seeds" in frame.columns else 1
     note = (
         f"<p>Test metrics are mean ± std over {int(seeds)} seeds where seeds &gt; 1.</p>"
-        if seeds and seeds > 1
+        if seeds and seeds > 1 and by_fold is None
         else ""
     )
     parts = []
@@ -301,6 +302,18 @@ def _table_html(frame: pd.DataFrame, figures: Path) -> str:
             f"<div class='scroll'>{table}</div>"
         )
         metric = str(group["main_metric"].dropna().iloc[0]) if "main_metric" in group else ""
+        if by_fold is not None and metric in by_fold.columns:
+            rows = by_fold[by_fold["table"] == group["table"].iloc[0]]
+            folds = rows.pivot(index="study", columns="fold", values=metric)
+            folds = folds.reindex(index=list(dict.fromkeys(rows["study"])))
+            folds = folds[list(dict.fromkeys(rows["fold"]))].map(
+                f"{{:.{results.decimals(metric)}f}}".format
+            )
+            folds.columns.name = None
+            parts.append(
+                f"<p>{html.escape(metric)} on each fold:</p><div class='scroll'>"
+                f"{folds.reset_index().to_html(index=False, border=0, classes='results')}</div>"
+            )
         coverage = f"test/coverage@{metric.rpartition('@')[2]}"
         if coverage in group.columns and group[[metric, coverage]].notna().all(axis=1).any():
             rows = group.dropna(subset=[metric, coverage])

@@ -229,6 +229,13 @@ class RunDir:
         return pd.read_parquet(path) if path.exists() else None
 
     @functools.cached_property
+    def by_fold(self) -> pd.DataFrame | None:
+        """A sweep over folds: one row per tested row and fold (None: a sweep on one split)."""
+        if not (self.path / BY_FOLD).exists():
+            return None
+        return self._table(BY_FOLD, "table by fold", ("table", "study", "fold"))
+
+    @functools.cached_property
     def units(self) -> dict[str, np.ndarray]:
         with np.load(self._file(UNITS, "per-unit test values")) as arrays:
             return {name: arrays[name] for name in arrays.files}

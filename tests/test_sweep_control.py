@@ -258,6 +258,9 @@ def test_folds_test_the_chosen_configurations_and_the_baselines_on_every_fold(
             assert saved["split"] == splits[fold - 1]
             assert saved["data_fingerprint"] == folds[fold - 1].fingerprint
     assert set(run.checkpoints) == {"mf", "mf-ranking"}  # the re-runs are no studies
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    # the report shows each table's main metric on each fold
+    assert page.count("on each fold:") == 2 and f"<th>{splits[-1]}</th>" in page
 
 
 @pytest.fixture(autouse=True)
