@@ -482,6 +482,11 @@ def fit_experiment(
     return grid
 
 
+def final_runs_per_study(cfg: SweepConfig) -> int:
+    """The re-runs `final_runs` trains of each chosen configuration."""
+    return max(1, len(fold_splits(cfg.data.folds))) * max(1, cfg.final_seeds) - 1
+
+
 def final_runs(
     chosen: list[TrialRecord],
     studies: list[Study],
@@ -489,11 +494,12 @@ def final_runs(
     cfg: SweepConfig,
     slots: int,
     trainable: Any,
+    callbacks: list[Any] | None = None,
 ) -> list[TrialRecord]:
     """Retrain each study's chosen configuration (no search), all studies in one
     experiment: with `final_seeds - 1` more seeds on the search's fold, and with all
     `final_seeds` seeds (at least one) on each other fold of `data.folds`; returns the
-    finished runs."""
+    finished runs. `callbacks`: Tune callbacks of the experiment (progress lines)."""
     path = f"{experiment_root(cfg)}/{FINAL}"
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -514,7 +520,9 @@ def final_runs(
             f"{seeds} seed(s), less the chosen trials themselves)",
             flush=True,
         )
-        tuner = experiment(trainable, FINAL, cfg, slots, FixedConfigs(points), len(points))
+        tuner = experiment(
+            trainable, FINAL, cfg, slots, FixedConfigs(points), len(points), callbacks
+        )
     return [
         t
         for t in trial_records(configured(tuner.fit()), STOP.is_set())

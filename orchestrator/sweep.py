@@ -69,6 +69,7 @@ from orchestrator.search import (
     epoch_history,
     experiment,
     final_runs,
+    final_runs_per_study,
     fit_experiment,
     quiet_optuna,
     signals_stop_studies,
@@ -254,17 +255,19 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
     chosen = [
         t for s in studies if (t := choose([t for t in trials if t.study == s.name], s)) is not None
     ]
-    final_trials = (
-        final_runs(chosen, studies, plan, cfg, slots, trainable)
-        if (cfg.final_seeds > 1 or cfg.data.folds) and chosen and not stop.is_set()
-        else []
-    )
+    by_name = {s.name: s for s in studies}
+    final_trials = []
+    if final_runs_per_study(cfg) and chosen and not stop.is_set():
+        BudgetLeft.seconds = None  # the budget is the search's
+        progress = Progress(
+            [by_name[t.study] for t in chosen], final_runs_per_study(cfg), sweep.start
+        )
+        final_trials = final_runs(chosen, studies, plan, cfg, slots, trainable, [progress])
     nodes = {
         (r.metrics.get("hostname"), r.metrics.get("node_ip"), r.metrics.get("device"))
         for r in grid
         if r.metrics
     }
-    by_name = {s.name: s for s in studies}
     return Searched(
         trials,
         pd.DataFrame([t.row(by_name[t.study]) for t in trials]),
