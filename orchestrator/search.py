@@ -156,7 +156,13 @@ class StudySearch(SavedSearcher):
         return self.searches[name].suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # Optuna's step is the epoch (Tune's training_iteration counts reports, not epochs)
+        # Optuna's step is the epoch (Tune's training_iteration counts reports, not epochs).
+        # A trial restarted from its checkpoint (a lost node) reports again the epochs after
+        # it; Optuna keeps one value per step and warns at a second, so those are not sent.
+        reported = vars(self).setdefault("reported", {})  # an experiment saved before has none
+        if result["epoch"] <= reported.get(trial_id, 0):
+            return
+        reported[trial_id] = result["epoch"]
         self.searches[self.owner[trial_id]].on_trial_result(
             trial_id, {**result, "training_iteration": result["epoch"]}
         )

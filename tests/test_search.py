@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import types
+import warnings
 
 import optuna
 import pyarrow.fs
@@ -135,8 +136,12 @@ def test_asha_stopped_trials_are_pruned_finished_ones_complete_with_their_best(s
     )  # ASHA stopped it at the rung
     for epoch, value in ((1, 1.0), (2, 0.90), (3, 0.93)):
         searcher.on_trial_result("c", {"val/rmse": value, "epoch": epoch})
+    with warnings.catch_warnings():  # restarted from its epoch-1 checkpoint (a lost node)
+        warnings.simplefilter("error")  # Optuna warns at a step reported twice
+        for epoch, value in ((2, 0.91), (3, 0.94), (4, 0.96)):
+            searcher.on_trial_result("c", {"val/rmse": value, "epoch": epoch})
     searcher.on_trial_complete(
-        "c", {"val/rmse": 0.93, "epoch": 3, "status": "early_stopped", "best_value": 0.90}
+        "c", {"val/rmse": 0.96, "epoch": 4, "status": "early_stopped", "best_value": 0.90}
     )
     searcher.on_trial_complete(
         "b",
@@ -146,6 +151,7 @@ def test_asha_stopped_trials_are_pruned_finished_ones_complete_with_their_best(s
     mf = optuna.load_study(study_name="mf", storage=storage).trials
     assert [t.state for t in mf] == [TrialState.PRUNED, TrialState.COMPLETE]
     assert mf[0].intermediate_values == {1: 1.10, 3: 0.95}  # steps are epochs
+    assert mf[1].intermediate_values == {1: 1.0, 2: 0.90, 3: 0.93, 4: 0.96}  # once a step
     assert mf[1].value == 0.90  # the best epoch's value, the state the sweep would choose
     neumf = optuna.load_study(study_name="neumf", storage=storage).trials
     assert [t.state for t in neumf[:2]] == [TrialState.FAIL, TrialState.FAIL]
