@@ -66,23 +66,20 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
     """
     rows = []
     for r in studies:
+        folds = r.by_fold()
         row: dict[str, Any] = {
-            "table": r.study.table,
-            "study": r.study.name,
-            "model": r.study.model,
-            "task": r.study.task,
-            "baseline": r.baseline,
+            **_who(r),
             "status": r.status,
             "metric": r.study.metric,
             "trials_done": r.trials_done,
             "trials_pruned": r.trials_pruned,
             "trials_failed": r.trials_failed,
-            "seeds": max((len(runs) for runs in r.by_fold().values()), default=0),
+            "seeds": max((len(runs) for runs in folds.values()), default=0),
             "main_metric": r.main_metric,
             "evaluation": r.evaluation,
         }
-        if len(r.by_fold()) > 1:
-            row["folds"] = len(r.by_fold())
+        if len(folds) > 1:
+            row["folds"] = len(folds)
         if r.runs:
             row.update(aggregate(r))
         if r.chosen is not None:
@@ -218,11 +215,7 @@ def by_fold(studies: list[StudyResult], splits: tuple[str, ...]) -> pd.DataFrame
             metrics = aggregate_seeds([run.metrics for run in runs])
             rows.append(
                 {
-                    "table": r.study.table,
-                    "study": r.study.name,
-                    "model": r.study.model,
-                    "task": r.study.task,
-                    "baseline": r.baseline,
+                    **_who(r),
                     "fold": splits[fold],
                     "seeds": len(runs),
                     **(metrics if len(runs) > 1 else _means(metrics)),
@@ -231,6 +224,17 @@ def by_fold(studies: list[StudyResult], splits: tuple[str, ...]) -> pd.DataFrame
     frame = pd.DataFrame(rows)
     metric_cols = sorted(c for c in frame.columns if c.startswith(("val/", "test/")))
     return frame[[c for c in frame.columns if c not in metric_cols] + metric_cols]
+
+
+def _who(r: StudyResult) -> dict[str, Any]:
+    """The columns that name a row: its table, study, model, task and whether a baseline."""
+    return {
+        "table": r.study.table,
+        "study": r.study.name,
+        "model": r.study.model,
+        "task": r.study.task,
+        "baseline": r.baseline,
+    }
 
 
 def _means(metrics: dict[str, float]) -> dict[str, float]:

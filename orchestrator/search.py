@@ -488,9 +488,16 @@ def fit_experiment(
     return grid
 
 
+def final_grid(cfg: SweepConfig) -> tuple[int, int]:
+    """The folds and the seeds per fold on which `final_runs` trains each chosen
+    configuration (the chosen trial itself is fold 0's first seed)."""
+    return max(1, len(fold_splits(cfg.data.folds))), max(1, cfg.final_seeds)
+
+
 def final_runs_per_study(cfg: SweepConfig) -> int:
     """The re-runs `final_runs` trains of each chosen configuration."""
-    return max(1, len(fold_splits(cfg.data.folds))) * max(1, cfg.final_seeds) - 1
+    folds, seeds = final_grid(cfg)
+    return folds * seeds - 1
 
 
 def final_runs(
@@ -511,7 +518,7 @@ def final_runs(
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         by_name = {s.name: s for s in studies}
-        folds, seeds = max(1, len(fold_splits(cfg.data.folds))), max(1, cfg.final_seeds)
+        folds, seeds = final_grid(cfg)
         points = [
             TrialSpec.of(
                 by_name[t.study], plan[t.study], cfg.train, cfg.seed + i, t.number, t.origin, fold
