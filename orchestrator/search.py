@@ -3,31 +3,22 @@
 `StudySearch` runs a seeded Optuna sampler per study (TPE, or random search; its first
 trials are the model's defaults, then its recipes) and tells Optuna the truth about each
 trial's end; `StudyASHA` runs an ASHA per study that never stops those first trials;
-`trial_records` turns Tune's results into `TrialRecord`s once; `final_runs`
-re-runs the chosen configurations with more seeds and on the other folds; `signals_stop_studies` and
-`fit_experiment` are the experiment's control (Ctrl-C, time budget, trials lost with their
-node).
+`experiment` builds a Tune experiment (the search's, and `final`'s re-runs) and
+`fit_experiment` runs it, resuming trials lost with their node. Tune's results become
+`TrialRecord`s in `trials`; the signals that stop a sweep are `signals`'.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
-import json
-import os
 import pickle
-import signal
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
 from typing import Any
 
 import optuna
-import pandas as pd
 import ray
 from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
@@ -36,11 +27,10 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import SweepConfig, TrainConfig
-from orchestrator.data.splits import fold_splits
-from orchestrator.engine.metrics import lower_is_better
 from orchestrator.models.registry import get_model_class
-from orchestrator.plan import FINAL, experiment_root, sampler_settings, study_points
-from orchestrator.records import TRIAL, Schedule, Study, TrialRecord, TrialSpec
+from orchestrator.plan import experiment_root, sampler_settings, study_points
+from orchestrator.records import Schedule, Study, TrialSpec
+from orchestrator.signals import InterruptOnStop
 from orchestrator.space import sample_params
 
 # Checkpoints kept per trial. Tune deletes the oldest as it registers a new one, before its
@@ -276,192 +266,6 @@ def experiment(
     )
 
 
-def configured(grid: Any) -> list[Any]:
-    """The results of the trials Tune gave a config. One it created but never configured
-    (a resume after a signal once met one) never ran: it is named and left out."""
-    out = []
-    for res in grid:
-        if isinstance(res.config, dict) and TRIAL in res.config:
-            out.append(res)
-        else:
-            print(
-                f"search: {res.path}: a trial Tune created but never configured (it never "
-                "ran): left out",
-                flush=True,
-            )
-    return out
-
-
-def trial_records(grid: Any, interrupted: bool) -> list[TrialRecord]:
-    """One TrialRecord per Tune result, in the grid's order. `interrupted`: the experiment
-    was ended from outside (Ctrl-C, the time budget), which stops its running trials."""
-    out = []
-    for res in grid:
-        spec, hparams = TrialSpec.split(res.config)
-        metric = spec.train.metric
-        history = trial_history(res)
-        last = res.metrics or {}
-        best, best_epoch = None, 0
-        if history is not None and metric in history:
-            values = history[metric]
-            if values.notna().any():
-                at = values.idxmin() if lower_is_better(metric) else values.idxmax()
-                best, best_epoch = float(values[at]), int(history["epoch"][at])
-        status, epoch = last.get("status"), int(last.get("epoch", 0) or 0)
-        if res.error:
-            end = "error"
-        elif status in ("epochs", "early_stopped", "diverged"):
-            end = status
-        elif status is None:
-            end = "pending"
-        else:  # stopped from outside while running: by the scheduler, unless the whole
-            # experiment was interrupted; then Tune's `done` (a documented auto-filled key)
-            # marks the results its scheduler stopped before that
-            end = "asha" if last.get("done") or not interrupted else "interrupted"
-        message = str(res.error).splitlines()[0] if res.error else last.get("message", "")
-        out.append(
-            TrialRecord(
-                study=spec.study,
-                trial_id=last.get("trial_id", os.path.basename(str(res.path))),
-                number=spec.number,
-                end=end,
-                message=message,
-                best=best,
-                best_epoch=best_epoch,
-                epochs=epoch,
-                time_s=float(last.get("time_total_s", 0.0) or 0.0),
-                hparams=hparams,
-                seed=spec.train.seed,
-                checkpoint=res.checkpoint,
-                path=str(res.path),
-                node=str(last.get("node", "")),
-                origin=spec.origin,
-                fold=spec.fold,
-            )
-        )
-    return out
-
-
-def trial_history(res: Any) -> pd.DataFrame | None:
-    """The results a trial reported, in order, as one lineage, from its `result.json` (the
-    log of every result Tune writes in the trial's folder). A trial restored from a
-    checkpoint (a lost node, `--resume`) reports again from the epoch after it: the rows its
-    earlier run reported from that epoch on are dropped, as no checkpoint holds those
-    weights. A line that a crash cut short is skipped and named (Tune's `metrics_dataframe`
-    would drop the trial's whole history)."""
-    path = f"{res.path}/result.json"
-    try:
-        with res.filesystem.open_input_stream(path) as f:
-            lines = f.readall().decode().splitlines()
-    except FileNotFoundError:
-        return None
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            print(
-                f"search: {path}, line {number}: not a whole JSON result (a write cut "
-                "short by a crash): skipped",
-                flush=True,
-            )
-            continue
-        if "epoch" in row:
-            rows = [r for r in rows if r.get("epoch", -1) < row["epoch"]]
-        rows.append({k: v for k, v in row.items() if not isinstance(v, dict)})
-    return pd.DataFrame(rows) if rows else None
-
-
-def epoch_history(res: Any) -> pd.DataFrame | None:
-    """A trial's per-epoch metrics (the learning curve), tagged with its study and id."""
-    frame = trial_history(res)
-    if frame is None:
-        return None
-    keep = [
-        c
-        for c in frame.columns
-        if c.startswith(("val/", "train/")) or c in ("epoch", "trial_id", "time_total_s")
-    ]
-    return frame[keep].assign(study=TrialSpec.split(res.config)[0].study)
-
-
-class StopSignal(threading.Event):
-    """Set by the sweep's first stopping signal (`signals_stop_studies`); `signum` says
-    which."""
-
-    signum: int = signal.SIGINT
-
-
-class Interrupted(KeyboardInterrupt):
-    """The sweep was stopped by a signal (after writing what finished, or aborted by a
-    second one): the command exits with 128 + `signum`, as a shell reports it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-STOP = StopSignal()
-# what stops a sweep as Ctrl-C does: `kill`, systemd, a scheduler's preemption (SIGTERM), a
-# closed terminal or tmux session (SIGHUP)
-STOPPING = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
-
-
-class InterruptOnStop(tune.Callback):
-    """Once `STOP` is set, interrupts the running experiment as Tune documents it (SIGUSR1,
-    which Tune handles as Ctrl-C while `fit` runs): the running trials stop, Tune saves its
-    state with them unfinished and the search not done, so `--resume` restarts them from
-    their checkpoints and goes on searching. (A `Stopper`'s `stop_all` would mark the
-    search finished.) Checked at every step of Tune's loop, so a signal that came before
-    `fit` installed Tune's handler still ends it; only in the main thread, where Tune
-    installs its handler. Holds no state: it pickles into Tune's experiment state and works
-    again after `--resume`."""
-
-    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        if STOP.is_set() and threading.current_thread() is threading.main_thread():
-            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler ends the loop after this step
-
-
-@contextlib.contextmanager
-def signals_stop_studies() -> Iterator[StopSignal]:
-    """While the sweep runs, a first Ctrl-C, SIGTERM or SIGHUP sets `STOP` (the event it
-    yields, with the signal), which interrupts the experiment through `InterruptOnStop`; the
-    table, exports and report of what finished are still written. A second signal aborts.
-    (Tune's own SIGINT handler takes neither SIGTERM nor SIGHUP, and would not tell the
-    sweep that it stopped: a stopped trial would look like one that ASHA stopped.)"""
-    STOP.clear()
-    STOP.signum = signal.SIGINT
-    if threading.current_thread() is not threading.main_thread():
-        yield STOP  # signals reach the main thread only
-        return
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if STOP.is_set():
-            raise Interrupted(signum)
-        STOP.signum = signum
-        STOP.set()
-        print(
-            f"{STOPPING[signal.Signals(signum)]}: stopping the running trials; the table of "
-            "what finished follows (Ctrl-C again to abort)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    previous = {s: signal.signal(s, on_signal) for s in STOPPING}
-    previous[signal.SIGUSR1] = signal.getsignal(signal.SIGUSR1)  # Tune's `fit` takes it over
-    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    try:
-        yield STOP
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if tune_handler is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
-
-
 def fit_experiment(
     tuner: tune.Tuner,
     path: str,
@@ -486,58 +290,3 @@ def fit_experiment(
         print(f"search: {len(lost)} trial(s) lost with their node; resuming them", flush=True)
         grid = tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
     return grid
-
-
-def final_grid(cfg: SweepConfig) -> tuple[int, int]:
-    """The folds and the seeds per fold on which `final_runs` trains each chosen
-    configuration (the chosen trial itself is fold 0's first seed)."""
-    return max(1, len(fold_splits(cfg.data.folds))), max(1, cfg.final_seeds)
-
-
-def final_runs_per_study(cfg: SweepConfig) -> int:
-    """The re-runs `final_runs` trains of each chosen configuration."""
-    folds, seeds = final_grid(cfg)
-    return folds * seeds - 1
-
-
-def final_runs(
-    chosen: list[TrialRecord],
-    studies: list[Study],
-    plan: dict[str, Schedule],
-    cfg: SweepConfig,
-    slots: int,
-    trainable: Any,
-    callbacks: list[Any] | None = None,
-) -> list[TrialRecord]:
-    """Retrain each study's chosen configuration (no search), all studies in one
-    experiment: with `final_seeds - 1` more seeds on the search's fold, and with all
-    `final_seeds` seeds (at least one) on each other fold of `data.folds`; returns the
-    finished runs. `callbacks`: Tune callbacks of the experiment (progress lines)."""
-    path = f"{experiment_root(cfg)}/{FINAL}"
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        by_name = {s.name: s for s in studies}
-        folds, seeds = final_grid(cfg)
-        points = [
-            TrialSpec.of(
-                by_name[t.study], plan[t.study], cfg.train, cfg.seed + i, t.number, t.origin, fold
-            ).config(t.hparams)
-            for t in chosen
-            for fold in range(folds)
-            for i in range(seeds)
-            if (fold, i) != (0, 0)  # the chosen trial itself
-        ]
-        print(
-            f"final: {len(points)} re-runs of the chosen configurations ({folds} fold(s) x "
-            f"{seeds} seed(s), less the chosen trials themselves)",
-            flush=True,
-        )
-        tuner = experiment(
-            trainable, FINAL, cfg, slots, FixedConfigs(points), len(points), callbacks
-        )
-    return [
-        t
-        for t in trial_records(configured(tuner.fit()), STOP.is_set())
-        if t.end in ("epochs", "early_stopped") and t.checkpoint is not None
-    ]

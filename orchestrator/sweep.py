@@ -42,6 +42,7 @@ from orchestrator.data.files import write_text
 from orchestrator.data.splits import fold_splits
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.evaluation import check_ks
+from orchestrator.final import final_runs, final_runs_per_study
 from orchestrator.finalize import finalize
 from orchestrator.journal import write_journal
 from orchestrator.plan import (
@@ -61,28 +62,23 @@ from orchestrator.records import Schedule, Searched, Study, StudyResult, choose
 from orchestrator.report import write_report
 from orchestrator.rundir import CLAIM, RunDir, check_run_name, claimed
 from orchestrator.search import (
-    Interrupted,
     SearchSpace,
     StudyASHA,
     StudySearch,
-    configured,
-    epoch_history,
     experiment,
-    final_runs,
-    final_runs_per_study,
     fit_experiment,
     quiet_optuna,
-    signals_stop_studies,
-    trial_records,
 )
+from orchestrator.signals import Interrupted, signals_stop_studies
 from orchestrator.tracking import summary_run
 from orchestrator.trainable import run_trial
+from orchestrator.trials import configured, epoch_history, trial_records
 
 
 def run_sweep(cfg: SweepConfig | None, resume: str | Path | None = None) -> Path:
     """Run (or continue: `cfg` None, the run directory `resume`) a sweep; returns the run
     directory holding the results. After Ctrl-C, SIGTERM or SIGHUP it writes the table,
-    exports and report of what finished, then raises `search.Interrupted` (a
+    exports and report of what finished, then raises `signals.Interrupted` (a
     KeyboardInterrupt naming the signal)."""
     cfg, studies, plan = plan_sweep(cfg, resume)
     with claimed(run_directory(cfg)):  # a second sweep on this run directory fails now

@@ -1,4 +1,4 @@
-"""The docstring examples of data/, models/ and orchestrator/ run as doctests.
+"""The docstring examples of the package's modules run as doctests.
 
 Every module with a `>>>` example is one test, named by the module. The examples run in a
 small shared namespace (`SHARED`, built once per session): a tiny synthetic dataset `data`,
@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from layout import package_modules
 
 import orchestrator.models  # noqa: F401 - registers the models
 from orchestrator import results
@@ -40,24 +41,17 @@ from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
 pytestmark = pytest.mark.slow  # every docstring example, about 20 s
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {
-    "data": "orchestrator.data",
-    "models": "orchestrator.models",
-    "engine": "orchestrator.engine",
-    "orchestrator": "orchestrator",
-}  # folder: package
 SPEC = "synthetic:users=60,items=80,interactions=1500,seed=1"
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def modules_with_examples() -> list[str]:
-    """Dotted names of the modules of PACKAGES whose source holds a `>>>` example."""
-    names = []
-    for folder, package in PACKAGES.items():
-        for path in sorted((REPO / folder).glob("*.py")):
-            if ">>>" in path.read_text(encoding="utf-8"):
-                names.append(package if path.stem == "__init__" else f"{package}.{path.stem}")
-    return names
+    """Dotted names of the package's modules whose source holds a `>>>` example."""
+    return [
+        name
+        for name, path in package_modules().items()
+        if ">>>" in path.read_text(encoding="utf-8")
+    ]
 
 
 def write_run_dir(run_dir: Path, data: PreparedData, cfg: DataConfig) -> None:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from layout import package_modules
 
 from orchestrator import internals
 
@@ -20,15 +21,7 @@ PRIVATE = re.compile(
 
 def test_no_module_but_internals_reaches_a_private_interface() -> None:
     hits = []
-    for path in sorted(
-        [
-            *ROOT.glob("orchestrator/*.py"),
-            *ROOT.glob("models/*.py"),
-            *ROOT.glob("data/*.py"),
-            *ROOT.glob("engine/*.py"),
-            *ROOT.glob("bench/*.py"),
-        ]
-    ):
+    for path in [*package_modules().values(), *sorted(ROOT.glob("bench/*.py"))]:
         if path.name == "internals.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):

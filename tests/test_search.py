@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 from orchestrator.models.registry import get_model_class, make_params
 from orchestrator.plan import load_config, model_studies, resolved, schedules, study_points
 from orchestrator.records import TrialSpec
-from orchestrator.search import StudySearch, trial_history
+from orchestrator.search import StudySearch
+from orchestrator.trials import trial_history
 
 
 @pytest.fixture()
