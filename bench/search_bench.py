@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import orchestrator.models  # noqa: E402,F401  (registers every model)
-from orchestrator import results  # noqa: E402
+from orchestrator import stats  # noqa: E402
 from orchestrator.data.types import PreparedData  # noqa: E402
 from orchestrator.engine.metrics import sampled_ranking_per_row  # noqa: E402
 from orchestrator.finalize import main_metric, test_trial  # noqa: E402
@@ -186,7 +186,7 @@ def line(
     epochs: int,
     note: str,
 ) -> dict:
-    p, why = (math.nan, "no defaults") if defaults is None else results.paired_test(units, defaults)
+    p, why = (math.nan, "no defaults") if defaults is None else stats.paired_test(units, defaults)
     out = {
         "study": study,
         "run": run,

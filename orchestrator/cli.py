@@ -150,6 +150,7 @@ def outcome(frame: pd.DataFrame) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from orchestrator import results
+    from orchestrator.across import across_runs
     from orchestrator.data.splits import fold_splits
     from orchestrator.rundir import RunDir
 
@@ -171,7 +172,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         split = f"{len(folds)}-fold" if folds else data.split
         label = f"{name} {split}"
         labels[label if label not in labels else f"{run.path.name} {split}"] = run.results
-    print(results.across_runs(labels, args.format), end="")
+    print(across_runs(labels, args.format), end="")
     return 0
 
 

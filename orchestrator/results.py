@@ -4,9 +4,10 @@ A sweep's results are one table per *evaluation*: rating models (RMSE/MAE) in on
 and sequential models (which rank the same held-out items on the same split and protocol)
 in another, each with its baselines. Every row is tested against its table's best row and
 best baseline with a paired test on the table's main metric, Holm-corrected within the
-table. `results.csv`/`.parquet` hold one row per study with a `table` column; `results.md`
+table (`stats`). `results.csv`/`.parquet` hold one row per study with a `table` column; `results.md`
 one section per table. All trials of all studies live in `trials.parquet` beside them.
-They are read back through `rundir.RunDir`. No Ray here.
+They are read back through `rundir.RunDir`; several runs' tables side by side are
+`across`'s. No Ray here.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.stats
 
 from orchestrator.data.files import atomic_write, write_text
 from orchestrator.engine.metrics import lower_is_better
 from orchestrator.records import StudyResult
 from orchestrator.rundir import BY_FOLD, HISTORY, RESULTS, TRIALS, UNITS
+from orchestrator.stats import aggregate, aggregate_seeds, means, significance
 
 FIRST = [
     "table",
@@ -124,88 +125,6 @@ def _check_evaluations(frame: pd.DataFrame) -> None:
             )
 
 
-def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
-    """Two-sided paired t-test (scipy's `ttest_rel`) of two models' values on the same units
-    (users or ratings); returns (p, "") or (NaN, why it cannot run).
-
-    Why a t-test and not Wilcoxon's signed-rank test: the tables report means over units
-    (mean NDCG over users, mean squared error under RMSE), and the t-test asks exactly
-    whether the mean difference is zero, which the central limit theorem makes reliable at
-    the hundreds to millions of units a test split has; Wilcoxon tests the median of the
-    differences (zero for most users when most get no hit), a different question.
-    (Urbano, Lima & Hanjalic, "Statistical Significance Testing in Information Retrieval",
-    SIGIR 2019, found the t-test the best-behaved of the common tests.)
-    """
-    if len(a) != len(b):
-        return math.nan, f"different units ({len(a)} vs {len(b)})"
-    if len(a) < 2:
-        return math.nan, "fewer than 2 units"
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    if np.ptp(diff) == 0:
-        return math.nan, "all paired differences equal"
-    return float(scipy.stats.ttest_rel(a, b).pvalue), ""
-
-
-def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
-    """Per row, the paired test of its main metric against its table's best row and its
-    table's best baseline, Holm-corrected over the rows of the table (each column a family of
-    its own): columns `p_vs_best`, `p_vs_baseline` and `significance` (why a p is n/a)."""
-    from statsmodels.stats.multitest import multipletests
-
-    p_best, p_base = [math.nan] * len(studies), [math.nan] * len(studies)
-    notes: list[list[str]] = [[] for _ in studies]
-    for name in dict.fromkeys(r.study.table for r in studies):
-        rows = [i for i, r in enumerate(studies) if r.study.table == name]
-        scored = [i for i in rows if studies[i].runs]
-        if not scored:
-            continue
-        metric = studies[scored[0]].main_metric
-        lower = lower_is_better(metric)
-
-        def value(i: int, metric: str = metric) -> float:
-            return aggregate(studies[i])[metric]
-
-        pick = min if lower else max
-        best = pick(scored, key=value)
-        bases = [i for i in scored if studies[i].baseline]
-        base = pick(bases, key=value) if bases else None
-        for column, ref, label in ((p_best, best, "best"), (p_base, base, "baseline")):
-            family: dict[int, float] = {}
-            for i in rows:
-                if ref is None:
-                    notes[i].append(f"vs {label}: no baseline in the table")
-                elif i == ref:
-                    notes[i].append(f"vs {label}: is the {label}")
-                elif not studies[i].runs:
-                    notes[i].append(f"vs {label}: not tested")
-                else:
-                    units, ref_units = studies[i].units, studies[ref].units
-                    assert units is not None and ref_units is not None  # both have runs
-                    p, why = paired_test(units, ref_units)
-                    if why:
-                        notes[i].append(f"vs {label}: n/a ({why})")
-                    else:
-                        family[i] = p
-            if family:
-                corrected = multipletests(list(family.values()), method="holm")[1]
-                for i, p in zip(family, corrected, strict=True):
-                    column[i] = float(p)
-    return {
-        "p_vs_best": p_best,
-        "p_vs_baseline": p_base,
-        "significance": ["; ".join(n) for n in notes],
-    }
-
-
-def aggregate(result: StudyResult) -> dict[str, float]:
-    """A tested row's metrics: on one fold, the mean and std over its seeds (no std for a
-    single run); over folds, the mean and std over folds of each fold's seed mean."""
-    folds = [aggregate_seeds([run.metrics for run in runs]) for runs in result.by_fold().values()]
-    if len(folds) == 1:
-        return folds[0] if len(result.runs) > 1 else _means(folds[0])
-    return aggregate_seeds([_means(fold) for fold in folds])
-
-
 def by_fold(studies: list[StudyResult], splits: tuple[str, ...]) -> pd.DataFrame:
     """One row per tested row and fold (`fold`: its split), with the fold's metrics (mean
     and std over its seeds): what a table over folds averages (`results_by_fold.*`)."""
@@ -218,7 +137,7 @@ def by_fold(studies: list[StudyResult], splits: tuple[str, ...]) -> pd.DataFrame
                     **_who(r),
                     "fold": splits[fold],
                     "seeds": len(runs),
-                    **(metrics if len(runs) > 1 else _means(metrics)),
+                    **(metrics if len(runs) > 1 else means(metrics)),
                 }
             )
     frame = pd.DataFrame(rows)
@@ -235,24 +154,6 @@ def _who(r: StudyResult) -> dict[str, Any]:
         "task": r.study.task,
         "baseline": r.baseline,
     }
-
-
-def _means(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if not k.endswith("_std")}
-
-
-def aggregate_seeds(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Mean and sample std (`<key>_std`) of each metric over seeded runs."""
-    out: dict[str, float] = {}
-    for key in runs[0]:
-        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-        if not values:
-            continue
-        mean = sum(values) / len(values)
-        out[key] = mean
-        var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
-        out[f"{key}_std"] = math.sqrt(var)
-    return out
 
 
 def write(run_dir: Path, frame: pd.DataFrame, folds: pd.DataFrame | None = None) -> None:
@@ -423,12 +324,12 @@ def markdown(frame: pd.DataFrame) -> str:
     for title, evaluation, group in sections(frame):
         shown = readable(group)
         lines = [f"## {title}", ""] + ([evaluation, ""] if evaluation else [])
-        lines.append(_md_table(list(shown.columns), shown.itertuples(index=False)))
+        lines.append(md_table(list(shown.columns), shown.itertuples(index=False)))
         parts.append("\n".join(lines))
     return "\n".join(parts) + ("\n" + NOTE + "\n" if "p_vs_best" in frame.columns else "")
 
 
-def _md_table(header: list[str], rows: Iterable[Iterable[str]]) -> str:
+def md_table(header: list[str], rows: Iterable[Iterable[str]]) -> str:
     """A GitHub-flavoured Markdown table (a `|` in a cell escaped), ending in a newline."""
 
     def line(cells: Iterable[str]) -> str:
@@ -488,105 +389,3 @@ def with_column(frame: pd.DataFrame, name: str, values: dict[str, Any]) -> pd.Da
     for study, value in values.items():
         column[frame["study"] == study] = value
     return frame.assign(**{name: column})
-
-
-def across_runs(runs: dict[str, pd.DataFrame], fmt: str) -> str:
-    """One table per evaluation kind (rating, top-N) over several runs' results tables
-    (label -> frame, the label naming the run's dataset and split): the studies as rows,
-    one column group per run with its test metrics as in its own table (mean ± std, and
-    (+)/(-) against its best baseline), the best value of each column in bold. `fmt`:
-    md, latex (pandas' Styler, booktabs rules) or csv. Runs whose tables of one kind hold
-    different metrics (another K, another task) cannot be aligned: a ValueError names them."""
-    kinds: dict[str, list[tuple[str, pd.DataFrame]]] = {}
-    for label, frame in runs.items():
-        for name, group in frame.groupby("table", sort=False):
-            kinds.setdefault(str(name), []).append((label, group))
-    parts = []
-    for kind, groups in kinds.items():
-        metrics = {label: _test_metrics(group) for label, group in groups}
-        (first, want), *rest = metrics.items()
-        for label, have in rest:
-            if have != want:
-                raise ValueError(
-                    f"results: the {TABLE_TITLES.get(kind, kind)} tables of {first} and "
-                    f"{label} cannot be aligned: {first} has {want}, {label} has {have}"
-                )
-        text, best = _aligned(groups, want)
-        title = TABLE_TITLES.get(kind, kind)
-        if fmt == "csv":
-            flat = text.copy()
-            flat.columns = [f"{label}: {metric}" for label, metric in text.columns]
-            parts.append(
-                flat.rename_axis("study").reset_index().assign(table=kind).to_csv(index=False)
-            )
-        elif fmt == "latex":
-            parts.append(f"% {title}\n" + _latex(text, best))
-        elif fmt == "md":
-            header = ["study"] + [f"{label}: {metric}" for label, metric in text.columns]
-            rows = [
-                [str(study)] + [f"**{v}**" if best.loc[study, c] else v for c, v in row.items()]
-                for study, row in text.iterrows()
-            ]
-            parts.append("\n".join([f"## {title}", "", _md_table(header, rows)]))
-        else:
-            raise ValueError(f"--format {fmt!r}: expected md, latex or csv for several runs")
-    note = "\nBold: the best value of its column; (+)/(-) and p as in each run's own table.\n"
-    return "\n".join(parts) + (note if fmt == "md" else "")
-
-
-def _test_metrics(group: pd.DataFrame) -> list[str]:
-    return [
-        c
-        for c in group.columns
-        if c.startswith("test/") and not c.endswith("_std") and group[c].notna().any()
-    ]
-
-
-def _aligned(
-    groups: list[tuple[str, pd.DataFrame]], metrics: list[str]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The cells as text (`readable`'s) and where each column's best value is, studies as
-    rows in order of first appearance, (run label, metric) columns."""
-    text, value = {}, {}
-    for label, group in groups:
-        shown = readable(group).set_index(group["study"].to_numpy())
-        for metric in metrics:
-            text[label, metric] = shown[metric]
-            value[label, metric] = group.set_index("study")[metric].astype(float)
-    text_frame = pd.DataFrame(text).fillna("")
-    values = pd.DataFrame(value).reindex(text_frame.index)
-    best = pd.DataFrame(False, index=values.index, columns=values.columns)
-    for col in values.columns:
-        column = values[col]
-        if column.notna().any():
-            top = column.min() if lower_is_better(col[1]) else column.max()
-            best[col] = column == top
-    return text_frame, best
-
-
-def _latex(text: pd.DataFrame, best: pd.DataFrame) -> str:
-    """A booktabs tabular through pandas' Styler: column groups per run, best in bold."""
-
-    def cell(value: str) -> str:
-        escaped = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in value)
-        return escaped.replace("±", r"$\pm$")
-
-    frame = text.copy()
-    frame.columns = pd.MultiIndex.from_tuples(
-        [(cell(label), cell(metric)) for label, metric in text.columns]
-    )
-    frame.index = [cell(str(s)) for s in text.index]
-    props = pd.DataFrame(
-        np.where(best.to_numpy(), "textbf:--rwrap;", ""), index=frame.index, columns=frame.columns
-    )
-    styler = frame.style.format(cell).apply(lambda _: props, axis=None)
-    return styler.to_latex(
-        hrules=True, multicol_align="c", column_format="l" + "r" * len(frame.columns)
-    )
-
-
-_LATEX_ESCAPES = {c: "\\" + c for c in "&%$#_{}"} | {
-    "~": r"\textasciitilde{}",
-    "^": r"\^{}",
-    "\\": r"\textbackslash{}",
-}
