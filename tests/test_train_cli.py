@@ -93,7 +93,8 @@ def test_bad_input_exits_2_naming_the_key_before_loading(args, expected, capsys)
 def test_the_data_flags_are_the_same_on_sweep_train_and_describe() -> None:
     import dataclasses
 
-    from orchestrator.cli import build_parser, data_flags
+    from orchestrator.cli import build_parser
+    from orchestrator.commands import data_flags
     from orchestrator.config import DataConfig
 
     values = {
