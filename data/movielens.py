@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.data.files import combine_digests, hash_file, read_table
+from orchestrator.data.files import combine_digests, hash_file, read_ratings
 from orchestrator.data.types import Interactions, RawDataset
 
 DEFAULT_URL = "https://files.grouplens.org/datasets/movielens"
@@ -84,7 +84,6 @@ FILES: dict[str, tuple[str, str]] = {
     "ml-latest-small": ("ratings.csv", "movies.csv"),
 }
 ML100K_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
-RATING_COLUMNS = ("user", "item", "rating", "timestamp")
 
 
 def release_url(name: str) -> str:
@@ -171,17 +170,8 @@ def _verify(name: str, folder: Path, paths: list[Path]) -> tuple[dict[str, str],
 # --- parsing ---------------------------------------------------------------------------------
 
 
-def _to_interactions(df: pd.DataFrame) -> Interactions:
-    return Interactions(
-        df["user"].to_numpy(np.int64),
-        df["item"].to_numpy(np.int64),
-        df["rating"].to_numpy(np.float32),
-        df["timestamp"].to_numpy(np.int64),
-    )
-
-
 def _read_100k(path: Path) -> Interactions:
-    return _to_interactions(read_table(path, "\t", RATING_COLUMNS, "iifi"))
+    return read_ratings(path, "\t")
 
 
 def _split_loader(folder: Path, split: str) -> Callable[[], tuple[Interactions, Interactions]]:
@@ -230,7 +220,7 @@ def _read_dat(path: Path) -> BytesIO:
 
 
 def _read_dat_ratings(path: Path) -> Interactions:
-    return _to_interactions(read_table(path, "::", RATING_COLUMNS, "iifi"))
+    return read_ratings(path, "::")
 
 
 def _read_dat_movies(path: Path) -> pd.DataFrame:
@@ -251,11 +241,7 @@ def _read_dat_movies(path: Path) -> pd.DataFrame:
 
 
 def _read_csv_ratings(path: Path) -> Interactions:
-    return _to_interactions(
-        read_table(
-            path, ",", RATING_COLUMNS, "iifi", header=("userId", "movieId", "rating", "timestamp")
-        )
-    )
+    return read_ratings(path, ",", header=("userId", "movieId", "rating", "timestamp"))
 
 
 def _read_csv_movies(path: Path) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """From a `RawDataset` to `PreparedData`: filter, index, split, fix evaluation negatives.
 
-Order of operations (each step counts what it removed, in `stats["filters"]`):
+Order of operations (each step counts what it removed, in `stats["filters"]`; steps 1-3 are
+`filters`'):
 
 1. de-duplicate repeated (user, item) pairs with the stated policy (first the user's
    opinion is settled, then it is thresholded);
@@ -26,11 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from orchestrator.data.filters import apply_filters, check_settings
 from orchestrator.data.sampling import NegativeSampler
 from orchestrator.data.splits import TEST, TRAIN, VAL, Columns, assign, gather, parse_split
 from orchestrator.data.types import PreparedData, RawDataset, Split
-
-DEDUP_POLICIES = ("last", "first", "mean", "error")
 
 
 def prepare(
@@ -67,17 +67,13 @@ def prepare(
         (938, 53485, 44625)
     """
     kind, ratios = parse_split(split, raw)
-    if dedup not in DEDUP_POLICIES:
-        raise ValueError(f"dedup={dedup!r}: expected one of {', '.join(DEDUP_POLICIES)}")
-    if user_core < 0 or item_core < 0 or eval_negatives < 0:
-        raise ValueError(
-            f"user_core={user_core}, item_core={item_core}, "
-            f"eval_negatives={eval_negatives}: expected integers >= 0"
-        )
+    check_settings(dedup, user_core, item_core, eval_negatives)
     t, codes = _columns(raw, split, kind)
     if rating_range is not None:
         _check_range(t, codes, raw.name, rating_range)
-    t, filters = _filter(t, codes, raw.name, split, kind, dedup, min_rating, user_core, item_core)
+    t, filters = apply_filters(
+        t, codes, raw.name, split, kind, dedup, min_rating, user_core, item_core
+    )
     user_ids, item_ids, neg_codes = _index(t, codes)
     splits, test_rows, split_stats = _split(t, kind, ratios, seed)
     # ncf: the benchmark's own test negatives, in the order of the test rows
@@ -94,24 +90,7 @@ def prepare(
         "eval_negatives": eval_negatives,
         **({"rating_range": list(rating_range)} if rating_range is not None else {}),
     }
-    stats: dict[str, Any] = {
-        "raw_interactions": codes.n_raw,
-        "users": len(user_ids),
-        "items": len(item_ids),
-        "interactions": len(t["u"]),
-        "density": float(f"{len(t['u']) / (len(user_ids) * len(item_ids)):.4g}"),
-        "ratings": _histogram(t["r"]) if codes.has_ratings else None,
-        "time_span": _time_span(t["t"]) if codes.has_time else None,
-        "split": {
-            "name": split,
-            "train": len(splits[TRAIN]),
-            "val": len(splits[VAL]),
-            "test": len(splits[TEST]),
-            **split_stats,
-        },
-        "filters": filters,
-        "settings": chosen,
-    }
+    stats = _stats(t, codes, user_ids, item_ids, split, splits, split_stats, filters, chosen)
     titles, genres, missing = _side_info(raw, item_ids)
     if missing:
         stats["items_without_side_info"] = missing
@@ -128,13 +107,7 @@ def prepare(
         val=splits[VAL],
         test=splits[TEST],
         has_ratings=codes.has_ratings,
-        rating_range=(
-            (float(rating_range[0]), float(rating_range[1]))
-            if rating_range is not None
-            else (float(t["r"].min()), float(t["r"].max()))
-            if codes.has_ratings
-            else (0.0, 1.0)
-        ),
+        rating_range=_scale(t, codes, rating_range),
         val_negatives=val_neg,
         test_negatives=test_neg,
         item_titles=titles,
@@ -145,7 +118,7 @@ def prepare(
 
 
 @dataclass
-class _Codes:
+class Codes:
     """The raw ids behind the columns' codes, and the benchmark's own test negatives."""
 
     n_raw: int
@@ -156,7 +129,7 @@ class _Codes:
     neg_codes: np.ndarray | None  # ncf: [n_test file rows, N] item codes, -1 padded
 
 
-def _check_range(t: Columns, codes: _Codes, name: str, scale: tuple[float, ...]) -> None:
+def _check_range(t: Columns, codes: Codes, name: str, scale: tuple[float, ...]) -> None:
     """Every rating lies on the declared scale; the first one that does not is named."""
     if len(scale) != 2 or not (math.isfinite(scale[0]) and scale[0] < scale[1] < math.inf):
         raise ValueError(f"data.rating_range={list(scale)}: expected [lo, hi], lo < hi")
@@ -173,7 +146,7 @@ def _check_range(t: Columns, codes: _Codes, name: str, scale: tuple[float, ...])
         )
 
 
-def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:
+def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, Codes]:
     """The interactions as coded columns (users and items numbered in order of first
     appearance, the fixed negatives' items among them)."""
     inter, part, origin = gather(raw, split, kind)
@@ -213,40 +186,10 @@ def _columns(raw: RawDataset, split: str, kind: str) -> tuple[Columns, _Codes]:
         "part": part,
         "origin": origin,
     }
-    return t, _Codes(n_raw, has_ratings, has_time, user_raw, item_raw, neg_codes)
+    return t, Codes(n_raw, has_ratings, has_time, user_raw, item_raw, neg_codes)
 
 
-def _filter(
-    t: Columns,
-    codes: _Codes,
-    name: str,
-    split: str,
-    kind: str,
-    dedup: str,
-    min_rating: float | None,
-    user_core: int,
-    item_core: int,
-) -> tuple[Columns, dict[str, int]]:
-    """Steps 1-3: de-duplication (per part of a fixed split: a pair in both parts is an
-    error), the minimum rating, the k-core to a fixpoint; with what each removed."""
-    filters: dict[str, int] = {}
-    t, filters["dedup_removed"] = _dedup(t, dedup, name, codes.user_raw, codes.item_raw)
-    if kind == "fixed" or kind == "ncf":
-        _check_disjoint(t, split, name, codes.user_raw, codes.item_raw)
-    if min_rating is not None:
-        if not codes.has_ratings:
-            raise ValueError(f"min_rating={min_rating}: dataset {name!r} has no ratings")
-        before = t
-        t = _take(t, t["r"] >= min_rating, f"min_rating={min_rating}", name)
-        filters.update(_removed("min_rating", before, t))
-    else:
-        filters.update(_removed("min_rating", t, t))
-    t, core = _k_core(t, user_core, item_core, name)
-    filters.update(core)
-    return t, filters
-
-
-def _index(t: Columns, codes: _Codes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _index(t: Columns, codes: Codes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Step 4, in place: number the users that survived, and the items that survived plus
     the fixed negatives' items. Returns the raw user and item ids by index, and the fixed
     negatives' item indices by row of the benchmark's test file (-1 padded)."""
@@ -363,16 +306,6 @@ def index_of(ids: np.ndarray, raw_ids: object, what: str = "item") -> np.ndarray
 # --- steps -----------------------------------------------------------------------------------
 
 
-def _take(t: Columns, keep: np.ndarray, step: str, name: str) -> Columns:
-    """Rows where `keep`; an empty result is an error naming the step that emptied it."""
-    if not keep.any():
-        raise ValueError(
-            f"dataset {name!r}: no interactions left after {step} "
-            f"(it removed all {len(keep)}); loosen that filter"
-        )
-    return {k: v[keep] for k, v in t.items()}
-
-
 def _codes(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`np.unique(ids, return_inverse=True)`, by counting when the ids are small integers
     (every MovieLens release): O(N) rather than a sort, seconds less at 25M rows."""
@@ -393,80 +326,46 @@ def _time_order(t: Columns) -> np.ndarray:
     return np.argsort(t["u"] * span + (t["t"] - lo), kind="stable")  # t is in source order
 
 
-def _dedup(
-    t: Columns, policy: str, name: str, user_raw: np.ndarray, item_raw: np.ndarray
-) -> tuple[Columns, int]:
-    """Resolve repeated (user, item) pairs within a part; returns (table, rows removed), the
-    rows kept in source order."""
-    pair = (t["part"] * (int(t["u"].max()) + 1) + t["u"]) * (int(t["i"].max()) + 1) + t["i"]
-    if not (np.diff(np.sort(pair)) == 0).any():  # the usual case: one fast sort, no copy
-        return t, 0
-    order = np.lexsort((t["row"], t["t"], t["i"], t["u"], t["part"]))  # pairs in time order
-    t = {k: v[order] for k, v in t.items()}
-    same = (
-        (t["u"][1:] == t["u"][:-1])
-        & (t["i"][1:] == t["i"][:-1])
-        & (t["part"][1:] == t["part"][:-1])
-    )  # row k+1 repeats row k's pair
-    n_dup = int(same.sum())
-    if policy == "error":
-        k = int(np.flatnonzero(same)[0])
-        raise ValueError(
-            f"dataset {name!r}: {n_dup} repeated (user, item) rows, e.g. user "
-            f"{user_raw[t['u'][k]]} item {item_raw[t['i'][k]]}; expected each "
-            "pair once (choose dedup 'last', 'first' or 'mean')"
-        )
-    start = np.r_[True, ~same]  # first row of each pair, in time order
-    end = np.r_[~same, True]  # last row of each pair
-    if policy == "mean":
-        group = np.cumsum(start) - 1  # [N] pair number of each row
-        mean = np.bincount(group, weights=t["r"]) / np.bincount(group)
-        t["r"] = mean[group].astype(np.float32)
-    keep = np.flatnonzero(start if policy == "first" else end)
-    keep = keep[np.argsort(order[keep])]  # back to source order
-    return {k: v[keep] for k, v in t.items()}, n_dup
+def _scale(t: Columns, codes: Codes, declared: tuple[float, ...] | None) -> tuple[float, float]:
+    """The rating scale predictions are clipped to: the declared one, else the ratings' own
+    min and max ((0, 1) for interactions without ratings)."""
+    if declared is not None:
+        return float(declared[0]), float(declared[1])
+    if codes.has_ratings:
+        return float(t["r"].min()), float(t["r"].max())
+    return 0.0, 1.0
 
 
-def _check_disjoint(
-    t: Columns, split: str, name: str, user_raw: np.ndarray, item_raw: np.ndarray
-) -> None:
-    """A fixed split whose base and test share a (user, item) pair would leak test."""
-    width = int(t["i"].max()) + 1
-    base = t["u"][t["part"] == TRAIN] * width + t["i"][t["part"] == TRAIN]
-    test = t["u"][t["part"] == TEST] * width + t["i"][t["part"] == TEST]
-    both = np.intersect1d(base, test)
-    if len(both):
-        u, i = divmod(int(both[0]), width)
-        raise ValueError(
-            f"split {split!r} of {name!r}: {len(both)} (user, item) pairs are in "
-            f"both base and test, e.g. user {user_raw[u]} item {item_raw[i]}; "
-            "a test interaction must not be trained on"
-        )
-
-
-def _k_core(t: Columns, user_core: int, item_core: int, name: str) -> tuple[Columns, dict]:
-    """Drop users/items under their thresholds until none is (a fixpoint)."""
-    before, rounds = t, 0
-    while user_core > 1 or item_core > 1:
-        uc, ic = np.bincount(t["u"]), np.bincount(t["i"])
-        keep = (uc[t["u"]] >= user_core) & (ic[t["i"]] >= item_core)
-        if keep.all():
-            break
-        rounds += 1
-        t = _take(t, keep, f"k-core (user_core={user_core}, item_core={item_core})", name)
-    return t, {**_removed("k_core", before, t), "k_core_rounds": rounds}
-
-
-def _removed(step: str, before: Columns, after: Columns) -> dict[str, int]:
-    """What a filter removed: rows, and users and items left with no row at all."""
-
-    def n(t: Columns, col: str) -> int:  # distinct codes, by counting
-        return int(np.count_nonzero(np.bincount(t[col])))
-
+def _stats(
+    t: Columns,
+    codes: Codes,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    split: str,
+    splits: dict[int, Split],
+    split_stats: dict[str, Any],
+    filters: dict[str, int],
+    chosen: dict[str, Any],
+) -> dict[str, Any]:
+    """What `describe` shows of the prepared data: its sizes, ratings, time span, split,
+    what each filter removed and the settings."""
     return {
-        f"{step}_removed": len(before["u"]) - len(after["u"]),
-        f"{step}_users_removed": n(before, "u") - n(after, "u"),
-        f"{step}_items_removed": n(before, "i") - n(after, "i"),
+        "raw_interactions": codes.n_raw,
+        "users": len(user_ids),
+        "items": len(item_ids),
+        "interactions": len(t["u"]),
+        "density": float(f"{len(t['u']) / (len(user_ids) * len(item_ids)):.4g}"),
+        "ratings": _histogram(t["r"]) if codes.has_ratings else None,
+        "time_span": _time_span(t["t"]) if codes.has_time else None,
+        "split": {
+            "name": split,
+            "train": len(splits[TRAIN]),
+            "val": len(splits[VAL]),
+            "test": len(splits[TEST]),
+            **split_stats,
+        },
+        "filters": filters,
+        "settings": chosen,
     }
 
 

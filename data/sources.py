@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.data.files import load_ncf, load_table, parse_file_spec
+from orchestrator.data.files import load_table, parse_file_spec
 from orchestrator.data.movielens import FILES, is_local, load_movielens
+from orchestrator.data.ncf import load_ncf
 from orchestrator.data.types import RawDataset
 
 MOVIELENS = tuple(FILES)
