@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import orchestrator.models  # noqa: E402,F401  (registers every model)
 from orchestrator import stats  # noqa: E402
 from orchestrator.data.types import PreparedData  # noqa: E402
-from orchestrator.engine.metrics import sampled_ranking_per_row  # noqa: E402
+from orchestrator.engine.sampled import sampled_ranking_per_row  # noqa: E402
 from orchestrator.finalize import main_metric, test_trial  # noqa: E402
 from orchestrator.plan import load_config, model_studies  # noqa: E402
 from orchestrator.records import TrialRecord  # noqa: E402

@@ -15,8 +15,8 @@ from orchestrator.engine.metrics import (
     full_ranking,
     ranking_metrics_from_scores,
     rating_metrics,
-    sampled_ranking,
 )
+from orchestrator.engine.sampled import sampled_ranking, sampled_ranking_per_row
 
 KS = [1, 3, 5, 10]
 
@@ -449,7 +449,7 @@ def test_the_ranking_passes_hand_over_the_lists_they_ranked() -> None:
     # user 0 knows item 0, user 1 item 3: they are not recommended
     assert torch.cat(tops).tolist() == [[1, 2], [2, 1]]
     tops = []
-    metrics.sampled_ranking_per_row(
+    sampled_ranking_per_row(
         lambda u, c: scores[u].gather(1, c),
         torch.tensor([0, 1]),
         torch.tensor([2, 0]),

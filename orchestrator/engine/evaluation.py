@@ -33,8 +33,8 @@ from orchestrator.engine.metrics import (
     means,
     rating_errors,
     rating_summary,
-    sampled_ranking_per_row,
 )
+from orchestrator.engine.sampled import sampled_ranking_per_row
 from orchestrator.models.base import Recommender
 
 SPLITS = ("val", "test")

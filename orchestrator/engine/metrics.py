@@ -37,8 +37,8 @@ Under the sampled protocol a list is the top K of a row's candidates, not of the
 
 Protocols: `full_ranking` scores every item for a batch of users (one `score_fn` call per
 batch), masks the items the user is known to have (train, and val when testing), and ranks
-the held-out items; `sampled_ranking` ranks each target among its N fixed negatives, as the
-NCF papers do.
+the held-out items; `sampled.sampled_ranking` ranks each target among its N fixed negatives,
+as the NCF papers do.
 
 Performance: ranks are counted with one comparison pass over the [B, C] scores per target
 column when a row has few targets (leave-last: one), else against the top max(ks) + 1 scores
@@ -111,7 +111,7 @@ def rating_errors(pred: Tensor, target: Tensor, lo: float, hi: float) -> dict[st
     return {"rmse": err.square(), "mae": err.abs()}
 
 
-def _check_ks(ks: Sequence[int]) -> list[int]:
+def cutoffs(ks: Sequence[int]) -> list[int]:
     ks = list(ks)
     if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
         raise ValueError(f"ks: expected a non-empty list of ints >= 1, got {ks!r}")
@@ -186,7 +186,7 @@ def ranking_metrics_from_scores(
         >>> m["ndcg@5"], m["mrr@5"]   # rank 3: 1/log2(4) = 0.5 and 1/3
         (tensor([0.5000]), tensor([0.3333]))
     """
-    ks = _check_ks(ks)
+    ks = cutoffs(ks)
     if scores.dim() != 2 or targets.dim() != 2 or targets.shape[0] != scores.shape[0]:
         raise ValueError(
             f"expected scores [B, C] and targets [B, T], got "
@@ -230,7 +230,7 @@ def ranking_metrics_from_scores(
     return {f"{name}@{k}": out[f"{name}@{k}"] for name in RANKING_NAMES for k in ks}
 
 
-def _top_items(scores: Tensor, k: int) -> Tensor:
+def top_items(scores: Tensor, k: int) -> Tensor:
     """`[B, k]` column indices of each row's k best finite scores, best first; -1 where a
     row has fewer (masked columns score -inf; an undefined score ranks first, as in the
     ranks)."""
@@ -347,7 +347,7 @@ def full_ranking_per_user(
         `{"hr@K": Tensor[U'], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`: one float32
         value per user with at least one target, in the order of `users`, on the CPU.
     """
-    ks = _check_ks(ks)
+    ks = cutoffs(ks)
     if batch_users < 1:
         raise ValueError(f"batch_users: expected an int >= 1, got {batch_users}")
     users, targets = _users_with_targets(users, targets, known)
@@ -395,123 +395,6 @@ def full_ranking_per_user(
     return {name: torch.cat(values) for name, values in parts.items()}
 
 
-def sampled_ranking(
-    score_pairs: Callable[[Tensor, Tensor], Tensor],
-    users: Tensor,
-    items: Tensor,
-    negatives: Tensor,
-    ks: Sequence[int],
-    batch: int = 8192,
-) -> dict[str, float]:
-    """The means of `sampled_ranking_per_row` over the rows.
-
-    Example:
-        >>> user_emb, item_emb = torch.randn(data.n_users, 8), torch.randn(data.n_items, 8)
-        >>> sampled_ranking(lambda u, i: (user_emb[u, None] * item_emb[i]).sum(-1),
-        ...                 torch.as_tensor(data.test.user), torch.as_tensor(data.test.item),
-        ...                 torch.as_tensor(data.test_negatives), ks=[10])
-        {'hr@10': ..., 'ndcg@10': ..., 'recall@10': ..., 'mrr@10': ...}
-    """
-    return means(sampled_ranking_per_row(score_pairs, users, items, negatives, ks, batch))
-
-
-@torch.no_grad()
-def sampled_ranking_per_row(
-    score_pairs: Callable[[Tensor, Tensor], Tensor],
-    users: Tensor,
-    items: Tensor,
-    negatives: Tensor,
-    ks: Sequence[int],
-    batch: int = 8192,
-    tops: list[Tensor] | None = None,
-) -> dict[str, Tensor]:
-    """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
-    the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
-    row's negatives in order, then the target, each item scored once (a dict keyed by
-    item), ranked by score with ties in candidate order (a stable sort).
-
-    So a target repeated among its own negatives (156 lines of the authors' ml-1m file) is
-    one candidate, at the place of its first occurrence; a target that is not among them
-    comes last, and every tie ranks ahead of it (the pessimistic rule of `full_ranking`).
-    Rows may have fewer negatives than others: `-1` pads a row.
-
-    Args:
-        score_pairs: maps users `[b]` and candidate items `[b, 1 + N]` to scores `[b, 1 + N]`
-            (candidate 0 is the target; padding is scored as the target and ignored).
-        users: user index per evaluation row `[R]`.
-        items: the held-out (target) item per row `[R]`.
-        negatives: `[R, N]` negative items per row, distinct within a row, `-1` padded.
-        ks: cut-offs K.
-        batch: rows per `score_pairs` call.
-        tops: when given, each batch's top max(ks) candidate items per row (each item
-            once, best first, `-1` padded, on the CPU) are appended to it.
-
-    Returns:
-        `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
-    """
-    ks = _check_ks(ks)
-    if (
-        users.dim() != 1
-        or items.shape != users.shape
-        or negatives.dim() != 2
-        or len(negatives) != len(users)
-        or negatives.shape[1] < 1
-    ):
-        raise ValueError(
-            f"expected users [R], items [R] and negatives [R, N >= 1], got "
-            f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(negatives.shape)}"
-        )
-    if len(users) == 0:
-        raise ValueError("sampled_ranking: no rows to evaluate (R = 0)")
-    if batch < 1:
-        raise ValueError(f"batch: expected an int >= 1, got {batch}")
-    if bool((negatives < -1).any()):
-        row = int((negatives < -1).any(1).nonzero()[0, 0])
-        raise ValueError(
-            f"negatives row {row}: expected item indices >= 0 padded with -1, "
-            f"got {negatives[row].tolist()}"
-        )
-    parts: dict[str, list[Tensor]] = {}
-    for begin in range(0, len(users), batch):
-        end = begin + batch
-        target = items[begin:end, None].to(negatives.device)  # [b, 1]
-        negs = negatives[begin:end]  # [b, N]
-        is_target = negs == target  # [b, N]
-        counted = (negs >= 0) & ~is_target  # [b, N] each other item once
-        n_neg = negs.shape[1]
-        first = torch.where(is_target.any(1), is_target.float().argmax(1), n_neg)  # [b]
-        before = torch.arange(n_neg, device=negs.device)[None, :] < first[:, None]  # [b, N]
-        candidates = torch.cat([target, torch.where(negs >= 0, negs, target)], 1)  # [b, 1+N]
-        scores = score_pairs(users[begin:end], candidates)  # [b, 1 + N]
-        if scores.shape != candidates.shape:
-            raise ValueError(
-                f"score_pairs: expected scores {tuple(candidates.shape)}, got {tuple(scores.shape)}"
-            )
-        own, other = scores[:, :1], scores[:, 1:]  # [b, 1], [b, N]
-        counted, before = counted.to(scores.device), before.to(scores.device)
-        other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
-        ahead = counted & ((other > own) | (before & (other == own)))  # [b, N]
-        rank = 1 + ahead.sum(1)  # [b]
-        if tops is not None:  # the target, and each other counted item once
-            shown = torch.cat([own, torch.where(counted, other, -math.inf)], 1)  # [b, 1 + N]
-            at = _top_items(shown, max(ks))
-            items_of = candidates.to(scores.device).gather(1, at.clamp(min=0))
-            tops.append(torch.where(at >= 0, items_of, -1).cpu())
-        usable = ~torch.isnan(own[:, 0])  # [b] a target scored NaN is a miss
-        for k in ks:
-            hit = usable & (rank <= k)  # [b]
-            gain = 1.0 / torch.log2(rank.float() + 1.0)
-            values = {
-                "hr": hit.float(),
-                "ndcg": torch.where(hit, gain, 0.0),
-                "recall": hit.float(),
-                "mrr": torch.where(hit, 1.0 / rank.float(), 0.0),
-            }
-            for name, value in values.items():
-                parts.setdefault(f"{name}@{k}", []).append(value.cpu())
-    return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES for k in ks}
-
-
 @torch.no_grad()
 def beyond_accuracy(
     tops: Tensor, popularity: Tensor, n_users: int, ks: Sequence[int]
@@ -528,7 +411,7 @@ def beyond_accuracy(
         >>> beyond_accuracy(torch.tensor([[0, 1], [0, 2]]), torch.tensor([4, 2, 1, 1]), 4, [2])
         {'coverage@2': 0.75, 'gini@2': 0.375, 'arp@2': 2.75, 'novelty@2': 0.75}
     """
-    ks = _check_ks(ks)
+    ks = cutoffs(ks)
     n_items = len(popularity)
     pop = popularity.double().cpu()
     info = -torch.log2(pop.clamp(min=1.0) / max(n_users, 1))  # [n_items]

@@ -1,0 +1,150 @@
+"""The sampled protocol of the NCF papers: each held-out target ranked among its own fixed
+negatives (He et al. 2017), with the metrics and tie rule of `metrics`. No Ray here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from orchestrator.engine.metrics import RANKING_NAMES, cutoffs, means, top_items
+
+
+def sampled_ranking(
+    score_pairs: Callable[[Tensor, Tensor], Tensor],
+    users: Tensor,
+    items: Tensor,
+    negatives: Tensor,
+    ks: Sequence[int],
+    batch: int = 8192,
+) -> dict[str, float]:
+    """The means of `sampled_ranking_per_row` over the rows.
+
+    Example:
+        >>> user_emb, item_emb = torch.randn(data.n_users, 8), torch.randn(data.n_items, 8)
+        >>> sampled_ranking(lambda u, i: (user_emb[u, None] * item_emb[i]).sum(-1),
+        ...                 torch.as_tensor(data.test.user), torch.as_tensor(data.test.item),
+        ...                 torch.as_tensor(data.test_negatives), ks=[10])
+        {'hr@10': ..., 'ndcg@10': ..., 'recall@10': ..., 'mrr@10': ...}
+    """
+    return means(sampled_ranking_per_row(score_pairs, users, items, negatives, ks, batch))
+
+
+@torch.no_grad()
+def sampled_ranking_per_row(
+    score_pairs: Callable[[Tensor, Tensor], Tensor],
+    users: Tensor,
+    items: Tensor,
+    negatives: Tensor,
+    ks: Sequence[int],
+    batch: int = 8192,
+    tops: list[Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
+    the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
+    row's negatives in order, then the target, each item scored once (a dict keyed by
+    item), ranked by score with ties in candidate order (a stable sort).
+
+    So a target repeated among its own negatives (156 lines of the authors' ml-1m file) is
+    one candidate, at the place of its first occurrence; a target that is not among them
+    comes last, and every tie ranks ahead of it (the pessimistic rule of `full_ranking`).
+    Rows may have fewer negatives than others: `-1` pads a row.
+
+    Args:
+        score_pairs: maps users `[b]` and candidate items `[b, 1 + N]` to scores `[b, 1 + N]`
+            (candidate 0 is the target; padding is scored as the target and ignored).
+        users: user index per evaluation row `[R]`.
+        items: the held-out (target) item per row `[R]`.
+        negatives: `[R, N]` negative items per row, distinct within a row, `-1` padded.
+        ks: cut-offs K.
+        batch: rows per `score_pairs` call.
+        tops: when given, each batch's top max(ks) candidate items per row (each item
+            once, best first, `-1` padded, on the CPU) are appended to it.
+
+    Returns:
+        `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
+    """
+    ks = cutoffs(ks)
+    _check_rows(users, items, negatives, batch)
+    parts: dict[str, list[Tensor]] = {}
+    for begin in range(0, len(users), batch):
+        end = begin + batch
+        own, rank = _target_rank(
+            score_pairs, users[begin:end], items[begin:end], negatives[begin:end], ks, tops
+        )
+        usable = ~torch.isnan(own[:, 0])  # [b] a target scored NaN is a miss
+        for k in ks:
+            hit = usable & (rank <= k)  # [b]
+            gain = 1.0 / torch.log2(rank.float() + 1.0)
+            values = {
+                "hr": hit.float(),
+                "ndcg": torch.where(hit, gain, 0.0),
+                "recall": hit.float(),
+                "mrr": torch.where(hit, 1.0 / rank.float(), 0.0),
+            }
+            for name, value in values.items():
+                parts.setdefault(f"{name}@{k}", []).append(value.cpu())
+    return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES for k in ks}
+
+
+def _check_rows(users: Tensor, items: Tensor, negatives: Tensor, batch: int) -> None:
+    """The rows' shapes, the padding and the batch size are ones `sampled_ranking_per_row`
+    takes."""
+    if (
+        users.dim() != 1
+        or items.shape != users.shape
+        or negatives.dim() != 2
+        or len(negatives) != len(users)
+        or negatives.shape[1] < 1
+    ):
+        raise ValueError(
+            f"expected users [R], items [R] and negatives [R, N >= 1], got "
+            f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(negatives.shape)}"
+        )
+    if len(users) == 0:
+        raise ValueError("sampled_ranking: no rows to evaluate (R = 0)")
+    if batch < 1:
+        raise ValueError(f"batch: expected an int >= 1, got {batch}")
+    if bool((negatives < -1).any()):
+        row = int((negatives < -1).any(1).nonzero()[0, 0])
+        raise ValueError(
+            f"negatives row {row}: expected item indices >= 0 padded with -1, "
+            f"got {negatives[row].tolist()}"
+        )
+
+
+def _target_rank(
+    score_pairs: Callable[[Tensor, Tensor], Tensor],
+    users: Tensor,
+    items: Tensor,
+    negs: Tensor,
+    ks: list[int],
+    tops: list[Tensor] | None,
+) -> tuple[Tensor, Tensor]:
+    """One batch of rows: the target's score `[b, 1]` and rank `[b]` among its candidates;
+    its top max(ks) candidate items appended to `tops` when given."""
+    target = items[:, None].to(negs.device)  # [b, 1]
+    is_target = negs == target  # [b, N]
+    counted = (negs >= 0) & ~is_target  # [b, N] each other item once
+    n_neg = negs.shape[1]
+    first = torch.where(is_target.any(1), is_target.float().argmax(1), n_neg)  # [b]
+    before = torch.arange(n_neg, device=negs.device)[None, :] < first[:, None]  # [b, N]
+    candidates = torch.cat([target, torch.where(negs >= 0, negs, target)], 1)  # [b, 1+N]
+    scores = score_pairs(users, candidates)  # [b, 1 + N]
+    if scores.shape != candidates.shape:
+        raise ValueError(
+            f"score_pairs: expected scores {tuple(candidates.shape)}, got {tuple(scores.shape)}"
+        )
+    own, other = scores[:, :1], scores[:, 1:]  # [b, 1], [b, N]
+    counted, before = counted.to(scores.device), before.to(scores.device)
+    other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
+    ahead = counted & ((other > own) | (before & (other == own)))  # [b, N]
+    rank = 1 + ahead.sum(1)  # [b]
+    if tops is not None:  # the target, and each other counted item once
+        shown = torch.cat([own, torch.where(counted, other, -math.inf)], 1)  # [b, 1 + N]
+        at = top_items(shown, max(ks))
+        items_of = candidates.to(scores.device).gather(1, at.clamp(min=0))
+        tops.append(torch.where(at >= 0, items_of, -1).cpu())
+    return own, rank
