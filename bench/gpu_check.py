@@ -31,7 +31,8 @@ import orchestrator.models  # noqa: E402,F401  (registers every model)
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.data import load_dataset  # noqa: E402
 from orchestrator.engine.evaluation import monitored_metric  # noqa: E402
-from orchestrator.engine.train import fit, pick_device, seed_everything  # noqa: E402
+from orchestrator.engine.runtime import pick_device, seed_everything  # noqa: E402
+from orchestrator.engine.train import fit  # noqa: E402
 from orchestrator.models.base import DataSpec  # noqa: E402
 from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
 

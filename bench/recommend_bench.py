@@ -34,7 +34,8 @@ from orchestrator import serve  # noqa: E402
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.data import load_dataset  # noqa: E402
 from orchestrator.data.types import PreparedData  # noqa: E402
-from orchestrator.engine.train import fit, seed_everything  # noqa: E402
+from orchestrator.engine.runtime import seed_everything  # noqa: E402
+from orchestrator.engine.train import fit  # noqa: E402
 from orchestrator.export import export_model  # noqa: E402
 from orchestrator.models.base import DataSpec  # noqa: E402
 from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402

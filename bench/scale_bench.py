@@ -85,7 +85,8 @@ def measure(path: Path, entries: list[str], threads: int, epochs: int = 1) -> di
     from orchestrator.config import DataConfig, TrainConfig
     from orchestrator.data import load_dataset
     from orchestrator.engine.evaluation import evaluate, to_device
-    from orchestrator.engine.train import fit, seed_everything
+    from orchestrator.engine.runtime import seed_everything
+    from orchestrator.engine.train import fit
     from orchestrator.export import export_model
     from orchestrator.models.base import DataSpec
     from orchestrator.models.registry import create_model

@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import DataConfig, TrainConfig  # noqa: E402
 from orchestrator.data import load_dataset  # noqa: E402
-from orchestrator.engine.train import fit, seed_everything  # noqa: E402
+from orchestrator.engine.runtime import seed_everything  # noqa: E402
+from orchestrator.engine.train import fit  # noqa: E402
 from orchestrator.models.base import DataSpec  # noqa: E402
 from orchestrator.models.registry import create_model  # noqa: E402
 

@@ -43,8 +43,9 @@ from orchestrator.data.sampling import NegativeSampler  # noqa: E402
 from orchestrator.data.types import PreparedData  # noqa: E402
 from orchestrator.engine.evaluation import evaluate, to_device  # noqa: E402
 from orchestrator.engine.optim import make_optimizers  # noqa: E402
+from orchestrator.engine.runtime import pick_device, seed_everything  # noqa: E402
 from orchestrator.engine.single_run import train_one  # noqa: E402
-from orchestrator.engine.train import fit, pick_device, seed_everything, val_and_test  # noqa: E402
+from orchestrator.engine.train import fit, val_and_test  # noqa: E402
 from orchestrator.models.base import DataSpec, Recommender  # noqa: E402
 from orchestrator.models.registry import create_model, get_model_class, list_models  # noqa: E402
 

@@ -78,9 +78,7 @@ def prepare(
     splits, test_rows, split_stats = _split(t, kind, ratios, seed)
     # ncf: the benchmark's own test negatives, in the order of the test rows
     own = None if neg_codes is None else neg_codes[t["origin"][test_rows]]
-    val_neg, test_neg = _eval_negatives(
-        t, splits, own, len(item_ids), len(user_ids), eval_negatives, seed
-    )
+    val_neg, test_neg = _eval_negatives(t, splits, own, len(item_ids), eval_negatives, seed)
     chosen = {
         "min_rating": min_rating,
         "user_core": user_core,
@@ -96,11 +94,11 @@ def prepare(
         stats["items_without_side_info"] = missing
     if test_neg is not None and neg_codes is not None:
         stats["test_negatives"] = _negative_counts(test_neg, splits[TEST].item)
-    settings = json.dumps({"source": raw.fingerprint, "split": split, **chosen}, sort_keys=True)
+    settings = {"source": raw.fingerprint, "split": split, **chosen}
     return PreparedData(
         name=raw.name,
         split_name=split,
-        fingerprint=hashlib.sha256(settings.encode()).hexdigest(),
+        fingerprint=hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
         user_ids=user_ids,
         item_ids=item_ids,
         train=splits[TRAIN],
@@ -224,7 +222,6 @@ def _eval_negatives(
     splits: dict[int, Split],
     own: np.ndarray | None,
     n_items: int,
-    n_users: int,
     eval_negatives: int,
     seed: int,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -235,7 +232,7 @@ def _eval_negatives(
     if eval_negatives:
         gen = torch.Generator().manual_seed(seed)
         everything = Split(t["u"], t["i"], t["r"], t["t"]).to("cpu")
-        sampler = NegativeSampler(everything, n_items, generator=gen, n_users=n_users)
+        sampler = NegativeSampler(everything, n_items, generator=gen, n_users=int(t["u"].max()) + 1)
         try:
             val_neg = sampler.sample(
                 torch.as_tensor(splits[VAL].user), eval_negatives, distinct=True

@@ -264,6 +264,57 @@ def _tag(
     proto.doc_string = f"recsweep {meta['model']} ({meta['task']}), {graph} graph"
 
 
+def _study_of(out_path: Path, model: Recommender, data: PreparedData) -> str:
+    """The study `out_path` names (`<study>.onnx`), once the model is known to fit the data."""
+    if not out_path.name.endswith(".onnx") or out_path.name.endswith(".topk.onnx"):
+        raise ExportError(f"{out_path}: expected a path <study>.onnx")
+    study = out_path.name[: -len(".onnx")]
+    if (model.spec.n_users, model.spec.n_items) != (data.n_users, data.n_items):
+        raise ExportError(
+            f"{study}: the model was built for {model.spec.n_users} users and "
+            f"{model.spec.n_items} items, the data has {data.n_users} and "
+            f"{data.n_items}: not the data it was trained on"
+        )
+    if data.n_items < 2 or data.n_users < 1:
+        raise ExportError(f"{study}: dataset {data.name!r} is too small to export on")
+    return study
+
+
+def _sidecar(
+    model: Recommender,
+    data: PreparedData,
+    study: str,
+    arrays: dict[str, np.ndarray],
+    metrics: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The sidecar's fields known before the graphs are written: the model, its versions,
+    its metrics and its data."""
+    return {
+        "format": FORMAT,
+        "study": study,
+        "model": model.name,
+        "task": model.task,
+        "version": version("recsweep") or "unknown",
+        "torch": torch.__version__,
+        "opset": OPSET,
+        "environment": {**versions(), "git": git_state()},
+        "exporter": "torch.onnx dynamo",
+        "seq_len": model.seq_len,
+        "score": "predicted rating" if model.task == "rating" else "ranking score",
+        "hparams": model.hparams(),
+        "metrics": dict(metrics or {}),
+        "data": {
+            "name": data.name,
+            "split": data.split_name,
+            "fingerprint": data.fingerprint,
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+            "user_id_form": id_form(arrays["user_ids"]),
+            "item_id_form": id_form(arrays["item_ids"]),
+        },
+    }
+
+
 def export_model(
     model: Recommender,
     data: PreparedData,
@@ -291,17 +342,7 @@ def export_model(
             exported graphs do not reproduce PyTorch; no file is left in place then.
     """
     out_path = Path(out_path)
-    if not out_path.name.endswith(".onnx") or out_path.name.endswith(".topk.onnx"):
-        raise ExportError(f"{out_path}: expected a path <study>.onnx")
-    study = out_path.name[: -len(".onnx")]
-    if (model.spec.n_users, model.spec.n_items) != (data.n_users, data.n_items):
-        raise ExportError(
-            f"{study}: the model was built for {model.spec.n_users} users and "
-            f"{model.spec.n_items} items, the data has {data.n_users} and "
-            f"{data.n_items}: not the data it was trained on"
-        )
-    if data.n_items < 2 or data.n_users < 1:
-        raise ExportError(f"{study}: dataset {data.name!r} is too small to export on")
+    study = _study_of(out_path, model, data)
     model = copy.deepcopy(model).cpu().float().eval()
     arrays = serving_arrays(data)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,30 +352,7 @@ def export_model(
         "arrays": f"{study}.npz",
         "sidecar": f"{study}.json",
     }
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "study": study,
-        "model": model.name,
-        "task": model.task,
-        "version": version("recsweep") or "unknown",
-        "torch": torch.__version__,
-        "opset": OPSET,
-        "environment": {**versions(), "git": git_state()},
-        "exporter": "torch.onnx dynamo",
-        "seq_len": model.seq_len,
-        "score": "predicted rating" if model.task == "rating" else "ranking score",
-        "hparams": model.hparams(),
-        "metrics": dict(metrics or {}),
-        "data": {
-            "name": data.name,
-            "split": data.split_name,
-            "fingerprint": data.fingerprint,
-            "n_users": data.n_users,
-            "n_items": data.n_items,
-            "user_id_form": id_form(arrays["user_ids"]),
-            "item_id_form": id_form(arrays["item_ids"]),
-        },
-    }
+    meta = _sidecar(model, data, study, arrays, metrics)
     # every file is written under its final name into a hidden folder beside the target
     # (an external-data file is named inside its graph), checked there, then renamed into
     # place with the sidecar last; a failure leaves any previous export untouched

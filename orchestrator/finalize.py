@@ -17,7 +17,8 @@ from pathlib import Path
 
 from orchestrator.config import SweepConfig, TrainConfig
 from orchestrator.data.types import PreparedData
-from orchestrator.engine.train import fit, load_state, seed_everything, val_and_test
+from orchestrator.engine.runtime import seed_everything
+from orchestrator.engine.train import fit, load_state, val_and_test
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, save_model
 from orchestrator.plan import parse_study

@@ -31,7 +31,8 @@ from orchestrator import results
 from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict
 from orchestrator.data import load_dataset
 from orchestrator.data.types import PreparedData
-from orchestrator.engine.train import fit, seed_everything
+from orchestrator.engine.runtime import seed_everything
+from orchestrator.engine.train import fit
 from orchestrator.export import export_model
 from orchestrator.finalize import main_metric
 from orchestrator.models.base import DataSpec

@@ -20,7 +20,8 @@ from orchestrator.cli import main
 from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict
 from orchestrator.data import load_dataset
 from orchestrator.data.types import PreparedData
-from orchestrator.engine.train import fit, seed_everything
+from orchestrator.engine.runtime import seed_everything
+from orchestrator.engine.train import fit
 from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model, list_models, save_model
 from orchestrator.records import ScoredRun, Study, StudyResult

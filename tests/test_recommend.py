@@ -19,7 +19,8 @@ from orchestrator.cli import main
 from orchestrator.config import DataConfig, TrainConfig
 from orchestrator.data import load_dataset
 from orchestrator.data.types import PreparedData
-from orchestrator.engine.train import fit, seed_everything
+from orchestrator.engine.runtime import seed_everything
+from orchestrator.engine.train import fit
 from orchestrator.export import export_model
 from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model

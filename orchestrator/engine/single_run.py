@@ -17,7 +17,8 @@ from typing import Any
 from orchestrator.config import DataConfig, TrainConfig, to_dict
 from orchestrator.data.files import write_text
 from orchestrator.data.types import PreparedData
-from orchestrator.engine.train import fit, seed_everything, val_and_test
+from orchestrator.engine.runtime import seed_everything
+from orchestrator.engine.train import fit, val_and_test
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, save_model
 

@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,56 +49,9 @@ from orchestrator.engine.evaluation import (
     to_device,
 )
 from orchestrator.engine.optim import make_optimizers
+from orchestrator.engine.runtime import TRIM_EVERY, pick_device, seed_everything, trim_heap
 from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` is CUDA when present, else CPU; otherwise the named device, which must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={name!r}: CUDA is not available on this machine (use --device cpu or auto)"
-        )
-    return device
-
-
-TRIM_EVERY = 500  # batches between two trim_heap calls
-
-
-@functools.cache
-def _libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def trim_heap() -> None:
-    """Hand the C heap's free pages back to the OS (glibc's `malloc_trim`; a no-op
-    elsewhere). A training step frees and allocates buffers of changing sizes (the rows a
-    batch touches), and glibc's heap fragments under that: NeuMF on ml-20m's shape grew from
-    2.2 to 5.1 GB of RSS in 10k batches (17.5 GB over an epoch), and ran slower. Trimming
-    every `TRIM_EVERY` batches keeps it flat at no measurable cost (bench/RESULTS.md)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA): call before `create_model`."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -294,6 +246,21 @@ def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, a
     return torch.stack(losses).float().mean().item()  # the epoch's only sync
 
 
+def _timed_epoch(
+    model: Recommender, examples: dict[str, Tensor], loop: _Loop, amp: bool, epoch: int
+) -> dict[str, float]:
+    """One epoch of training, with its loss and speed as `report` shows them."""
+    start = time.perf_counter()
+    train_loss = _train_epoch(model, examples, loop, amp)
+    train_time = time.perf_counter() - start
+    return {
+        "epoch": epoch,
+        "train/loss": train_loss,
+        "epoch_time_s": train_time,
+        "train_samples_per_s": len(next(iter(examples.values()))) / max(train_time, 1e-9),
+    }
+
+
 def fit(
     model: Recommender,
     data: PreparedData,
@@ -339,7 +306,6 @@ def fit(
         report(metrics)
         return FitResult("ok", 0, 0, metrics, [metrics], "not learned: evaluated only")
     loop = _start(model, data, tensors, examples, cfg, device, state)
-    n = len(next(iter(examples.values())))
     epochs, amp = model.params.epochs, cfg.amp and device.type == "cuda"
     patience = effective_patience(cfg.patience, epochs) if validate else 0
 
@@ -350,18 +316,10 @@ def fit(
     for epoch in range(loop.first, epochs + 1):
         if epoch > 1 and patience_out(epoch - 1):
             break
-        start = time.perf_counter()
-        train_loss = _train_epoch(model, examples, loop, amp)
-        train_time = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            status, message = "diverged", f"epoch {epoch}: training loss is {train_loss}"
+        metrics = _timed_epoch(model, examples, loop, amp, epoch)
+        if not math.isfinite(metrics["train/loss"]):
+            status, message = "diverged", f"epoch {epoch}: training loss is {metrics['train/loss']}"
             break
-        metrics = {
-            "epoch": epoch,
-            "train/loss": train_loss,
-            "epoch_time_s": train_time,
-            "train_samples_per_s": n / max(train_time, 1e-9),
-        }
         if not validate:  # the last epoch is the model
             loop.best_epoch, loop.best = epoch, metrics
             loop.history.append(metrics)
@@ -374,26 +332,23 @@ def fit(
         loop.keep(model, epoch, metrics, metrics[key], mode)
         if on_state is not None:
             on_state(
-                EpochState(
-                    epoch,
-                    epoch == epochs or patience_out(epoch),
-                    loop.best_epoch,
-                    loop.best_value,
-                    functools.partial(
-                        _resumable,
-                        model,
-                        loop.optimizers,
-                        loop.generator,
-                        device,
-                        loop.facts(epoch),
-                    ),
-                )
+                _epoch_state(model, loop, device, epoch, epoch == epochs or patience_out(epoch))
             )
         report(metrics)
     if status == "ok" and len(loop.history) < epochs and patience_out(len(loop.history)):
         status = "early_stopped"
         message = f"no {key} improvement in {loop.bad} epochs (best: epoch {loop.best_epoch})"
     return _finish(model, loop, status, message, key, validate)
+
+
+def _epoch_state(
+    model: Recommender, loop: _Loop, device: torch.device, epoch: int, last: bool
+) -> EpochState:
+    """What `on_state` receives after `epoch` (`last`: training ends after it)."""
+    resumable = functools.partial(
+        _resumable, model, loop.optimizers, loop.generator, device, loop.facts(epoch)
+    )
+    return EpochState(epoch, last, loop.best_epoch, loop.best_value, resumable)
 
 
 def _finish(
