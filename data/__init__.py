@@ -1,5 +1,8 @@
 """The data layer: sources -> `RawDataset` -> `prepare` -> `PreparedData`.
 
+This folder is the top-level `data/`; it imports as `orchestrator.data` (through the link
+`orchestrator/data`), never as `data`, so a user's own `data/` folder shadows nothing.
+
 Example:
     >>> from orchestrator.data import load_dataset
     >>> from orchestrator.config import DataConfig

@@ -1,4 +1,9 @@
-"""Recommender models by name. Importing this package registers every model."""
+"""Recommender models by name. Importing this package registers every model.
+
+This folder is the top-level `models/`; it imports as `orchestrator.models` (through the
+link `orchestrator/models`), never as `models`, so a user's own `models/` folder shadows
+nothing.
+"""
 
 from orchestrator.models import autorec, bias, caser, itemknn, mf, neumf, pop  # noqa: F401  (registration)
 from orchestrator.models.base import DataSpec, Recommender
