@@ -1,23 +1,30 @@
-# Two commands on a fresh machine with Python 3.11+ (the README opens with them):
-#   make sweep   the whole pipeline on the embedded default (MovieLens 100K when it is in the
-#                data dir, else the synthetic data): a --smoke sweep, about a minute
-#   make test    the checks and the whole test suite, as CI runs them (.ci/run calls it)
-# Both first set up $(VENV) when needed, as the README's longer set-up does: the CPU torch
+# The README's commands on a fresh machine with Python 3.11+ (the README opens with them):
+#   make sweep      the whole pipeline on the embedded default (MovieLens 100K when it is in
+#                   the data dir, else the synthetic data): a --smoke sweep, about a minute
+#   make test-fast  the fast tier: every test that starts no Ray and no sweep (about a minute)
+#   make test       the checks and the whole suite, the fast tier first, as CI runs them
+#                   (.ci/run calls it)
+# Each first sets up $(VENV) when needed, as the README's longer set-up does: the CPU torch
 # pin first (a looser requirement with no torch installed pulls a multi-GB CUDA build), then
 # the project with its dev and viz extras. DATA_DIR=... points `make sweep` at your datasets.
 PYTHON ?= python3
 VENV ?= .venv
 DATA_DIR ?=
 BIN := $(VENV)/bin
+TORCH := torch==2.13.0
 
-.PHONY: setup sweep test
+.PHONY: setup sweep test test-fast
 
 setup: $(VENV)/.installed
 
+# one line, and no half-built venv left behind, when Python or the torch wheel is missing
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "make: Python 3.11 or newer is needed to build $(VENV); '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing) (set PYTHON=python3.11)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	@$(BIN)/python -m pip install -q $(TORCH) || { rm -rf $(VENV); \
+	  echo "make: no $(TORCH) wheel for this Python and platform ($$($(PYTHON) --version 2>&1), $$(uname -m)); see https://pytorch.org/get-started/locally/" >&2; exit 1; }
 	$(BIN)/python -m pip install -q -e '.[dev,viz]'
 	touch $@
 
@@ -26,3 +33,6 @@ sweep: setup
 
 test: setup
 	PATH="$(abspath $(BIN)):$$PATH" .ci/test
+
+test-fast: setup
+	PATH="$(abspath $(BIN)):$$PATH" .ci/test fast

@@ -259,6 +259,8 @@ class SweepConfig:
         0, "retrain each study's best configuration with N seeds (table shows mean +- std)"
     )
     max_failures: int = opt(3, "restarts of a failed trial from its last checkpoint")
+    export: bool = opt(True, "export each study's chosen model to ONNX in models/ (false: skip)")
+    report: bool = opt(True, "write report.html, the search's figures (false: skip)")
     wandb: str = opt("offline", "Weights & Biases: offline (default), online, disabled")
     wandb_project: str = opt("recsweep", "W&B project")
     seed: int = opt(0, "seed of the TPE samplers and the trials")

@@ -108,7 +108,7 @@ def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> P
         searched = search(sweep, trainable, slots, stop)
         studied = finalize(studies, searched, folds, cfg, run_dir)
         write_search_records(sweep, searched)
-        frame = write_tables(run_dir, studied, data, fold_splits(cfg.data.folds))
+        frame = write_tables(run_dir, studied, data, fold_splits(cfg.data.folds), cfg.export)
         if cfg.wandb != "disabled":
             error = summary_run(
                 run_dir,
@@ -120,7 +120,8 @@ def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> P
             )
             if error:
                 print(error, file=sys.stderr, flush=True)
-        report(run_dir, studied, data)
+        if cfg.report:
+            report(run_dir, studied, data)
         print(f"run directory: {run_dir}", flush=True)
         if stop.is_set():
             print(
@@ -227,7 +228,7 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
     else:
         callbacks = [
             Progress(studies, cfg.trials, sweep.start),
-            ReportKernels(),
+            *([ReportKernels()] if cfg.report else []),
             *wandb_callbacks(cfg, sweep.run_dir),
         ]
         left = None if deadline is None else max(1.0, deadline - time.time())
@@ -289,14 +290,19 @@ def write_search_records(sweep: Sweep, searched: Searched) -> None:
 
 
 def write_tables(
-    run_dir: Path, studied: list[StudyResult], data: PreparedData, folds: tuple[str, ...] = ()
+    run_dir: Path,
+    studied: list[StudyResult],
+    data: PreparedData,
+    folds: tuple[str, ...] = (),
+    export: bool = True,
 ) -> pd.DataFrame:
-    """Exports each study's chosen model, then writes the results tables once, with the
-    export's outcome (a failed export is a cell, never a lost table), and with `folds` (the
-    splits of `data.folds`) the rows per fold; prints them. Returns the table."""
+    """Exports each study's chosen model (unless not `export`), then writes the results
+    tables once, with the export's outcome (a failed export is a cell, never a lost table),
+    and with `folds` (the splits of `data.folds`) the rows per fold; prints them. Returns
+    the table."""
     results.write_units(run_dir, studied)
     frame = results.build(studied)
-    outcome = export_results(run_dir, studied, frame, data)
+    outcome = export_results(run_dir, studied, frame, data) if export else {}
     if outcome:
         failed = {k: v for k, v in outcome.items() if v != "ok"}
         if failed:
