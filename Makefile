@@ -11,7 +11,6 @@ PYTHON ?= python3
 VENV ?= .venv
 DATA_DIR ?=
 BIN := $(VENV)/bin
-TORCH := torch==2.13.0
 
 .PHONY: setup sweep test test-fast
 
@@ -23,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	  echo "make: Python 3.11 or newer is needed to build $(VENV); '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing) (set PYTHON=python3.11)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q $(TORCH) || { rm -rf $(VENV); \
-	  echo "make: no $(TORCH) wheel for this Python and platform ($$($(PYTHON) --version 2>&1), $$(uname -m)); see https://pytorch.org/get-started/locally/" >&2; exit 1; }
+	$(BIN)/python -m pip install -q torch==2.13.0 || { rm -rf $(VENV); \
+	  echo "make: no torch==2.13.0 wheel for this Python and platform ($$($(PYTHON) --version 2>&1), $$(uname -m)); see https://pytorch.org/get-started/locally/" >&2; exit 1; }
 	$(BIN)/python -m pip install -q -e '.[dev,viz]'
 	touch $@
 

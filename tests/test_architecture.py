@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import re
 
-from layout import REPO, package_modules
+from helpers import REPO, package_modules
 
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 80

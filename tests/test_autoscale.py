@@ -33,7 +33,7 @@ import pandas as pd
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_shared_ray")]  # a Ray of its own
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"

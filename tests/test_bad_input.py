@@ -638,7 +638,6 @@ while True:
 """
 
 
-@pytest.mark.slow
 def test_a_table_written_while_killed_is_old_or_new(tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     results.save_frame(pd.DataFrame({"a": np.arange(5), "b": np.zeros(5)}), path)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from layout import REPO
+from helpers import REPO
 
 from orchestrator.cli import build_parser
 from orchestrator.config import DataConfig, SweepConfig, TrainConfig, to_dict

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from layout import package_modules
+from helpers import package_modules
 
 import orchestrator.models  # noqa: F401 - registers the models
 from orchestrator import results
@@ -38,8 +38,6 @@ from orchestrator.finalize import main_metric
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model
 from orchestrator.records import ScoredRun, Study, StudyResult, TrialRecord
-
-pytestmark = pytest.mark.slow  # every docstring example, about 20 s
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = "synthetic:users=60,items=80,interactions=1500,seed=1"

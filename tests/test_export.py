@@ -67,7 +67,6 @@ def test_registry_has_models() -> None:
     assert "mf" in list_models()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     model, meta, path = exported(name)
@@ -111,7 +110,6 @@ def test_export_and_parity(name: str, exported, data: PreparedData) -> None:
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_topk_graph_agrees_with_pytorch_ranking(name: str, exported, data: PreparedData) -> None:
     """A correct top-K: the scores are PyTorch's for those items, in order, nothing excluded

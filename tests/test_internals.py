@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from layout import package_modules
+from helpers import package_modules
 
 from orchestrator import internals
 

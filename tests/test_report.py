@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 
 from orchestrator import results
-from orchestrator.cli import main
 
-pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+pytestmark = pytest.mark.sweep  # a small sweep, its report read
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = ["mf", "neumf"]
@@ -37,6 +36,8 @@ def run_cli(*args: str, code: str | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small sweep and the report it writes (the `report` command's own run from the run
+    directory is test_a_failed_report_keeps_the_earlier_figures's, and test_sweep.py's)."""
     storage = tmp_path_factory.mktemp("runs")
     # 3 complete trials per study, the fewest with parameter importances: ASHA's only rung
     # is the last epoch, so it prunes none
@@ -55,11 +56,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(storage),
         "--wandb",
         "disabled",
+        "--export",
+        "false",  # the report is tested here, the export by the smoke run
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    proc = run_cli("report", str(storage / "r"))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "UMAP of 400 items of mf" in proc.stdout  # progress lines
+    assert "UMAP of 400 items of mf" in proc.stdout  # the report's progress lines
     return storage / "r"
 
 
@@ -141,6 +142,7 @@ def test_tables_match_results_csv(run_dir: Path, page: Page) -> None:
                     assert shown_value == pytest.approx(value, abs=half * 1.001), col
 
 
+@pytest.mark.browser
 def test_report_renders_in_a_headless_browser(run_dir: Path, tmp_path: Path) -> None:
     browser = shutil.which("chromium")
     if browser is None:
@@ -182,27 +184,6 @@ def test_umap_coordinates_have_one_row_per_item(run_dir: Path) -> None:
         assert coords[["x", "y"]].notna().all().all() and coords["x"].std() > 0
 
 
-def test_importances_come_from_optuna_over_complete_trials(tmp_path: Path) -> None:
-    import optuna
-
-    from orchestrator.plots import optuna_figure
-
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    for i in range(12):
-        trial = study.ask()
-        lr, dim = trial.suggest_float("lr", 1e-4, 1e-1, log=True), trial.suggest_int("dim", 8, 64)
-        if i == 11:  # a pruned trial is not a result: importances leave it out
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            continue
-        study.tell(trial, lr * 100 + dim * 1e-6)  # lr decides the value
-    scores = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-    )
-    assert list(scores)[0] == "lr" and scores["lr"] > 0.9
-    path = optuna_figure("importance", study, tmp_path / "importance.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_report_without_viz_says_what_to_install(run_dir: Path) -> None:
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
@@ -211,15 +192,6 @@ def test_report_without_viz_says_what_to_install(run_dir: Path) -> None:
     proc = run_cli("report", str(run_dir), code=code)
     assert proc.returncode == 2
     assert "pip install -e '.[viz]'" in proc.stderr and "matplotlib" in proc.stderr
-
-
-def test_report_of_a_directory_that_is_no_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    (tmp_path / "sweep.yaml").write_text("name: x\n")
-    assert main(["report", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "not a sweep run directory" in err and "results.parquet, trials.parquet" in err
 
 
 def test_a_failed_report_keeps_the_earlier_figures(

@@ -1,103 +1,24 @@
-"""The sweep on a real local Ray cluster: smoke end to end, W&B offline, bad input."""
+"""The sweep on a real local Ray cluster: the suite's smoke run (conftest's `smoke_run`) read
+end to end (tables, trials, Optuna's storage, W&B offline, exports, every command on it),
+and a run directory checked before it is believed."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from helpers import SECRET, run_cli
+from helpers import SMOKE_STUDIES as STUDIES
 from wandb_log import wandb_run
 
-from orchestrator.internals import FORCE_FALLBACKS
-from orchestrator.plan import load_config
 from orchestrator.rundir import RunDir
 
-pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
-
-REPO = Path(__file__).resolve().parents[1]
-SECRET = "recsweep-test-secret-key-0123456789abcdef"
-
-
-def run_cli(
-    *args: str,
-    env: dict | None = None,
-    timeout: int = 240,
-    cwd: Path = REPO,
-    command: tuple[str, ...] = (sys.executable, "-m", "orchestrator"),
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*command, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user's ML project folder, with packages of its own named `data` and `models`
-    (the commonest folder names there): no command may import them."""
-    folder = tmp_path_factory.mktemp("project")
-    for name in ("data", "models"):
-        (folder / name).mkdir()
-        (folder / name / "__init__.py").write_text(
-            f"raise ImportError('the project\\'s own {name} package was imported')\n"
-        )
-    (folder / "data" / "ratings.csv").write_text("user,item,rating\n1,2,5\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, project: Path) -> Path:
-    storage = tmp_path_factory.mktemp("runs")
-    # a key in the environment must never reach the run directory, even offline
-    # and with every fallback of orchestrator.internals forced: the sweep must not need them;
-    # run from a project folder holding data/ and models/ packages of its own
-    proc = run_cli(
-        "sweep",
-        "--smoke",
-        "--name",
-        "smoke",
-        "--storage",
-        str(storage),
-        "--json",
-        env={"WANDB_API_KEY": SECRET, FORCE_FALLBACKS: "1"},
-        cwd=project,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    # no library's Python warning reaches the user (the exporter's once did, in a race)
-    assert "Warning:" not in proc.stdout + proc.stderr, proc.stderr[-4000:]
-    # nor Ray's and Tune's start-up lines, box and hints a user cannot act on (Ray's warning
-    # about its token-auth default is quieted in internals: tests/test_sweep_control.py)
-    for banner in (
-        "Started a local Ray instance",
-        "Configuration for experiment",
-        "View detailed results here",
-        "tensorboard --logdir",
-    ):
-        assert banner not in proc.stdout + proc.stderr, banner
-    assert re.search(r"^\[mf\] trial \w+ finished: 1/2 done", proc.stderr, re.M), proc.stderr[
-        -3000:
-    ]
-    # --json: stdout is one JSON object, the progress went to stderr
-    (line,) = proc.stdout.splitlines()
-    summary = json.loads(line)
-    assert summary["run_dir"] == str(storage / "smoke") and summary["exit_code"] == 0
-    assert [r["study"] for r in summary["results"]] == STUDIES
-    assert set(summary["exports"].values()) == {"ok"} and "search:" in proc.stderr
-    assert Path(summary["files"]["optuna.journal"]).is_file()
-    return storage / "smoke"
-
-
-STUDIES = ["mf", "autorec", "bias", "mf-ranking", "neumf", "caser", "pop", "itemknn"]
+pytestmark = pytest.mark.sweep  # the smoke run, and commands run on it
 
 
 def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path) -> None:
@@ -372,159 +293,9 @@ def test_wandb_offline_runs_hold_metrics_and_no_key(smoke_run: Path) -> None:
             assert SECRET.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ({"trails": 3}, "trails"),
-        ({"data": {"datset": "x"}}, "data.datset"),
-        ({"models": ["mf", "nope"]}, "unknown model 'nope'"),
-        ({"metric": "val/auc"}, "val/auc"),
-        ({"search_space": {"mf": {"lr": {"min": 0.1, "max": 0.01}}}}, "search_space.mf.lr"),
-        (
-            {
-                "search_space": {
-                    "mf": {"lr": {"distribution": "log_uniform_values", "min": 0, "max": 1}}
-                }
-            },
-            "min > 0",
-        ),
-        ({"search_space": {"mf": {"dimm": {"values": [8]}}}}, "dimm"),
-        ({"time_budget": "8 hours"}, "time_budget"),
-    ],
-)
-def test_bad_sweep_files_fail_before_any_trial(tmp_path: Path, content: dict, message: str) -> None:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(content))
-    with pytest.raises(ValueError, match=None) as err:
-        load_config(path, {})
-    assert message in str(err.value) and str(path) in str(err.value)
-
-
-def test_wandb_sweep_syntax_is_accepted(tmp_path: Path) -> None:
-    path = tmp_path / "sweep.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "models": ["mf", "neumf"],
-                "search_space": {
-                    "mf": {
-                        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-                        "dim": {"values": [16, 32]},
-                        "weight_decay": {"value": 0.0},
-                    }
-                },
-            }
-        )
-    )
-    cfg = load_config(path, {"trials": 3})
-    assert cfg.trials == 3 and cfg.models == ("mf", "neumf")
-
-
-def test_online_wandb_takes_the_key_of_wandb_login_or_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
+    tmp_path: Path, local_ray: None
 ) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("WANDB_API_KEY", "NETRC", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    with pytest.raises(ValueError, match="wandb login"):
-        load_config(None, {"wandb": "online"})
-    netrc = tmp_path / ".netrc"  # as `wandb login` leaves it
-    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {SECRET}\n")
-    netrc.chmod(0o600)
-    assert load_config(None, {"wandb": "online"}).wandb == "online"
-    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")  # a key for another host
-    with pytest.raises(ValueError, match="wandb login"):
-        load_config(None, {"wandb": "online"})
-    monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    assert load_config(None, {"wandb": "online"}).wandb == "online"
-
-
-def test_resume_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
-    proc = run_cli("sweep", "--resume", str(tmp_path))
-    assert proc.returncode == 2 and "not a sweep run directory" in proc.stderr
-
-
-def test_unreachable_address_is_a_clear_error(tmp_path: Path) -> None:
-    proc = run_cli(
-        "sweep", "--smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path), timeout=120
-    )
-    assert proc.returncode == 2 and "cannot reach a Ray cluster" in proc.stderr
-
-
-def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -> None:
-    from ray.tune.search import Searcher
-
-    from orchestrator.plan import check_config, schedules
-    from orchestrator.records import TRIAL
-    from orchestrator.search import StudySearch
-
-    cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
-    plan = schedules(cfg, check_config(cfg))
-    search = StudySearch(check_config(cfg), cfg, plan)
-    first = [search.suggest(f"t{i}") for i in range(3)]
-    assert [c[TRIAL]["study"] for c in first] == ["mf", "neumf", "mf"]
-    assert [c[TRIAL]["train"]["metric"] for c in first] == ["val/rmse", "val/ndcg@10", "val/rmse"]
-    assert "negatives" in first[1] and "negatives" not in first[0]  # each model's own space
-    search.on_trial_complete("t0", {"val/rmse": 0.95, "status": "epochs", "best_value": 0.9})
-    search.save(str(tmp_path / "searcher.pkl"))  # what Tune keeps for --resume
-
-    restored = StudySearch(check_config(cfg), cfg, plan)
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.suggest("t3")[TRIAL]["study"] == "neumf"  # mf has had its 2 trials
-    assert restored.suggest("t4") == Searcher.FINISHED
-    # the finished trial is part of mf's TPE history, and of mf's only
-    told = {
-        name: [t.value for t in s._ot_study.trials if t.value is not None]
-        for name, s in restored.searches.items()
-    }
-    assert told == {"mf": [0.9], "neumf": []}
-
-
-def test_wandb_runs_open_at_once_keep_their_rows_apart_and_in_order(tmp_path: Path) -> None:
-    from orchestrator.tracking import WandbRuns
-
-    runs = WandbRuns(str(tmp_path), "offline", "p")
-    runs.start("a", "trial a", "night/mf", "mf", {"lr": 0.1})
-    runs.start("b", "trial b", "night/neumf", "neumf", {"lr": 0.2})
-    for epoch in range(1, 6):  # interleaved, as the trials of a sweep report
-        runs.log("a", {"epoch": epoch, "val/rmse": 1 / epoch}, {})
-        runs.log("b", {"epoch": epoch, "val/ndcg@10": epoch / 10}, {})
-    runs.log(
-        "b",
-        {"epoch": 6, "val/ndcg@10": float("nan")},
-        {"status": "diverged", "message": "epoch 6: val/ndcg@10 is nan"},
-    )
-    runs.finish("a", 0)
-    runs.finish("b", 1)
-    runs.start("c", "trial c", "night/mf", "mf", {})  # open when the search ends
-    runs.log("ghost", {"epoch": 1}, {})  # no run was started for it: said, not dropped
-    assert runs.close() == ["trial ghost: log: no run was started for it"]
-
-    found = {r["run"].run_id: r for r in map(wandb_run, (tmp_path / "wandb").glob("offline-*"))}
-    assert sorted(found) == ["a", "b", "c"]
-    a, b = found["a"], found["b"]
-    assert (a["run"].run_group, b["run"].run_group) == ("night/mf", "night/neumf")
-    assert [r["val/rmse"] for r in a["history"]] == [1 / e for e in range(1, 6)]
-    assert [r["epoch"] for r in b["history"]] == [1, 2, 3, 4, 5, 6]
-    assert "val/rmse" not in b["history"][0] and "val/ndcg@10" not in a["history"][0]
-    assert b["summary"]["status"] == "diverged" and "diverged" not in a["summary"].values()
-    assert (a["exit_code"], b["exit_code"], found["c"]["exit_code"]) == (0, 1, 0)
-
-
-def test_a_wandb_error_is_reported_and_does_not_stop_the_caller(tmp_path: Path) -> None:
-    from orchestrator.tracking import WandbRuns
-
-    runs = WandbRuns(str(tmp_path), "sideways", "p")  # not a W&B mode: init raises
-    runs.start("a", "trial a", "night/mf", "mf", {})
-    runs.log("a", {"epoch": 1}, {})
-    runs.finish("a", 0)
-    errors = runs.close()
-    assert len(errors) == 1 and errors[0].startswith("trial a: start:"), errors
-    assert "sideways" in errors[0]
-
-
-def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(tmp_path: Path) -> None:
-    import ray
     from ray import tune
 
     from orchestrator.callbacks import SweepWandb
@@ -534,29 +305,25 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(tmp_
     def fails(config: dict) -> None:  # nested: pickled by value for the workers
         raise RuntimeError("diverged before its first epoch ended")
 
-    ray.init(num_cpus=1, include_dashboard=False)
-    try:
-        # the W&B actor starts with the first result; this trial has none
-        spec = TrialSpec.of(
-            Study("mf", "mf", "rating", "val/rmse", "min"),
-            Schedule(1, 1, ()),
-            TrainConfig(),
-            0,
-            0,
-            "defaults",
-        )
-        tune.Tuner(
-            fails,
-            param_space=spec.config({}),
-            run_config=tune.RunConfig(
-                name="failed",
-                storage_path=str(tmp_path),
-                verbose=0,
-                callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
-            ),
-        ).fit()
-    finally:
-        ray.shutdown()
+    # the W&B actor starts with the first result; this trial has none
+    spec = TrialSpec.of(
+        Study("mf", "mf", "rating", "val/rmse", "min"),
+        Schedule(1, 1, ()),
+        TrainConfig(),
+        0,
+        0,
+        "defaults",
+    )
+    tune.Tuner(
+        fails,
+        param_space=spec.config({}),
+        run_config=tune.RunConfig(
+            name="failed",
+            storage_path=str(tmp_path),
+            verbose=0,
+            callbacks=[SweepWandb("night", tmp_path, "offline", "p")],
+        ),
+    ).fit()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     run = wandb_run(runs[0])

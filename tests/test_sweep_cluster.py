@@ -25,7 +25,7 @@ from orchestrator.plan import load_config
 from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
 
-pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+pytestmark = pytest.mark.cluster  # a simulated cluster, or a Ray of the test's own
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = {"dataset": "synthetic:users=300,items=400,interactions=12000,seed=1"}
@@ -44,7 +44,9 @@ def first_result(root: Path, timeout: float = 120, finished: bool = False) -> bo
     return False
 
 
-def test_sweep_survives_the_loss_of_a_node(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_sweep_survives_the_loss_of_a_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture, no_shared_ray: None
+) -> None:
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
@@ -65,6 +67,8 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path, capsys: pytest.Captur
                 "cpus_per_trial": 0.5,
                 "wandb": "offline",
                 "data": DATA,
+                "export": False,  # the search across nodes is tested, not its tail
+                "report": False,
             },
         )
 
@@ -110,7 +114,7 @@ def test_sweep_survives_the_loss_of_a_node(tmp_path: Path, capsys: pytest.Captur
     assert "W&B:" not in capsys.readouterr().err  # no W&B error reported
 
 
-def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
+def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path, no_shared_ray: None) -> None:
     from ray import tune
 
     from orchestrator.search import fit_experiment
@@ -143,7 +147,7 @@ def test_trials_lost_with_their_worker_are_resumed(tmp_path: Path) -> None:
     assert grid[0].metrics["val/rmse"] == 1.0
 
 
-def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+def test_resume_after_the_driver_is_killed(tmp_path: Path, no_shared_ray: None) -> None:
     args = [
         sys.executable,
         "-m",
@@ -163,6 +167,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         "disabled",
         "--dataset",
         DATA["dataset"],
+        *("--export", "false", "--report", "false"),  # the search and its resume are tested
     ]
     # save the experiment state often, but not at every step: Tune writes it in place, and
     # a kill landing mid-write leaves a state Tune cannot read (it then restarts the
@@ -228,11 +233,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         )
 
 
-def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:
+def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path, local_ray: None) -> None:
     from ray import tune
-
-    from orchestrator.cluster import connect
-    from orchestrator.config import SweepConfig
 
     def probe(config: dict) -> None:  # nested: pickled by value for the workers
         import torch
@@ -242,7 +244,6 @@ def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:
         torch.set_num_threads(2)  # as a worker that imported torch before the trial
         tune.report({"threads": use_trial_cpus()})
 
-    connect(SweepConfig())
     cpus = int(ray.cluster_resources()["CPU"])
     grid = tune.Tuner(
         tune.with_resources(probe, {"cpu": 1}),
@@ -250,10 +251,3 @@ def test_each_trial_sizes_its_thread_pool_to_its_cpus(tmp_path: Path) -> None:
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     ).fit()
     assert [r.metrics["threads"] for r in grid] == [1] * cpus
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_ray() -> None:
-    yield
-    if ray.is_initialized():
-        ray.shutdown()

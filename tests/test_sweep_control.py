@@ -23,10 +23,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import ray
 import yaml
 from optuna.trial import TrialState
 
+from orchestrator.cli import main
 from orchestrator.data import load_dataset, load_datasets
 from orchestrator.engine.evaluation import evaluate
 from orchestrator.engine.train import fold_val
@@ -37,7 +37,7 @@ from orchestrator.plan import load_config
 from orchestrator.rundir import RunDir
 from orchestrator.sweep import run_sweep
 
-pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
+pytestmark = pytest.mark.sweep  # whole sweeps, in-process (on the shared local Ray) or not
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:users=200,items=300,interactions=8000,seed=2"
@@ -50,13 +50,18 @@ LONG = {
     "baselines": [],
     "data": {"dataset": DATASET},
 }
+# what a test of the search, the signals or the budget does not pay for (the smoke run and
+# the Ctrl-C test below export and report)
+NO_TAIL = {"export": False, "report": False}
+NO_TAIL_FLAGS = ["--export", "false", "--report", "false"]
 
 
-def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> None:
+def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path, local_ray: None) -> None:
     cfg = load_config(
         None,
         {
             **LONG,
+            **NO_TAIL,
             "name": "budget",
             "storage": str(tmp_path),
             "models": ["mf", "neumf"],
@@ -66,22 +71,25 @@ def test_time_budget_stops_the_sweep_and_keeps_its_results(tmp_path: Path) -> No
     run_dir = run_sweep(cfg)
     table = RunDir(run_dir).results
     assert list(table["study"]) == ["mf", "neumf"]
-    # both studies got their share of the budget, kept their best trial and exported it
+    # both studies got their share of the budget and kept their best trial (not exported:
+    # `export: false`, and no report either)
     assert (table["status"] == "ok").all(), table[["study", "status"]]
-    assert (table["export"] == "ok").all(), table[["study", "export"]]
+    assert "export" not in table.columns and not (run_dir / "models").exists()
+    assert not (run_dir / "report.html").exists()
     assert table["test/rmse"].notna().iloc[0] and table["test/ndcg@10"].notna().iloc[1]
     trials = RunDir(run_dir).trials
     assert len(trials) < 2 * LONG["trials"]  # the budget, not the trial count, ended it
     assert (trials["epochs"] < LONG["epochs"]).all()
 
 
-def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path) -> None:
+def test_a_time_budget_keeps_ashas_stops_as_asha(tmp_path: Path, local_ray: None) -> None:
     # ASHA compares at epochs 1, 2, 4, ...; the studies' first trials (never stopped) and the
     # trials running when the budget ends are the only ones the budget stops
     cfg = load_config(
         None,
         {
             **LONG,
+            **NO_TAIL,
             "name": "rungs",
             "storage": str(tmp_path),
             "models": ["mf"],
@@ -150,6 +158,8 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     assert driver.returncode == 130, out[-4000:]  # interrupted, its table written
+    assert "interrupted (SIGINT)" in out and "Token authentication" not in out
+    assert not (run_dir / ".claim").exists()  # the run directory is free again
     table = pd.read_csv(run_dir / "results.csv")
     assert list(table["study"]) == ["mf", "bias", "neumf", "pop", "itemknn"]
     # the study Ctrl-C hit keeps its best trial so far; the other one had not started; the
@@ -163,10 +173,13 @@ def test_ctrl_c_stops_the_sweep_and_writes_the_table(tmp_path: Path) -> None:
     assert "--resume" in out
 
 
-def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path: Path) -> None:
+def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(
+    tmp_path: Path, local_ray: None
+) -> None:
     cfg = load_config(
         None,
         {
+            **NO_TAIL,
             "name": "seeds",
             "storage": str(tmp_path),
             "models": ["mf", "neumf"],
@@ -206,11 +219,12 @@ def test_final_seeds_retrain_the_best_configuration_and_test_its_refits(tmp_path
     ids=["ml-100k-u1-u2", "synthetic-k3"],
 )
 def test_folds_test_the_chosen_configurations_and_the_baselines_on_every_fold(
-    tmp_path: Path, ml100k_dir: Path, data: dict, splits: list[str], seeds: int
+    tmp_path: Path, ml100k_dir: Path, data: dict, splits: list[str], seeds: int, local_ray: None
 ) -> None:
     cfg = load_config(
         None,
         {
+            "export": False,  # the report is read below
             "name": "folds",
             "storage": str(tmp_path),
             "models": ["mf", "mf:ranking"],
@@ -263,17 +277,11 @@ def test_folds_test_the_chosen_configurations_and_the_baselines_on_every_fold(
     assert page.count("on each fold:") == 2 and f"<th>{splits[-1]}</th>" in page
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_ray() -> None:
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> None:
+def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path, local_ray: None) -> None:
     cfg = load_config(
         None,
         {
+            **NO_TAIL,
             "name": "sparse",
             "storage": str(tmp_path),
             "models": ["mf"],
@@ -303,7 +311,9 @@ def test_trials_report_every_best_epoch_and_skip_the_rest(tmp_path: Path) -> Non
     assert row["epochs"] == 30 and row["val/rmse"] == pytest.approx(min(rmse), abs=1e-6)
 
 
-def test_a_sweep_whose_study_has_no_finished_trial_exits_1(tmp_path: Path) -> None:
+def test_a_sweep_whose_study_has_no_finished_trial_exits_1(
+    tmp_path: Path, local_ray: None, capsys: pytest.CaptureFixture
+) -> None:
     # every mf trial diverges in its first epoch (a learning rate of 1e30): the sweep ends,
     # writes its table (the bias baseline is tested), and its exit code says a study has no
     # model
@@ -318,37 +328,22 @@ def test_a_sweep_whose_study_has_no_finished_trial_exits_1(tmp_path: Path) -> No
                 "wandb": "disabled",
                 "data": {"dataset": DATASET},
                 "search_space": {"mf": {"lr": {"value": 1.0e30}}},
+                **NO_TAIL,
             }
         )
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "sweep",
-            "--config",
-            str(config),
-            "--name",
-            "failed",
-            "--storage",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 1, proc.stderr[-4000:]
-    assert "error: no tested model for mf" in proc.stderr
+    args = ["sweep", "--config", str(config), "--name", "failed", "--storage", str(tmp_path)]
+    assert main(args) == 1  # the command line's exit code, in-process on the shared Ray
+    err = capsys.readouterr().err
+    assert "error: no tested model for mf" in err
     status = pd.read_csv(tmp_path / "failed" / "results.csv").set_index("study")["status"]
     assert status["mf"] == "no finished trial" and status["bias"] == "ok"
 
 
 @pytest.mark.parametrize(
     "signum,resume",
-    [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGHUP, False)],
-    ids=["ctrl-c", "sigterm", "sighup"],
+    [(signal.SIGTERM, True), (signal.SIGHUP, False)],
+    ids=["sigterm", "sighup"],  # Ctrl-C: test_ctrl_c_stops_the_sweep_and_writes_the_table
 )
 def test_a_signal_stops_the_sweep_and_resume_finishes_it(
     tmp_path: Path, signum: int, resume: bool
@@ -358,7 +353,7 @@ def test_a_signal_stops_the_sweep_and_resume_finishes_it(
         sys.executable, "-m", "orchestrator", "sweep", "--name", "stopped", "--storage",
         str(tmp_path), "--models", "mf", "--baselines", "bias", "--trials", "2", "--epochs",
         "300", "--wandb", "disabled", "--dataset", DATASET, "--time-budget", "none",
-        "--cpus-per-trial", "2",
+        "--cpus-per-trial", "2", *NO_TAIL_FLAGS,
     ]  # fmt: skip
     driver = subprocess.Popen(args, cwd=REPO, start_new_session=True, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
@@ -368,10 +363,7 @@ def test_a_signal_stops_the_sweep_and_resume_finishes_it(
         while not list(run_dir.rglob("result.json")) and time.time() < end:
             time.sleep(0.2)
         time.sleep(1)
-        if signum == signal.SIGINT:
-            os.killpg(driver.pid, signum)  # what Ctrl-C in a terminal does
-        else:
-            os.kill(driver.pid, signum)  # `kill`, systemd or a scheduler: the driver
+        os.kill(driver.pid, signum)  # `kill`, systemd or a scheduler: the driver
         out, _ = driver.communicate(timeout=180)
     finally:
         if driver.poll() is None:
@@ -406,7 +398,7 @@ def test_two_sweeps_on_one_name_one_runs_the_other_fails_at_once(tmp_path: Path)
     args = [
         sys.executable, "-m", "orchestrator", "sweep", "--name", "twin", "--storage",
         str(tmp_path), "--models", "mf", "--baselines", "", "--trials", "1", "--epochs", "2",
-        "--wandb", "disabled", "--dataset", DATASET,
+        "--wandb", "disabled", "--dataset", DATASET, *NO_TAIL_FLAGS,
     ]  # fmt: skip
     twins = [subprocess.Popen(args, cwd=REPO, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip

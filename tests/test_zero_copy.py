@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from orchestrator.config import DataConfig
 from orchestrator.data import load_dataset
 from orchestrator.engine.evaluation import to_device
 
-pytestmark = pytest.mark.slow  # Ray, sweeps or subprocesses
 
-
-def test_trials_read_the_object_store_copy_of_the_data(tmp_path: Path) -> None:
-    import ray
+def test_trials_read_the_object_store_copy_of_the_data(tmp_path: Path, local_ray: None) -> None:
     from ray import tune
 
     def trial(config: dict, data) -> None:  # nested: pickled by value for the workers
@@ -45,15 +40,11 @@ def test_trials_read_the_object_store_copy_of_the_data(tmp_path: Path) -> None:
     data = load_dataset(
         DataConfig(dataset="synthetic:users=300,items=400,interactions=20000", eval_negatives=0)
     )
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        grid = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trial, data=data), {"cpu": 1}),
-            param_space={"n": tune.grid_search([0, 1])},
-            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
-        ).fit()
-    finally:
-        ray.shutdown()
+    grid = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial, data=data), {"cpu": 1}),
+        param_space={"n": tune.grid_search([0, 1])},
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    ).fit()
     rows = grid.get_dataframe()
     assert len(rows) == 2 and rows["pid"].nunique() == 2  # two processes on one node
     assert rows["read_only"].all() and rows["shared"].all()
