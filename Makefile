@@ -19,11 +19,11 @@ setup: $(VENV)/.installed
 # one line, and no half-built venv left behind, when Python or the torch wheel is missing
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
-	  echo "make: Python 3.11 or newer is needed to build $(VENV); '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing) (set PYTHON=python3.11)" >&2; exit 1; }
+	  echo "make: Python 3.11 or newer is needed to build $(VENV); '$(PYTHON)' is $$($(PYTHON) --version 2>/dev/null || echo missing) (set PYTHON=python3.11)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0 || { rm -rf $(VENV); \
-	  echo "make: no torch==2.13.0 wheel for this Python and platform ($$($(PYTHON) --version 2>&1), $$(uname -m)); see https://pytorch.org/get-started/locally/" >&2; exit 1; }
+	  echo "make: no torch==2.13.0 wheel for this Python and platform ($$($(PYTHON) --version 2>/dev/null), $$(uname -m)); see https://pytorch.org/get-started/locally/" >&2; exit 1; }
 	$(BIN)/python -m pip install -q -e '.[dev,viz]'
 	touch $@
 
