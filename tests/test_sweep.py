@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -16,9 +18,23 @@ from helpers import SECRET, run_cli
 from helpers import SMOKE_STUDIES as STUDIES
 from wandb_log import wandb_run
 
+from orchestrator.cli import main
 from orchestrator.rundir import RunDir
 
 pytestmark = pytest.mark.sweep  # the smoke run, and commands run on it
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture) -> Callable[..., SimpleNamespace]:
+    """The command line in-process (`main`), answering as `run_cli` does: where a test needs
+    no process of its own (the project-folder test runs every command as a user does)."""
+
+    def run(*args: str) -> SimpleNamespace:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
 
 
 def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path) -> None:
@@ -154,17 +170,6 @@ def test_env_json_records_versions_commit_and_nodes(smoke_run: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("recsweep ")
 
 
-def test_export_json_is_one_object(smoke_run: Path) -> None:
-    proc = run_cli("export", str(smoke_run), "--study", "mf", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == {
-        "run_dir": str(smoke_run),
-        "exports": {"mf": "ok"},
-        "exit_code": 0,
-    }
-    assert "mf: ok" in proc.stderr  # the human line, on stderr
-
-
 def test_every_command_runs_from_a_project_folder_holding_data_and_models(
     smoke_run: Path, project: Path, tmp_path: Path
 ) -> None:
@@ -186,7 +191,7 @@ def test_every_command_runs_from_a_project_folder_holding_data_and_models(
             cwd=project,
         ),
         "results": run_cli("results", str(smoke_run), cwd=project, command=recsweep),
-        "export": run_cli("export", str(smoke_run), "--study", "mf", cwd=project),
+        "export": run_cli("export", str(smoke_run), "--study", "mf", "--json", cwd=project),
         "recommend": run_cli(
             "recommend", str(smoke_run / "models" / "mf.onnx"), "--user", "1", cwd=project
         ),
@@ -197,19 +202,28 @@ def test_every_command_runs_from_a_project_folder_holding_data_and_models(
         assert "the project's own" not in proc.stderr
     assert "mf" in {m["name"] for m in json.loads(runs["models"].stdout)["models"]}
     assert "60" in runs["data"].stdout and "## Rating prediction" in runs["results"].stdout
+    # --json: the last line of stdout is one object, the human line went to stderr
+    assert json.loads(runs["export"].stdout.splitlines()[-1]) == {
+        "run_dir": str(smoke_run),
+        "exports": {"mf": "ok"},
+        "exit_code": 0,
+    }
+    assert "mf: ok" in runs["export"].stderr
 
 
-def test_results_command_prints_the_table(smoke_run: Path) -> None:
-    proc = run_cli("results", str(smoke_run), "--format", "json")
+def test_results_command_prints_the_table(smoke_run: Path, cli: Callable) -> None:
+    proc = cli("results", str(smoke_run), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["study"] for r in rows] == STUDIES
-    md = run_cli("results", str(smoke_run)).stdout
+    md = cli("results", str(smoke_run)).stdout
     assert md == (smoke_run / "results.md").read_text(encoding="utf-8")
     assert md.startswith("## Rating prediction") and "caser" in md
 
 
-def test_results_of_several_runs_make_one_table_per_kind(smoke_run: Path, tmp_path: Path) -> None:
+def test_results_of_several_runs_make_one_table_per_kind(
+    smoke_run: Path, tmp_path: Path, cli: Callable
+) -> None:
     import shutil
 
     runs = []
@@ -222,7 +236,7 @@ def test_results_of_several_runs_make_one_table_per_kind(smoke_run: Path, tmp_pa
     frame = pd.read_parquet(runs[1] / "results.parquet")
     frame.loc[frame["study"] == "bias", "test/rmse"] = 0.5  # the best of its column now
     frame.to_parquet(runs[1] / "results.parquet")
-    md = run_cli("results", *map(str, runs))
+    md = cli("results", *map(str, runs))
     assert md.returncode == 0, md.stderr
     rating = md.stdout.split("## Top-N ranking")[0]
     header = next(line for line in rating.splitlines() if line.startswith("| study"))
@@ -241,7 +255,7 @@ def test_results_of_several_runs_make_one_table_per_kind(smoke_run: Path, tmp_pa
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[header.strip("|").split("|").index(f" {first} {split}: test/rmse ")][:2] == "**"
 
-    tex = run_cli("results", *map(str, runs), "--format", "latex")
+    tex = cli("results", *map(str, runs), "--format", "latex")
     assert tex.returncode == 0, tex.stderr
     for table in tex.stdout.split("% ")[1:]:  # one tabular per kind, booktabs rules
         spec = re.search(r"\\begin\{tabular\}\{(l(r+))\}", table)
@@ -255,7 +269,7 @@ def test_results_of_several_runs_make_one_table_per_kind(smoke_run: Path, tmp_pa
 
     frame.columns = [c.replace("ndcg@10", "ndcg@5") for c in frame.columns]  # another K
     frame.to_parquet(runs[1] / "results.parquet")
-    bad = run_cli("results", *map(str, runs))
+    bad = cli("results", *map(str, runs))
     assert bad.returncode == 2 and "cannot be aligned" in bad.stderr, bad.stderr
     assert f"second {split}" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
@@ -331,7 +345,9 @@ def test_a_trial_that_fails_before_its_first_result_still_has_its_wandb_run(
     assert run["history"] == []
 
 
-def test_a_run_directory_is_checked_before_it_is_believed(smoke_run: Path, tmp_path: Path) -> None:
+def test_a_run_directory_is_checked_before_it_is_believed(
+    smoke_run: Path, tmp_path: Path, cli: Callable
+) -> None:
     import shutil
 
     def edited(name: str, change) -> Path:
@@ -342,7 +358,7 @@ def test_a_run_directory_is_checked_before_it_is_believed(smoke_run: Path, tmp_p
 
     # a trials table copied over the results table is not printed as the results
     swapped = edited("tables", lambda r: shutil.copy(r / "trials.parquet", r / "results.parquet"))
-    proc = run_cli("results", str(swapped))
+    proc = cli("results", str(swapped))
     assert proc.returncode == 2 and "results.parquet: not a results table" in proc.stderr
 
     # sweep.yaml's data edited: the report will not draw another dataset under this run's name
@@ -351,14 +367,14 @@ def test_a_run_directory_is_checked_before_it_is_believed(smoke_run: Path, tmp_p
         cfg["data"]["seed"] = cfg["data"]["seed"] + 1
         (run / "sweep.yaml").write_text(yaml.safe_dump(cfg))
 
-    proc = run_cli("report", str(edited("data", other_data)))
+    proc = cli("report", str(edited("data", other_data)))
     assert proc.returncode == 2 and "data.json: the sweep ran on data" in proc.stderr, proc.stderr
 
     # another study's checkpoint copied over mf's is not exported as mf
     def other_checkpoint(run: Path) -> None:
         shutil.copy(run / "checkpoints" / "neumf.pt", run / "checkpoints" / "mf.pt")
 
-    proc = run_cli("export", str(edited("checkpoint", other_checkpoint)), "--study", "mf")
+    proc = cli("export", str(edited("checkpoint", other_checkpoint)), "--study", "mf")
     assert proc.returncode == 1, proc.stderr
     assert "mf.pt: a checkpoint of study 'neumf' (neumf, ranking), not of 'mf'" in proc.stderr
 
@@ -368,7 +384,7 @@ def test_a_run_directory_is_checked_before_it_is_believed(smoke_run: Path, tmp_p
     state = max((cut / "search").glob("experiment_state-*.json"))
     state.write_bytes(state.read_bytes()[:1000])
     files = {f: f.stat().st_mtime_ns for f in cut.rglob("*")}
-    proc = run_cli("sweep", "--resume", str(cut))
+    proc = cli("sweep", "--resume", str(cut))
     assert proc.returncode == 2, proc.stderr
     assert f"error: {state}: Ray Tune's experiment state is cut short" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
