@@ -1,5 +1,6 @@
 """The sweep's control, unit by unit (one end-to-end test of each is in
-test_sweep_control.py): the signals that stop it, and the claim on its run directory."""
+test_sweep_control.py): the signals that stop it and the exit code they leave, and the claim
+on its run directory. (The time budget's: test_search.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import cli
 from orchestrator.rundir import CLAIM, claimed
 from orchestrator.signals import STOP, Interrupted, InterruptOnStop, signals_stop_studies
 
@@ -63,6 +65,20 @@ def test_a_stop_interrupts_tunes_loop_as_ctrl_c_does() -> None:
     finally:
         signal.signal(signal.SIGUSR1, previous)
         STOP.clear()
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_a_stopped_command_exits_128_plus_the_signal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, signum: int, code: int
+) -> None:
+    def stopped(args: object) -> int:  # what run_sweep raises once the table is written
+        raise Interrupted(signum)
+
+    monkeypatch.setattr(cli, "cmd_sweep", stopped)
+    assert cli.main(["sweep", "--smoke"]) == code
+    assert f"interrupted ({signal.Signals(signum).name})" in capsys.readouterr().err
 
 
 def test_a_run_directory_is_held_by_one_sweep_and_freed_after(tmp_path: Path) -> None:
