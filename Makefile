@@ -1,7 +1,8 @@
 # The README's commands on a fresh machine with Python 3.11+ (the README opens with them):
 #   make sweep      the whole pipeline on the embedded default (MovieLens 100K when it is in
 #                   the data dir, else the synthetic data): a --smoke sweep, about a minute
-#   make test-fast  the fast tier: every test that starts no Ray and no sweep (about a minute)
+#   make test-fast  the fast tier: every test that starts no Ray, runs no sweep, opens no
+#                   browser and trains on no million ratings (about a minute)
 #   make test       the checks and the whole suite, the fast tier first, as CI runs them
 #                   (.ci/run calls it)
 # Each first sets up $(VENV) when needed, as the README's longer set-up does: the CPU torch

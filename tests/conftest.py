@@ -2,8 +2,9 @@
 
 The suite runs in tiers by cost, the markers declared in pyproject.toml: `ray` (a local
 Ray), `sweep` (a whole sweep), `cluster` (a simulated multi-node cluster), `browser`
-(chromium). A test that takes `local_ray` is marked `ray`, and one that takes `smoke_run`
-is marked `sweep`, whatever its module says: the fast tier can never start either.
+(chromium), `scale` (a million ratings). A test that takes `local_ray` is marked `ray`, and
+one that takes `smoke_run` is marked `sweep`, whatever its module says: the fast tier can
+never start either.
 """
 
 from __future__ import annotations

@@ -368,6 +368,7 @@ def test_neumf_pretraining_runs_in_the_loop_and_fuses_the_towers(data):
         create_model("neumf", DataSpec.from_data(data), tower="gmf", pretrain=True)
 
 
+@pytest.mark.scale
 def test_every_model_trains_an_epoch_on_a_million_ratings():
     # a million ratings (20,000 users x 4,000 items): one epoch of each model and task, with
     # small dims, within the suite's time; the loss is a number and nothing runs out of memory
