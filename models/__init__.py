@@ -5,7 +5,18 @@ link `orchestrator/models`), never as `models`, so a user's own `models/` folder
 nothing.
 """
 
-from orchestrator.models import autorec, bias, caser, itemknn, mf, neumf, pop  # noqa: F401  (registration)
+from orchestrator.models import (  # noqa: F401  (registration)
+    autorec,
+    bias,
+    caser,
+    ease,
+    itemknn,
+    mf,
+    neumf,
+    pop,
+    puresvd,
+    rp3beta,
+)
 from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model, list_models, register_model
 

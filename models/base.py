@@ -192,7 +192,13 @@ class Recommender(nn.Module):
 
     def __init__(self, spec: DataSpec, task: str, params: Any) -> None:
         super().__init__()
+        self.check_data(spec)
         self.spec, self.task, self.params = spec, task, params
+
+    @classmethod
+    def check_data(cls, spec: DataSpec) -> None:
+        """Raise a ValueError naming the limit when the model cannot be built for data of
+        this size (a sweep asks before its search starts); most models can."""
 
     @classmethod
     def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
@@ -250,3 +256,69 @@ class Recommender(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
+
+
+class ItemToItem(Recommender):
+    """A linear item-to-item model for ranking: a user's scores are `X[u] @ W`, X the binary
+    training interactions (a `[n_users, n_items]` bool buffer) and W a dense `[n_items,
+    n_items]` float32 matrix that a subclass computes from X in `item_weights` (its fit:
+    nothing is trained). W's size grows with the catalogue squared, so a catalogue above
+    `MAX_ITEMS` is refused when the model is built, before anything is allocated.
+    """
+
+    tasks = ("ranking",)
+    learned = False
+    MAX_ITEMS: ClassVar[int] = 30_000
+    FIT_BYTES_PER_CELL: ClassVar[int] = 4
+    """Peak bytes per `[n_items, n_items]` cell while fitting (the message of a refusal)."""
+    interactions: Tensor  # buffer [n_users, n_items] bool
+    weights: Tensor  # buffer [n_items, n_items]
+
+    def __init__(self, spec: DataSpec, task: str, params: Any) -> None:
+        super().__init__(spec, task, params)
+        self.register_buffer(
+            "interactions", torch.zeros(spec.n_users, spec.n_items, dtype=torch.bool)
+        )
+        self.register_buffer("weights", torch.zeros(spec.n_items, spec.n_items))
+
+    @classmethod
+    def check_data(cls, spec: DataSpec) -> None:
+        if spec.n_items > cls.MAX_ITEMS:
+            gb = spec.n_items**2 * cls.FIT_BYTES_PER_CELL / 1e9
+            raise ValueError(
+                f"{cls.name}: {spec.n_items:,} items need a dense {spec.n_items:,} x "
+                f"{spec.n_items:,} item matrix (about {gb:.0f} GB to fit); its limit is "
+                f"{cls.MAX_ITEMS:,} items (filter the catalogue with --item-core)"
+            )
+
+    @property
+    def eval_batch_users(self) -> int:
+        """Users per `score_all` call: `[users, n_items]` float32 at about 256 MB."""
+        return max(1, 2**26 // self.spec.n_items)
+
+    def item_weights(self, X: Any) -> Tensor:
+        """W `[n_items, n_items]` from the binary interactions X (scipy CSR, float64)."""
+        raise NotImplementedError
+
+    def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
+        """Compute W from `train`'s binary interactions (each pair once)."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        user, item = train.user.cpu().numpy(), train.item.cpu().numpy()
+        X = sp.csr_matrix(
+            (np.ones(len(user)), (user, item)), shape=(self.spec.n_users, self.spec.n_items)
+        )
+        X.data[:] = 1.0  # repeats count once
+        self.weights.copy_(self.item_weights(X))
+        dev = self.weights.device
+        self.interactions.zero_()[train.user.to(dev), train.item.to(dev)] = True  # [U, I]
+        return super().examples(train)
+
+    def forward(self, user: Tensor, item: Tensor) -> Tensor:
+        """Score `[B]` of each (user, item) pair: the user's items' weights towards `item`."""
+        had = self.interactions[user].to(self.weights.dtype)  # [B, I]
+        return (had * self.weights[:, item].T).sum(-1)  # [B]
+
+    def score_all(self, user: Tensor, seq: Tensor | None = None) -> Tensor:
+        return self.interactions[user].to(self.weights.dtype) @ self.weights  # [B, n_items]

@@ -45,12 +45,15 @@ from orchestrator.engine.evaluation import check_ks
 from orchestrator.final import final_runs, final_runs_per_study
 from orchestrator.finalize import finalize
 from orchestrator.journal import write_journal
+from orchestrator.models.base import DataSpec
+from orchestrator.models.registry import get_model_class
 from orchestrator.plan import (
     SEARCH,
     check_config,
     check_tune_state,
     experiment_root,
     load_run_config,
+    parse_study,
     resolved,
     run_directory,
     schedules,
@@ -180,9 +183,12 @@ def prepare_data(cfg: SweepConfig, studies: list[Study]) -> list[PreparedData]:
     search's), prepared once on the driver (trials read them from the object store)."""
     folds = load_datasets(cfg.data, fold_splits(cfg.data.folds) or (cfg.data.split,))
     search = ", the search's fold" if len(folds) > 1 else ""
+    baselines = [parse_study(entry, "", cfg.train.ks, "baselines") for entry in cfg.baselines]
     for data in folds:
         if any(s.task != "rating" for s in studies):
             check_ks(tuple(cfg.train.ks), data)
+        for study in [*studies, *baselines]:  # a model too big for the data fails now
+            get_model_class(study.model).check_data(DataSpec.from_data(data))
         print(
             f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
             f"{len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test, "
