@@ -42,7 +42,7 @@ def prepare(
     item_core: int = 0,
     dedup: str = "last",
     seed: int = 0,
-    eval_negatives: int = 100,
+    eval_negatives: int = 99,
     rating_range: tuple[float, ...] | None = None,
 ) -> PreparedData:
     """Filter, index and split a raw dataset (see the module docstring for each step).

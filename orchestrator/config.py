@@ -62,7 +62,9 @@ class DataConfig:
         "repeated (user, item) pairs: keep 'last' or 'first' in time, 'mean' rating, or 'error'",
     )
     seed: int = opt(0, "seed of the split and of the sampled-protocol negatives")
-    eval_negatives: int = opt(100, "negatives per val/test row for the sampled protocol")
+    eval_negatives: int = opt(
+        99, "negatives per val/test row for the sampled protocol (99: 100 candidates, as NCF)"
+    )
     rating_range: tuple[float, ...] | None = opt(
         None,
         "the rating scale lo,hi (e.g. 0.5,5): a rating outside it is an error, predictions "

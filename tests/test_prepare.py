@@ -125,6 +125,16 @@ def test_eval_negatives_are_never_interactions(prepared):
         assert all(len(set(row)) == neg.shape[1] for row in neg.tolist())
 
 
+def test_the_sampled_protocol_has_100_candidates_by_default(ml100k) -> None:
+    # NCF's files and the papers that follow them: the target among 99 negatives
+    from orchestrator.config import DataConfig
+
+    assert DataConfig().eval_negatives == 99
+    data = prepare(ml100k, "leave-last")
+    assert data.test_negatives.shape == (len(data.test), 99)
+    assert data.val_negatives.shape == (len(data.val), 99)
+
+
 # --- filters ---------------------------------------------------------------------------------
 
 
