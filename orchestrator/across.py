@@ -70,7 +70,7 @@ def _aligned(
     rows in order of first appearance, (run label, metric) columns."""
     text, value = {}, {}
     for label, group in groups:
-        shown = readable(group).set_index(group["study"].to_numpy())
+        shown = readable(group, "all").set_index(group["study"].to_numpy())
         for metric in metrics:
             text[label, metric] = shown[metric]
             value[label, metric] = group.set_index("study")[metric].astype(float)

@@ -124,7 +124,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     runs = [RunDir(path) for path in args.run_dir]
     if len(runs) == 1 and args.format != "latex":
         frame = runs[0].trials if args.trials else runs[0].results
-        print(results.render(frame, args.format), end="")
+        print(results.render(frame, args.format, args.columns), end="")
         return 0
     if args.trials or args.format == "json":
         raise ValueError(
@@ -184,6 +184,12 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--format", default="md", choices=("md", "csv", "json", "latex"))
     r.add_argument("--trials", action="store_true", help="every trial of every study instead")
+    r.add_argument(
+        "--columns",
+        default="main",
+        choices=("main", "all"),
+        help="md: the main columns (at most 14 a table) or all of them (csv and json: all)",
+    )
     r.set_defaults(func=cmd_results)
 
 

@@ -57,10 +57,7 @@ def evaluation_name(
         )
     else:
         n = 0 if data.test_negatives is None else int((data.test_negatives >= 0).sum(1).max())
-        protocol = (
-            f"sampled: each test item among up to {n} fixed negatives (coverage, Gini, ARP "
-            "and novelty of the top K of those candidates)"
-        )
+        protocol = f"sampled: each test item among up to {n} fixed negatives"
     ks = ",".join(map(str, cfg.ks))
     return f"{where}; {protocol}; K={ks}; main metric {metric}"
 

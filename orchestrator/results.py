@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.data.files import atomic_write, write_text
-from orchestrator.engine.metrics import lower_is_better
+from orchestrator.engine.metrics import ERROR_NAMES, RANKING_NAMES, lower_is_better
 from orchestrator.records import StudyResult
 from orchestrator.rundir import BY_FOLD, HISTORY, RESULTS, TRIALS, UNITS
 from orchestrator.stats import aggregate, aggregate_seeds, means, significance
@@ -247,13 +247,15 @@ def _p_cell(row: pd.Series, col: str) -> str:
     return f"({label})" if note == f"is the {label}" else note
 
 
-def readable(frame: pd.DataFrame) -> pd.DataFrame:
+def readable(frame: pd.DataFrame, columns: str = "main") -> pd.DataFrame:
     """One table for reading (Markdown here, HTML in the report), as strings: `x_std`
     columns fold into `x` as `mean ± std`, p-values read as p or why none, and the main
     metric carries (+) or (-) where it is better or worse than the best baseline at
-    p < ALPHA;
-    validation metrics other than the optimised one, metrics no row has, and the
-    hyperparameters are left to the CSV/Parquet files."""
+    p < ALPHA. `columns`: "main" (`main_columns`: at most 14) or "all" (every metric a row
+    has, the validation metrics other than the optimised one and the hyperparameters
+    left to the CSV/Parquet files)."""
+    if columns not in ("main", "all"):
+        raise ValueError(f"--columns {columns!r}: expected main or all")
     optimised = set(frame["metric"].dropna()) if "metric" in frame.columns else set()
     cols = [
         c
@@ -263,6 +265,9 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
         and not (c.startswith("val/") and c not in optimised)
         and not (c.startswith(("val/", "test/")) and frame[c].isna().all())
     ]
+    main = main_columns(frame)
+    if columns == "main" and main:
+        cols = [c for c in main if c in cols]
     best_base = _best_baseline(frame)
     out = []
     for _, row in frame.iterrows():
@@ -281,6 +286,34 @@ def readable(frame: pd.DataFrame) -> pd.DataFrame:
             cells.append(text)
         out.append(cells)
     return pd.DataFrame(out, columns=cols)
+
+
+def main_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns a reader looks at first, at most 14: who the row is, the main metric and
+    its p-values, the other accuracy metrics at the main metric's K, the seeds and folds
+    where there are several, the time and the export. Empty for a frame with no main
+    metric (a trials table, or a run from before tables per evaluation)."""
+    metric = next(iter(frame["main_metric"].dropna()), "") if "main_metric" in frame else ""
+    if not metric:
+        return []
+    name, _, k = str(metric).removeprefix("test/").partition("@")
+    names = ERROR_NAMES if name in ERROR_NAMES else RANKING_NAMES
+    others = [f"test/{n}" + (f"@{k}" if k else "") for n in names if n != name]
+    several = [c for c in ("folds", "seeds") if c in frame and (frame[c].fillna(1) > 1).any()]
+    return [
+        "study",
+        "model",
+        "task",
+        "status",
+        "origin",
+        str(metric),
+        *others,
+        "p_vs_best",
+        "p_vs_baseline",
+        *several,
+        "time_s",
+        "export",
+    ]
 
 
 def _best_baseline(frame: pd.DataFrame) -> float | None:
@@ -318,11 +351,11 @@ NOTE = (
 )
 
 
-def markdown(frame: pd.DataFrame) -> str:
+def markdown(frame: pd.DataFrame, columns: str = "main") -> str:
     """One GitHub-flavoured Markdown section per table of `readable` rows."""
     parts = []
     for title, evaluation, group in sections(frame):
-        shown = readable(group)
+        shown = readable(group, columns)
         lines = [f"## {title}", ""] + ([evaluation, ""] if evaluation else [])
         lines.append(md_table(list(shown.columns), shown.itertuples(index=False)))
         parts.append("\n".join(lines))
@@ -338,9 +371,11 @@ def md_table(header: list[str], rows: Iterable[Iterable[str]]) -> str:
     return line(header) + "|" + "---|" * len(header) + "\n" + "".join(map(line, rows))
 
 
-def render(frame: pd.DataFrame, fmt: str = "md") -> str:
+def render(frame: pd.DataFrame, fmt: str = "md", columns: str = "main") -> str:
+    """`frame` as `results` prints it: Markdown (its `columns`), or every column as CSV or
+    JSON."""
     if fmt == "md":
-        return markdown(frame)
+        return markdown(frame, columns)
     if fmt == "csv":
         return csv_safe(frame).to_csv(index=False)
     if fmt == "json":

@@ -16,7 +16,7 @@ from orchestrator.engine.metrics import (
     ranking_metrics_from_scores,
     rating_metrics,
 )
-from orchestrator.engine.sampled import sampled_ranking, sampled_ranking_per_row
+from orchestrator.engine.sampled import sampled_ranking
 
 KS = [1, 3, 5, 10]
 
@@ -438,7 +438,7 @@ def test_beyond_accuracy_on_hand_computed_lists() -> None:
     assert list(out) == [f"{m}@{k}" for m in metrics.BEYOND_NAMES for k in (1, 3)]
 
 
-def test_the_ranking_passes_hand_over_the_lists_they_ranked() -> None:
+def test_the_full_ranking_pass_hands_over_the_lists_it_ranked() -> None:
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
     known = user_item_csr(Split(*map(torch.tensor, ([0, 1], [0, 3], [1.0, 1.0], [0, 0]))), 2)
     targets = user_item_csr(Split(*map(torch.tensor, ([0, 1], [2, 0], [1.0, 1.0], [0, 0]))), 2)
@@ -448,13 +448,3 @@ def test_the_ranking_passes_hand_over_the_lists_they_ranked() -> None:
     )
     # user 0 knows item 0, user 1 item 3: they are not recommended
     assert torch.cat(tops).tolist() == [[1, 2], [2, 1]]
-    tops = []
-    sampled_ranking_per_row(
-        lambda u, c: scores[u].gather(1, c),
-        torch.tensor([0, 1]),
-        torch.tensor([2, 0]),
-        torch.tensor([[0, 2, -1], [3, 1, 2]]),  # row 0 repeats its target, pads one slot
-        [3],
-        tops=tops,
-    )
-    assert torch.cat(tops).tolist() == [[0, 2, -1], [3, 2, 1]]

@@ -195,8 +195,38 @@ def test_readable_tables_round_seconds_and_metrics_the_files_keep_every_digit() 
     frame = results.build([mf, rated("bias", [np.ones(3) * 2], baseline=True)])
     frame["time_s"] = [116.9988, np.nan]
     frame["test/arp@10"] = [309.76314, 12.0]
-    header, _, first = results.markdown(frame).split("\n")[4:7]
+    header, _, first = results.markdown(frame, columns="all").split("\n")[4:7]
     cells = dict(zip(header.strip("| ").split(" | "), first.strip("| ").split(" | "), strict=True))
     assert cells["time_s"] == "117.0" and cells["test/arp@10"] == "309.8"
     assert cells["test/rmse"].startswith(f"{frame['test/rmse'].iloc[0]:.4f} ")
     assert frame["time_s"].iloc[0] == 116.9988  # what csv and parquet get
+
+
+def test_the_readable_table_holds_the_main_columns_and_every_one_on_request() -> None:
+    names = ("hr", "ndcg", "recall", "mrr", "coverage", "gini", "arp", "novelty")
+    metrics = {f"test/{m}@{k}": 0.1 for m in names for k in (10, 20)}
+
+    def ranked(name: str, baseline: bool = False) -> StudyResult:
+        run = ScoredRun(0, {**metrics, "val/ndcg@10": 0.1}, np.linspace(0, 1, 9))
+        return StudyResult(
+            Study(name, name, "ranking", "val/ndcg@10", "max"),
+            baseline=baseline,
+            evaluation="leave-last; full",
+            main_metric="test/ndcg@10",
+            runs=[run],
+        )
+
+    frame = results.build([ranked("mf"), ranked("pop", baseline=True)])
+    frame = frame.assign(origin=["search", None], time_s=[12.0, None])  # as a sweep's
+    main = list(results.readable(frame).columns)
+    assert main == [
+        "study", "model", "task", "status", "origin", "test/ndcg@10", "test/hr@10",
+        "test/recall@10", "test/mrr@10", "p_vs_best", "p_vs_baseline", "time_s",
+    ]  # fmt: skip
+    assert len(main) <= 14 and "| test/gini@10 |" not in results.markdown(frame)
+    every = list(results.readable(frame, "all").columns)
+    assert {"test/ndcg@20", "test/coverage@10", "val/ndcg@10"} <= set(every) - set(main)
+    header = results.markdown(frame, "all").split("\n")[4]
+    assert "| test/gini@10 |" in header and "| test/ndcg@20 |" in header
+    with pytest.raises(ValueError, match="--columns 'some': expected main or all"):
+        results.readable(frame, "some")

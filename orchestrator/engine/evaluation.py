@@ -205,8 +205,8 @@ def evaluate(
     Rating: RMSE and MAE of `model(user, item)` on the split's rows. Ranking and sequential:
     HR, NDCG, Recall and MRR at each of `cfg.ks`, either over all items with the user's
     known items masked (train, plus val when testing), or, with `cfg.protocol == "sampled"`,
-    among the split's fixed negatives; the test pass adds coverage, Gini, ARP and novelty
-    at each K from the same top-K lists (`metrics.beyond_accuracy`). Sequential models
+    among the split's fixed negatives; the full-ranking test pass adds coverage, Gini, ARP
+    and novelty at each K from the same top-K lists (`metrics.beyond_accuracy`). Sequential models
     score from each user's last `model.seq_len` known items. Also `split/eval_users_per_s`.
 
     Args:
@@ -262,8 +262,9 @@ def evaluate_units(
             model.eval_batch_users or cfg.eval_batch_users,
             max(1, EVAL_CELLS // data.n_items),
         )
-        # the test pass keeps its top-K lists for the beyond-accuracy metrics
-        tops: list[Tensor] | None = [] if split == "test" else None
+        # the full-ranking test pass keeps its top-K lists for the beyond-accuracy metrics (a
+        # sampled list describes the sampler, not the catalogue)
+        tops: list[Tensor] | None = [] if split == "test" and cfg.protocol == "full" else None
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
             units = full_ranking_per_user(
@@ -278,7 +279,6 @@ def evaluate_units(
                 tensors.negatives(split),
                 cfg.ks,
                 batch,
-                tops,
             )
             n_users = len(rows)
         else:

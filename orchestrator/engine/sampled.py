@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from orchestrator.engine.metrics import RANKING_NAMES, cutoffs, means, top_items
+from orchestrator.engine.metrics import RANKING_NAMES, cutoffs, means
 
 
 def sampled_ranking(
@@ -40,7 +40,6 @@ def sampled_ranking_per_row(
     negatives: Tensor,
     ks: Sequence[int],
     batch: int = 8192,
-    tops: list[Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
     the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
@@ -60,8 +59,6 @@ def sampled_ranking_per_row(
         negatives: `[R, N]` negative items per row, distinct within a row, `-1` padded.
         ks: cut-offs K.
         batch: rows per `score_pairs` call.
-        tops: when given, each batch's top max(ks) candidate items per row (each item
-            once, best first, `-1` padded, on the CPU) are appended to it.
 
     Returns:
         `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
@@ -72,7 +69,7 @@ def sampled_ranking_per_row(
     for begin in range(0, len(users), batch):
         end = begin + batch
         own, rank = _target_rank(
-            score_pairs, users[begin:end], items[begin:end], negatives[begin:end], ks, tops
+            score_pairs, users[begin:end], items[begin:end], negatives[begin:end]
         )
         usable = ~torch.isnan(own[:, 0])  # [b] a target scored NaN is a miss
         for k in ks:
@@ -120,11 +117,8 @@ def _target_rank(
     users: Tensor,
     items: Tensor,
     negs: Tensor,
-    ks: list[int],
-    tops: list[Tensor] | None,
 ) -> tuple[Tensor, Tensor]:
-    """One batch of rows: the target's score `[b, 1]` and rank `[b]` among its candidates;
-    its top max(ks) candidate items appended to `tops` when given."""
+    """One batch of rows: the target's score `[b, 1]` and rank `[b]` among its candidates."""
     target = items[:, None].to(negs.device)  # [b, 1]
     is_target = negs == target  # [b, N]
     counted = (negs >= 0) & ~is_target  # [b, N] each other item once
@@ -142,9 +136,4 @@ def _target_rank(
     other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
     ahead = counted & ((other > own) | (before & (other == own)))  # [b, N]
     rank = 1 + ahead.sum(1)  # [b]
-    if tops is not None:  # the target, and each other counted item once
-        shown = torch.cat([own, torch.where(counted, other, -math.inf)], 1)  # [b, 1 + N]
-        at = top_items(shown, max(ks))
-        items_of = candidates.to(scores.device).gather(1, at.clamp(min=0))
-        tops.append(torch.where(at >= 0, items_of, -1).cpu())
     return own, rank
