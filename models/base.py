@@ -258,6 +258,18 @@ class Recommender(nn.Module):
         return torch.device("cpu")
 
 
+def binary_interactions(spec: DataSpec, train: Split[Tensor], dtype: Any = "float64") -> Any:
+    """`train` as a scipy CSR `[n_users, n_items]` matrix of ones, each (user, item) pair
+    once however often it repeats: what the item baselines are computed from."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    user, item = train.user.cpu().numpy(), train.item.cpu().numpy()
+    X = sp.csr_matrix((np.ones(len(user), dtype), (user, item)), shape=(spec.n_users, spec.n_items))
+    X.data[:] = 1.0  # repeats count once
+    return X
+
+
 class ItemToItem(Recommender):
     """A linear item-to-item model for ranking: a user's scores are `X[u] @ W`, X the binary
     training interactions (a `[n_users, n_items]` bool buffer) and W a dense `[n_items,
@@ -302,15 +314,7 @@ class ItemToItem(Recommender):
 
     def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Compute W from `train`'s binary interactions (each pair once)."""
-        import numpy as np
-        import scipy.sparse as sp
-
-        user, item = train.user.cpu().numpy(), train.item.cpu().numpy()
-        X = sp.csr_matrix(
-            (np.ones(len(user)), (user, item)), shape=(self.spec.n_users, self.spec.n_items)
-        )
-        X.data[:] = 1.0  # repeats count once
-        self.weights.copy_(self.item_weights(X))
+        self.weights.copy_(self.item_weights(binary_interactions(self.spec, train)))
         dev = self.weights.device
         self.interactions.zero_()[train.user.to(dev), train.item.to(dev)] = True  # [U, I]
         return super().examples(train)

@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from orchestrator.data.types import Split
-from orchestrator.models.base import CommonParams, DataSpec, Recommender, Trial, check, check_common
+from orchestrator.models.base import (
+    CommonParams,
+    DataSpec,
+    Recommender,
+    Trial,
+    binary_interactions,
+    check,
+    check_common,
+)
 from orchestrator.models.registry import register_model
 
 
@@ -85,12 +93,9 @@ class ItemKNN(Recommender):
     def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Build the interactions and each item's `k` most similar items from `train`."""
         import numpy as np
-        import scipy.sparse as sp
 
-        n_users, n_items = self.spec.n_users, self.spec.n_items
-        user, item = train.user.cpu().numpy(), train.item.cpu().numpy()
-        X = sp.csr_matrix((np.ones(len(user), np.float32), (user, item)), shape=(n_users, n_items))
-        X.data[:] = 1.0  # repeats count once
+        n_items = self.spec.n_items
+        X = binary_interactions(self.spec, train, np.float32)  # [U, I]
         XT = X.T.tocsr()  # [I, U]
         norm = np.sqrt(np.asarray(X.sum(0)).ravel()).clip(min=1e-12)  # [I] |x|^2 = count
         k = self.neighbours.shape[1]

@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from orchestrator.data.types import Split
-from orchestrator.models.base import CommonParams, DataSpec, Recommender, Trial, check, check_common
+from orchestrator.models.base import (
+    CommonParams,
+    DataSpec,
+    Recommender,
+    Trial,
+    binary_interactions,
+    check,
+    check_common,
+)
 from orchestrator.models.registry import register_model
 
 
@@ -73,13 +81,9 @@ class PureSVD(Recommender):
     def examples(self, train: Split[Tensor]) -> dict[str, Tensor]:
         """Factor `train`'s binary interactions."""
         import numpy as np
-        import scipy.sparse as sp
         from scipy.sparse.linalg import svds
 
-        n_users, n_items = self.spec.n_users, self.spec.n_items
-        user, item = train.user.cpu().numpy(), train.item.cpu().numpy()
-        X = sp.csr_matrix((np.ones(len(user)), (user, item)), shape=(n_users, n_items))
-        X.data[:] = 1.0  # repeats count once
+        X = binary_interactions(self.spec, train)  # [U, I]
         start = np.random.default_rng(self.params.seed).uniform(-1, 1, min(X.shape))
         _, _, vt = svds(X, k=self.item_factors.shape[1], v0=start)  # vt [factors, I]
         dev = self.item_factors.device
