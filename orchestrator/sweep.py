@@ -183,7 +183,9 @@ def prepare_data(cfg: SweepConfig, studies: list[Study]) -> list[PreparedData]:
     search's), prepared once on the driver (trials read them from the object store)."""
     folds = load_datasets(cfg.data, fold_splits(cfg.data.folds) or (cfg.data.split,))
     search = ", the search's fold" if len(folds) > 1 else ""
+    tables = {s.table for s in studies}  # a baseline runs only in a table with a study
     baselines = [parse_study(entry, "", cfg.train.ks, "baselines") for entry in cfg.baselines]
+    baselines = [b for b in baselines if b.table in tables]
     for data in folds:
         if any(s.task != "rating" for s in studies):
             check_ks(tuple(cfg.train.ks), data)
