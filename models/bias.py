@@ -8,12 +8,20 @@ rates high and what is rated high.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from orchestrator.data.types import Split
-from orchestrator.models.base import CommonParams, DataSpec, Recommender, check, check_common
+from orchestrator.models.base import (
+    CommonParams,
+    DataSpec,
+    Recommender,
+    Trial,
+    check,
+    check_common,
+)
 from orchestrator.models.registry import register_model
 
 
@@ -57,6 +65,15 @@ class Bias(Recommender):
     learned = False
     user_bias: Tensor  # buffer [n_users]
     item_bias: Tensor  # buffer [n_items]
+
+    @classmethod
+    def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
+        """Both penalties, log-uniform over [0.1, 1000] pseudo-ratings (Surprise's 15 and 10
+        inside)."""
+        return {
+            "reg_user": trial.suggest_float("reg_user", 0.1, 1000.0, log=True),
+            "reg_item": trial.suggest_float("reg_item", 0.1, 1000.0, log=True),
+        }
 
     def __init__(self, spec: DataSpec, task: str, params: BiasParams) -> None:
         super().__init__(spec, task, params)

@@ -22,12 +22,15 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 T = TypeVar("T", bound="DataclassInstance")
+TIES = ("expected", "pessimistic", "optimistic")
+"""The tie rules of the ranking metrics (`engine/ties.py`)."""
 
 
-def opt(default: Any, help: str, sweep_only: bool = False) -> Any:
+def opt(default: Any, help: str, sweep_only: bool = False, choices: tuple[str, ...] = ()) -> Any:
     """A config field with its one-line help; `sweep_only`: a training field that means
-    something only in a sweep's trials (the `train` command does not offer it)."""
-    metadata = {"help": help, "sweep_only": sweep_only}
+    something only in a sweep's trials (the `train` command does not offer it); `choices`:
+    the only values it takes."""
+    metadata = {"help": help, "sweep_only": sweep_only, "choices": choices}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: default, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -92,6 +95,13 @@ class TrainConfig:
         "full",
         "ranking protocol: full (all items, train items masked) or "
         "sampled (target among eval_negatives fixed negatives)",
+        choices=("full", "sampled"),
+    )
+    ties: str = opt(
+        "expected",
+        "how a target tied with other candidates counts: expected (each metric's "
+        "expected value under random tie-breaking), pessimistic or optimistic",
+        choices=TIES,
     )
     eval_batch_users: int = opt(1024, "users scored per full-ranking batch")
     amp: bool = opt(True, "bf16 autocast on CUDA")
@@ -110,10 +120,10 @@ class TrainConfig:
         sweep_only=True,
     )
     refit: bool = opt(
-        False,
+        True,
         "test a retrain on train + val, from the same seed, for the epochs "
-        "validation picked (as libraries that train on a whole base file do); "
-        "validation metrics stay those of the first fit",
+        "validation picked (as Dacrema et al. and Rendle et al. test); "
+        "validation metrics stay those of the first fit; false: test the first fit",
     )
     metric: str = opt(
         "",
@@ -149,6 +159,9 @@ def from_dict(
             out[key] = from_dict(kind, value, f"{where}{key}.", complete=complete)
             continue
         out[key] = _check_type(f"{where}{key}", value, kind)
+        choices = fields[key].metadata.get("choices")
+        if choices and out[key] not in choices:
+            raise ValueError(f"{where}{key}: {value!r}; expected one of {', '.join(choices)}")
     return cls(**out)
 
 

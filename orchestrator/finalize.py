@@ -21,8 +21,14 @@ from orchestrator.engine.runtime import seed_everything
 from orchestrator.engine.train import fit, load_state, val_and_test
 from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, save_model
-from orchestrator.plan import parse_study
+from orchestrator.plan import has_space
 from orchestrator.records import ScoredRun, Searched, Study, StudyResult, TrialRecord, choose
+
+TIE_WORDS = {
+    "expected": "counted at their expected value (random tie-breaking)",
+    "pessimistic": "counted ahead of the target (pessimistic)",
+    "optimistic": "counted behind the target (optimistic)",
+}
 
 
 def main_metric(study: Study) -> str:
@@ -45,11 +51,16 @@ def evaluation_name(
             f"{'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'run'}; paired tests "
             "over the test units of all folds, pooled (each a user or rating of one fold)"
         )
+    fitted = (
+        "tested after a refit on train + val (the chosen epochs)"
+        if cfg.refit
+        else "tested as fitted on train (no refit)"
+    )
     if table == "rating":
         n = sum(len(d.test) for d in folds)
         return (
             f"{where}; {n} test ratings; RMSE and MAE of predictions clipped "
-            f"to {data.rating_range[0]:g}-{data.rating_range[1]:g}; main metric {metric}"
+            f"to {data.rating_range[0]:g}-{data.rating_range[1]:g}; {fitted}; main metric {metric}"
         )
     if cfg.protocol == "full":
         protocol = (
@@ -59,7 +70,8 @@ def evaluation_name(
         n = 0 if data.test_negatives is None else int((data.test_negatives >= 0).sum(1).max())
         protocol = f"sampled: each test item among up to {n} fixed negatives"
     ks = ",".join(map(str, cfg.ks))
-    return f"{where}; {protocol}; K={ks}; main metric {metric}"
+    ties = TIE_WORDS[cfg.ties]
+    return f"{where}; {protocol}; K={ks}; ties {ties}; {fitted}; main metric {metric}"
 
 
 def test_trial(
@@ -111,6 +123,7 @@ def study_result(
     `why_empty` is the status when the study ran no trial."""
     result = StudyResult(
         study,
+        study.baseline,
         main_metric=main_metric(study),
         trials_done=sum(t.finished for t in trials),
         trials_pruned=sum(t.end == "asha" for t in trials),
@@ -122,6 +135,9 @@ def study_result(
     result.chosen = choose(trials, study)
     if result.chosen is None:
         result.status = "no finished trial"
+        return result
+    if study.baseline:  # a closed-form fit: fitted again, on every fold
+        result.runs = fitted_runs(study, result.chosen.hparams, folds, cfg, result.chosen.seed)
         return result
     folder = run_dir / "checkpoints"
     result.runs = [
@@ -143,29 +159,21 @@ def study_result(
     return result
 
 
-def baseline_result(
-    entry: str,
-    table_metric: dict[str, str],
-    folds: list[PreparedData],
-    cfg: TrainConfig,
-    seed: int,
-) -> StudyResult:
-    """A non-learned baseline fitted on train and tested, on every fold, in the table of its
-    task, scored on that table's main metric (`table_metric`: table -> validation metric).
-    Baselines fit in the driver: they learn nothing, so a fit costs a count or one pass."""
-    study = parse_study(entry, "", cfg.ks, what="baselines")
-    study = dataclasses.replace(study, metric=table_metric.get(study.table, study.metric))
+def fitted_runs(
+    study: Study, hparams: dict, folds: list[PreparedData], cfg: TrainConfig, seed: int
+) -> list[ScoredRun]:
+    """A baseline's configuration fitted on train (or with `cfg.refit` train + val) and
+    tested, on every fold, in the driver: a baseline learns nothing, so a fit costs a count,
+    a solve or a few least-squares sweeps."""
     tcfg = dataclasses.replace(cfg, seed=seed, metric=study.metric)
     runs = []
     for fold, data in enumerate(folds):
-        model = create_model(study.model, DataSpec.from_data(data), study.task)
+        model = create_model(study.model, DataSpec.from_data(data), study.task, **hparams)
         seed_everything(seed)
         fit(model, data, tcfg)
         scores, model, units = val_and_test(model, data, tcfg)
         runs.append(ScoredRun(seed, _metrics_only(scores), units[main_metric(study)], fold=fold))
-    return StudyResult(
-        study, baseline=True, main_metric=main_metric(study), trials_done=1, runs=runs
-    )
+    return runs
 
 
 def finalize(
@@ -175,29 +183,19 @@ def finalize(
     sweep_cfg: SweepConfig,
     run_dir: Path,
 ) -> list[StudyResult]:
-    """Every study's result, then the baselines of the tables that hold a study (a baseline
-    for a table with no study is not run, and says so), each with its table's evaluation.
+    """Every study's result, each with its table's evaluation: a searched study's chosen
+    trial (a baseline's too), or a baseline with nothing to search fitted at its defaults.
     `folds`: the data of each fold (the search's first), or the one split's."""
     cfg = sweep_cfg.train
-    out = [
-        study_result(
-            s,
-            [t for t in searched.trials if t.study == s.name],
-            [t for t in searched.final_trials if t.study == s.name],
-            folds,
-            cfg,
-            run_dir,
-            searched.why_empty,
-        )
-        for s in studies
-    ]
-    table_metric = {s.table: s.metric for s in studies}
-    for entry in sweep_cfg.baselines:
-        table = parse_study(entry, "", cfg.ks, what="baselines").table
-        if table not in table_metric:
-            print(f"baselines: {entry} not run: no {table} study in this sweep", flush=True)
+    out = []
+    for s in studies:
+        trials = [t for t in searched.trials if t.study == s.name]
+        if s.baseline and not has_space(s):  # nothing to search (`pop`): fitted once
+            runs = fitted_runs(s, {}, folds, cfg, sweep_cfg.seed)
+            out.append(StudyResult(s, True, main_metric=main_metric(s), trials_done=1, runs=runs))
             continue
-        out.append(baseline_result(entry, table_metric, folds, cfg, sweep_cfg.seed))
+        final = [t for t in searched.final_trials if t.study == s.name]
+        out.append(study_result(s, trials, final, folds, cfg, run_dir, searched.why_empty))
     for result in out:
         result.evaluation = evaluation_name(
             result.study.table, folds, cfg, result.main_metric, max(1, sweep_cfg.final_seeds)

@@ -1,7 +1,8 @@
 """A sweep's plan before Ray: the config read and checked, resolved, and where it runs.
 
 `load_config` (YAML + flags) -> `check_config` (everything that can fail before Ray starts:
-models, baselines, recipes, search-space types and ranges, the sampler, resources, W&B) ->
+models, baselines (`sweep_studies`: the studies searched, baselines included), recipes,
+search-space types and ranges, the sampler, resources, W&B) ->
 `resolved` (the sampler's settings, TPE's start-up trials and each study's ASHA `Schedule`:
 epochs enough for its recipes, written to `sweep.yaml`); `study_points` gives a study's
 first trials (defaults, then recipes); `run_directory` and
@@ -31,7 +32,7 @@ from orchestrator.models.base import MAX_EPOCHS
 from orchestrator.models.registry import get_model_class, list_models, make_params, param_types
 from orchestrator.records import Schedule, Study
 from orchestrator.rundir import check_run_name, read_config
-from orchestrator.space import start_points, validate_space
+from orchestrator.space import describe_space, start_points, validate_space
 
 SMOKE = {
     "trials": 2,
@@ -46,7 +47,8 @@ FINAL = "final"
 
 
 def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "models") -> Study:
-    """`mf`, `mf:ranking` -> a Study; errors name the entry and what it may be."""
+    """`mf`, `mf:ranking` -> a Study (of a baseline when `what` is "baselines"); errors name
+    the entry and what it may be."""
     model, _, task = entry.partition(":")
     if model not in list_models():
         raise ValueError(f"{what}: unknown model {model!r}; known: {', '.join(list_models())}")
@@ -60,7 +62,7 @@ def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "m
         metric, mode = monitored_metric(task, cfg_metric, ks)
     except ValueError as e:
         raise ValueError(f"metric: {e} ({what} entry {entry!r})") from None
-    return Study(entry.replace(":", "-"), model, task, metric, mode)
+    return Study(entry.replace(":", "-"), model, task, metric, mode, what == "baselines")
 
 
 def model_studies(cfg: SweepConfig) -> list[Study]:
@@ -70,6 +72,39 @@ def model_studies(cfg: SweepConfig) -> list[Study]:
     if len(set(names)) != len(names):
         raise ValueError(f"models: {list(cfg.models)} names a study twice")
     return out
+
+
+def sweep_studies(cfg: SweepConfig) -> tuple[list[Study], list[Study], list[str]]:
+    """What a sweep runs: the studies it searches (each model's, then each baseline's that
+    has hyperparameters: a baseline is searched as hard as a model), the baselines fitted
+    once (nothing to search: `pop`), and a line for each baseline not run (its table holds
+    no model study). A baseline optimises its table's validation metric."""
+    studies = model_studies(cfg)
+    table_metric = {s.table: (s.metric, s.mode) for s in studies}
+    fixed: list[Study] = []
+    skipped: list[str] = []
+    for entry in cfg.baselines:
+        study = parse_study(entry, "", cfg.train.ks, what="baselines")
+        if get_model_class(study.model).learned:
+            raise ValueError(
+                f"baselines: {entry!r} is a learned model; search it in `models` instead"
+            )
+        if study.table not in table_metric:
+            skipped.append(f"baselines: {entry} not run: no {study.table} study in this sweep")
+            continue
+        metric, mode = table_metric[study.table]
+        study = dataclasses.replace(study, metric=metric, mode=mode)
+        (studies if has_space(study) else fixed).append(study)
+    names = [s.name for s in studies + fixed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"models and baselines: {names} name a study twice")
+    return studies, fixed, skipped
+
+
+def has_space(study: Study) -> bool:
+    """Whether the study's model has hyperparameters to search for its task."""
+    space = get_model_class(study.model).search_space
+    return bool(describe_space(functools.partial(space, task=study.task)))
 
 
 def load_config(
@@ -112,13 +147,7 @@ def check_config(cfg: SweepConfig, where: str = "") -> list[Study]:
     try:
         if cfg.name:
             check_run_name(cfg.name)
-        studies = model_studies(cfg)
-        for entry in cfg.baselines:
-            study = parse_study(entry, "", cfg.train.ks, what="baselines")
-            if get_model_class(study.model).learned:
-                raise ValueError(
-                    f"baselines: {entry!r} is a learned model; search it in `models` instead"
-                )
+        studies = sweep_studies(cfg)[0]
         parse_duration(cfg.time_budget)
         for study in studies:  # a recipe must lie in its model's own space
             outside = study_points(study, {})[1]["outside"]
@@ -220,7 +249,10 @@ def study_points(
 
 def max_epochs(study: Study, cfg: SweepConfig) -> int:
     """The sweep's `epochs`, or when the sweep leaves it at 0 the most of the model's default
-    and the epochs of each recipe the study tries (so a recipe trains as published)."""
+    and the epochs of each recipe the study tries (so a recipe trains as published); 1 for
+    a model fitted in closed form (a baseline: one report)."""
+    if not get_model_class(study.model).learned:
+        return 1
     if cfg.epochs:
         return cfg.epochs
     tried = {origin for origin, _ in study_points(study, cfg.search_space.get(study.model, {}))[0]}
@@ -273,7 +305,7 @@ def resolved(cfg: SweepConfig) -> SweepConfig:
     """The config with the automatic choices written out (what sweep.yaml records)."""
     plan = {
         name: {"max_epochs": s.max_epochs, "grace_period": s.grace_period, "rungs": list(s.rungs)}
-        for name, s in schedules(cfg, model_studies(cfg)).items()
+        for name, s in schedules(cfg, sweep_studies(cfg)[0]).items()
     }
     folds = fold_splits(cfg.data.folds)
     data = dataclasses.replace(cfg.data, folds=folds, split=folds[0] if folds else cfg.data.split)

@@ -44,6 +44,9 @@ class Study:
         task: rating, ranking or sequential.
         metric: the validation metric it optimises (`val/rmse`).
         mode: "min" or "max".
+        baseline: a baseline's study (`baselines:`): its trials are closed-form fits (no
+            epochs, no checkpoints), and its chosen configuration is fitted again to be
+            tested; it optimises its table's validation metric.
     """
 
     name: str
@@ -51,6 +54,7 @@ class Study:
     task: str
     metric: str
     mode: str
+    baseline: bool = False
 
     @property
     def table(self) -> str:
@@ -302,12 +306,15 @@ class Searched:
 
 
 def choose(trials: list[TrialRecord], study: Study) -> TrialRecord | None:
-    """The trial with the best validation value of any epoch that has a checkpoint: any
-    trial, also one ASHA stopped (its best epoch is a real model, judged on validation)."""
+    """The trial with the best validation value of any epoch that has a checkpoint (a
+    baseline's trial needs none: its fit is repeated): any trial, also one ASHA stopped (its
+    best epoch is a real model, judged on validation)."""
     chosen = [
         (t.best, t)
         for t in trials
-        if t.best is not None and math.isfinite(t.best) and t.checkpoint is not None
+        if t.best is not None
+        and math.isfinite(t.best)
+        and (t.checkpoint is not None or study.baseline)
     ]
     if not chosen:
         return None

@@ -86,7 +86,7 @@ def build(studies: list[StudyResult]) -> pd.DataFrame:
         if r.chosen is not None:
             row.update(
                 origin=r.chosen.origin,
-                epochs=r.chosen.epochs,
+                epochs=0 if r.baseline else r.chosen.epochs,  # a baseline trains no epoch
                 time_s=r.chosen.time_s,
                 hparams=json.dumps(r.chosen.hparams, sort_keys=True),
             )

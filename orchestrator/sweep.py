@@ -1,7 +1,7 @@
 """The sweep, as its plan: each stage a function, each taking the last one's records.
 
     plan_sweep (resolved config, studies, schedules; bad input fails before Ray)
-    -> connect, resources (cluster.py) -> prepare_data (once, on the driver)
+    -> prepare_data (once, on the driver, before Ray) -> connect, resources (cluster.py)
     -> start_run_directory (sweep.yaml, data.json)
     -> search: one Tune experiment of all studies (search.py), then the re-runs of the
        chosen configurations with more seeds and on every fold
@@ -53,11 +53,11 @@ from orchestrator.plan import (
     check_tune_state,
     experiment_root,
     load_run_config,
-    parse_study,
     resolved,
     run_directory,
     schedules,
     study_points,
+    sweep_studies,
 )
 from orchestrator.provenance import environment
 from orchestrator.publish import export_results
@@ -94,13 +94,14 @@ def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> P
     deadline = None if budget is None else start + budget
     quiet_libraries()
     quiet_optuna()
+    fixed = sweep_studies(cfg)[1]  # the baselines fitted once (nothing to search)
+    folds = prepare_data(cfg, [*studies, *fixed])  # bad data or sizes fail before Ray starts
     connect(cfg)
     request, slots = resources(cfg)
     print(
         f"cluster: {ray.cluster_resources()}; per trial {request}; up to {slots} at once",
         flush=True,
     )
-    folds = prepare_data(cfg, studies)
     data = folds[0]  # the search's
     run_dir = start_run_directory(cfg, data)
     trainable = tune.with_resources(
@@ -109,7 +110,7 @@ def _run(cfg: SweepConfig, studies: list[Study], plan: dict[str, Schedule]) -> P
     sweep = Sweep(cfg, studies, plan, run_dir, start, deadline)
     with signals_stop_studies() as stop:
         searched = search(sweep, trainable, slots, stop)
-        studied = finalize(studies, searched, folds, cfg, run_dir)
+        studied = finalize([*studies, *fixed], searched, folds, cfg, run_dir)
         write_search_records(sweep, searched)
         frame = write_tables(run_dir, studied, data, fold_splits(cfg.data.folds), cfg.export)
         if cfg.wandb != "disabled":
@@ -164,6 +165,8 @@ def plan_sweep(
                 "or choose another --name"
             )
     studies = check_config(cfg)
+    for line in sweep_studies(cfg)[2]:
+        print(line, flush=True)
     cfg = resolved(cfg)
     for study in studies:  # an override that excludes a recipe says so (space.start_points)
         dropped = study_points(study, cfg.search_space.get(study.model, {}))[1]
@@ -183,13 +186,10 @@ def prepare_data(cfg: SweepConfig, studies: list[Study]) -> list[PreparedData]:
     search's), prepared once on the driver (trials read them from the object store)."""
     folds = load_datasets(cfg.data, fold_splits(cfg.data.folds) or (cfg.data.split,))
     search = ", the search's fold" if len(folds) > 1 else ""
-    tables = {s.table for s in studies}  # a baseline runs only in a table with a study
-    baselines = [parse_study(entry, "", cfg.train.ks, "baselines") for entry in cfg.baselines]
-    baselines = [b for b in baselines if b.table in tables]
     for data in folds:
         if any(s.task != "rating" for s in studies):
             check_ks(tuple(cfg.train.ks), data)
-        for study in [*studies, *baselines]:  # a model too big for the data fails now
+        for study in studies:  # a model too big for the data fails now
             get_model_class(study.model).check_data(DataSpec.from_data(data))
         print(
             f"data: {data.name} ({data.n_users} users, {data.n_items} items, "
@@ -257,8 +257,12 @@ def search(sweep: Sweep, trainable: Any, slots: int, stop: threading.Event) -> S
     out_of_time = BudgetLeft.spent()
     trials = trial_records(grid, stop.is_set() or out_of_time)
     curves = [c for res in grid if (c := epoch_history(res)) is not None]
+    # the chosen configurations again with more seeds and on every fold; a baseline's is
+    # fitted on each fold when it is tested (finalize), as its fit is all it does
     chosen = [
-        t for s in studies if (t := choose([t for t in trials if t.study == s.name], s)) is not None
+        t
+        for s in studies
+        if not s.baseline and (t := choose([t for t in trials if t.study == s.name], s))
     ]
     by_name = {s.name: s for s in studies}
     final_trials = []

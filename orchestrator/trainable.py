@@ -31,7 +31,7 @@ from orchestrator.config import TrainConfig
 from orchestrator.data.types import PreparedData
 from orchestrator.engine.runtime import pick_device, seed_everything
 from orchestrator.engine.train import EpochState, FitResult, fit, load_state, save_state
-from orchestrator.models.base import DataSpec
+from orchestrator.models.base import DataSpec, Recommender
 from orchestrator.models.registry import create_model
 from orchestrator.records import TrialSpec
 
@@ -48,6 +48,9 @@ def run_trial(
     cfg = spec.train
     seed_everything(cfg.seed)
     model = create_model(spec.model, DataSpec.from_data(data), spec.task, **hparams)
+    if not model.learned:
+        fit_baseline(model, data, cfg)
+        return
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure or a lost node
@@ -72,6 +75,29 @@ def run_trial(
     release_memory()
 
 
+def fit_baseline(model: Recommender, data: PreparedData, cfg: TrainConfig) -> None:
+    """A baseline's trial: its one closed-form fit scored on validation, reported as its only
+    epoch, with no checkpoint (the sweep fits the chosen configuration again to test it)."""
+    metrics = fit(model, data, cfg).history[-1]
+    tune.report(
+        {
+            **metrics,
+            "epoch": 1,
+            "status": "epochs",
+            "best_value": metrics[cfg.metric],
+            "first_batch_at": math.nan,
+            **placement(cfg),
+        }
+    )
+
+
+def placement(cfg: TrainConfig) -> dict[str, str]:
+    """Where a trial runs: its device and Ray node (the trials table's `device`, `node`)."""
+    where = pick_device(cfg.device)
+    device = torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu"
+    return {"device": device, "node": ray.get_runtime_context().get_node_id()}
+
+
 class TrialReports:
     """`fit`'s `report` and `on_state` for a trial: what reaches Tune, and when.
 
@@ -85,9 +111,7 @@ class TrialReports:
 
     def __init__(self, cfg: TrainConfig, rungs: set[int], epochs: int) -> None:
         self.cfg, self.rungs, self.epochs = cfg, rungs, epochs
-        where = pick_device(cfg.device)  # what ran it, for the run's env.json
-        self.device = torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu"
-        self.node = ray.get_runtime_context().get_node_id()  # the trials table's `node`
+        self.placed = placement(cfg)  # what ran it, for the run's env.json
         self.latest: EpochState | None = None
         self.saved_at = self.reported_at = -math.inf
         # wall-clock time of the first batch's optimizer step: from the driver scheduling
@@ -101,7 +125,7 @@ class TrialReports:
         self.latest = state
 
     def where(self) -> dict[str, Any]:
-        return {"device": self.device, "node": self.node}
+        return self.placed
 
     def __call__(self, metrics: dict[str, Any]) -> None:
         state = self.latest

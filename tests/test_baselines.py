@@ -110,3 +110,48 @@ def test_a_sweep_refuses_a_baseline_too_big_for_its_data_before_the_search(
     monkeypatch.setattr(EASE, "MAX_ITEMS", 50)
     with pytest.raises(ValueError, match=r"^ease: 80 items need a dense 80 x 80 .* limit is 50"):
         prepare_data(cfg, check_config(cfg))
+
+
+def weighted_reference(X: np.ndarray, weighting: str) -> np.ndarray:
+    """TF-IDF and BM25 of the `[U, I]` interactions written out, users as terms and items
+    as documents."""
+    if weighting == "none":
+        return X
+    idf = np.log(ITEMS / (1 + X.sum(1)))[:, None]  # [U, 1]
+    length = X.sum(0)[None, :]  # [1, I]
+    if weighting == "tfidf":
+        return X / length * idf
+    k1, b = 1.2, 0.75
+    return X * (k1 + 1) / (X + k1 * (1 - b + b * length / length.mean())) * idf
+
+
+@pytest.mark.parametrize(
+    "similarity,weighting",
+    [("cosine", "none"), ("asymmetric", "tfidf"), ("jaccard", "none"), ("cosine", "bm25")],
+)
+def test_itemknn_is_its_similarity(interactions: np.ndarray, similarity, weighting) -> None:
+    X, shrink, a = interactions, 3.0, 0.3
+    F = weighted_reference(X, weighting)
+    dot, sq = F.T @ F, (F * F).sum(0)  # [I, I], [I]
+    den = {
+        "cosine": np.sqrt(sq[:, None] * sq[None, :]),
+        "asymmetric": sq[:, None] ** a * sq[None, :] ** (1 - a),
+        "jaccard": sq[:, None] + sq[None, :] - dot,
+    }[similarity]
+    S = dot / (den + shrink)  # S[j, n]: target j, neighbour n
+    np.fill_diagonal(S, 0.0)
+    model = fitted(
+        "itemknn",
+        X,
+        k=ITEMS - 1,
+        shrink=shrink,
+        similarity=similarity,
+        asymmetric_alpha=a,
+        weighting=weighting,
+    )
+    np.testing.assert_allclose(scores(model), X @ S.T, rtol=1e-4, atol=1e-6)
+
+
+def test_itemknn_refuses_an_unknown_similarity() -> None:
+    with pytest.raises(ValueError, match=r"similarity='pearson': expected cosine or asym"):
+        create_model("itemknn", DataSpec(USERS, ITEMS), "ranking", similarity="pearson")

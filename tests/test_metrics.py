@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -23,17 +24,42 @@ KS = [1, 3, 5, 10]
 
 # ----------------------------------------------------------------------------- the reference
 def reference_user(
-    scores: list[float], targets: list[int], masked: set[int], ks: list[int]
+    scores: list[float],
+    targets: list[int],
+    masked: set[int],
+    ks: list[int],
+    ties: str = "pessimistic",
 ) -> dict[str, float]:
-    """One user's metrics, written straight from the definitions in the module docstring."""
+    """One user's metrics, written straight from the definitions in the module docstring:
+    a tie counts ahead of the target (pessimistic) or behind it (optimistic); `expected`
+    averages the metrics over every order of the candidates used to break the ties (so
+    keep such rows to a few candidates)."""
+    open_ = [c for c in range(len(scores)) if c not in masked]
+    if ties == "expected":
+        orders = list(itertools.permutations(open_))
+        runs = [_user_ranked(scores, targets, masked, ks, order) for order in orders]
+        return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+    return _user_ranked(scores, targets, masked, ks, None, ahead=ties == "pessimistic")
+
+
+def _user_ranked(scores, targets, masked, ks, order, ahead=True) -> dict[str, float]:
+    """The metrics with ties broken by `order` (earlier ranks first), or all ties ahead
+    of each target (`ahead`) or behind it."""
+    place = {c: i for i, c in enumerate(order)} if order else {}
+
+    def beats(c: int, t: int) -> bool:
+        if math.isnan(scores[c]) or scores[c] > scores[t]:  # NaN beats the target
+            return True
+        if scores[c] == scores[t]:
+            return place[c] < place[t] if order else ahead
+        return False
+
     ranks = []  # rank of each target that can be a hit
     for t in targets:
         if t in masked or math.isnan(scores[t]):
             continue
         others = [c for c in range(len(scores)) if c != t and c not in masked]
-        # NaN beats the target (pessimistic), like any score >= the target's
-        beaten_by = [c for c in others if math.isnan(scores[c]) or scores[c] >= scores[t]]
-        ranks.append(1 + len(beaten_by))
+        ranks.append(1 + sum(beats(c, t) for c in others))
     out = {}
     for k in ks:
         hits = sorted(r for r in ranks if r <= k)
@@ -46,10 +72,10 @@ def reference_user(
 
 
 def reference_mean(
-    rows: list[tuple[list[float], list[int], set[int]]], ks: list[int]
+    rows: list[tuple[list[float], list[int], set[int]]], ks: list[int], ties: str = "pessimistic"
 ) -> dict[str, float]:
     """Mean over the users with a non-empty target set."""
-    per_user = [reference_user(s, t, m, ks) for s, t, m in rows if t]
+    per_user = [reference_user(s, t, m, ks, ties) for s, t, m in rows if t]
     return {key: sum(u[key] for u in per_user) / len(per_user) for key in per_user[0]}
 
 
@@ -115,15 +141,25 @@ def test_two_targets_hand_computed():
     assert m["mrr@2"].item() == 1.0 and m["hr@2"].item() == 1.0
 
 
-def test_constant_scores_rank_every_target_last():
-    # Pessimistic ties: a constant model must not look perfect. 6 candidates, 1 masked -> 5.
+def test_constant_scores_rank_as_a_random_ranking_or_by_the_bound_asked_for():
+    # A constant model must not look perfect. 6 candidates, 1 masked -> 5 places.
     scores = torch.zeros(4, 6)  # [B, C]
     mask = torch.zeros(4, 6, dtype=torch.bool)
     mask[:, 5] = True
-    m = ranking_metrics_from_scores(scores, torch.tensor([[0], [1], [2], [4]]), [4, 5], mask)
+    targets = torch.tensor([[0], [1], [2], [4]])
+    m = ranking_metrics_from_scores(scores, targets, [4, 5], mask, ties="pessimistic")
     assert m["hr@4"].sum().item() == 0.0 and m["mrr@4"].sum().item() == 0.0
     assert m["hr@5"].tolist() == [1.0] * 4
     assert m["mrr@5"].tolist() == pytest.approx([0.2] * 4)
+    m = ranking_metrics_from_scores(scores, targets, [4, 5], mask, ties="optimistic")
+    assert m["hr@4"].tolist() == [1.0] * 4 and m["mrr@5"].tolist() == [1.0] * 4
+    m = ranking_metrics_from_scores(scores, targets, [4, 5], mask)  # expected: uniform place
+    assert m["hr@4"].tolist() == pytest.approx([0.8] * 4)
+    assert m["mrr@5"].tolist() == pytest.approx([sum(1 / r for r in range(1, 6)) / 5] * 4)
+    ndcg = sum(1 / math.log2(r + 1) for r in range(1, 5)) / 5
+    assert m["ndcg@4"].tolist() == pytest.approx([ndcg] * 4)
+    with pytest.raises(ValueError, match="ties: 'random'; expected one of expected"):
+        ranking_metrics_from_scores(scores, targets, [4], mask, ties="random")
 
 
 def test_masked_target_and_nan_are_misses_and_nan_beats_target():
@@ -158,36 +194,60 @@ def test_empty_rows_are_zero():
 
 
 # ----------------------------------------------------------------------------- vs reference
+@pytest.mark.parametrize("ties", ["pessimistic", "optimistic"])
 @pytest.mark.parametrize("max_targets", [1, 3, metrics._COMPARE_MAX_TARGETS + 4])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_scores_match_reference_with_ties_and_masks(seed, max_targets):
+def test_scores_match_reference_with_ties_and_masks(seed, max_targets, ties):
     scores, targets, mask = random_case(seed, n_rows=40, n_cand=30, max_targets=max_targets)
-    per_user = ranking_metrics_from_scores(scores, targets, KS, mask)
+    per_user = ranking_metrics_from_scores(scores, targets, KS, mask, ties=ties)
     assert all(v.shape == (40,) for v in per_user.values())
     assert_close(
-        per_user_means(per_user, targets), reference_mean(as_rows(scores, targets, mask), KS)
+        per_user_means(per_user, targets),
+        reference_mean(as_rows(scores, targets, mask), KS, ties),
     )
     # Per-user values equal the reference user by user, not only on average.
     for r, row in enumerate(as_rows(scores, targets, mask)):
         if row[1]:
-            want = reference_user(*row, KS)
+            want = reference_user(*row, KS, ties)
             assert {k: v[r].item() for k, v in per_user.items()} == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
 @pytest.mark.parametrize("n_cand", [25, 7])  # 7: fewer candidates than max(KS) + 1
 @pytest.mark.parametrize("seed", [3, 4])
-def test_compare_and_topk_paths_agree(seed, n_cand, monkeypatch):
+def test_compare_and_topk_paths_agree(seed, n_cand, ties, monkeypatch):
     scores, targets, mask = random_case(seed, n_rows=30, n_cand=n_cand, max_targets=4)
     scores[0, n_cand - 1] = float("nan")
     scores[1, :] = -math.inf
-    compare = ranking_metrics_from_scores(scores, targets, KS, mask)
+    scores[2, :] = 1.0  # a tie group larger than the top the top-k path reads
+    compare = ranking_metrics_from_scores(scores, targets, KS, mask, ties=ties)
     monkeypatch.setattr(metrics, "_COMPARE_MAX_TARGETS", 0)
-    by_topk = ranking_metrics_from_scores(scores, targets, KS, mask)
+    by_topk = ranking_metrics_from_scores(scores, targets, KS, mask, ties=ties)
     for key in compare:
         torch.testing.assert_close(compare[key], by_topk[key])
-    assert_close(
-        per_user_means(by_topk, targets), reference_mean(as_rows(scores, targets, mask), KS)
-    )
+    if ties == "pessimistic":
+        want = reference_mean(as_rows(scores, targets, mask), KS, ties)
+        assert_close(per_user_means(by_topk, targets), want)
+
+
+@pytest.mark.parametrize("compare_max", [0, metrics._COMPARE_MAX_TARGETS])  # both paths
+def test_expected_ties_are_the_mean_over_every_tie_break(compare_max, monkeypatch):
+    """Rows of 6 candidates with scores in {0, 1, 2} (tie groups of every size), 0 to 3
+    targets, masks: each metric equals its mean over all 720 orders of the candidates."""
+    monkeypatch.setattr(metrics, "_COMPARE_MAX_TARGETS", compare_max)
+    scores, targets, mask = random_case(21, n_rows=24, n_cand=6, max_targets=3)
+    scores = scores.clamp(max=2)
+    ks = [1, 2, 4]
+    got = ranking_metrics_from_scores(scores, targets, ks, mask)
+    for r, row in enumerate(as_rows(scores, targets, mask)):
+        if row[1]:
+            want = reference_user(*row, ks, "expected")
+            assert {k: v[r].item() for k, v in got.items()} == pytest.approx(want, abs=1e-6)
+    low = ranking_metrics_from_scores(scores, targets, ks, mask, ties="pessimistic")
+    high = ranking_metrics_from_scores(scores, targets, ks, mask, ties="optimistic")
+    for key, value in got.items():
+        assert bool((low[key] <= value + 1e-6).all() and (value <= high[key] + 1e-6).all()), key
+    assert any(bool((low[k] < high[k]).any()) for k in got)  # the case has ties that matter
 
 
 # ----------------------------------------------------------------------------- full ranking
@@ -222,7 +282,13 @@ def test_full_ranking_batched_matches_reference(batch_users):
         return table[u]
 
     got = full_ranking(
-        score_fn, users, csr_from_lists(held), csr_from_lists(known), KS, batch_users=batch_users
+        score_fn,
+        users,
+        csr_from_lists(held),
+        csr_from_lists(known),
+        KS,
+        batch_users=batch_users,
+        ties="pessimistic",
     )
     rows = [(table[u].tolist(), held[u], set(known[u])) for u in users.tolist()]
     assert_close(got, reference_mean(rows, KS))
@@ -245,6 +311,7 @@ def test_full_ranking_with_user_item_csr_from_splits():
         user_item_csr(split_of(held), 50),
         user_item_csr(split_of(known), 50),
         KS,
+        ties="pessimistic",
     )
     assert_close(
         got, reference_mean([(table[u].tolist(), held[u], set(known[u])) for u in range(50)], KS)
@@ -257,7 +324,9 @@ def test_full_ranking_padded_targets_and_no_mask():
     padded = torch.full((50, 3), -1)
     for u, items in enumerate(held):
         padded[u, : len(items)] = torch.tensor(items, dtype=torch.long)
-    got = full_ranking(lambda u: table[u], users, padded, None, KS, batch_users=9)
+    got = full_ranking(
+        lambda u: table[u], users, padded, None, KS, batch_users=9, ties="pessimistic"
+    )
     assert_close(got, reference_mean([(table[u].tolist(), held[u], set()) for u in range(50)], KS))
     # Masking the known items changes the answer (the mask is really applied).
     masked = full_ranking(lambda u: table[u], users, padded, csr_from_lists(known), KS)
@@ -308,7 +377,7 @@ def test_sampled_matches_reference(batch):
     def score_pairs(u, cand):
         return table[u[:, None], cand]  # [b, 1 + N]
 
-    got = sampled_ranking(score_pairs, users, items, negatives, KS, batch=batch)
+    got = sampled_ranking(score_pairs, users, items, negatives, KS, batch, "pessimistic")
     ref_rows = [
         ([table[u, i].item() for i in [t] + negatives[r].tolist()], [0], set())
         for r, (u, t) in enumerate(zip(users.tolist(), items.tolist(), strict=True))
@@ -342,10 +411,12 @@ def ncf_authors_eval(
     return hr, ndcg
 
 
-def test_sampled_is_the_ncf_authors_evaluation_ties_and_repeats_included():
+def test_sampled_agrees_with_the_ncf_authors_evaluation_and_bounds_it_with_ties():
+    """Without ties every rule is the authors' evaluation, a target repeated among its own
+    negatives included; with ties, the authors' (one tie-break, by their dict's order) lies
+    between the pessimistic and the optimistic rule."""
     g = torch.Generator().manual_seed(4)
     n_items, rows = 40, 200
-    table = torch.randint(0, 4, (rows, n_items), generator=g).float()  # [R, I] many ties
     items = torch.randint(0, n_items, (rows,), generator=g)
     lines = []
     for r, t in enumerate(items.tolist()):
@@ -357,14 +428,28 @@ def test_sampled_is_the_ncf_authors_evaluation_ties_and_repeats_included():
     width = max(map(len, lines))
     negatives = torch.tensor([n + [-1] * (width - len(n)) for n in lines])  # [R, N] padded
     users = torch.arange(rows)
-    for k in (1, 3, 10):
-        got = sampled_ranking(lambda u, c: table[u[:, None], c], users, items, negatives, [k])
-        want = [
-            ncf_authors_eval(dict(enumerate(table[r].tolist())), int(items[r]), lines[r], k)
-            for r in range(rows)
-        ]
-        assert got[f"hr@{k}"] == pytest.approx(sum(w[0] for w in want) / rows)
-        assert got[f"ndcg@{k}"] == pytest.approx(sum(w[1] for w in want) / rows)
+    distinct = torch.rand(rows, n_items, generator=g)  # [R, I] no ties
+    tied = torch.randint(0, 4, (rows, n_items), generator=g).float()  # [R, I] many ties
+    for table in (distinct, tied):
+        for k in (1, 3, 10):
+            got = {
+                ties: sampled_ranking(
+                    lambda u, c, t=table: t[u[:, None], c], users, items, negatives, [k], ties=ties
+                )
+                for ties in ("pessimistic", "expected", "optimistic")
+            }
+            want = [
+                ncf_authors_eval(dict(enumerate(table[r].tolist())), int(items[r]), lines[r], k)
+                for r in range(rows)
+            ]
+            hr = sum(w[0] for w in want) / rows
+            ndcg = sum(w[1] for w in want) / rows
+            if table is distinct:
+                for rule in got.values():
+                    assert (rule[f"hr@{k}"], rule[f"ndcg@{k}"]) == pytest.approx((hr, ndcg))
+            else:
+                low, high = got["pessimistic"][f"hr@{k}"], got["optimistic"][f"hr@{k}"]
+                assert low < hr < high and low < got["expected"][f"hr@{k}"] < high
 
 
 # ----------------------------------------------------------------------------- rating
@@ -413,6 +498,7 @@ def test_computed_on_the_scores_device(device):
         csr_from_lists(known),
         KS,
         batch_users=16,
+        ties="pessimistic",
     )
     assert_close(
         got, reference_mean([(table[u].tolist(), held[u], set(known[u])) for u in range(50)], KS)

@@ -27,7 +27,7 @@ from orchestrator.models.base import DataSpec
 from orchestrator.models.registry import create_model, get_model_class, list_models, load_model
 
 CASES = [(name, task) for name in list_models() for task in get_model_class(name).tasks]
-CPU = TrainConfig(device="cpu", patience=10, ks=(5, 10))
+CPU = TrainConfig(device="cpu", patience=10, ks=(5, 10), refit=False)
 TIMING = ("epoch_time_s", "train_samples_per_s", "val/eval_users_per_s")
 
 

@@ -268,7 +268,14 @@ def evaluate_units(
         if cfg.protocol == "full":
             users = torch.arange(data.n_users, device=tensors.device)
             units = full_ranking_per_user(
-                score_all, users, tensors.targets(split), tensors.known(split), cfg.ks, batch, tops
+                score_all,
+                users,
+                tensors.targets(split),
+                tensors.known(split),
+                cfg.ks,
+                batch,
+                tops,
+                cfg.ties,
             )
             n_users = tensors.n_target_users(split)
         elif cfg.protocol == "sampled":
@@ -279,6 +286,7 @@ def evaluate_units(
                 tensors.negatives(split),
                 cfg.ks,
                 batch,
+                cfg.ties,
             )
             n_users = len(rows)
         else:

@@ -2,14 +2,16 @@
 
 Torch only, vectorized, computed on the device of the scores. No Ray here.
 
-Tie rule (PESSIMISTIC). A target's rank is 1 + the number of OTHER unmasked candidates whose
-score is >= the target's score; equivalently, the number of unmasked candidates (itself
-included) with score >= its score. A model that gives every item the same score therefore
-ranks every target last instead of first, and cannot win by saying nothing. Other targets of
-the same user count as other candidates. A NaN score counts as +inf for the other candidates
-(it beats the target) and a target with a NaN score is a miss; a masked target is a miss.
+Ties (`ties.py`, the config's `train.ties`). A target is placed among the unmasked
+candidates by the count scored above it and the count tied with it (other targets of the
+same user count as candidates); `expected` (the default) reports each metric's expected
+value under random tie-breaking, `pessimistic` ranks every tie ahead of the target (a model
+that scores every item alike ranks every target last), `optimistic` behind it. A NaN score
+counts as +inf for the other candidates (it beats the target) and a target with a NaN score
+is a miss; a masked target is a miss.
 
-Definitions for one user with the target set T (non-empty), rank r_t per target:
+Definitions for one user with the target set T (non-empty), rank r_t per target (under
+`expected`, each metric's mean over the tie-breaks):
 
 - HR@K     = 1 if some r_t <= K, else 0
 - Recall@K = #{t : r_t <= K} / |T|
@@ -56,8 +58,8 @@ import torch
 from torch import Tensor
 
 from orchestrator.data.sampling import csr_entries
+from orchestrator.engine.ties import RANKING_NAMES, tie_metrics
 
-RANKING_NAMES = ("hr", "ndcg", "recall", "mrr")
 BEYOND_NAMES = ("coverage", "gini", "arp", "novelty")  # of the test pass's top-K lists
 ERROR_NAMES = ("rmse", "mae")  # the metrics that fall as a model improves
 
@@ -118,13 +120,15 @@ def cutoffs(ks: Sequence[int]) -> list[int]:
     return ks
 
 
-def _target_ranks(
+def _target_counts(
     scores: Tensor, targets: Tensor, mask: Tensor | None, max_k: int, tops: list[Tensor] | None
-) -> tuple[Tensor, Tensor]:
-    """Pessimistic ranks `[B, T]` of the targets, exact up to `max_k` (larger ones read
-    `max_k + 1`: a miss at every cut-off), and whether each target can count as a hit.
-    With `tops`, the rows' top `max_k` columns (`-1` past the unmasked ones) are appended
-    to it, from the same top-k that then ranks the targets."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each target's rank counts `[B, T]` among the unmasked candidates (`ties`): those
+    scored above it (exact up to `max_k`; larger ones read `max_k + 1`, a miss at every
+    cut-off) and those scored equal, itself included (exact wherever the first is); and
+    whether each target can count as a hit. With `tops`, the rows' top `max_k` columns
+    (`-1` past the unmasked ones) are appended to it, from the same top-k that then ranks
+    the targets."""
     safe = targets.clamp(min=0)  # [B, T] padding looks up column 0, discarded by `usable`
     target_scores = scores.gather(1, safe)  # [B, T]
     usable = (targets >= 0) & ~torch.isnan(target_scores)  # [B, T]
@@ -134,27 +138,41 @@ def _target_ranks(
         target_scores = scores.gather(1, safe)  # [B, T]
     if mask is not None:
         usable &= ~mask.gather(1, safe)
+    keep = None if mask is None else ~mask  # [B, C]
     if targets.shape[1] <= _COMPARE_MAX_TARGETS and tops is None:
-        keep = None if mask is None else ~mask  # [B, C]
-        counts = []
-        for j in range(targets.shape[1]):
-            beats = scores >= target_scores[:, j : j + 1]  # [B, C]
-            counts.append((beats if keep is None else beats & keep).sum(1))
-        return torch.stack(counts, 1).clamp(max=max_k + 1), usable  # [B, T]
-    if mask is not None:
-        scores = scores.masked_fill(mask, -math.inf)  # [B, C] masked items sink to the bottom
+        return (*_compared(scores, target_scores, keep), usable)
     # Only ranks up to max_k matter, and a target has rank m <= max_k + 1 exactly when m of
     # the top max_k + 1 scores are >= its score, so those scores are all it is compared with.
-    best = scores.topk(min(max_k + 1, scores.shape[1]), dim=1, sorted=tops is not None)
+    sunk = scores if mask is None else scores.masked_fill(mask, -math.inf)  # [B, C]
+    best = sunk.topk(min(max_k + 1, scores.shape[1]), dim=1, sorted=tops is not None)
     top = best.values  # [B, k]
     if tops is not None:
         tops.append(_listed(top[:, :max_k], best.indices[:, :max_k], max_k).cpu())
-    ge = (top[:, None, :] >= target_scores[:, :, None]).sum(2)  # [B, T]
-    bottom = target_scores == -math.inf  # [B, T]
-    if mask is not None and bool(bottom.any()):
-        # Masked items sit at -inf too: a target scored -inf is last among the unmasked.
-        ge = torch.where(bottom, (~mask).sum(1, keepdim=True), ge)  # [B, T]
-    return ge.clamp(max=max_k + 1), usable
+    greater = (top[:, None, :] > target_scores[:, :, None]).sum(2)  # [B, T]
+    tied = (top[:, None, :] >= target_scores[:, :, None]).sum(2) - greater  # [B, T]
+    # a tie group that may reach past the top (or a target at -inf, among the masked
+    # items there) is counted over the row's every candidate
+    full = (tied + greater >= top.shape[1]) & (greater <= max_k) & usable  # [B, T]
+    full |= usable & (target_scores == -math.inf)
+    rows = full.any(1).nonzero()[:, 0]
+    if len(rows):
+        exact = _compared(scores[rows], target_scores[rows], None if keep is None else keep[rows])
+        greater[rows], tied[rows] = exact
+    return greater.clamp(max=max_k + 1), tied, usable
+
+
+def _compared(scores: Tensor, target_scores: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Candidates `[B, T]` scored above and equal to each target (`keep`: the unmasked
+    ones), one comparison pass over the `[B, C]` scores per target column."""
+    greater, tied = [], []
+    for j in range(target_scores.shape[1]):
+        above = scores > target_scores[:, j : j + 1]  # [B, C]
+        equal = scores == target_scores[:, j : j + 1]  # [B, C]
+        if keep is not None:
+            above, equal = above & keep, equal & keep
+        greater.append(above.sum(1))
+        tied.append(equal.sum(1))
+    return torch.stack(greater, 1), torch.stack(tied, 1)
 
 
 def ranking_metrics_from_scores(
@@ -163,8 +181,9 @@ def ranking_metrics_from_scores(
     ks: Sequence[int],
     mask: Tensor | None = None,
     tops: list[Tensor] | None = None,
+    ties: str = "expected",
 ) -> dict[str, Tensor]:
-    """Per-user HR, NDCG, Recall and MRR at each K, with the pessimistic tie rule.
+    """Per-user HR, NDCG, Recall and MRR at each K, with the tie rule `ties`.
 
     Args:
         scores: `[B, C]` scores of C candidates per user (higher is better).
@@ -174,6 +193,7 @@ def ranking_metrics_from_scores(
         mask: `[B, C]` bool, True = candidate excluded (e.g. the user's training items), or None.
         tops: when given, the rows' top max(ks) columns (best first, `-1` past the
             unmasked ones, on the CPU) are appended to it.
+        ties: the tie rule, one of `ties.TIES`.
 
     Returns:
         `{"hr@K": Tensor[B], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}` for each K
@@ -209,25 +229,11 @@ def ranking_metrics_from_scores(
             f"padded with -1, got {targets[row].tolist()}"
         )
 
-    zeros = scores.new_zeros(n_rows, dtype=torch.float32)  # [B]
     if targets.shape[1] == 0:
+        zeros = scores.new_zeros(n_rows, dtype=torch.float32)  # [B]
         return {f"{name}@{k}": zeros.clone() for name in RANKING_NAMES for k in ks}
-    ranks, usable = _target_ranks(scores, targets, mask, max(ks), tops)  # [B, T], [B, T]
-    n_targets = (targets >= 0).sum(1)  # [B]
-    gain = 1.0 / torch.log2(ranks.float() + 1.0)  # [B, T] ranks are >= 1 where usable
-    best = torch.where(usable, ranks, max(ks) + 1).min(1).values  # [B]
-    discounts = 1.0 / torch.log2(torch.arange(2, max(ks) + 2, device=scores.device).float())
-    idcg = torch.cat([discounts.new_zeros(1), discounts.cumsum(0)])  # [maxK + 1] idcg[j]
-    out: dict[str, Tensor] = {}
-    for k in ks:
-        hit = usable & (ranks <= k)  # [B, T]
-        out[f"hr@{k}"] = hit.any(1).float()
-        out[f"ndcg@{k}"] = torch.where(hit, gain, 0.0).sum(1) / idcg[n_targets.clamp(max=k)].clamp(
-            min=1e-12
-        )
-        out[f"recall@{k}"] = hit.sum(1) / n_targets.clamp(min=1).float()
-        out[f"mrr@{k}"] = torch.where(best <= k, 1.0 / best.float(), zeros)
-    return {f"{name}@{k}": out[f"{name}@{k}"] for name in RANKING_NAMES for k in ks}
+    greater, tied, usable = _target_counts(scores, targets, mask, max(ks), tops)  # [B, T] each
+    return tie_metrics(greater, tied, usable, (targets >= 0).sum(1), ks, ties)
 
 
 def top_items(scores: Tensor, k: int) -> Tensor:
@@ -268,6 +274,7 @@ def full_ranking(
     known: Csr | None,
     ks: Sequence[int],
     batch_users: int = 1024,
+    ties: str = "expected",
 ) -> dict[str, float]:
     """The means of `full_ranking_per_user`: HR, NDCG, Recall and MRR at each K.
 
@@ -280,7 +287,7 @@ def full_ranking(
         ...              ks=[10])
         {'hr@10': ..., 'ndcg@10': ..., 'recall@10': ..., 'mrr@10': ...}
     """
-    return means(full_ranking_per_user(score_fn, users, targets, known, ks, batch_users))
+    return means(full_ranking_per_user(score_fn, users, targets, known, ks, batch_users, ties=ties))
 
 
 @torch.no_grad()
@@ -328,6 +335,7 @@ def full_ranking_per_user(
     ks: Sequence[int],
     batch_users: int = 1024,
     tops: list[Tensor] | None = None,
+    ties: str = "expected",
 ) -> dict[str, Tensor]:
     """Rank every item for each user, the user's known items masked, batched over users.
 
@@ -342,6 +350,7 @@ def full_ranking_per_user(
         batch_users: users per `score_fn` call.
         tops: when given, each batch's top max(ks) items per user (known items masked,
             best first, on the CPU) are appended to it (for `beyond_accuracy`).
+        ties: the tie rule, one of `ties.TIES`.
 
     Returns:
         `{"hr@K": Tensor[U'], "ndcg@K": ..., "recall@K": ..., "mrr@K": ...}`: one float32
@@ -389,7 +398,7 @@ def full_ranking_per_user(
             item = known[1][flat]
             mask = torch.zeros(len(rows), n_items, dtype=torch.bool, device=device)
             mask[pos, item] = True  # [b, n_items]
-        per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask, tops)
+        per_user = ranking_metrics_from_scores(scores, batch_targets, ks, mask, tops, ties)
         for name, value in per_user.items():
             parts.setdefault(name, []).append(value.cpu())
     return {name: torch.cat(values) for name, values in parts.items()}

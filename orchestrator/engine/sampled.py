@@ -1,5 +1,5 @@
 """The sampled protocol of the NCF papers: each held-out target ranked among its own fixed
-negatives (He et al. 2017), with the metrics and tie rule of `metrics`. No Ray here."""
+negatives (He et al. 2017), with the metrics and tie rules of `ties`. No Ray here."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from orchestrator.engine.metrics import RANKING_NAMES, cutoffs, means
+from orchestrator.engine.ties import tie_metrics
 
 
 def sampled_ranking(
@@ -19,6 +20,7 @@ def sampled_ranking(
     negatives: Tensor,
     ks: Sequence[int],
     batch: int = 8192,
+    ties: str = "expected",
 ) -> dict[str, float]:
     """The means of `sampled_ranking_per_row` over the rows.
 
@@ -29,7 +31,7 @@ def sampled_ranking(
         ...                 torch.as_tensor(data.test_negatives), ks=[10])
         {'hr@10': ..., 'ndcg@10': ..., 'recall@10': ..., 'mrr@10': ...}
     """
-    return means(sampled_ranking_per_row(score_pairs, users, items, negatives, ks, batch))
+    return means(sampled_ranking_per_row(score_pairs, users, items, negatives, ks, batch, ties))
 
 
 @torch.no_grad()
@@ -40,16 +42,15 @@ def sampled_ranking_per_row(
     negatives: Tensor,
     ks: Sequence[int],
     batch: int = 8192,
+    ties: str = "expected",
 ) -> dict[str, Tensor]:
-    """Rank each target item among its own sampled negatives (the NCF protocol), exactly as
-    the NCF authors' evaluation does (He et al. 2017, `evaluate.py`): the candidates are the
-    row's negatives in order, then the target, each item scored once (a dict keyed by
-    item), ranked by score with ties in candidate order (a stable sort).
-
-    So a target repeated among its own negatives (156 lines of the authors' ml-1m file) is
-    one candidate, at the place of its first occurrence; a target that is not among them
-    comes last, and every tie ranks ahead of it (the pessimistic rule of `full_ranking`).
-    Rows may have fewer negatives than others: `-1` pads a row.
+    """Rank each target item among its own sampled negatives (the NCF protocol, He et al.
+    2017, `evaluate.py`): the candidates are the row's negatives, then the target, each item
+    scored once, so a target repeated among its own negatives (156 lines of the authors'
+    ml-1m file) is one candidate. A tie with a negative counts by `ties` (`ties.py`; the
+    authors' code ranks by a dict of scores, so its ties follow the dict's order, which
+    Python 2, where it ran, did not fix). Rows may have fewer negatives than others: `-1`
+    pads a row.
 
     Args:
         score_pairs: maps users `[b]` and candidate items `[b, 1 + N]` to scores `[b, 1 + N]`
@@ -59,6 +60,7 @@ def sampled_ranking_per_row(
         negatives: `[R, N]` negative items per row, distinct within a row, `-1` padded.
         ks: cut-offs K.
         batch: rows per `score_pairs` call.
+        ties: the tie rule, one of `ties.TIES`.
 
     Returns:
         `{"hr@K": Tensor[R], ...}` per row (float32, CPU). Recall@K equals HR@K here.
@@ -68,21 +70,13 @@ def sampled_ranking_per_row(
     parts: dict[str, list[Tensor]] = {}
     for begin in range(0, len(users), batch):
         end = begin + batch
-        own, rank = _target_rank(
+        own, greater, tied = _target_counts(
             score_pairs, users[begin:end], items[begin:end], negatives[begin:end]
         )
-        usable = ~torch.isnan(own[:, 0])  # [b] a target scored NaN is a miss
-        for k in ks:
-            hit = usable & (rank <= k)  # [b]
-            gain = 1.0 / torch.log2(rank.float() + 1.0)
-            values = {
-                "hr": hit.float(),
-                "ndcg": torch.where(hit, gain, 0.0),
-                "recall": hit.float(),
-                "mrr": torch.where(hit, 1.0 / rank.float(), 0.0),
-            }
-            for name, value in values.items():
-                parts.setdefault(f"{name}@{k}", []).append(value.cpu())
+        usable = ~torch.isnan(own)  # [b, 1] a target scored NaN is a miss
+        values = tie_metrics(greater, tied, usable, torch.ones_like(greater[:, 0]), ks, ties)
+        for name, value in values.items():
+            parts.setdefault(name, []).append(value.cpu())
     return {f"{name}@{k}": torch.cat(parts[f"{name}@{k}"]) for name in RANKING_NAMES for k in ks}
 
 
@@ -112,19 +106,16 @@ def _check_rows(users: Tensor, items: Tensor, negatives: Tensor, batch: int) -> 
         )
 
 
-def _target_rank(
+def _target_counts(
     score_pairs: Callable[[Tensor, Tensor], Tensor],
     users: Tensor,
     items: Tensor,
     negs: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """One batch of rows: the target's score `[b, 1]` and rank `[b]` among its candidates."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch of rows: the target's score `[b, 1]`, the negatives scored above it and
+    those tied with it, itself included (`[b, 1]` each)."""
     target = items[:, None].to(negs.device)  # [b, 1]
-    is_target = negs == target  # [b, N]
-    counted = (negs >= 0) & ~is_target  # [b, N] each other item once
-    n_neg = negs.shape[1]
-    first = torch.where(is_target.any(1), is_target.float().argmax(1), n_neg)  # [b]
-    before = torch.arange(n_neg, device=negs.device)[None, :] < first[:, None]  # [b, N]
+    counted = (negs >= 0) & (negs != target)  # [b, N] each other item once
     candidates = torch.cat([target, torch.where(negs >= 0, negs, target)], 1)  # [b, 1+N]
     scores = score_pairs(users, candidates)  # [b, 1 + N]
     if scores.shape != candidates.shape:
@@ -132,8 +123,8 @@ def _target_rank(
             f"score_pairs: expected scores {tuple(candidates.shape)}, got {tuple(scores.shape)}"
         )
     own, other = scores[:, :1], scores[:, 1:]  # [b, 1], [b, N]
-    counted, before = counted.to(scores.device), before.to(scores.device)
+    counted = counted.to(scores.device)
     other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
-    ahead = counted & ((other > own) | (before & (other == own)))  # [b, N]
-    rank = 1 + ahead.sum(1)  # [b]
-    return own, rank
+    greater = (counted & (other > own)).sum(1, keepdim=True)  # [b, 1]
+    tied = 1 + (counted & (other == own)).sum(1, keepdim=True)  # [b, 1]
+    return own, greater, tied
