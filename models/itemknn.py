@@ -36,7 +36,6 @@ from orchestrator.models.base import (
 )
 from orchestrator.models.registry import register_model
 
-
 SIMILARITIES = ("cosine", "asymmetric", "jaccard")
 WEIGHTINGS = ("none", "tfidf", "bm25")
 BM25_K1, BM25_B = 1.2, 0.75  # Okapi BM25's usual constants (Dacrema et al.'s too)
