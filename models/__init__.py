@@ -10,6 +10,7 @@ from orchestrator.models import (  # noqa: F401  (registration)
     bias,
     caser,
     ease,
+    ials,
     itemknn,
     mf,
     neumf,

@@ -215,10 +215,11 @@ class SweepConfig:
         "models to search, one study each: model or model:task",
     )
     baselines: tuple[str, ...] = opt(
-        ("bias", "pop", "itemknn"),
-        "non-learned baselines (model or model:task), each in the "
-        "table of its task's evaluation; one with no study in "
-        "that table is not run",
+        ("bias", "pop", "itemknn", "ease", "rp3beta", "puresvd", "ials"),
+        "baselines (model or model:task), each in the table of its task's "
+        "evaluation and searched like a model (trials per study, its table's "
+        "metric; pop, with nothing to search, fitted once); one with no study "
+        "in that table is not run",
     )
     trials: int = opt(8, "trials per study; the first is the model's defaults")
     startup_trials: int = opt(

@@ -85,9 +85,21 @@ def save(fig: Figure, path: Path) -> Path:
 def optuna_figure(kind: str, study: optuna.Study, path: Path) -> Path:
     """Optuna's own matplotlib figure of a study: its optimization history, or parameter
     importances by fANOVA (seeded) over the complete trials."""
+    import matplotlib.pyplot as plt
+
+    fig = optuna_axes(kind, study).figure
+    try:
+        return save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def optuna_axes(kind: str, study: optuna.Study) -> Axes:
+    """`optuna_figure`'s axes, laid out on a 6.4 x 4 inch figure, the title wrapped to fit
+    its width."""
+    import textwrap
     import warnings
 
-    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
     from optuna.exceptions import ExperimentalWarning
     from optuna.importance import FanovaImportanceEvaluator
@@ -105,21 +117,18 @@ def optuna_figure(kind: str, study: optuna.Study, path: Path) -> Path:
     complete = sum(t.state.name == "COMPLETE" for t in study.trials)
     title = ax.get_title() or ax.get_title(loc="left")  # optuna puts either one
     ax.set_title("")
-    ax.set_title(
+    full = (
         f"{study.study_name}: {title} ({complete} complete trials"
-        f"{', too few to trust' if kind != 'history' and complete < 10 else ''})",
-        loc="left",
+        f"{', too few to trust' if kind != 'history' and complete < 10 else ''})"
     )
+    ax.set_title("\n".join(textwrap.wrap(full, 60)), loc="left", fontsize=10)
     if kind == "history":
         ax.set_ylabel(study.user_attrs.get("metric", "value"))
     fig = ax.figure
     assert isinstance(fig, Figure)  # optuna draws on a pyplot figure's axes, no subfigure
     fig.set_size_inches(6.4, 4.0)
-    try:
-        fig.tight_layout()
-        return save(fig, path)
-    finally:
-        plt.close(fig)
+    fig.tight_layout()
+    return ax
 
 
 def plot_curves(curves: pd.DataFrame, order: list[str], metric: str, path: Path) -> Path:

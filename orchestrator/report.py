@@ -187,7 +187,7 @@ def _study_html(
         curves = history[
             (history["study"] == study) & history["trial_id"].isin(best["trial_id"].head(CURVES))
         ]
-        if len(curves):
+        if curves["epoch"].nunique() > 1:  # a baseline's one fit draws no curve
             out.append(
                 _img(
                     plots.plot_curves(

@@ -12,7 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "orchestrator"
 SECRET = "recsweep-test-secret-key-0123456789abcdef"  # a W&B key that must reach no file
 # the studies of the suite's smoke sweep (conftest's `smoke_run`), in its table's order
-SMOKE_STUDIES = ["mf", "autorec", "bias", "mf-ranking", "neumf", "caser", "pop", "itemknn"]
+SMOKE_STUDIES = [
+    *("mf", "autorec", "bias", "mf-ranking", "neumf", "caser"),
+    *("itemknn", "ease", "rp3beta", "puresvd", "ials", "pop"),
+]
 
 
 def package_modules() -> dict[str, Path]:

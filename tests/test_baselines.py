@@ -155,3 +155,21 @@ def test_itemknn_is_its_similarity(interactions: np.ndarray, similarity, weighti
 def test_itemknn_refuses_an_unknown_similarity() -> None:
     with pytest.raises(ValueError, match=r"similarity='pearson': expected cosine or asym"):
         create_model("itemknn", DataSpec(USERS, ITEMS), "ranking", similarity="pearson")
+
+
+def test_ials_is_implicits_als_with_hus_confidence(interactions: np.ndarray) -> None:
+    """The factors are those `implicit` fits with confidence 1 + alpha, and they fit: the
+    observed pairs score above the unobserved ones."""
+    import scipy.sparse as sp
+    from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    X = interactions
+    model = fitted("ials", X, factors=4, regularization=0.1, alpha=9.0, iterations=5, seed=3)
+    als = AlternatingLeastSquares(
+        factors=4, regularization=0.1, alpha=10.0, iterations=5, random_state=3, num_threads=1
+    )
+    with threadpool_limits(1, "blas"):
+        als.fit(sp.csr_matrix(X.astype(np.float32)), show_progress=False)
+    np.testing.assert_allclose(scores(model), als.user_factors @ als.item_factors.T, atol=1e-4)
+    assert scores(model)[X == 1].mean() > scores(model)[X == 0].mean() + 0.3

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator.journal import storage, write_journal
-from orchestrator.plan import load_config, model_studies, resolved, schedules
+from orchestrator.plan import load_config, check_config, resolved, schedules
 from orchestrator.records import TrialRecord
 from orchestrator.search import SearchSpace
 
@@ -34,8 +34,8 @@ def record(number: int, end: str, best: float | None, **hparams: object) -> Tria
 
 @pytest.mark.filterwarnings("error")  # a step reported twice would warn
 def test_every_trial_once_with_its_state_values_and_distributions(tmp_path: Path) -> None:
-    cfg = resolved(load_config(None, {"models": ["mf"], "trials": 4, "epochs": 4}))
-    (study,) = model_studies(cfg)
+    cfg = resolved(load_config(None, {"models": ["mf"], "trials": 4, "epochs": 4, "baselines": []}))
+    (study,) = check_config(cfg)
     plan = schedules(cfg, [study])
     space = SearchSpace.of(study, cfg, plan)
     defaults = space.points[0][1]

@@ -31,6 +31,28 @@ def test_importances_come_from_optuna_over_complete_trials(tmp_path: Path) -> No
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_optuna_titles_fit_their_figures() -> None:
+    """A long study name and Optuna's own title are wrapped inside the figure (the report
+    once cut "Optimization History Plot (5 complete trials" at its right edge)."""
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from orchestrator.plots import optuna_axes
+
+    study = optuna.create_study(study_name="mf-ranking-fold2-with-a-long-name")
+    for x in range(5):
+        study.enqueue_trial({"x": float(x)})
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0, 4) ** 2)
+    for kind in ("history", "importance"):
+        ax = optuna_axes(kind, study)
+        fig = ax.figure
+        box = ax.title.get_window_extent(fig.canvas.get_renderer())  # type: ignore[attr-defined]
+        assert "5 complete trials" in ax.get_title(loc="left").replace("\n", " ")
+        assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1, kind
+        plt.close(fig)
+
+
 def test_report_of_a_directory_that_is_no_run(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

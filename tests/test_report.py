@@ -46,6 +46,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--smoke",
         "--models",
         ",".join(STUDIES),
+        "--baselines",
+        "bias,pop",  # bias: a searched baseline's study, its figures too
         "--trials",
         "3",
         "--grace-period",
@@ -105,6 +107,7 @@ def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, p
     expected = ["data-popularity", "data-activity", "coverage-ranking"] + [
         f"{kind}-{s}" for s in STUDIES for kind in ("history", "importance", "curves", "umap-items")
     ]
+    expected += ["history-bias", "importance-bias"]  # a baseline's search: no curve, no map
     assert sorted(a["alt"] for t, a in page.tags if t == "img") == sorted(expected)
     for name in expected:
         assert (run_dir / "figures" / f"{name}.png").stat().st_size > 2048, name
@@ -123,7 +126,7 @@ def test_every_image_is_an_embedded_png_and_nothing_is_external(run_dir: Path, p
 
 def test_tables_match_results_csv(run_dir: Path, page: Page) -> None:
     csv = pd.read_csv(run_dir / "results.csv")
-    assert list(csv["study"]) == ["mf", "bias", "neumf", "pop", "itemknn"]
+    assert list(csv["study"]) == ["mf", "bias", "neumf", "pop"]
     assert len(page.tables) == 2  # rating prediction, top-N ranking
     for (name, rows), table in zip(csv.groupby("table", sort=False), page.tables, strict=True):
         header, *cells = table

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator.models.registry import get_model_class, make_params
-from orchestrator.plan import load_config, model_studies, resolved, schedules, study_points
+from orchestrator.plan import load_config, check_config, resolved, schedules, study_points
 from orchestrator.records import TrialSpec
 from orchestrator.search import StudySearch
 from orchestrator.trials import trial_history
@@ -27,13 +27,14 @@ def search() -> tuple[StudySearch, optuna.storages.InMemoryStorage]:
             None,
             {
                 "models": ["mf", "neumf"],
+                "baselines": [],
                 "trials": 8,
                 "epochs": 12,
                 "search_space": {"mf": {"dim": {"values": [16, 32]}}},
             },
         )
     )
-    studies = model_studies(cfg)
+    studies = check_config(cfg)
     storage = optuna.storages.InMemoryStorage()
     return StudySearch(studies, cfg, schedules(cfg, studies), storage=storage), storage
 
@@ -59,12 +60,13 @@ def test_first_trials_are_the_defaults_then_the_recipes_then_the_search(capsys) 
             None,
             {
                 "models": ["mf:ranking", "neumf", "mf"],
+                "baselines": [],
                 "trials": 4,
                 "search_space": {"mf": {"dim": {"values": [16, 64]}}},
             },
         )
     )
-    studies = model_studies(cfg)
+    studies = check_config(cfg)
     searcher = StudySearch(
         studies, cfg, schedules(cfg, studies), storage=optuna.storages.InMemoryStorage()
     )
@@ -89,11 +91,15 @@ def test_a_recipe_sets_its_studys_epoch_budget_and_an_override_can_drop_it() -> 
     narrow = resolved(
         load_config(
             None,
-            {"models": ["mf:ranking"], "search_space": {"mf": {"optimizer": {"value": "adam"}}}},
+            {
+                "models": ["mf:ranking"],
+                "baselines": [],
+                "search_space": {"mf": {"optimizer": {"value": "adam"}}},
+            },
         )
     )
     assert narrow.schedule["mf-ranking"]["max_epochs"] == 100  # rendle2020 not tried
-    (study,) = model_studies(narrow)
+    (study,) = check_config(narrow)
     points, dropped = study_points(study, narrow.search_space["mf"])
     assert [origin for origin, _ in points] == ["defaults", "recipe:he2017-gmf"]
     assert dropped["outside"] == [

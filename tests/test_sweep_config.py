@@ -102,7 +102,7 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
     from orchestrator.records import TRIAL
     from orchestrator.search import StudySearch
 
-    cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2})
+    cfg = load_config(None, {"models": ["mf", "neumf"], "trials": 2, "baselines": []})
     plan = schedules(cfg, check_config(cfg))
     search = StudySearch(check_config(cfg), cfg, plan)
     first = [search.suggest(f"t{i}") for i in range(3)]
