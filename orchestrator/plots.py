@@ -86,8 +86,10 @@ def optuna_figure(kind: str, study: optuna.Study, path: Path) -> Path:
     """Optuna's own matplotlib figure of a study: its optimization history, or parameter
     importances by fANOVA (seeded) over the complete trials."""
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     fig = optuna_axes(kind, study).figure
+    assert isinstance(fig, Figure)  # optuna draws on a pyplot figure's axes, no subfigure
     try:
         return save(fig, path)
     finally:

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator.journal import storage, write_journal
-from orchestrator.plan import load_config, check_config, resolved, schedules
+from orchestrator.plan import check_config, load_config, resolved, schedules
 from orchestrator.records import TrialRecord
 from orchestrator.search import SearchSpace
 

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from orchestrator.models.registry import get_model_class, make_params
-from orchestrator.plan import load_config, check_config, resolved, schedules, study_points
+from orchestrator.plan import check_config, load_config, resolved, schedules, study_points
 from orchestrator.records import TrialSpec
 from orchestrator.search import StudySearch
 from orchestrator.trials import trial_history
