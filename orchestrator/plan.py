@@ -68,6 +68,12 @@ def parse_study(entry: str, cfg_metric: str, ks: tuple[int, ...], what: str = "m
 def model_studies(cfg: SweepConfig) -> list[Study]:
     """`models: [mf, mf:ranking, neumf]` -> studies; errors name the bad entry."""
     out = [parse_study(entry, cfg.metric, cfg.train.ks) for entry in cfg.models]
+    for study in out:
+        if not get_model_class(study.model).learned:
+            raise ValueError(
+                f"models: {study.model!r} is a baseline (fitted, not trained); list it in "
+                "`baselines`, where it is searched and tested beside the models"
+            )
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ValueError(f"models: {list(cfg.models)} names a study twice")

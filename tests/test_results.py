@@ -230,3 +230,23 @@ def test_the_readable_table_holds_the_main_columns_and_every_one_on_request() ->
     assert "| test/gini@10 |" in header and "| test/ndcg@20 |" in header
     with pytest.raises(ValueError, match="--columns 'some': expected main or all"):
         results.readable(frame, "some")
+
+
+def test_the_header_says_how_ties_count_and_what_was_tested() -> None:
+    """The protocol defaults of the field (99 negatives: 100 candidates; ties at their
+    expected value; the refit on train + val), each written in the table's header."""
+    from orchestrator.config import DataConfig, TrainConfig
+    from orchestrator.data import load_dataset
+    from orchestrator.finalize import evaluation_name
+
+    data = load_dataset(DataConfig(dataset="synthetic:users=150,items=200,interactions=3000"))
+    assert data.test_negatives is not None and data.test_negatives.shape[1] == 99
+    cfg = TrainConfig(protocol="sampled")
+    assert cfg.refit and cfg.ties == "expected"
+    line = evaluation_name("ranking", [data], cfg, "test/ndcg@10")
+    assert "each test item among up to 99 fixed negatives" in line
+    assert "ties counted at their expected value (random tie-breaking)" in line
+    assert "tested after a refit on train + val (the chosen epochs)" in line
+    line = evaluation_name("ranking", [data], TrainConfig(ties="pessimistic", refit=False), "m")
+    assert "ties counted ahead of the target (pessimistic)" in line and "(no refit)" in line
+    assert "ties" not in evaluation_name("rating", [data], cfg, "test/rmse")

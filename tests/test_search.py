@@ -203,6 +203,11 @@ def test_a_baseline_must_serve_its_task(baselines: list[str], message: str) -> N
         load_config(None, {"baselines": baselines})
 
 
+def test_a_baseline_is_listed_as_one() -> None:
+    with pytest.raises(ValueError, match=r"models: 'ease' is a baseline .* list it in `base"):
+        load_config(None, {"models": ["mf:ranking", "ease"]})
+
+
 def test_a_trials_history_is_its_lineage_and_survives_a_line_cut_short(tmp_path, capsys) -> None:
     # a trial that reported epochs 1..3, was killed while its last line was written, then
     # restored from its epoch-1 checkpoint and ran epoch 2 again

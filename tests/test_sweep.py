@@ -22,6 +22,7 @@ from orchestrator.cli import main
 from orchestrator.rundir import RunDir
 
 pytestmark = pytest.mark.sweep  # the smoke run, and commands run on it
+BASELINES = ["bias", "itemknn", "ease", "rp3beta", "puresvd", "ials"]  # searched, as studies
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path
     table = pd.read_csv(smoke_run / "results.csv")
     assert list(table["study"]) == STUDIES
     assert (table["status"] == "ok").all(), table[["study", "status"]]
-    assert list(table["table"]) == ["rating"] * 3 + ["ranking"] * 5
+    assert list(table["table"]) == ["rating"] * 3 + ["ranking"] * 9
     for name, group in table.groupby("table"):
         assert group["baseline"].any(), name  # every table has a baseline row
         assert group["evaluation"].nunique() == 1 and group["main_metric"].nunique() == 1
@@ -51,8 +52,9 @@ def test_smoke_tables_compare_like_with_like_and_hold_a_baseline(smoke_run: Path
     ranked = table[table["table"] == "ranking"]
     for col in ("test/hr@10", "test/ndcg@10", "val/ndcg@10"):
         assert ranked[col].between(0, 1).all(), col
-    searched = table[~table["baseline"]]
+    searched = table[table["study"] != "pop"]  # the baselines' searches too; pop: one fit
     assert (searched["trials_done"] + searched["trials_pruned"] == 2).all()
+    assert table.set_index("study").loc["pop", "trials_done"] == 1
     # each row is tested against its table's best row and best baseline, or says why not
     for _, row in table.iterrows():
         for col, label in (("p_vs_best", "best"), ("p_vs_baseline", "baseline")):
@@ -82,7 +84,8 @@ def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run
         assert searched and all(getattr(defaults, k) == v for k, v in searched.items()), study
         assert first["end"].iloc[0] in ("epochs", "early_stopped")  # ASHA never stops it
         rungs = resolved["schedule"][study]["rungs"]
-        assert rungs == [1, 2]  # grace a quarter of 2 epochs (at least 1), factor 2
+        # grace a quarter of 2 epochs (at least 1), factor 2; a baseline's one fit: 1
+        assert rungs == ([1] if study in BASELINES else [1, 2]), study
     assert set(trials["end"]) <= {"epochs", "early_stopped", "asha"}
     assert (trials.loc[trials["end"] == "asha", "epochs"] == 1).all()  # at the rung
     # the defaults, then the recipes (2 trials: the first recipe); caser's is its defaults
@@ -93,6 +96,8 @@ def test_smoke_search_starts_from_the_defaults_and_asha_compares_rungs(smoke_run
         "mf-ranking": ["defaults", "recipe:he2017-gmf"],
         "neumf": ["defaults", "recipe:he2017"],
         "caser": ["defaults", "search"],
+        "ials": ["defaults", "recipe:rendle2022"],
+        **{b: ["defaults", "search"] for b in BASELINES if b != "ials"},
     }
     assert resolved["sampler"] == {
         "name": "tpe",
@@ -125,7 +130,7 @@ def test_smoke_run_directory_layout(smoke_run: Path) -> None:
     assert resolved["trials"] == 2 and resolved["data"]["dataset"].startswith("synthetic")
     assert json.loads((smoke_run / "data.json").read_text())["users"] > 0
     trials = pd.read_parquet(smoke_run / "trials.parquet")
-    assert len(trials) == 10 and trials["trial_id"].is_unique
+    assert len(trials) == 2 * 11 and trials["trial_id"].is_unique  # 5 models, 6 baselines
     # the Ray node each trial ran on (one here: a local cluster)
     assert trials["node"].str.fullmatch("[0-9a-f]{56}").all() and trials["node"].nunique() == 1
 
