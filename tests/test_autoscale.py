@@ -243,6 +243,8 @@ def test_sweep_makes_the_autoscaler_add_gpu_workers(
             "auto",
             "--models",
             "mf",
+            "--baselines",
+            "",  # the trials of mf alone
             "--trials",
             "4",
             "--epochs",

@@ -159,6 +159,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path, no_shared_ray: None) 
         str(tmp_path),
         "--models",
         "mf,neumf",
+        "--baselines",
+        "pop",  # fitted once: the trials are the models'
         "--trials",
         "4",
         "--epochs",

@@ -345,7 +345,7 @@ def test_sigterm_stops_the_sweep_and_resume_finishes_it(tmp_path: Path) -> None:
     # during the first
     args = [
         sys.executable, "-m", "orchestrator", "sweep", "--name", "stopped", "--storage",
-        str(tmp_path), "--models", "mf", "--baselines", "bias", "--trials", "2", "--epochs",
+        str(tmp_path), "--models", "mf", "--baselines", "", "--trials", "2", "--epochs",
         "600", "--set", "train.patience=0", "--wandb", "disabled", "--dataset", DATASET,
         "--time-budget", "none", "--cpus-per-trial", "2", *NO_TAIL_FLAGS,
     ]  # fmt: skip
