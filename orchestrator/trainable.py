@@ -11,6 +11,8 @@ checkpoint, so a trial restarted on another node (FailureConfig) continues from 
 checkpoint. Every report carries `best_value`, the best validation value so far, and
 `status`: "running", or how the trial ended ("epochs", "early_stopped", "diverged"); a trial
 whose last status is "running" was stopped from outside (ASHA, Ctrl-C, the time budget).
+A baseline's trial (`fit_baseline`) is one closed-form fit, reported once as epoch 1, with
+no checkpoint: the sweep fits the chosen configuration again to test it.
 """
 
 from __future__ import annotations
