@@ -141,7 +141,12 @@ class StudySearch(SavedSearcher):
         open_ = [name for name in self.searches if counts[name] < self.trials]
         if not open_:
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray's own sentinel, a str
-        name = min(open_, key=lambda n: counts[n])  # the study with fewest trials, in order
+        done = vars(self).setdefault("done", set())  # an experiment saved before has none
+        running = collections.Counter(n for t, n in self.owner.items() if t not in done)
+        # the study with the fewest trials running, then the fewest started, in order: a
+        # study of long trials holds one slot while studies of short ones (a baseline's fit)
+        # take turns in the others, rather than waiting for its trials at every turn
+        name = min(open_, key=lambda n: (running[n], counts[n]))
         self.owner[trial_id] = name
         return self.searches[name].suggest(trial_id)
 
@@ -160,6 +165,7 @@ class StudySearch(SavedSearcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        vars(self).setdefault("done", set()).add(trial_id)
         search = self.searches[self.owner[trial_id]]
         status = (result or {}).get("status")
         if result is not None and status in ("epochs", "early_stopped"):

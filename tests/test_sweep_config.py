@@ -122,3 +122,18 @@ def test_studies_take_turns_in_one_search_that_survives_a_save(tmp_path: Path) -
         for name, s in restored.searches.items()
     }
     assert told == {"mf": [0.9], "neumf": []}
+
+
+def test_a_study_of_long_trials_holds_one_slot_while_the_short_ones_take_turns() -> None:
+    from orchestrator.plan import check_config, schedules
+    from orchestrator.records import TRIAL
+    from orchestrator.search import StudySearch
+
+    cfg = load_config(None, {"models": ["mf"], "baselines": ["bias"], "trials": 3})
+    studies = check_config(cfg)
+    search = StudySearch(studies, cfg, schedules(cfg, studies))
+    assert search.suggest("t0")[TRIAL]["study"] == "mf"  # a long trial, still running
+    for i in range(1, 4):  # bias's fits end one after another in the other slot
+        assert search.suggest(f"t{i}")[TRIAL]["study"] == "bias"
+        search.on_trial_complete(f"t{i}", {"val/rmse": 0.9, "status": "epochs", "best_value": 0.9})
+    assert search.suggest("t4")[TRIAL]["study"] == "mf"  # bias has had its 3
