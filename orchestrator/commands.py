@@ -89,19 +89,27 @@ def model_cards() -> list[dict[str, Any]]:
     import dataclasses
     import functools
 
+    from orchestrator.models.base import CommonParams
     from orchestrator.models.registry import get_model_class, list_models, make_params
     from orchestrator.space import describe_space
 
+    shared = {f.name for f in dataclasses.fields(CommonParams)}
     cards = []
     for name in list_models():
         cls = get_model_class(name)
+
+        def defaults(task: str, name: str = name, learned: bool = cls.learned) -> dict[str, Any]:
+            """The model's defaults; a baseline's without the training loop's settings."""
+            values = dataclasses.asdict(make_params(name, task))
+            return {k: v for k, v in values.items() if learned or k not in shared}
+
         cards.append(
             {
                 "name": name,
                 "tasks": list(cls.tasks),
                 "learned": cls.learned,
                 "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()),
-                "defaults": {t: dataclasses.asdict(make_params(name, t)) for t in cls.tasks},
+                "defaults": {t: defaults(t) for t in cls.tasks},
                 "search_space": {
                     t: describe_space(functools.partial(cls.search_space, task=t))
                     for t in cls.tasks
