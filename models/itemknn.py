@@ -110,16 +110,15 @@ class ItemKNN(Recommender):
     @classmethod
     def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
         """Dacrema et al.'s ranges: neighbourhood 5..1000, shrinkage 0..1000, the similarity
-        (and the asymmetric cosine's exponent in [0, 2]), the feature weighting."""
-        out = {
+        (and the asymmetric cosine's exponent in [0, 2], drawn always: one space, which
+        multivariate TPE models whole), the feature weighting."""
+        return {
             "k": trial.suggest_int("k", 5, 1000, log=True),
             "shrink": trial.suggest_float("shrink", 0.0, 1000.0),
             "similarity": trial.suggest_categorical("similarity", list(SIMILARITIES)),
+            "asymmetric_alpha": trial.suggest_float("asymmetric_alpha", 0.0, 2.0),
             "weighting": trial.suggest_categorical("weighting", list(WEIGHTINGS)),
         }
-        if out["similarity"] == "asymmetric":
-            out["asymmetric_alpha"] = trial.suggest_float("asymmetric_alpha", 0.0, 2.0)
-        return out
 
     @property
     def eval_batch_users(self) -> int:

@@ -391,3 +391,24 @@ def test_every_model_trains_an_epoch_on_a_million_ratings():
             if model.learned:
                 assert math.isfinite(result.history[-1]["train/loss"]), (name, task)
                 assert result.history[-1]["train_samples_per_s"] > 0
+
+
+def test_sgd_steps_lr_per_example_in_a_batch_shorter_than_batch_size(data) -> None:
+    """One epoch of 5 examples in one batch (batch_size 1024): the step is lr times the
+    summed gradient of those 5, not of 1,024 (the last batch of every epoch is such)."""
+    from orchestrator.engine.train import fit
+
+    t = data.train
+    small = dataclasses.replace(
+        data, train=type(t)(t.user[:5], t.item[:5], t.rating[:5], t.timestamp[:5])
+    )
+    model = make("mf", "rating", small, optimizer="sgd", lr=0.01, epochs=1, dim=4)
+    reference = make("mf", "rating", small, optimizer="sgd", lr=0.01, epochs=1, dim=4)
+    reference.load_state_dict(model.state_dict())
+    examples = reference.examples(to_device(small, "cpu").train)
+    (reference.loss(examples) * 5).backward()  # the loss is the mean over the 5
+    fit(model, small, CPU, validate=False)
+    pairs = zip(model.named_parameters(), reference.parameters(), strict=True)
+    for (name, trained), start in pairs:
+        grad = start.grad.to_dense() if start.grad.is_sparse else start.grad
+        torch.testing.assert_close(trained.detach(), start.detach() - 0.01 * grad, msg=name)

@@ -100,6 +100,7 @@ def make_optimizers(model: Recommender) -> list[torch.optim.Optimizer]:
     if p.optimizer == "sgd":
         # torch's SGD steps a sparse gradient's rows only; the loss is a mean over the
         # batch, so `lr * batch_size` moves each example's parameters by `lr` x its gradient
+        # (the loop sets `lr` x the actual batch's size before each step: the last is shorter)
         sparse_group = [{"params": sparse, "weight_decay": 0.0}] if sparse else []
         return [
             torch.optim.SGD(

@@ -225,6 +225,9 @@ def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, a
     """One pass over the training examples in a seeded random order; the mean loss."""
     n = len(next(iter(examples.values())))
     batch_size = model.params.batch_size
+    # plain SGD's lr is per example: a step moves by lr times the batch's summed gradient,
+    # the last, shorter batch included (the loss is the batch's mean)
+    sgd = model.params.optimizer == "sgd"
     model.train()
     perm = torch.randperm(n, device=loop.generator.device, generator=loop.generator)  # [N]
     losses = []
@@ -241,6 +244,9 @@ def _train_epoch(model: Recommender, examples: dict[str, Tensor], loop: _Loop, a
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for optimizer in loop.optimizers:
+            if sgd:
+                for group in optimizer.param_groups:
+                    group["lr"] = model.params.lr * len(idx)
             optimizer.step()
         losses.append(loss.detach())  # summed once per epoch: no per-batch sync
     return torch.stack(losses).float().mean().item()  # the epoch's only sync
