@@ -296,7 +296,8 @@ class ItemToItem(Recommender):
     @classmethod
     def check_data(cls, spec: DataSpec) -> None:
         if spec.n_items > cls.MAX_ITEMS:
-            gb = spec.n_items**2 * cls.FIT_BYTES_PER_CELL / 1e9
+            # the fit's item matrices and the [users, items] interactions (a byte a cell)
+            gb = (spec.n_items**2 * cls.FIT_BYTES_PER_CELL + spec.n_users * spec.n_items) / 1e9
             raise ValueError(
                 f"{cls.name}: {spec.n_items:,} items need a dense {spec.n_items:,} x "
                 f"{spec.n_items:,} item matrix (about {gb:.0f} GB to fit); its limit is "

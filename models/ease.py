@@ -52,6 +52,7 @@ class EASE(ItemToItem):
     name = "ease"
     Params = EASEParams
     FIT_BYTES_PER_CELL = 2 * 8 + 4  # ml-20m's 26,744 items: 14 GB; the limit's 30,000: 18 GB
+    BLOCK_CELLS = 2**26  # Gram cells computed at once (512 MB of float64)
 
     @classmethod
     def search_space(cls, trial: Trial, task: str) -> dict[str, Any]:
@@ -59,7 +60,15 @@ class EASE(ItemToItem):
         return {"reg": trial.suggest_float("reg", 1.0, 1e7, log=True)}
 
     def item_weights(self, X: Any) -> Tensor:
-        gram = torch.from_numpy((X.T @ X).toarray()).to(self.weights.device)  # [I, I] f64
+        n = X.shape[1]
+        gram = torch.empty(n, n, dtype=torch.float64, device=self.weights.device)  # [I, I]
+        # XᵀX a block of columns at a time: the whole sparse product, nearly dense at
+        # ml-20m's 26,744 items, held 9 GB beside the dense copy
+        XT, columns = X.T.tocsr(), X.tocsc()
+        block = max(1, self.BLOCK_CELLS // max(n, 1))
+        for begin in range(0, n, block):
+            part = (XT @ columns[:, begin : begin + block]).toarray()  # [I, b]
+            gram[:, begin : begin + block] = torch.from_numpy(part)
         gram.diagonal().add_(self.params.reg)
         lower = torch.linalg.cholesky(gram)
         del gram

@@ -37,7 +37,13 @@ def scores(model: torch.nn.Module) -> np.ndarray:
     return model.score_all(torch.arange(USERS)).double().numpy()
 
 
-def test_ease_is_its_closed_form(interactions: np.ndarray) -> None:
+@pytest.mark.parametrize("block_cells", [2**26, 5 * ITEMS])  # the Gram in 1 or 3 blocks
+def test_ease_is_its_closed_form(
+    interactions: np.ndarray, block_cells: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.models.ease import EASE
+
+    monkeypatch.setattr(EASE, "BLOCK_CELLS", block_cells)
     X, reg = interactions, 7.0
     P = np.linalg.inv(X.T @ X + reg * np.eye(ITEMS))
     B = np.eye(ITEMS) - P / np.diag(P)[None, :]  # Steck 2019, eq. (8)
