@@ -164,6 +164,7 @@ def main() -> None:
             ml20m_rows(args.models.split(","), Path(tmp))
     if args.quality == "false":
         return
+    print()
     print("| data | model | test/hr@10 | test/ndcg@10 | seconds (whole command) | peak MB |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
