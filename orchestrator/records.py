@@ -279,6 +279,13 @@ class StudyResult:
             out.setdefault(run.fold, []).append(run)
         return out
 
+    def fold_units(self) -> dict[int, np.ndarray]:
+        """Each fold's main metric per unit, averaged over the fold's seeds (fold -> `[n]`):
+        what a paired test matches fold by fold."""
+        return {
+            fold: np.mean([r.units for r in runs], axis=0) for fold, runs in self.by_fold().items()
+        }
+
     @property
     def units(self) -> np.ndarray | None:
         """The main metric per unit, averaged over the seeds of each fold, the folds' units
@@ -286,9 +293,7 @@ class StudyResult:
         is another unit than the same user in another fold). None: nothing tested."""
         if not self.runs:
             return None
-        return np.concatenate(
-            [np.mean([r.units for r in runs], axis=0) for runs in self.by_fold().values()]
-        )
+        return np.concatenate(list(self.fold_units().values()))
 
 
 @dataclass

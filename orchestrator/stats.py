@@ -36,6 +36,27 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
     return float(scipy.stats.ttest_rel(a, b).pvalue), ""
 
 
+def matched(a: StudyResult, b: StudyResult) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """Two tested rows' units on the folds both have, fold against fold (a row whose re-run
+    on a fold failed or was cut by the budget lacks that fold), and a note naming the folds
+    left out ("" when none)."""
+    mine, theirs = a.fold_units(), b.fold_units()
+    common = sorted(set(mine) & set(theirs))
+    empty = np.zeros(0)
+    pair = (
+        np.concatenate([mine[f] for f in common]) if common else empty,
+        np.concatenate([theirs[f] for f in common]) if common else empty,
+    )
+    left = sorted(set(mine) ^ set(theirs))
+    note = (
+        f"compared on folds {', '.join(str(f + 1) for f in common) or 'none'} "
+        f"(fold {', '.join(str(f + 1) for f in left)} tested in one row only)"
+        if left
+        else ""
+    )
+    return pair, note
+
+
 def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
     """Per row, the paired test of its main metric against its table's best row and its
     table's best baseline, Holm-corrected over the rows of the table (each column a family of
@@ -69,8 +90,9 @@ def significance(studies: list[StudyResult]) -> dict[str, list[Any]]:
                 elif not studies[i].runs:
                     notes[i].append(f"vs {label}: not tested")
                 else:
-                    units, ref_units = studies[i].units, studies[ref].units
-                    assert units is not None and ref_units is not None  # both have runs
+                    (units, ref_units), missing = matched(studies[i], studies[ref])
+                    if missing:
+                        notes[i].append(f"vs {label}: {missing}")
                     p, why = paired_test(units, ref_units)
                     if why:
                         notes[i].append(f"vs {label}: n/a ({why})")

@@ -250,3 +250,24 @@ def test_the_header_says_how_ties_count_and_what_was_tested() -> None:
     line = evaluation_name("ranking", [data], TrainConfig(ties="pessimistic", refit=False), "m")
     assert "ties counted ahead of the target (pessimistic)" in line and "(no refit)" in line
     assert "ties" not in evaluation_name("rating", [data], cfg, "test/rmse")
+
+
+def test_rows_missing_different_folds_are_paired_fold_against_fold() -> None:
+    """u1..u5 have test sets of one size: a row without fold 3 and another without fold 4
+    once paired fold 4 against fold 3. Now only the folds both rows have are compared."""
+    rng = np.random.default_rng(0)
+    units = {name: [rng.random(6) for _ in range(4)] for name in ("a", "b")}
+
+    def on(name: str, folds: list[int], baseline: bool = False) -> StudyResult:
+        result = rated(name, [units[name][f] for f in folds], baseline=baseline)
+        for run, fold in zip(result.runs, folds, strict=True):
+            run.fold = fold
+        return result
+
+    frame = results.build([on("a", [0, 1, 2]), on("b", [0, 1, 3], baseline=True)])
+    row = frame.set_index("study").loc["a"]
+    want = scipy.stats.ttest_rel(
+        np.r_[units["a"][0], units["a"][1]], np.r_[units["b"][0], units["b"][1]]
+    ).pvalue
+    assert row["p_vs_baseline"] == pytest.approx(want)
+    assert "compared on folds 1, 2 (fold 3, 4 tested in one row only)" in row["significance"]
