@@ -186,10 +186,10 @@ def weighted(X: Any, weighting: str) -> Any:
     idf = np.log(n_items / (1.0 + np.diff(X.indptr))).astype(np.float32)  # [U] per user row
     length = np.asarray(X.sum(0)).ravel()  # [I] each item's document length
     item = X.indices  # the column (item) of each entry
+    user_idf = np.repeat(idf, np.diff(X.indptr))  # the idf of each entry's user
     if weighting == "tfidf":
-        X.data = X.data / np.maximum(length[item], 1e-12) * np.repeat(idf, np.diff(X.indptr))
+        X.data = X.data / np.maximum(length[item], 1e-12) * user_idf
     else:  # bm25
         norm = BM25_K1 * (1 - BM25_B + BM25_B * length / max(length.mean(), 1e-12))  # [I]
-        X.data = X.data * (BM25_K1 + 1) / (X.data + norm[item])
-        X.data *= np.repeat(idf, np.diff(X.indptr))
+        X.data = X.data * (BM25_K1 + 1) / (X.data + norm[item]) * user_idf
     return X

@@ -123,7 +123,6 @@ def study_result(
     `why_empty` is the status when the study ran no trial."""
     result = StudyResult(
         study,
-        study.baseline,
         main_metric=main_metric(study),
         trials_done=sum(t.finished for t in trials),
         trials_pruned=sum(t.end == "asha" for t in trials),
@@ -189,11 +188,11 @@ def finalize(
     cfg = sweep_cfg.train
     out = []
     for s in studies:
-        trials = [t for t in searched.trials if t.study == s.name]
         if s.baseline and not has_space(s):  # nothing to search (`pop`): fitted once
             runs = fitted_runs(s, {}, folds, cfg, sweep_cfg.seed)
-            out.append(StudyResult(s, True, main_metric=main_metric(s), trials_done=1, runs=runs))
+            out.append(StudyResult(s, main_metric=main_metric(s), trials_done=1, runs=runs))
             continue
+        trials = [t for t in searched.trials if t.study == s.name]
         final = [t for t in searched.final_trials if t.study == s.name]
         out.append(study_result(s, trials, final, folds, cfg, run_dir, searched.why_empty))
     for result in out:

@@ -249,8 +249,8 @@ class StudyResult:
     baseline evaluated.
 
     Args:
-        study: the study (a baseline is a study of its own: `pop`, `bias`).
-        baseline: whether it is a non-learned baseline.
+        study: the study (a baseline is a study of its own: `pop`, `bias`; `baseline` says
+            which).
         status: "ok", or why there is nothing to test (no finished trial, interrupted, ...).
         evaluation: one line saying what was evaluated (split, protocol, candidates, K).
         main_metric: the table's test metric the significance tests compare (`test/rmse`).
@@ -262,7 +262,6 @@ class StudyResult:
     """
 
     study: Study
-    baseline: bool = False
     status: str = "ok"
     evaluation: str = ""
     main_metric: str = ""
@@ -278,6 +277,11 @@ class StudyResult:
         for run in sorted(self.runs, key=lambda r: r.fold):
             out.setdefault(run.fold, []).append(run)
         return out
+
+    @property
+    def baseline(self) -> bool:
+        """Whether the row is a baseline's (its study's)."""
+        return self.study.baseline
 
     def fold_units(self) -> dict[int, np.ndarray]:
         """Each fold's main metric per unit, averaged over the fold's seeds (fold -> `[n]`):

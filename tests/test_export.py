@@ -326,7 +326,7 @@ def make_run(tmp_path: Path, data: PreparedData, model: Recommender) -> Path:
         runs=[ScoredRun(0, {"val/rmse": 1.1, "test/rmse": 1.2}, np.ones(3))],
     )
     pop = StudyResult(
-        Study("pop", "pop", "ranking", "val/ndcg@10", "max"), baseline=True, status="not run"
+        Study("pop", "pop", "ranking", "val/ndcg@10", "max", baseline=True), status="not run"
     )
     results.write(run, results.build([mf, pop]))
     return run

@@ -26,8 +26,7 @@ def rated(
         for i, u in enumerate(units)
     ]
     return StudyResult(
-        Study(name, name, "rating", "val/rmse", "min"),
-        baseline=baseline,
+        Study(name, name, "rating", "val/rmse", "min", baseline),
         evaluation=evaluation,
         main_metric="test/rmse",
         runs=runs,
@@ -141,8 +140,7 @@ def test_tables_group_by_evaluation_ranking_and_sequential_together() -> None:
     def ranked(name: str, task: str, baseline: bool = False) -> StudyResult:
         run = ScoredRun(0, {"test/ndcg@10": 0.1, "val/ndcg@10": 0.1}, np.linspace(0, 1, 9))
         return StudyResult(
-            Study(name, name, task, "val/ndcg@10", "max"),
-            baseline=baseline,
+            Study(name, name, task, "val/ndcg@10", "max", baseline),
             evaluation="leave-last; full",
             main_metric="test/ndcg@10",
             runs=[run],
@@ -209,8 +207,7 @@ def test_the_readable_table_holds_the_main_columns_and_every_one_on_request() ->
     def ranked(name: str, baseline: bool = False) -> StudyResult:
         run = ScoredRun(0, {**metrics, "val/ndcg@10": 0.1}, np.linspace(0, 1, 9))
         return StudyResult(
-            Study(name, name, "ranking", "val/ndcg@10", "max"),
-            baseline=baseline,
+            Study(name, name, "ranking", "val/ndcg@10", "max", baseline),
             evaluation="leave-last; full",
             main_metric="test/ndcg@10",
             runs=[run],

@@ -140,7 +140,7 @@ def _target_counts(
         usable &= ~mask.gather(1, safe)
     keep = None if mask is None else ~mask  # [B, C]
     if targets.shape[1] <= _COMPARE_MAX_TARGETS and tops is None:
-        return (*_compared(scores, target_scores, keep), usable)
+        return (*rank_counts(scores, target_scores, keep), usable)
     # Only ranks up to max_k matter, and a target has rank m <= max_k + 1 exactly when m of
     # the top max_k + 1 scores are >= its score, so those scores are all it is compared with.
     sunk = scores if mask is None else scores.masked_fill(mask, -math.inf)  # [B, C]
@@ -156,14 +156,17 @@ def _target_counts(
     full |= usable & (target_scores == -math.inf)
     rows = full.any(1).nonzero()[:, 0]
     if len(rows):
-        exact = _compared(scores[rows], target_scores[rows], None if keep is None else keep[rows])
+        exact = rank_counts(scores[rows], target_scores[rows], None if keep is None else keep[rows])
         greater[rows], tied[rows] = exact
     return greater.clamp(max=max_k + 1), tied, usable
 
 
-def _compared(scores: Tensor, target_scores: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Candidates `[B, T]` scored above and equal to each target (`keep`: the unmasked
-    ones), one comparison pass over the `[B, C]` scores per target column."""
+def rank_counts(
+    scores: Tensor, target_scores: Tensor, keep: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Candidates `[B, T]` scored above and equal to each target (`keep`: the ones that
+    count, e.g. the unmasked), one comparison pass over the `[B, C]` scores per target
+    column."""
     greater, tied = [], []
     for j in range(target_scores.shape[1]):
         above = scores > target_scores[:, j : j + 1]  # [B, C]

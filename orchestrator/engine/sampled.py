@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from orchestrator.engine.metrics import RANKING_NAMES, cutoffs, means
+from orchestrator.engine.metrics import RANKING_NAMES, cutoffs, means, rank_counts
 from orchestrator.engine.ties import tie_metrics
 
 
@@ -125,6 +125,5 @@ def _target_counts(
     own, other = scores[:, :1], scores[:, 1:]  # [b, 1], [b, N]
     counted = counted.to(scores.device)
     other = torch.nan_to_num(other, nan=math.inf)  # an undefined score beats the target
-    greater = (counted & (other > own)).sum(1, keepdim=True)  # [b, 1]
-    tied = 1 + (counted & (other == own)).sum(1, keepdim=True)  # [b, 1]
-    return own, greater, tied
+    greater, equal = rank_counts(other, own, counted)  # [b, 1] each
+    return own, greater, 1 + equal

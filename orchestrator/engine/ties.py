@@ -76,16 +76,15 @@ def tie_metrics(
     group = torch.maximum(torch.where(in_best, tied, 0).max(1).values, m).clamp(min=1)  # [B]
     first = _first_place(m, group, max_k)  # [B, max_k]: P(first target at place i)
     n_targets = n_targets.double().clamp(min=1)  # [B]
+    first_rank = best[:, None] + position[None, :max_k]  # [B, max_k] the first's rank per place
     out: dict[str, Tensor] = {}
     for k in ks:
         lo, hi = greater.clamp(max=k), (greater + tied).clamp(max=k)  # [B, T]
         recall = ((hi - lo) / tied).sum(1)  # [B] expected targets in the top k
         dcg = ((cum_gain[hi.long()] - cum_gain[lo.long()]) / tied).sum(1)  # [B]
-        places = torch.arange(1, max_k + 1, dtype=torch.float64, device=greater.device)
-        within = (best[:, None] + places[None, :]) <= k  # [B, max_k]
-        hit = torch.where(within, first, 0.0)  # [B, max_k]
+        hit = torch.where(first_rank <= k, first, 0.0)  # [B, max_k]
         out[f"hr@{k}"] = hit.sum(1)
-        out[f"mrr@{k}"] = (hit / (best[:, None] + places[None, :])).sum(1)
+        out[f"mrr@{k}"] = (hit / first_rank).sum(1)
         out[f"recall@{k}"] = recall / n_targets
         out[f"ndcg@{k}"] = dcg / cum_gain[n_targets.clamp(max=k).long()]
     return {f"{name}@{k}": out[f"{name}@{k}"].float() for name in RANKING_NAMES for k in ks}
